@@ -1,0 +1,8 @@
+"""Every REST endpoint under /api/v1/, one include per app."""
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("", include("marketplace.api_urls")),
+    path("", include("capacity.api_urls")),
+]

@@ -1,0 +1,43 @@
+"""Authentication of REST API calls with organization API keys.
+
+``Authorization: Bearer hg_…``. Only the key's sha256 is stored, so a lookup is one
+indexed query; a revoked key is refused like an unknown one.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from marketplace.models import API_KEY_PREFIX, ApiKey
+
+# last_used_at is written at most this often per key, to keep reads read-only.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[object, ApiKey] | None:
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        scheme, _, credential = header.partition(" ")
+        if scheme != self.keyword or not credential.startswith(API_KEY_PREFIX):
+            return None
+        key = (
+            ApiKey.objects.select_related("organization", "created_by")
+            .filter(key_hash=ApiKey.hash_key(credential.strip()), revoked_at__isnull=True)
+            .first()
+        )
+        if key is None or key.created_by is None or not key.created_by.is_active:
+            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+        now = timezone.now()
+        if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+            key.last_used_at = now
+        return key.created_by, key
+
+    def authenticate_header(self, request: Request) -> str:
+        return self.keyword

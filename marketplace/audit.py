@@ -1,0 +1,28 @@
+"""The one way to write the audit trail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+
+from marketplace.models import AuditEvent, Organization, User
+
+
+def audit(
+    *,
+    action: str,
+    actor: User | None,
+    organization: Organization | None = None,
+    target: models.Model | None = None,
+    **data: Any,
+) -> AuditEvent:
+    """Record that ``actor`` did ``action`` (e.g. ``"api_key.revoked"``) on ``target``."""
+    return AuditEvent.objects.create(
+        action=action,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        organization=organization,
+        target_type=target._meta.label_lower if target is not None else "",
+        target_id=str(target.pk) if target is not None else "",
+        data=data,
+    )

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from marketplace import views
+
+urlpatterns = [
+    path("dashboard/", views.dashboard, name="dashboard"),
+]
+urlpatterns += [path("organizations/new/", views.dashboard, name="organization_create")]  # placeholder

@@ -1,0 +1,65 @@
+"""Shared fixtures: people and organizations built with factories."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from marketplace.models import Role
+from tests.factories import MembershipFactory, OrganizationFactory, UserFactory
+
+
+@pytest.fixture
+def buyer_org(db):
+    return OrganizationFactory(name="Acme Vision", is_buyer=True, is_partner=False)
+
+
+@pytest.fixture
+def partner_org(db):
+    return OrganizationFactory(name="Andes Hash", is_buyer=False, is_partner=True)
+
+
+@pytest.fixture
+def other_org(db):
+    return OrganizationFactory(name="Other Tenant", is_buyer=True, is_partner=True)
+
+
+@pytest.fixture
+def buyer_owner(buyer_org):
+    return MembershipFactory(organization=buyer_org, role=Role.OWNER).user
+
+
+@pytest.fixture
+def partner_owner(partner_org):
+    return MembershipFactory(organization=partner_org, role=Role.OWNER).user
+
+
+@pytest.fixture
+def other_owner(other_org):
+    return MembershipFactory(organization=other_org, role=Role.OWNER).user
+
+
+def client_for(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def buyer_client(buyer_owner) -> Client:
+    return client_for(buyer_owner)
+
+
+@pytest.fixture
+def partner_client(partner_owner) -> Client:
+    return client_for(partner_owner)
+
+
+@pytest.fixture
+def other_client(other_owner) -> Client:
+    return client_for(other_owner)
+
+
+@pytest.fixture
+def user_factory(db):
+    return UserFactory
