@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -28,3 +32,62 @@ def test_env_helpers_fail_fast_on_bad_values() -> None:
         env_choice("ENV", "development", ("development", "production"), environ={"ENV": "prod"})
     assert env_int("PORT", 1, environ={"PORT": " 8080 "}) == 8080
     assert env_bool("DEBUG", False, environ={"DEBUG": "yes"}) is True
+
+
+@pytest.mark.django_db
+def test_healthz_is_200_when_database_and_broker_answer(client, settings, tmp_path) -> None:
+    settings.CELERY_BROKER_URL = "filesystem://"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(tmp_path),
+        "data_folder_out": str(tmp_path),
+    }
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+
+
+@pytest.mark.django_db
+def test_healthz_is_503_when_the_broker_is_down(client, settings) -> None:
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:9/0"
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "database": "ok", "broker": "down"}
+
+
+def test_production_settings_pass_check_deploy(tmp_path) -> None:
+    env = {
+        **os.environ,
+        "HASHGRID_ENV": "production",
+        "DJANGO_SECRET_KEY": "x" * 20 + "-production-test-key-" + "y" * 30,
+        "DJANGO_ALLOWED_HOSTS": "hashgrid.example",
+        "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:54329/hashgrid"),
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "STRIPE_SECRET_KEY": "sk_test_placeholder",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+def test_production_refuses_to_start_without_a_secret_key() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    env.update({"HASHGRID_ENV": "production", "DJANGO_SETTINGS_MODULE": "config.settings"})
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr
