@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import factory
 from allauth.account.models import EmailAddress
+from django.utils import timezone
 
-from marketplace.models import Membership, Organization, Role, User
+from marketplace.models import (
+    INVITATION_LIFETIME,
+    ApiKey,
+    Invitation,
+    Membership,
+    Organization,
+    Role,
+    User,
+)
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -40,3 +49,131 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     user = factory.SubFactory(UserFactory)
     organization = factory.SubFactory(OrganizationFactory)
     role = Role.MEMBER
+
+
+class ApiKeyFactory(factory.django.DjangoModelFactory):
+    """An API key; the full secret is on ``instance.key`` (only its hash is stored)."""
+
+    class Meta:
+        model = ApiKey
+
+    organization = factory.SubFactory(OrganizationFactory)
+    name = factory.Sequence(lambda n: f"key {n}")
+    key = factory.LazyFunction(lambda: ApiKey.generate()[0])
+    prefix = factory.LazyAttribute(lambda o: o.key[:10])
+    key_hash = factory.LazyAttribute(lambda o: ApiKey.hash_key(o.key))
+    created_by = factory.SubFactory(UserFactory)
+
+    @classmethod
+    def _create(cls, model_class: type[ApiKey], *args: object, **kwargs: object) -> ApiKey:
+        key = kwargs.pop("key")
+        instance = super()._create(model_class, *args, **kwargs)
+        instance.key = key
+        return instance
+
+
+class InvitationFactory(factory.django.DjangoModelFactory):
+    """A pending invitation; the link's token is on ``instance.token`` (only its hash is stored)."""
+
+    class Meta:
+        model = Invitation
+
+    organization = factory.SubFactory(OrganizationFactory)
+    email = factory.Sequence(lambda n: f"invitee{n}@example.com")
+    role = Role.MEMBER
+    token = factory.LazyFunction(lambda: Invitation.new_token()[0])
+    token_hash = factory.LazyAttribute(lambda o: Invitation.hash_token(o.token))
+    invited_by = None
+    expires_at = factory.LazyFunction(lambda: timezone.now() + INVITATION_LIFETIME)
+
+    @classmethod
+    def _create(cls, model_class: type[Invitation], *args: object, **kwargs: object) -> Invitation:
+        token = kwargs.pop("token")
+        instance = super()._create(model_class, *args, **kwargs)
+        instance.token = token
+        return instance
+
+
+# -- capacity ----------------------------------------------------------------------------
+from datetime import timedelta as _timedelta  # noqa: E402
+from decimal import Decimal as _Decimal  # noqa: E402
+
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange  # noqa: E402
+
+from capacity.models import (  # noqa: E402
+    EnergySource,
+    GpuModel,
+    Node,
+    NodeStatus,
+    NodeWindow,
+    Offer,
+    Region,
+    Site,
+    WindowKind,
+)
+
+
+def catalog_gpu(name: str = "H100 SXM 80GB") -> GpuModel:
+    """A GPU model of the seeded catalog (the data migration creates them)."""
+    return GpuModel.objects.get(name=name)
+
+
+class SiteFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Site
+
+    organization = factory.SubFactory(OrganizationFactory, is_buyer=False, is_partner=True)
+    name = factory.Sequence(lambda n: f"Site {n}")
+    country = "US"
+    region = Region.NORTH_AMERICA
+    latitude = _Decimal("31.968600")
+    longitude = _Decimal("-102.077900")
+    power_capacity_kw = 2000
+    energy_source = EnergySource.FLARE_GAS
+    energy_price_per_kwh = _Decimal("0.032000")
+
+
+class NodeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Node
+
+    site = factory.SubFactory(SiteFactory)
+    name = factory.Sequence(lambda n: f"node-{n:03d}")
+    gpu_model = factory.LazyFunction(catalog_gpu)
+    gpu_count = 8
+    cpu_cores = 64
+    ram_gib = 1024
+    status = NodeStatus.PENDING
+
+
+class OfferFactory(factory.django.DjangoModelFactory):
+    """An offer; its site gets no node by itself (create one with enough GPUs)."""
+
+    class Meta:
+        model = Offer
+
+    site = factory.SubFactory(SiteFactory)
+    gpu_model = factory.LazyFunction(catalog_gpu)
+    gpu_count = 8
+    on_demand_price_per_gpu_hour = _Decimal("2.4000")
+    reserved_price_1m_per_gpu_hour = _Decimal("2.1000")
+    reserved_price_3m_per_gpu_hour = _Decimal("1.9000")
+    reserved_price_6m_per_gpu_hour = _Decimal("1.8000")
+    reserved_price_12m_per_gpu_hour = _Decimal("1.6000")
+    available_from = factory.LazyFunction(timezone.now)
+
+
+class NodeWindowFactory(factory.django.DjangoModelFactory):
+    """A maintenance window starting in a week, lasting four hours."""
+
+    class Meta:
+        model = NodeWindow
+
+    node = factory.SubFactory(NodeFactory)
+    kind = WindowKind.MAINTENANCE
+    period = factory.LazyFunction(
+        lambda: DateTimeTZRange(
+            timezone.now() + _timedelta(days=7), timezone.now() + _timedelta(days=7, hours=4), "[)"
+        )
+    )
+    reason = "Firmware upgrade"

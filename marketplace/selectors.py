@@ -1,0 +1,95 @@
+"""Reads of organizations, memberships, invitations and API keys.
+
+Querysets come out ready for their pages (related rows joined, ordered), so list pages
+run a fixed number of queries whatever their length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from allauth.account.models import EmailAddress
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from marketplace.models import ApiKey, Invitation, Membership, Organization, User
+
+
+def organization_members(*, organization: Organization) -> QuerySet[Membership]:
+    return (
+        Membership.objects.for_organization(organization)
+        .select_related("user")
+        .order_by("user__email")
+    )
+
+
+def pending_invitations(*, organization: Organization) -> QuerySet[Invitation]:
+    return (
+        Invitation.objects.for_organization(organization)
+        .filter(status=Invitation.Status.PENDING)
+        .select_related("invited_by")
+        .order_by("-created_at")
+    )
+
+
+def api_keys(*, organization: Organization) -> QuerySet[ApiKey]:
+    """Every key of the organization, active ones first, newest first."""
+    return (
+        ApiKey.objects.for_organization(organization)
+        .select_related("created_by")
+        .order_by("revoked_at", "-created_at")
+    )
+
+
+def user_memberships(
+    *, user: User, organization: Organization | None = None
+) -> QuerySet[Membership]:
+    """A user's memberships, optionally only the one in ``organization``."""
+    memberships = Membership.objects.filter(user=user).select_related("organization")
+    if organization is not None:
+        memberships = memberships.filter(organization=organization)
+    return memberships.order_by("organization__name")
+
+
+def invitation_for_token(*, token: str) -> Invitation | None:
+    """The invitation a link's token belongs to (looked up by hash), whatever its tenant."""
+    return (
+        Invitation.objects.select_related("organization", "invited_by")
+        .filter(token_hash=Invitation.hash_token(token))
+        .first()
+    )
+
+
+def user_has_verified_email(*, user: User, email: str) -> bool:
+    return EmailAddress.objects.filter(user=user, email__iexact=email, verified=True).exists()
+
+
+def pending_invitations_for_user(*, user: User) -> QuerySet[Invitation]:
+    """Open invitations sent to one of the user's verified addresses (for the no-org page)."""
+    addresses = EmailAddress.objects.filter(user=user, verified=True).values_list(
+        "email", flat=True
+    )
+    return (
+        Invitation.objects.filter(
+            email__in=[address.lower() for address in addresses],
+            status=Invitation.Status.PENDING,
+            expires_at__gt=timezone.now(),
+        )
+        .select_related("organization")
+        .order_by("-created_at")
+    )
+
+
+@dataclass(frozen=True)
+class OrganizationSummary:
+    member_count: int
+    pending_invitation_count: int
+    active_api_key_count: int
+
+
+def organization_summary(*, organization: Organization) -> OrganizationSummary:
+    return OrganizationSummary(
+        member_count=Membership.objects.for_organization(organization).count(),
+        pending_invitation_count=pending_invitations(organization=organization).count(),
+        active_api_key_count=ApiKey.objects.active().for_organization(organization).count(),
+    )
