@@ -1,0 +1,132 @@
+"""Partner forms: they parse and type the input; the services hold the rules.
+
+Plain ``Form``s rather than ``ModelForm``s, so model constraints are not re-checked here
+with generic messages: the service reports every rule with its own.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from capacity.models import (
+    Currency,
+    EnergySource,
+    GpuModel,
+    NodeStatus,
+    Offer,
+    Region,
+    Site,
+    WindowKind,
+)
+from marketplace.models import Organization
+
+
+def _price(label: str) -> forms.DecimalField:
+    """A price per GPU-hour as stored: Decimal, 4 decimals (the service checks it is > 0)."""
+    return forms.DecimalField(max_digits=10, decimal_places=4, min_value=Decimal("0"), label=label)
+
+
+class DateTimeLocalInput(forms.DateTimeInput):
+    input_type = "datetime-local"
+
+    def __init__(self) -> None:
+        super().__init__(format="%Y-%m-%dT%H:%M")
+
+
+def add_service_errors(form: forms.Form, error: ValidationError) -> None:
+    """Attach a service's ValidationError to ``form``: to its fields where they exist."""
+    if hasattr(error, "error_dict"):
+        for field, errors in error.error_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, error.messages)
+
+
+class SiteForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    country = forms.CharField(
+        max_length=2, min_length=2, help_text="ISO 3166 two-letter code, e.g. US, OM, PY."
+    )
+    region = forms.ChoiceField(choices=Region.choices)
+    latitude = forms.DecimalField(max_digits=8, decimal_places=6, help_text="Degrees, -90 to 90.")
+    longitude = forms.DecimalField(
+        max_digits=9, decimal_places=6, help_text="Degrees, -180 to 180."
+    )
+    power_capacity_kw = forms.IntegerField(
+        min_value=1, label="Power capacity (kW)", help_text="Power available to GPU nodes."
+    )
+    energy_source = forms.ChoiceField(choices=EnergySource.choices)
+    energy_price_per_kwh = forms.DecimalField(
+        max_digits=10, decimal_places=6, min_value=Decimal("0"), label="Energy price per kWh"
+    )
+    energy_currency = forms.ChoiceField(choices=Currency.choices, initial=Currency.USD)
+
+    @classmethod
+    def initial_for(cls, site: Site) -> dict[str, object]:
+        return {name: getattr(site, name) for name in cls.base_fields}
+
+
+class NodeForm(forms.Form):
+    site = forms.ModelChoiceField(queryset=Site.objects.none())
+    name = forms.CharField(max_length=120)
+    gpu_model = forms.ModelChoiceField(queryset=GpuModel.objects.all(), label="GPU model")
+    gpu_count = forms.IntegerField(min_value=1, max_value=64, label="GPUs")
+    cpu_cores = forms.IntegerField(min_value=1, label="CPU cores")
+    ram_gib = forms.IntegerField(min_value=1, label="RAM (GiB)")
+
+    def __init__(self, *args: object, organization: Organization, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fields["site"].queryset = Site.objects.for_organization(organization)  # type: ignore[attr-defined]
+
+
+class NodeFilterForm(forms.Form):
+    site = forms.ModelChoiceField(
+        queryset=Site.objects.none(), required=False, empty_label="All sites"
+    )
+    status = forms.ChoiceField(choices=[("", "All statuses"), *NodeStatus.choices], required=False)
+
+    def __init__(self, *args: object, organization: Organization, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fields["site"].queryset = Site.objects.for_organization(organization)  # type: ignore[attr-defined]
+
+
+class WindowForm(forms.Form):
+    kind = forms.ChoiceField(choices=WindowKind.choices)
+    start = forms.DateTimeField(widget=DateTimeLocalInput(), help_text="UTC.")
+    end = forms.DateTimeField(widget=DateTimeLocalInput(), help_text="UTC.")
+    reason = forms.CharField(max_length=200, required=False)
+
+
+class OfferForm(forms.Form):
+    site = forms.ModelChoiceField(queryset=Site.objects.none())
+    gpu_model = forms.ModelChoiceField(queryset=GpuModel.objects.all(), label="GPU model")
+    gpu_count = forms.IntegerField(min_value=1, label="GPUs listed")
+    on_demand_price_per_gpu_hour = _price("On-demand price per GPU-hour")
+    reserved_price_1m_per_gpu_hour = _price("Reserved 1 month, per GPU-hour")
+    reserved_price_3m_per_gpu_hour = _price("Reserved 3 months, per GPU-hour")
+    reserved_price_6m_per_gpu_hour = _price("Reserved 6 months, per GPU-hour")
+    reserved_price_12m_per_gpu_hour = _price("Reserved 12 months, per GPU-hour")
+    currency = forms.ChoiceField(choices=Currency.choices, initial=Currency.USD)
+    available_from = forms.DateTimeField(
+        widget=DateTimeLocalInput(), required=False, help_text="UTC; empty = now."
+    )
+    available_until = forms.DateTimeField(
+        widget=DateTimeLocalInput(), required=False, help_text="UTC; empty = open-ended."
+    )
+
+    def __init__(
+        self, *args: object, organization: Organization, editing: bool = False, **kwargs: object
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fields["site"].queryset = Site.objects.for_organization(organization)  # type: ignore[attr-defined]
+        if editing:
+            # Site and model define the pool; a different pool is a new offer.
+            del self.fields["site"]
+            del self.fields["gpu_model"]
+
+    @classmethod
+    def initial_for(cls, offer: Offer) -> dict[str, object]:
+        return {name: getattr(offer, name) for name in cls.base_fields if hasattr(offer, name)}

@@ -1,0 +1,133 @@
+"""Reads of the capacity domain: list pages, detail pages, the partner overview, seams.
+
+Every function takes the organization (or an object already scoped to it) and returns
+querysets with the joins their callers render, so list pages run a fixed number of queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import cast
+
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
+
+from capacity.models import (
+    GpuDevice,
+    GpuModel,
+    Node,
+    NodeStatus,
+    NodeWindow,
+    Offer,
+    Site,
+)
+from marketplace.models import Organization
+
+
+def site_list(*, organization: Organization) -> QuerySet[Site]:
+    """The organization's sites with their node and GPU counts (retired nodes excluded)."""
+    active = ~Q(nodes__status=NodeStatus.RETIRED)
+    sites = cast(QuerySet[Site], Site.objects.for_organization(organization))
+    return sites.annotate(
+        node_count=Count("nodes", filter=active),
+        gpu_total=Coalesce(Sum("nodes__gpu_count", filter=active), 0),
+    ).order_by("name", "pk")
+
+
+def node_list(
+    *, organization: Organization, site: Site | None = None, status: str | None = None
+) -> QuerySet[Node]:
+    qs = (
+        cast(QuerySet[Node], Node.objects.for_organization(organization))
+        .select_related("site", "gpu_model")
+        .order_by("site__name", "name", "pk")
+    )
+    if site is not None:
+        qs = qs.filter(site=site)
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def node_gpus(*, node: Node) -> QuerySet[GpuDevice]:
+    return node.gpus.order_by("index")
+
+
+def node_windows(*, node: Node, include_cancelled: bool = False) -> QuerySet[NodeWindow]:
+    qs = node.windows.order_by("period", "pk")
+    return qs if include_cancelled else qs.filter(cancelled_at__isnull=True)
+
+
+def offer_list(*, organization: Organization, active_only: bool = False) -> QuerySet[Offer]:
+    qs = (
+        cast(QuerySet[Offer], Offer.objects.for_organization(organization))
+        .select_related("site", "gpu_model")
+        .order_by("site__name", "gpu_model__name", "pk")
+    )
+    return qs.filter(is_active=True) if active_only else qs
+
+
+def site_gpu_capacity(*, site: Site, gpu_model: GpuModel) -> int:
+    """GPUs of ``gpu_model`` on the site's non-retired nodes: the most an offer may list."""
+    total = (
+        Node.objects.active()
+        .filter(site=site, gpu_model=gpu_model)
+        .aggregate(total=Coalesce(Sum("gpu_count"), 0))["total"]
+    )
+    return int(total)
+
+
+def gpu_model_for_reported_name(reported: str) -> GpuModel | None:
+    """The catalog model whose family appears in a driver-reported name, if exactly one."""
+    upper = reported.upper()
+    matches = [model for model in GpuModel.objects.all() if model.family.upper() in upper]
+    return matches[0] if len(matches) == 1 else None
+
+
+def node_has_future_allocations(node: Node) -> bool:
+    """Whether any reservation holds one of the node's GPUs now or later.
+
+    Seam for the contracts issue: capacity must not import contracts (data flows
+    capacity → contracts → billing), so contracts will replace this body with a query on
+    its ``Allocation`` rows (e.g. through a registered hook). Until then no allocation
+    exists and every node may be retired.
+    """
+    return False
+
+
+@dataclass(frozen=True)
+class PartnerOverview:
+    """Headline counts of a partner's fleet, for the dashboard."""
+
+    site_count: int
+    node_count: int  # non-retired
+    gpu_count: int  # GPUs on non-retired nodes
+    active_offer_count: int
+    nodes_by_status: dict[str, int] = field(default_factory=dict)  # every status, zeros included
+
+
+def partner_overview(organization: Organization) -> PartnerOverview:
+    """Counts for the dashboard in three queries."""
+    by_status = dict(
+        Node.objects.for_organization(organization)
+        .values_list("status")
+        .annotate(count=Count("pk"))
+        .values_list("status", "count")
+    )
+    gpu_count = (
+        Node.objects.for_organization(organization)
+        .exclude(status=NodeStatus.RETIRED)
+        .aggregate(total=Coalesce(Sum("gpu_count"), 0))["total"]
+    )
+    counts = Site.objects.for_organization(organization).aggregate(
+        sites=Count("pk", distinct=True),
+        offers=Count("offers", filter=Q(offers__is_active=True), distinct=True),
+    )
+    nodes_by_status = {status.value: by_status.get(status.value, 0) for status in NodeStatus}
+    return PartnerOverview(
+        site_count=counts["sites"],
+        node_count=sum(n for status, n in nodes_by_status.items() if status != NodeStatus.RETIRED),
+        gpu_count=int(gpu_count),
+        active_offer_count=counts["offers"],
+        nodes_by_status=nodes_by_status,
+    )

@@ -1,0 +1,158 @@
+"""Maintenance and curtailment windows: the service's rules and the database's."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+
+from capacity import services
+from capacity.models import NodeWindow, WindowKind
+from marketplace.models import AuditEvent
+
+NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _frozen_clock():
+    with time_machine.travel(NOW, tick=False):
+        yield
+
+
+def _schedule(node, start, end, kind=WindowKind.MAINTENANCE):
+    return services.window_schedule(
+        node=node, actor=None, kind=kind, start=start, end=end, reason="PSU swap"
+    )
+
+
+@pytest.mark.django_db
+def test_schedule_stores_the_window(node):
+    window = _schedule(node, NOW + timedelta(days=8), NOW + timedelta(days=8, hours=4))
+    stored = NodeWindow.objects.get(pk=window.pk)
+    assert (stored.kind, stored.start, stored.end, stored.reason, stored.announced_at) == (
+        "maintenance",
+        NOW + timedelta(days=8),
+        NOW + timedelta(days=8, hours=4),
+        "PSU swap",
+        NOW,
+    )
+    assert (
+        AuditEvent.objects.filter(action="window.scheduled", target_id=str(window.pk)).count() == 1
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        (
+            NOW - timedelta(hours=1),
+            NOW + timedelta(hours=1),
+            {"start": ["The window cannot start in the past."]},
+        ),
+        (
+            NOW + timedelta(hours=5),
+            NOW + timedelta(hours=2),
+            {"end": ["The window must end after it starts."]},
+        ),
+        (
+            NOW + timedelta(hours=5),
+            NOW + timedelta(hours=5),
+            {"end": ["The window must end after it starts."]},
+        ),
+    ],
+)
+def test_past_and_inverted_windows_are_refused(node, start, end, expected):
+    with pytest.raises(ValidationError) as caught:
+        _schedule(node, start, end)
+    assert caught.value.message_dict == expected
+    assert NodeWindow.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_overlapping_window_is_refused_with_the_clashing_window(node):
+    _schedule(node, NOW + timedelta(days=1), NOW + timedelta(days=1, hours=6))
+    with pytest.raises(ValidationError) as caught:
+        _schedule(node, NOW + timedelta(days=1, hours=5), NOW + timedelta(days=1, hours=8))
+    assert caught.value.message_dict == {
+        "start": [
+            "This window overlaps the maintenance window from 2026-05-05 12:00 to 2026-05-05 18:00 UTC."
+        ]
+    }
+    assert NodeWindow.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_adjacent_windows_other_kinds_and_other_nodes_may_coexist(node, site):
+    from tests.factories import NodeFactory
+
+    _schedule(node, NOW + timedelta(days=1), NOW + timedelta(days=1, hours=6))
+    _schedule(
+        node, NOW + timedelta(days=1, hours=6), NOW + timedelta(days=1, hours=8)
+    )  # [) touches
+    _schedule(
+        node, NOW + timedelta(days=1), NOW + timedelta(days=1, hours=6), kind=WindowKind.CURTAILMENT
+    )
+    _schedule(NodeFactory(site=site), NOW + timedelta(days=1), NOW + timedelta(days=1, hours=6))
+    assert NodeWindow.objects.count() == 4
+
+
+@pytest.mark.django_db
+def test_exclusion_constraint_holds_without_the_service(node):
+    period = DateTimeTZRange(NOW + timedelta(days=1), NOW + timedelta(days=2), "[)")
+    NodeWindow.objects.create(node=node, kind=WindowKind.CURTAILMENT, period=period)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        NodeWindow.objects.create(
+            node=node,
+            kind=WindowKind.CURTAILMENT,
+            period=DateTimeTZRange(NOW + timedelta(hours=30), NOW + timedelta(days=3), "[)"),
+        )
+    assert NodeWindow.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_unbounded_or_inverted_period_is_refused_by_the_database(node):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        NodeWindow.objects.create(
+            node=node, kind=WindowKind.MAINTENANCE, period=DateTimeTZRange(NOW, None, "[)")
+        )
+    with (
+        pytest.raises(Exception, match="range lower bound must be less than or equal"),
+        transaction.atomic(),
+    ):
+        NodeWindow.objects.create(
+            node=node,
+            kind=WindowKind.MAINTENANCE,
+            period=DateTimeTZRange(NOW + timedelta(hours=2), NOW, "[)"),
+        )
+    assert NodeWindow.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_cancel_frees_the_slot_and_refuses_twice(node):
+    window = _schedule(node, NOW + timedelta(days=1), NOW + timedelta(days=1, hours=6))
+    cancelled = services.window_cancel(window=window, actor=None)
+    assert cancelled.cancelled_at == NOW
+    with pytest.raises(ValidationError) as caught:
+        services.window_cancel(window=window, actor=None)
+    assert caught.value.messages == ["This window is already cancelled."]
+    _schedule(node, NOW + timedelta(days=1), NOW + timedelta(days=1, hours=6))
+    assert NodeWindow.objects.scheduled().count() == 1
+
+
+@pytest.mark.django_db
+def test_started_window_cannot_be_cancelled(node):
+    window = _schedule(node, NOW + timedelta(hours=1), NOW + timedelta(hours=3))
+    with (
+        time_machine.travel(NOW + timedelta(hours=2), tick=False),
+        pytest.raises(ValidationError) as caught,
+    ):
+        services.window_cancel(window=window, actor=None)
+    assert caught.value.messages == [
+        "This window has already started; it can no longer be cancelled."
+    ]
+    assert NodeWindow.objects.get(pk=window.pk).cancelled_at is None
