@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,19 @@ def _manage(*args: str) -> None:
     subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, check=True)  # noqa: S603
 
 
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"process on port {port} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"nothing answered on port {port} after {timeout_s:.0f} s")
+
+
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     started_db = False
@@ -39,35 +53,63 @@ def main() -> int:
         print(f"database: embedded PostgreSQL at {devdb.start()}")
     (ROOT / ".run" / "broker" / "queue").mkdir(parents=True, exist_ok=True)
     (ROOT / ".run" / "broker" / "processed").mkdir(parents=True, exist_ok=True)
-    _manage("migrate", "--no-input", "-v", "0")
-    _manage("seed_demo")
 
     children: list[subprocess.Popen[bytes]] = []
 
-    def spawn(*command: str) -> None:
-        children.append(subprocess.Popen(command, cwd=ROOT, start_new_session=True))  # noqa: S603
-
-    fleet_port = os.environ.get("HASHGRID_FLEET_PORT", "9100")
-    spawn(PYTHON, "-m", "capacity.agent.fleet", "--nodes", os.environ.get("HASHGRID_DEMO_NODES", "24"),
-          "--port", fleet_port, "--seed", "7", "--state-dir", str(ROOT / ".run" / "fleet"))
-    spawn(PYTHON, "-m", "celery", "-A", "config", "worker", "--beat", "--loglevel", "INFO",
-          "--concurrency", "2", "--schedule", str(ROOT / ".run" / "celerybeat-schedule"))
-    spawn(PYTHON, "manage.py", "runserver", "127.0.0.1:8000")
-
-    print("\n" + "=" * 64)
-    print(f"  Hashgrid is running at {URL}")
-    print(f"  API docs: {URL}/api/docs/   health: {URL}/healthz")
-    for role, email in DEMO_LOGINS:
-        print(f"  {role:<32} {email}  /  {DEMO_PASSWORD}")
-    print("  Ctrl-C stops everything.")
-    print("=" * 64 + "\n", flush=True)
+    def spawn(*command: str) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(command, cwd=ROOT, start_new_session=True)  # noqa: S603
+        children.append(child)
+        return child
 
     try:
+        _manage("migrate", "--no-input", "-v", "0")
+        # The fleet first: seeding enrolls the demo nodes against it.
+        fleet_port = int(os.environ.get("HASHGRID_FLEET_PORT", "9100"))
+        fleet = spawn(
+            PYTHON,
+            "-m",
+            "capacity.agent.fleet",
+            "--nodes",
+            os.environ.get("HASHGRID_DEMO_NODES", "24"),
+            "--port",
+            str(fleet_port),
+            "--seed",
+            "7",
+            "--state-dir",
+            str(ROOT / ".run" / "fleet"),
+        )
+        _wait_for_port(fleet_port, fleet)
+        _manage("seed_demo")
+        spawn(
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--beat",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "2",
+        )
+        spawn(PYTHON, "manage.py", "runserver", "127.0.0.1:8000")
+
+        print("\n" + "=" * 64)
+        print(f"  Hashgrid is running at {URL}")
+        print(f"  API docs: {URL}/api/docs/   health: {URL}/healthz")
+        for role, email in DEMO_LOGINS:
+            print(f"  {role:<32} {email}  /  {DEMO_PASSWORD}")
+        print("  Ctrl-C stops everything.")
+        print("=" * 64 + "\n", flush=True)
+
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         print("a process exited; stopping the rest", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nstopping…")
+        return 0
     finally:
         for child in children:
             if child.poll() is None:
@@ -79,7 +121,6 @@ def main() -> int:
                 os.killpg(child.pid, signal.SIGKILL)
         if started_db:
             devdb.stop()
-    return 0
 
 
 if __name__ == "__main__":
