@@ -89,8 +89,17 @@ def start() -> str:
         PGDATA.mkdir(parents=True, exist_ok=True)
         _chown_for_server(PGDATA)
         subprocess.run(  # noqa: S603
-            [_bin("initdb"), "-D", str(PGDATA), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-             "--locale=C"],
+            [
+                _bin("initdb"),
+                "-D",
+                str(PGDATA),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
             check=True,
             capture_output=True,
             **user_args,  # type: ignore[arg-type]

@@ -8,5 +8,7 @@ from config.settings import DATABASES
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # Several suites may run side by side on one server (developers, CI): keep them apart.
-DATABASES["default"]["TEST"] = {"NAME": f"test_hashgrid_{os.environ.get('HASHGRID_TEST_DB', 'main')}"}
+DATABASES["default"]["TEST"] = {
+    "NAME": f"test_hashgrid_{os.environ.get('HASHGRID_TEST_DB', 'main')}"
+}
 DATABASES["default"]["CONN_MAX_AGE"] = 0
