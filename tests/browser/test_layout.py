@@ -1,0 +1,50 @@
+"""The product layout in a real browser: landing on both viewports, mobile navigation."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from marketplace.models import Role
+from tests.browser.conftest import snap
+from tests.factories import MembershipFactory, OrganizationFactory
+
+pytestmark = pytest.mark.browser
+
+
+def _sign_in(page: Page, email: str) -> None:
+    page.goto("/accounts/login/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password", exact=True).fill("correct-horse-battery")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", level=1)).to_be_visible()
+
+
+def test_landing_on_desktop_and_phone(page: Page, mobile_page: Page) -> None:
+    for current, step in ((page, "desktop"), (mobile_page, "mobile")):
+        current.goto("/")
+        expect(current.get_by_role("heading", level=1)).to_contain_text("GPU compute")
+        expect(current.get_by_role("link", name="Reserve GPU capacity")).to_be_visible()
+        expect(current.get_by_role("link", name="List your mining site")).to_be_visible()
+        snap(current, step)
+    # Nothing overflows sideways on a phone.
+    assert mobile_page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_mobile_navigation_collapses_behind_a_toggle(mobile_page: Page, live_url: str) -> None:
+    organization = OrganizationFactory(name="Rift Valley Hash", is_buyer=False, is_partner=True)
+    user = MembershipFactory(organization=organization, role=Role.OWNER).user
+    _sign_in(mobile_page, user.email)
+
+    primary = mobile_page.get_by_role("navigation", name="Primary")
+    toggle = mobile_page.get_by_role("button", name="Menu")
+    expect(primary).to_be_hidden()
+    expect(toggle).to_have_attribute("aria-expanded", "false")
+    snap(mobile_page, "closed")
+
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    expect(primary.get_by_role("link", name="Sites")).to_be_visible()
+    expect(primary.get_by_role("link", name="Dashboard")).to_have_attribute("aria-current", "page")
+    snap(mobile_page, "open")
+    assert mobile_page.evaluate("document.documentElement.scrollWidth") <= 390
