@@ -2,15 +2,7 @@
 
 from django.db import migrations
 
-# (name, family as NVML reports it, memory in MiB, max board power in W) — NVIDIA data sheets.
-CATALOG = [
-    ("H100 SXM 80GB", "H100", 80 * 1024, 700),
-    ("H200 141GB", "H200", 141 * 1024, 700),
-    ("A100 80GB", "A100", 80 * 1024, 400),  # SXM4 board power
-    ("L40S 48GB", "L40S", 48 * 1024, 350),
-    ("RTX 4090 24GB", "4090", 24 * 1024, 450),
-]
-
+from capacity.catalog import GPU_CATALOG as CATALOG
 
 def seed(apps, schema_editor):
     GpuModel = apps.get_model("capacity", "GpuModel")
