@@ -1,0 +1,530 @@
+"""Fleet simulator: thousands of simulated agents served by one asyncio process.
+
+``python -m capacity.agent.fleet --nodes N --port P --seed S`` serves node ``i`` (0 to
+N-1) under ``/n/<i>/v1/info``, ``/v1/health``, ``/v1/usage`` and ``/v1/_sim/truth``,
+each node with its own Ed25519 key, journal epoch, GPUs, poll token and ground truth,
+speaking exactly the protocol of ``python -m capacity.agent run --simulate``.
+
+Light by construction, so 10,000 nodes fit a 2-core machine: nothing is stored per
+record. A node's record ``seq`` is GPU ``(seq-1) % G`` in window ``(seq-1) // G`` of the
+fleet's timeline, and its contents are the simulator's pure function of ``(seed, node,
+gpu, window)``; only hashes are cached (one checkpoint every 512 records plus the
+last few page ends), so a page is rebuilt from the nearest known hash. Key pairs
+derive from ``(seed, i)`` and are made on first use.
+
+Time: as in the simulator, the timeline starts ``--backfill-windows`` windows before
+start-up and catches up with real time at ``--speed`` simulated seconds per real
+second (at once by default); no window ever ends after real UTC now. With
+``--state-dir`` the timeline's origin is kept in ``fleet.json``: a restarted fleet keeps
+its epochs and seqs (every window up to now is available at once, since records are
+computed, not stored). Without it, each start is a new journal epoch for every node.
+
+Tokens: node ``i`` accepts ``fleet_poll_token(seed, i, prefix)`` (default prefix
+``fleet``; ``--token-prefix`` changes it), i.e. ``"<prefix>-<i>-<32 hex>"``. Enrollment
+hands out tokens from the platform instead, so ``POST /n/<i>/_admin/token`` with
+``{"poll_token_sha256": "<64 hex>"}`` replaces node ``i``'s token (kept in
+``tokens.json`` under ``--state-dir``).
+
+Faults: ``POST /_admin/faults`` with ``{"nodes": [i, ...], "fault": ..., ...}`` (or
+``"node": i``) injects the faults described in ``capacity.agent.faults``; ``GET
+/_admin/fleet`` describes the fleet. Admin endpoints answer loopback clients only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from capacity.agent.arguments import non_negative_int, positive_int, window_seconds
+from capacity.agent.counters import CounterReadings, readings_delta
+from capacity.agent.faults import FaultRequestError, PendingFaults, parse_fault_request
+from capacity.agent.identity import derive_private_key, write_private_file
+from capacity.agent.protocol import (
+    GENESIS_PREV_HASH,
+    chain_record,
+    hash_token,
+    time_from_unix,
+    usage_fields,
+)
+from capacity.agent.recorder import unix_ms_now
+from capacity.agent.server import (
+    UsageParamError,
+    gate,
+    info_payload,
+    is_loopback,
+    now_rfc3339,
+    parse_usage_params,
+    serve,
+    signed_response,
+)
+from capacity.agent.simulator import (
+    GPU_MODELS,
+    GpuTotals,
+    SimClock,
+    SimulatedGpu,
+    WindowActivity,
+    health_sample,
+    scheduled_resets,
+    simulated_gpus,
+    truth_payload,
+    window_activity,
+)
+
+CHECKPOINT_EVERY = 512
+RECENT_HASHES = 16
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def fleet_node_id(seed: int, index: int) -> str:
+    return f"fleet-{seed}-{index}"
+
+
+def fleet_poll_token(seed: int, index: int, prefix: str = "fleet") -> str:
+    """Node ``index``'s default poll token: public knowledge for anyone with the seed."""
+    digest = hmac.new(f"hashgrid-fleet-token|{seed}".encode(), str(index).encode(), "sha256")
+    return f"{prefix}-{index}-{digest.hexdigest()[:32]}"
+
+
+def fleet_private_key(seed: int, index: int) -> Ed25519PrivateKey:
+    return derive_private_key("hashgrid-fleet-key", seed, index)
+
+
+def fleet_gpu_model(seed: int, index: int, model: str) -> str:
+    """The node's GPU model; ``mixed`` picks one per node from the seed."""
+    if model != "mixed":
+        return model
+    draw = int(hashlib.sha256(f"hashgrid-fleet-model|{seed}|{index}".encode()).hexdigest(), 16)
+    return sorted(GPU_MODELS)[draw % len(GPU_MODELS)]
+
+
+def fleet_journal_epoch(seed: int, index: int, origin_window: int) -> str:
+    """A node's epoch: new whenever the fleet's timeline (its "journal") is new."""
+    material = f"hashgrid-fleet-epoch|{seed}|{index}|{origin_window}".encode()
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+@dataclass
+class FleetConfig:
+    seed: int
+    nodes: int
+    gpus_per_node: int
+    window_ms: int
+    gpu_model: str
+    token_prefix: str
+    origin_window: int
+    clock: SimClock
+    state_dir: Path | None = None
+    # Poll token hashes set through the admin endpoint, by node index.
+    token_overrides: dict[int, str] = field(default_factory=dict)
+
+    def windows_done(self, real_now_ms: int) -> int:
+        return max(0, self.clock.now_ms(real_now_ms) // self.window_ms - self.origin_window)
+
+    def save_tokens(self) -> None:
+        if self.state_dir is not None:
+            body = json.dumps({str(i): h for i, h in sorted(self.token_overrides.items())})
+            write_private_file(self.state_dir / "tokens.json", body.encode())
+
+
+class FleetNode:
+    """One simulated agent; its journal is computed, only hashes are cached."""
+
+    def __init__(self, config: FleetConfig, index: int) -> None:
+        self.config = config
+        self.index = index
+        self.node_id = fleet_node_id(config.seed, index)
+        model = fleet_gpu_model(config.seed, index, config.gpu_model)
+        self.gpus: list[SimulatedGpu] = simulated_gpus(
+            seed=config.seed, node_key=self.node_id, count=config.gpus_per_node, model=model
+        )
+        self.epoch = fleet_journal_epoch(config.seed, index, config.origin_window)
+        self.boot_id = str(uuid.uuid4())
+        self.faults = PendingFaults()
+        # (after, limit) of the last /v1/usage answer, replayed by the duplicate_page fault.
+        self.last_usage_params: tuple[int, int] | None = None
+        # checkpoints[j] is the hash of record j * CHECKPOINT_EVERY (j = 0: genesis).
+        self.checkpoints = [GENESIS_PREV_HASH]
+        self.recent: dict[int, str] = {}
+        # Window ordinals at which every GPU's counters were reset by the fault.
+        self.forced_reset_ordinals: set[int] = set()
+        self.truth_upto = 0
+        self.totals = {gpu.uuid: GpuTotals() for gpu in self.gpus}
+
+    @cached_property
+    def private_key(self) -> Ed25519PrivateKey:
+        return fleet_private_key(self.config.seed, self.index)
+
+    @property
+    def token_sha256(self) -> str:
+        override = self.config.token_overrides.get(self.index)
+        if override is not None:
+            return override
+        return hash_token(fleet_poll_token(self.config.seed, self.index, self.config.token_prefix))
+
+    def head_seq(self, real_now_ms: int) -> int:
+        return self.config.windows_done(real_now_ms) * len(self.gpus)
+
+    def _activity(self, gpu: SimulatedGpu, ordinal: int) -> WindowActivity:
+        return window_activity(
+            seed=self.config.seed,
+            node_key=self.node_id,
+            gpu=gpu,
+            ordinal=ordinal,
+            window_ms=self.config.window_ms,
+        )
+
+    def _counter_reset(self, gpu: SimulatedGpu, ordinal: int) -> bool:
+        scheduled = scheduled_resets(
+            seed=self.config.seed, node_key=self.node_id, gpu_index=gpu.index, ordinal=ordinal
+        )
+        return ordinal in self.forced_reset_ordinals or scheduled.energy or scheduled.tokens
+
+    def _fields(self, seq: int) -> dict[str, object]:
+        ordinal, gpu_index = divmod(seq - 1, len(self.gpus))
+        gpu = self.gpus[gpu_index]
+        activity = self._activity(gpu, ordinal)
+        energy, input_tokens = activity.energy_mj, activity.input_tokens
+        output_tokens, requests = activity.output_tokens, activity.requests
+        if self._counter_reset(gpu, ordinal):
+            # The counters restarted from zero in this window: read them as the agent
+            # would, from a reading above them to the window's usage.
+            after = CounterReadings(energy, input_tokens, output_tokens, requests)
+            before = CounterReadings(energy + 1, input_tokens + 1, output_tokens + 1, requests + 1)
+            deltas = readings_delta(before, after)
+            energy, input_tokens = deltas.energy_mj, deltas.input_tokens
+            output_tokens, requests = deltas.output_tokens, deltas.requests
+        window = self.config.origin_window + ordinal
+        window_s = self.config.window_ms // 1000
+        return usage_fields(
+            gpu_uuid=gpu.uuid,
+            window_start=time_from_unix(window * window_s),
+            window_end=time_from_unix((window + 1) * window_s),
+            workload_kind=activity.kind,
+            workload_ref=activity.ref,
+            busy_ms=activity.busy_ms,
+            energy_mj=energy,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            requests=requests,
+        )
+
+    def _known_hash_at_or_before(self, seq: int) -> tuple[int, str]:
+        checkpoint = min(seq // CHECKPOINT_EVERY, len(self.checkpoints) - 1)
+        start_seq, start_hash = checkpoint * CHECKPOINT_EVERY, self.checkpoints[checkpoint]
+        for known_seq, known_hash in self.recent.items():
+            if start_seq < known_seq <= seq:
+                start_seq, start_hash = known_seq, known_hash
+        return start_seq, start_hash
+
+    def _remember(self, seq: int, record_hash: str) -> None:
+        if seq % CHECKPOINT_EVERY == 0 and seq // CHECKPOINT_EVERY == len(self.checkpoints):
+            self.checkpoints.append(record_hash)
+
+    def _remember_recent(self, seq: int, record_hash: str) -> None:
+        self.recent[seq] = record_hash
+        while len(self.recent) > RECENT_HASHES:
+            del self.recent[next(iter(self.recent))]
+
+    def _chain(self, first_seq: int, last_seq: int) -> tuple[str, list[dict[str, object]]]:
+        """Hash of record ``first_seq - 1`` and records ``first_seq..last_seq``."""
+        seq, prev_hash = self._known_hash_at_or_before(first_seq - 1)
+        while seq < first_seq - 1:
+            seq += 1
+            prev_hash = str(chain_record(self._fields(seq), seq=seq, prev_hash=prev_hash)["hash"])
+            self._remember(seq, prev_hash)
+        before = prev_hash
+        records = []
+        for seq in range(first_seq, last_seq + 1):
+            record = chain_record(self._fields(seq), seq=seq, prev_hash=prev_hash)
+            prev_hash = str(record["hash"])
+            self._remember(seq, prev_hash)
+            records.append(record)
+        if last_seq >= first_seq:
+            self._remember_recent(last_seq, prev_hash)
+        elif first_seq > 1:
+            self._remember_recent(first_seq - 1, before)
+        return before, records
+
+    def usage(self, *, after: int, limit: int, real_now_ms: int) -> dict[str, object]:
+        head_seq = self.head_seq(real_now_ms)
+        last = min(after + limit, head_seq)
+        _, records = self._chain(after + 1, last) if after < head_seq else ("", [])
+        head_hash, _ = self._chain(head_seq + 1, head_seq)
+        return {
+            "journal_epoch": self.epoch,
+            "records": records,
+            "head_seq": head_seq,
+            "head_hash": head_hash,
+        }
+
+    def truth(self, real_now_ms: int) -> dict[str, GpuTotals]:
+        done = self.config.windows_done(real_now_ms)
+        for ordinal in range(self.truth_upto, done):
+            for gpu in self.gpus:
+                self.totals[gpu.uuid].add(
+                    self._activity(gpu, ordinal), counter_reset=self._counter_reset(gpu, ordinal)
+                )
+        self.truth_upto = max(self.truth_upto, done)
+        return self.totals
+
+    def last_activity(self, gpu: SimulatedGpu, real_now_ms: int) -> WindowActivity:
+        done = self.config.windows_done(real_now_ms)
+        if done == 0:
+            idle_mj = gpu.spec.idle_power_w * self.config.window_ms
+            return WindowActivity("idle", None, 0, idle_mj, 0, 0, 0)
+        return self._activity(gpu, done - 1)
+
+    def respond(self, payload: object, *, status: int = 200) -> web.Response:
+        return signed_response(self.private_key, payload, status=status)
+
+
+class Fleet:
+    """All nodes, created on first request."""
+
+    def __init__(self, config: FleetConfig) -> None:
+        self.config = config
+        self._nodes: dict[int, FleetNode] = {}
+
+    def node(self, index: int) -> FleetNode:
+        node = self._nodes.get(index)
+        if node is None:
+            node = self._nodes[index] = FleetNode(self.config, index)
+        return node
+
+
+FLEET = web.AppKey("fleet", Fleet)
+
+
+def _not_found() -> web.Response:
+    return web.json_response({"error": "not_found"}, status=404)
+
+
+def _node_from(request: web.Request) -> FleetNode | None:
+    fleet = request.app[FLEET]
+    raw = request.match_info["index"]
+    if not raw.isascii() or not raw.isdigit() or int(raw) >= fleet.config.nodes:
+        return None
+    return fleet.node(int(raw))
+
+
+async def node_view(request: web.Request) -> web.Response:
+    node = _node_from(request)
+    if node is None:
+        return _not_found()
+    early = await gate(
+        request, token_sha256=node.token_sha256, faults=node.faults, private_key=node.private_key
+    )
+    if early is not None:
+        return early
+    endpoint = request.match_info["endpoint"]
+    now_ms = unix_ms_now()
+    if endpoint == "info":
+        return node.respond(
+            info_payload(
+                node_id=node.node_id,
+                boot_id=node.boot_id,
+                journal_epoch=node.epoch,
+                private_key=node.private_key,
+                gpus=[gpu.info() for gpu in node.gpus],
+            )
+        )
+    if endpoint == "health":
+        window_ms = node.config.window_ms
+        gpus = [
+            health_sample(
+                gpu=gpu, activity=node.last_activity(gpu, now_ms), window_ms=window_ms
+            ).to_wire()
+            for gpu in node.gpus
+        ]
+        return node.respond({"node_id": node.node_id, "gpus": gpus, "time": now_rfc3339()})
+    if endpoint == "usage":
+        try:
+            after, limit = parse_usage_params(request.query)
+        except UsageParamError as error:
+            return node.respond({"error": "invalid_parameter", "detail": str(error)}, status=400)
+        if node.last_usage_params is not None and node.faults.take_duplicate_page():
+            after, limit = node.last_usage_params
+        node.last_usage_params = (after, limit)
+        return node.respond(node.usage(after=after, limit=limit, real_now_ms=now_ms))
+    if endpoint == "_sim/truth":
+        return node.respond(
+            truth_payload(
+                node_id=node.node_id,
+                journal_epoch=node.epoch,
+                head_seq=node.head_seq(now_ms),
+                gpu_totals=node.truth(now_ms),
+                time=now_rfc3339(),
+            )
+        )
+    return _not_found()
+
+
+async def token_view(request: web.Request) -> web.Response:
+    if not is_loopback(request.remote):
+        return web.json_response({"error": "forbidden"}, status=403)
+    node = _node_from(request)
+    if node is None:
+        return _not_found()
+    try:
+        payload = await request.json()
+    except json.JSONDecodeError:
+        payload = None
+    token_sha256 = payload.get("poll_token_sha256") if isinstance(payload, dict) else None
+    if not isinstance(token_sha256, str) or not _SHA256_HEX.match(token_sha256):
+        return web.json_response(
+            {"error": "invalid_token", "detail": "poll_token_sha256 must be 64 lowercase hex"},
+            status=400,
+        )
+    config = request.app[FLEET].config
+    config.token_overrides[node.index] = token_sha256
+    config.save_tokens()
+    return web.json_response({"node": node.index, "node_id": node.node_id})
+
+
+async def faults_view(request: web.Request) -> web.Response:
+    if not is_loopback(request.remote):
+        return web.json_response({"error": "forbidden"}, status=403)
+    fleet = request.app[FLEET]
+    try:
+        payload = await request.json()
+        fault = parse_fault_request(payload)
+    except (FaultRequestError, json.JSONDecodeError) as error:
+        return web.json_response({"error": "invalid_fault", "detail": str(error)}, status=400)
+    indexes = payload.get("nodes", [payload.get("node")])
+    if (
+        not isinstance(indexes, list)
+        or not indexes
+        or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < fleet.config.nodes
+            for i in indexes
+        )
+    ):
+        return web.json_response(
+            {"error": "invalid_fault", "detail": "nodes must list node indexes"}, status=400
+        )
+    next_ordinal = fleet.config.windows_done(unix_ms_now())
+    for index in indexes:
+        node = fleet.node(index)
+        if fault.kind == "restart":
+            node.boot_id = str(uuid.uuid4())
+        elif fault.kind == "counter_reset":
+            node.forced_reset_ordinals.add(next_ordinal)
+        else:
+            node.faults.add(fault)
+    return web.json_response({"applied": fault.kind, "nodes": indexes})
+
+
+async def fleet_view(request: web.Request) -> web.Response:
+    if not is_loopback(request.remote):
+        return web.json_response({"error": "forbidden"}, status=403)
+    config = request.app[FLEET].config
+    return web.json_response(
+        {
+            "seed": config.seed,
+            "nodes": config.nodes,
+            "gpus_per_node": config.gpus_per_node,
+            "window_seconds": config.window_ms // 1000,
+            "origin_window": config.origin_window,
+            "windows_done": config.windows_done(unix_ms_now()),
+        }
+    )
+
+
+def create_fleet_app(fleet: Fleet) -> web.Application:
+    app = web.Application()
+    app[FLEET] = fleet
+    app.router.add_get(r"/n/{index}/v1/{endpoint:info|health|usage|_sim/truth}", node_view)
+    app.router.add_post("/n/{index}/_admin/token", token_view)
+    app.router.add_post("/_admin/faults", faults_view)
+    app.router.add_get("/_admin/fleet", fleet_view)
+    return app
+
+
+def load_config(args: argparse.Namespace, real_now_ms: int) -> FleetConfig:
+    """The fleet's configuration, resumed from ``--state-dir`` when one exists there."""
+    window_ms = args.window_seconds * 1000
+    origin_window = real_now_ms // window_ms - args.backfill_windows
+    clock = SimClock(origin_ms=origin_window * window_ms, started_ms=real_now_ms, speed=args.speed)
+    settings = {
+        "seed": args.seed,
+        "gpus_per_node": args.gpus_per_node,
+        "window_seconds": args.window_seconds,
+        "gpu_model": args.gpu_model,
+    }
+    token_overrides: dict[int, str] = {}
+    state_dir: Path | None = args.state_dir
+    if state_dir is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fleet_file = state_dir / "fleet.json"
+        if fleet_file.exists():
+            saved = json.loads(fleet_file.read_text())
+            if {key: saved.get(key) for key in settings} != settings:
+                raise SystemExit(f"error: {fleet_file} was written for {saved}, not {settings}")
+            origin_window = int(saved["origin_window"])
+            # Records are computed, so the whole timeline up to now is there at once.
+            clock = SimClock(origin_ms=origin_window * window_ms, started_ms=0, speed=None)
+        else:
+            body = json.dumps({**settings, "origin_window": origin_window}, indent=2)
+            write_private_file(fleet_file, body.encode() + b"\n")
+        tokens_file = state_dir / "tokens.json"
+        if tokens_file.exists():
+            token_overrides = {
+                int(i): str(h) for i, h in json.loads(tokens_file.read_text()).items()
+            }
+    return FleetConfig(
+        seed=args.seed,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        window_ms=window_ms,
+        gpu_model=args.gpu_model,
+        token_prefix=args.token_prefix,
+        origin_window=origin_window,
+        clock=clock,
+        state_dir=state_dir,
+        token_overrides=token_overrides,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m capacity.agent.fleet",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--nodes", type=positive_int, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--gpus-per-node", type=positive_int, default=8)
+    parser.add_argument("--gpu-model", choices=[*sorted(GPU_MODELS), "mixed"], default="h100")
+    parser.add_argument("--window-seconds", type=window_seconds, default=60)
+    parser.add_argument("--backfill-windows", type=non_negative_int, default=0)
+    parser.add_argument("--speed", type=positive_int, default=None)
+    parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--token-prefix", default="fleet")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fleet = Fleet(load_config(args, unix_ms_now()))
+    banner = f"fleet of {args.nodes} nodes (seed {args.seed})"
+    asyncio.run(serve(create_fleet_app(fleet), host=args.host, port=args.port, banner=banner))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

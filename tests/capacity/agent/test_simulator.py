@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from capacity.agent.simulator import (
+    GPU_MODELS,
+    SimClock,
+    SimulatedNode,
+    WindowActivity,
+    simulated_gpus,
+    window_activity,
+)
+
+
+def test_gpus_are_deterministic_per_seed_and_node() -> None:
+    gpus = simulated_gpus(seed=7, node_key="sim-7", count=2, model="h100")
+
+    assert [gpu.uuid for gpu in gpus] == [
+        "GPU-184153be-8c0f-0cda-d616-9ae3ec3f44d9",
+        "GPU-69ca3a1b-d018-f4ee-1109-e8a6d07d27e1",
+    ]
+    assert simulated_gpus(seed=7, node_key="other", count=1, model="h100")[0].uuid != gpus[0].uuid
+
+
+def test_activity_is_a_pure_function_of_seed_node_gpu_and_window() -> None:
+    gpu = simulated_gpus(seed=7, node_key="sim-7", count=2, model="h100")[0]
+
+    activity = window_activity(seed=7, node_key="sim-7", gpu=gpu, ordinal=20, window_ms=60_000)
+
+    assert activity == window_activity(
+        seed=7, node_key="sim-7", gpu=gpu, ordinal=20, window_ms=60_000
+    )
+    assert activity == WindowActivity(
+        kind="inference",
+        ref="llama-3.1-70b-instruct",
+        busy_ms=19_800,
+        energy_mj=13_306_020,
+        input_tokens=12_348,
+        output_tokens=4_914,
+        requests=21,
+    )
+    # 70 W idle + 630 W headroom x 19.8 s busy x intensity stays under 700 W x 60 s
+    assert activity.energy_mj <= 700 * 60_000
+
+
+@given(
+    seed=st.integers(min_value=0, max_value=2**32),
+    ordinal=st.integers(min_value=0, max_value=10**7),
+    window_seconds=st.integers(min_value=1, max_value=60),
+    model=st.sampled_from(sorted(GPU_MODELS)),
+)
+def test_activity_is_physically_possible(
+    seed: int, ordinal: int, window_seconds: int, model: str
+) -> None:
+    gpu = simulated_gpus(seed=seed, node_key="n", count=1, model=model)[0]
+    window_ms = window_seconds * 1000
+
+    activity = window_activity(
+        seed=seed, node_key="n", gpu=gpu, ordinal=ordinal, window_ms=window_ms
+    )
+
+    assert 0 <= activity.busy_ms <= window_ms
+    assert gpu.spec.idle_power_w * window_ms <= activity.energy_mj
+    assert activity.energy_mj <= gpu.spec.max_power_w * window_ms
+    assert min(activity.input_tokens, activity.output_tokens, activity.requests) >= 0
+    if activity.kind != "inference":
+        assert activity.input_tokens == activity.output_tokens == activity.requests == 0
+
+
+def test_forced_counter_reset_restarts_counters_from_the_window_usage() -> None:
+    gpus = simulated_gpus(seed=7, node_key="sim-7", count=1, model="h100")
+    node = SimulatedNode(seed=7, node_key="sim-7", gpus=gpus, window_ms=1000)
+    node.force_counter_reset()
+
+    (window,) = node.run_window(0)
+
+    assert window.counter_reset is True
+    assert window.readings.energy_mj == window.activity.energy_mj
+    assert window.readings.input_tokens == window.activity.input_tokens
+
+
+def test_sim_clock_catches_up_at_speed_and_never_passes_real_time() -> None:
+    clock = SimClock(origin_ms=1_000_000, started_ms=2_000_000, speed=60)
+
+    assert clock.now_ms(2_000_000) == 1_000_000
+    assert clock.now_ms(2_010_000) == 1_600_000
+    assert clock.now_ms(2_020_000) == 2_020_000  # caught up: follows real time
+    assert clock.real_ms_when(1_600_000) == 2_010_000
+    assert clock.real_ms_when(3_000_000) == 3_000_000
+    assert SimClock(origin_ms=0, started_ms=5, speed=None).now_ms(123) == 123
