@@ -45,8 +45,16 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float
     raise SystemExit(f"nothing answered on port {port} after {timeout_s:.0f} s")
 
 
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # Ctrl-C (even when a parent shell started us with SIGINT ignored) and SIGTERM both
+    # stop everything this command started.
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
     started_db = False
     if not os.environ.get("DATABASE_URL"):
         started_db = not devdb.is_accepting()
