@@ -27,6 +27,7 @@ from capacity.forms import (
     WindowForm,
     add_service_errors,
 )
+from capacity.metering import selectors as metering_selectors
 from capacity.models import Node, NodeWindow, Offer, Site
 from marketplace.models import OPERATOR_ROLES, Organization, User
 from marketplace.tenancy import (
@@ -194,6 +195,10 @@ def _render_node(
             "enrollment_code": enrollment_code,
             "enroll_command": _enroll_command(enrollment_code) if enrollment_code else None,
             "can_operate": _can_operate(request),
+            "availability": metering_selectors.node_availability(node=node),
+            "quarantined": metering_selectors.quarantined_records_for_node(node=node),
+            "quarantine_counts": metering_selectors.quarantine_counts_for_node(node=node),
+            "poll_state": metering_selectors.node_poll_state(node=node),
         },
         status=status,
     )

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "allauth.mfa",
     "marketplace",
     "capacity",
+    "capacity.metering",
     "contracts",
     "billing",
 ]
@@ -222,7 +223,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # httpx logs every request at INFO: one line per agent poll is noise.
+        "httpx": {"level": "WARNING"},
+    },
 }
 
 SESSION_COOKIE_HTTPONLY = True
@@ -247,6 +252,8 @@ STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")
 
 # Metering.
 METERING_POLL_INTERVAL_SECONDS = env_int("METERING_POLL_INTERVAL_SECONDS", 60, minimum=5)
+METERING_BATCH_SIZE = env_int("METERING_BATCH_SIZE", 200, minimum=1)
+METERING_POLL_CONCURRENCY = env_int("METERING_POLL_CONCURRENCY", 16, minimum=1)
 FLEET_URL = env_str("HASHGRID_FLEET_URL", "http://127.0.0.1:9100")
 
 # Secret used to encrypt agent credentials at rest (derived from SECRET_KEY by default).

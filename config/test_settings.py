@@ -12,3 +12,7 @@ DATABASES["default"]["TEST"] = {
     "NAME": f"test_hashgrid_{os.environ.get('HASHGRID_TEST_DB', 'main')}"
 }
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+# A Celery worker started by a test (a subprocess) must use that test's database.
+if os.environ.get("HASHGRID_DB_NAME_OVERRIDE"):
+    DATABASES["default"]["NAME"] = os.environ["HASHGRID_DB_NAME_OVERRIDE"]

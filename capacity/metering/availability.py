@@ -1,0 +1,133 @@
+"""Per-GPU, per-minute availability: how polls set it and how 30-day figures read it.
+
+A GPU-minute is *observed available* when a verified, valid usage record of that GPU
+covers at least part of the minute: the agent was up, the GPU was seen by NVML and its
+counters were read. Minutes are stored as one ``bit(1440)`` per GPU per UTC day
+(``models.GpuAvailabilityDay``; why bits, there). Polls OR their minutes in, so storing
+the same page twice changes nothing.
+
+Figures exclude, from both sides of the ratio, the minutes before the node existed and
+maintenance announced at least ``MAINTENANCE_NOTICE`` ahead (the SLA's rule); every
+other minute without an observation counts as unavailable.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from capacity.metering.models import MINUTES_PER_DAY
+from capacity.metering.validation import AcceptedRecord, to_unix_us
+
+MAINTENANCE_NOTICE = timedelta(days=7)
+_US_PER_MINUTE = 60_000_000
+_FULL_DAY = (1 << MINUTES_PER_DAY) - 1
+_EPOCH_DAY = date(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class MinuteMask:
+    """Minutes of one GPU's UTC day to set: ``bits`` as a 1440-char string of 0/1."""
+
+    gpu_device_id: int
+    day: date
+    bits: str
+
+
+def _bit(minute_of_day: int) -> int:
+    """The mask bit of a minute: minute 0 is the leftmost bit (PostgreSQL's bit 0)."""
+    return 1 << (MINUTES_PER_DAY - 1 - minute_of_day)
+
+
+def _range_mask(first_minute: int, end_minute: int) -> int:
+    """Mask of minutes ``[first_minute, end_minute)`` of one day (0..1440)."""
+    if end_minute <= first_minute:
+        return 0
+    width = end_minute - first_minute
+    return ((1 << width) - 1) << (MINUTES_PER_DAY - end_minute)
+
+
+def minute_masks(records: Iterable[AcceptedRecord]) -> list[MinuteMask]:
+    """The minutes ``records`` cover, one mask per (GPU, UTC day)."""
+    masks: dict[tuple[int, int], int] = defaultdict(int)
+    for record in records:
+        first = to_unix_us(record.window_start) // _US_PER_MINUTE
+        last = (to_unix_us(record.window_end) - 1) // _US_PER_MINUTE
+        for minute in range(first, last + 1):
+            day, minute_of_day = divmod(minute, MINUTES_PER_DAY)
+            masks[(record.gpu_device_id, day)] |= _bit(minute_of_day)
+    return [
+        MinuteMask(gpu, _EPOCH_DAY + timedelta(days=day), format(bits, f"0{MINUTES_PER_DAY}b"))
+        for (gpu, day), bits in masks.items()
+    ]
+
+
+@dataclass(frozen=True)
+class AvailabilityFigure:
+    """Available GPU-minutes out of the GPU-minutes that counted."""
+
+    available_minutes: int
+    counted_minutes: int
+
+    @property
+    def percent(self) -> Decimal | None:
+        """Percentage with two decimals (half-up), None when nothing counted yet."""
+        if self.counted_minutes == 0:
+            return None
+        ratio = Decimal(self.available_minutes * 100) / Decimal(self.counted_minutes)
+        return ratio.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+    def __add__(self, other: AvailabilityFigure) -> AvailabilityFigure:
+        return AvailabilityFigure(
+            self.available_minutes + other.available_minutes,
+            self.counted_minutes + other.counted_minutes,
+        )
+
+
+NOTHING = AvailabilityFigure(0, 0)
+
+
+def _minute_index(moment: datetime) -> int:
+    return to_unix_us(moment.astimezone(UTC)) // _US_PER_MINUTE
+
+
+def _intervals_to_day_masks(intervals: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """Minute intervals ``[a, b)`` (absolute minute indexes) as masks per absolute day."""
+    masks: dict[int, int] = defaultdict(int)
+    for first, end in intervals:
+        day = first // MINUTES_PER_DAY
+        while first < end:
+            day_start = day * MINUTES_PER_DAY
+            day_end = min(end, day_start + MINUTES_PER_DAY)
+            masks[day] |= _range_mask(first - day_start, day_end - day_start)
+            first, day = day_end, day + 1
+    return masks
+
+
+def gpu_availability(
+    *,
+    bitmaps: Mapping[date, str],
+    counted_from: datetime,
+    until: datetime,
+    excluded: Sequence[tuple[datetime, datetime]] = (),
+) -> AvailabilityFigure:
+    """One GPU's figure over ``[counted_from, until)`` from its day bitmaps."""
+    first, end = _minute_index(counted_from), _minute_index(until)
+    if end <= first:
+        return NOTHING
+    counted = _intervals_to_day_masks([(first, end)])
+    for day, mask in _intervals_to_day_masks(
+        (_minute_index(start), _minute_index(stop)) for start, stop in excluded
+    ).items():
+        if day in counted:
+            counted[day] &= ~mask & _FULL_DAY
+    available = counted_total = 0
+    for day, mask in counted.items():
+        counted_total += mask.bit_count()
+        bits = bitmaps.get(_EPOCH_DAY + timedelta(days=day))
+        if bits:
+            available += (int(bits, 2) & mask).bit_count()
+    return AvailabilityFigure(available, counted_total)

@@ -1,0 +1,183 @@
+"""Poll a batch of claimed nodes and store what they said: the body of ``tasks.poll_batch``.
+
+Reads every node's cursor, key, token and GPUs in three queries, polls the nodes
+concurrently (``polling.poll_concurrently``, network on a helper thread) and stores each
+node's pages as they arrive (``ingest.store_page``, one statement per page, in this
+thread), then moves the node's health (``health.apply_outcome``). Running a batch twice,
+or two batches over the same node at once, stores every record once: the cursor is
+moved conditionally in the same statement that inserts the records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from capacity.metering import health, ingest
+from capacity.metering.models import NodePollState
+from capacity.metering.polling import (
+    DEFAULT_CONCURRENCY,
+    PollTarget,
+    health_due,
+    poll_concurrently,
+)
+from capacity.metering.sweep import UNPOLLED_STATUSES
+from capacity.metering.validation import GpuRef
+from capacity.models import GpuDevice, NodeStatus
+from config import crypto
+
+if TYPE_CHECKING:
+    import httpx
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchResult:
+    polled: int = 0
+    failed: int = 0
+    pages: int = 0
+    inserted: int = 0
+    quarantined: int = 0
+    # Pages another poll had already stored (the cursor had moved on).
+    skipped_pages: int = 0
+
+
+def load_targets(
+    node_ids: Sequence[int],
+    *,
+    now: datetime,
+    interval_seconds: int,
+    always_check_health: bool = False,
+) -> tuple[list[PollTarget], dict[int, health.HealthSnapshot], dict[int, str]]:
+    """Targets to poll, their health before the poll, and nodes that cannot be polled."""
+    gpus: dict[int, dict[str, int]] = defaultdict(dict)
+    for node_id, uuid, device_id in GpuDevice.objects.filter(node_id__in=node_ids).values_list(
+        "node_id", "uuid", "id"
+    ):
+        gpus[node_id][uuid] = device_id
+    rows = (
+        NodePollState.objects.filter(node_id__in=node_ids)
+        .exclude(node__status__in=UNPOLLED_STATUSES)
+        .values_list(
+            "node_id",
+            "journal_epoch",
+            "last_seq",
+            "last_hash",
+            "gpu_window_ends",
+            "unreachable_since",
+            "integrity_notified_at",
+            "degraded_reason",
+            "node__agent_url",
+            "node__poll_token_ciphertext",
+            "node__agent_public_key",
+            "node__status",
+            "node__gpu_model__max_power_w",
+        )
+    )
+    targets, snapshots, unpollable = [], {}, {}
+    for (
+        node_id,
+        epoch,
+        last_seq,
+        last_hash,
+        window_ends,
+        unreachable_since,
+        integrity_notified_at,
+        degraded_reason,
+        agent_url,
+        token_ciphertext,
+        public_key,
+        status,
+        max_power_w,
+    ) in rows:
+        snapshots[node_id] = health.HealthSnapshot(
+            status=status,
+            degraded_reason=degraded_reason,
+            unreachable=unreachable_since is not None,
+            integrity_notified=integrity_notified_at is not None,
+        )
+        try:
+            token = crypto.decrypt_str(token_ciphertext)
+        except crypto.DecryptionError:
+            unpollable[node_id] = "the stored poll token cannot be decrypted"
+            continue
+        targets.append(
+            PollTarget(
+                node_id=node_id,
+                agent_url=agent_url,
+                token=token,
+                public_key=public_key,
+                journal_epoch=epoch,
+                last_seq=last_seq,
+                last_hash=last_hash,
+                gpu_window_ends=window_ends,
+                gpus={
+                    uuid: GpuRef(device_id=device_id, max_power_w=max_power_w)
+                    for uuid, device_id in gpus[node_id].items()
+                },
+                # A node that is not online gets its health asked on every poll.
+                check_health=always_check_health
+                or status != NodeStatus.ONLINE
+                or health_due(node_id=node_id, polled_at=now, interval_seconds=interval_seconds),
+            )
+        )
+    return targets, snapshots, unpollable
+
+
+def poll_and_store(
+    node_ids: Sequence[int],
+    *,
+    now: datetime,
+    interval_seconds: int,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    transport: httpx.AsyncBaseTransport | None = None,
+    always_check_health: bool = False,
+) -> BatchResult:
+    """Poll ``node_ids`` and store every page; see the module docstring."""
+    result = BatchResult()
+    targets, snapshots, unpollable = load_targets(
+        node_ids,
+        now=now,
+        interval_seconds=interval_seconds,
+        always_check_health=always_check_health,
+    )
+    for node_id, error in unpollable.items():
+        health.record_failure(
+            node_id=node_id, error=error, polled_at=now, interval_seconds=interval_seconds
+        )
+        result.failed += 1
+    next_poll_at = now + timedelta(seconds=interval_seconds)
+    with ingest.asynchronous_commit():
+        for outcome in poll_concurrently(
+            targets, polled_at=now, concurrency=concurrency, transport=transport
+        ):
+            result.polled += 1
+            for page in outcome.pages:
+                stored = ingest.store_page(
+                    node_id=outcome.node_id,
+                    page=page,
+                    polled_at=now,
+                    next_poll_at=next_poll_at,
+                    problem=outcome.integrity_problem,
+                    gpu_utilization_pct=outcome.gpu_utilization_pct,
+                )
+                result.pages += 1
+                if not stored.moved:
+                    # Someone else stored from this cursor; our later pages start there too.
+                    result.skipped_pages += len(outcome.pages) - outcome.pages.index(page)
+                    break
+                result.inserted += stored.inserted
+                result.quarantined += stored.quarantined
+            if not outcome.succeeded:
+                result.failed += 1
+            health.apply_outcome(
+                outcome=outcome,
+                before=snapshots[outcome.node_id],
+                interval_seconds=interval_seconds,
+            )
+    return result

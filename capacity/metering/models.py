@@ -1,0 +1,269 @@
+"""Metering's tables: poll state per node, usage records, quarantine, rollups, availability.
+
+Usage quantities are integers in the units their names carry (milliseconds, millijoules,
+tokens, requests), exactly as the agent reported them; times are UTC. A usage record is
+unique on ``(node, journal_epoch, seq)``: the agent's journal names each record once
+forever, so storing by that key makes every repeated, retried or concurrent poll a no-op.
+Writes go through ``capacity.metering.ingest`` (one SQL statement per page), never
+through these models' ``save()``.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from capacity.agent.protocol import GENESIS_PREV_HASH
+from capacity.models import GpuDevice, Node
+from marketplace.models import TenantQuerySet
+
+MINUTES_PER_DAY = 1440
+
+
+class MinuteBitmapField(models.Field):
+    """A PostgreSQL ``bit(1440)``: bit ``m`` (0 = leftmost) is minute ``m`` of a UTC day.
+
+    Read back as a string of ``0``/``1`` characters (psycopg's text form of ``bit``).
+    """
+
+    description = "1440-bit string, one bit per minute of a UTC day"
+
+    def db_type(self, connection) -> str:  # type: ignore[no-untyped-def]
+        return f"bit({MINUTES_PER_DAY})"
+
+
+class NodePollState(models.Model):
+    """Where metering stands with one node: the journal cursor, the schedule, the failures.
+
+    One row per polled node, kept here so metering needs no columns on ``capacity.Node``.
+    The cursor (``journal_epoch``, ``last_seq``, ``last_hash``) only ever moves by a
+    conditional update from the exact value a page was fetched after, in the same
+    statement that stores the page's records (``ingest.store_page``).
+    """
+
+    node = models.OneToOneField(
+        Node, on_delete=models.CASCADE, primary_key=True, related_name="poll_state"
+    )
+    # Due for polling at or after this instant; a sweep's claim pushes it one interval
+    # (the lease), the poll's result sets it for real (interval, or backoff on failure).
+    next_poll_at = models.DateTimeField(default=timezone.now)
+    # Journal epoch of the agent's usage journal the cursor belongs to ('' = never polled).
+    journal_epoch = models.CharField(max_length=64, blank=True)
+    # Highest seq stored for journal_epoch (0 = none yet) and that record's hash.
+    last_seq = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, default=GENESIS_PREV_HASH)
+    # {gpu_uuid: window_end of the GPU's latest stored record, Unix seconds}: a new record
+    # of that GPU starting earlier overlaps (or rewrites) history and is quarantined.
+    gpu_window_ends = models.JSONField(default=dict, blank=True)
+    last_poll_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    # Delay before the next poll after the last failure, in seconds (0 after a success).
+    backoff_seconds = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    # First failed poll of the current outage; null while the node answers.
+    unreachable_since = models.DateTimeField(null=True, blank=True)
+    # When the partner was told about the current outage (once per outage).
+    unreachable_notified_at = models.DateTimeField(null=True, blank=True)
+    # Why the node is degraded, in words the partner sees ('' = nothing wrong).
+    degraded_reason = models.TextField(blank=True)
+    # When the partner was told that the agent's signature or hash chain failed; cleared
+    # once the agent's answers verify again, so a new incident mails again.
+    integrity_notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["next_poll_at"], name="pollstate_next_poll_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(last_seq__gte=0), name="pollstate_last_seq_not_negative"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"poll state of node {self.node_id}"
+
+
+class WorkloadKind(models.TextChoices):
+    ALLOCATION = "allocation", "Reserved allocation"
+    INFERENCE = "inference", "On-demand inference"
+    IDLE = "idle", "Idle"
+
+
+class UsageRecordQuerySet(TenantQuerySet):
+    tenant_path = "node__site__organization"
+
+
+class UsageRecord(models.Model):
+    """One verified, valid agent record: one GPU over one window (at most 60 s).
+
+    Billable input for rating; the hourly rollups below are what reports read.
+    """
+
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="usage_records")
+    journal_epoch = models.CharField(max_length=64)
+    seq = models.BigIntegerField()
+    # sha256 hex of the record as the agent chained it (proof of what was stored).
+    record_hash = models.CharField(max_length=64)
+    gpu = models.ForeignKey(GpuDevice, on_delete=models.PROTECT, related_name="usage_records")
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    workload_kind = models.CharField(max_length=16, choices=WorkloadKind.choices)
+    # The agent's workload reference (allocation ref, inference product); null for idle.
+    # Null, not "", because the protocol distinguishes them and the hash covers it.
+    workload_ref = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
+    busy_ms = models.BigIntegerField()
+    energy_mj = models.BigIntegerField()
+    input_tokens = models.BigIntegerField()
+    output_tokens = models.BigIntegerField()
+    requests = models.BigIntegerField()
+    # Attribution seam (``attribution.attribute_records``): the contracts allocation this
+    # GPU-window belongs to, or the organization API key that made the inference calls.
+    # Plain integers until the contracts app exists; null = not attributed yet.
+    allocation_id = models.BigIntegerField(null=True, blank=True)
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    objects = UsageRecordQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["node", "journal_epoch", "seq"]
+        indexes = [models.Index(fields=["gpu", "window_start"], name="usage_gpu_window_idx")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["node", "journal_epoch", "seq"], name="usage_unique_node_epoch_seq"
+            ),
+            models.CheckConstraint(
+                condition=Q(busy_ms__gte=0)
+                & Q(energy_mj__gte=0)
+                & Q(input_tokens__gte=0)
+                & Q(output_tokens__gte=0)
+                & Q(requests__gte=0),
+                name="usage_quantities_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(window_end__gt=F("window_start")), name="usage_window_ordered"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"usage {self.journal_epoch[:8]}#{self.seq} of node {self.node_id}"
+
+
+class QuarantineReason(models.TextChoices):
+    BAD_SIGNATURE = "bad_signature", "Signature does not verify"
+    BROKEN_CHAIN = "broken_chain", "Hash chain broken"
+    MALFORMED = "malformed", "Malformed record"
+    UNKNOWN_GPU = "unknown_gpu", "GPU not registered on this node"
+    FUTURE_WINDOW = "future_window", "Window ends in the future"
+    INVALID_WINDOW = "invalid_window", "Window ends before it starts"
+    WINDOW_TOO_LONG = "window_too_long", "Window longer than 60 s"
+    BUSY_EXCEEDS_WINDOW = "busy_exceeds_window", "Busy time longer than the window"
+    ENERGY_EXCEEDS_MAX_POWER = "energy_exceeds_max_power", "Energy above the GPU's max power"
+    OVERLAPPING_WINDOW = "overlapping_window", "Window overlaps an earlier one of the GPU"
+    INVALID_QUANTITY = "invalid_quantity", "Quantity not a non-negative integer"
+    UNKNOWN_WORKLOAD = "unknown_workload", "Unknown workload kind"
+
+
+class QuarantinedRecordQuerySet(TenantQuerySet):
+    tenant_path = "node__site__organization"
+
+
+class QuarantinedRecord(models.Model):
+    """A record the platform refused to bill, kept with why. Never billed, never dropped.
+
+    Unique on ``(node, journal_epoch, seq)`` so polling the same bad record again (a
+    broken chain is fetched again on every poll) stores it once.
+    """
+
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="quarantined_records")
+    # As the agent sent them ('' / 0 when the body could not be read at all).
+    journal_epoch = models.CharField(max_length=64)
+    seq = models.BigIntegerField()
+    reason = models.CharField(max_length=32, choices=QuarantineReason.choices)
+    # What exactly failed, for the partner and finance ("busy_ms 61000 > window 60000 ms").
+    detail = models.TextField()
+    gpu_uuid = models.CharField(max_length=64, blank=True)
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
+    # The record exactly as received (or {"raw": ...} when it was not a JSON object).
+    payload = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now)
+
+    objects = QuarantinedRecordQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-received_at", "node", "seq"]
+        indexes = [models.Index(fields=["node", "-received_at"], name="quarantine_node_recent_idx")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["node", "journal_epoch", "seq"], name="quarantine_unique_node_epoch_seq"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"quarantined #{self.seq} of node {self.node_id}: {self.reason}"
+
+
+class HourlyUsage(models.Model):
+    """Usage summed per (GPU, workload, UTC hour), incremented only by newly stored records.
+
+    ``workload_ref`` is '' where the record's ref was null, so the unique key has no
+    nulls and ``INSERT … ON CONFLICT DO UPDATE`` can add to it.
+    """
+
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="hourly_usage")
+    gpu = models.ForeignKey(GpuDevice, on_delete=models.PROTECT, related_name="hourly_usage")
+    workload_kind = models.CharField(max_length=16, choices=WorkloadKind.choices)
+    workload_ref = models.CharField(max_length=128, blank=True)
+    # Start of the UTC hour the records' windows start in.
+    hour = models.DateTimeField()
+    busy_ms = models.BigIntegerField(default=0)
+    energy_mj = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    requests = models.BigIntegerField(default=0)
+    record_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["hour", "node", "gpu"]
+        indexes = [models.Index(fields=["node", "hour"], name="hourly_node_hour_idx")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["gpu", "workload_kind", "workload_ref", "hour"],
+                name="hourly_unique_gpu_workload_hour",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 {self.gpu_id} {self.workload_kind}"
+
+
+class GpuAvailabilityDay(models.Model):
+    """Which minutes of one UTC day a GPU was observed available, as a 1440-bit string.
+
+    Why a bitmap: availability is asked per GPU per minute over 30 days. One row per GPU
+    per day is 180 bytes of bits, so 30 days of 100,000 GPUs is 3 million small rows
+    (~0.6 GB) instead of 4.3 billion minute rows, and a poll sets its minutes with a
+    bitwise OR (``minutes | EXCLUDED.minutes``) that is idempotent: a repeated poll
+    changes nothing, exactly like the usage records. ``bit_count`` sums a day in SQL.
+    A multirange would be as compact for long runs but costs a merge on every write and
+    grows with every gap; bits cost the same whatever the pattern.
+    """
+
+    gpu = models.ForeignKey(GpuDevice, on_delete=models.CASCADE, related_name="availability_days")
+    day = models.DateField()
+    minutes = MinuteBitmapField()
+
+    class Meta:
+        ordering = ["gpu", "day"]
+        constraints = [
+            models.UniqueConstraint(fields=["gpu", "day"], name="availability_unique_gpu_day")
+        ]
+
+    def __str__(self) -> str:
+        return f"availability of {self.gpu_id} on {self.day}"
+
+    @property
+    def available_minutes(self) -> int:
+        return str(self.minutes).count("1")

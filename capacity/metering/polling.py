@@ -1,0 +1,362 @@
+"""Polling: fetch a node's usage pages and health, verify them, validate every record.
+
+No database here. ``poll_node`` follows ``/v1/usage`` from the stored cursor up to the
+agent's head, checks each page's ``X-Agent-Signature`` over the exact body bytes with the
+node's stored public key and the hash chain from the cursor (a new journal epoch starts
+again from genesis, ``after=0``), and validates each record (``validation``). It returns
+a ``PollOutcome`` whose pages ``ingest`` stores, one statement each, in order.
+
+``poll_concurrently`` runs many nodes at once on one ``AgentHttp`` (one keep-alive pool,
+a semaphore bounding concurrency) in an event loop on a helper thread, and hands each
+outcome to the calling thread as soon as it is ready: the caller stores node A while
+the loop is still waiting on node B, and Django's database connection never leaves the
+caller's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from capacity.agent.protocol import GENESIS_PREV_HASH, verify_chain, verify_signature
+from capacity.metering.agent_http import AgentError, AgentHttp
+from capacity.metering.availability import MinuteMask, minute_masks
+from capacity.metering.models import QuarantineReason
+from capacity.metering.validation import (
+    AcceptedRecord,
+    GpuRef,
+    Rejection,
+    to_unix_us,
+    validate_record,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+# Records asked for per page (the protocol caps a page at 1000).
+PAGE_LIMIT = 1000
+# Pages followed in one poll; the rest waits for the next poll (the cursor is stored).
+MAX_PAGES_PER_POLL = 50
+# Nodes of one batch polled at the same time.
+DEFAULT_CONCURRENCY = 16
+# How much of an unreadable body a quarantine row keeps.
+_RAW_KEEP_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class PollTarget:
+    """Everything needed to poll one node, read from the database before polling."""
+
+    node_id: int
+    agent_url: str
+    token: str
+    public_key: str
+    journal_epoch: str
+    last_seq: int
+    last_hash: str
+    gpu_window_ends: Mapping[str, int]
+    gpus: Mapping[str, GpuRef]
+    # Ask /v1/health on this poll (``health_due``); otherwise the last health verdict stands.
+    check_health: bool = True
+
+    def url(self, endpoint: str) -> str:
+        return f"{self.agent_url.rstrip('/')}/v1/{endpoint}"
+
+
+@dataclass(frozen=True)
+class QuarantinedEntry:
+    journal_epoch: str
+    seq: int
+    rejection: Rejection
+    payload: object
+
+
+@dataclass
+class PageToStore:
+    """One page's effect, stored atomically iff the cursor is still ``from_*``."""
+
+    from_epoch: str
+    from_seq: int
+    to_epoch: str
+    to_seq: int
+    to_hash: str
+    accepted: list[AcceptedRecord] = field(default_factory=list)
+    quarantined: list[QuarantinedEntry] = field(default_factory=list)
+    # Window ends (Unix us) of the GPUs whose latest window this page advanced.
+    gpu_window_ends: dict[str, int] = field(default_factory=dict)
+    minute_masks: list[MinuteMask] = field(default_factory=list)
+
+
+@dataclass
+class PollOutcome:
+    """What one poll of one node found."""
+
+    node_id: int
+    polled_at: datetime
+    pages: list[PageToStore] = field(default_factory=list)
+    # The agent could not be reached or answered an error: the poll failed.
+    error: str = ""
+    # The agent answered but its signature or hash chain failed: the node is degraded.
+    integrity_problem: str = ""
+    # The agent's health says a GPU is in trouble: the node is degraded. None: health
+    # was not asked on this poll, the previous verdict stands.
+    health_problem: str | None = None
+    gpu_utilization_pct: int | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.error
+
+    @property
+    def records_stored_at_most(self) -> int:
+        return sum(len(page.accepted) for page in self.pages)
+
+
+class _Unverified(Exception):
+    """A body whose signature does not verify (carries what could be read of it)."""
+
+    def __init__(self, what: str, body: bytes) -> None:
+        super().__init__(f"{what}: signature does not verify with the enrolled key")
+        self.body = body
+
+
+def _signed_json(response_body: bytes, signature: str, public_key: str, what: str) -> object:
+    if not verify_signature(public_key, response_body, signature):
+        raise _Unverified(what, response_body)
+    return json.loads(response_body)
+
+
+def _bad_signature_entries(body: bytes, epoch: str, detail: str) -> list[QuarantinedEntry]:
+    """Every record of an unverifiable page, quarantined as received (or the raw body)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    records = payload.get("records") if isinstance(payload, dict) else None
+    if not isinstance(records, list) or not records:
+        raw = body[:_RAW_KEEP_CHARS].decode("utf-8", errors="replace")
+        rejection = Rejection(QuarantineReason.BAD_SIGNATURE, detail)
+        return [QuarantinedEntry(epoch, 0, rejection, {"raw": raw})]
+    page_epoch = payload.get("journal_epoch") if isinstance(payload, dict) else None
+    entries = []
+    for index, record in enumerate(records):
+        seq = record.get("seq") if isinstance(record, dict) else None
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < 2**63:
+            seq = -(index + 1)
+        gpu_uuid = record.get("gpu_uuid") if isinstance(record, dict) else ""
+        rejection = Rejection(
+            QuarantineReason.BAD_SIGNATURE,
+            detail,
+            gpu_uuid[:64] if isinstance(gpu_uuid, str) else "",
+        )
+        epoch_text = page_epoch[:64] if isinstance(page_epoch, str) else epoch
+        entries.append(QuarantinedEntry(epoch_text, seq, rejection, record))
+    return entries
+
+
+def _page_payload(payload: object) -> tuple[str, list[dict[str, object]], int]:
+    """``(journal_epoch, records, head_seq)`` of a verified usage body, or ValueError."""
+    if not isinstance(payload, dict):
+        raise ValueError("usage answer is not a JSON object")
+    epoch, records, head_seq = (
+        payload.get("journal_epoch"),
+        payload.get("records"),
+        payload.get("head_seq"),
+    )
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= 64:
+        raise ValueError("journal_epoch missing or too long")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError("records is not a list of objects")
+    if not isinstance(head_seq, int) or isinstance(head_seq, bool) or head_seq < 0:
+        raise ValueError("head_seq is not a non-negative integer")
+    return epoch, records, head_seq
+
+
+async def _poll_usage(http: AgentHttp, target: PollTarget, outcome: PollOutcome) -> None:
+    """Follow usage pages from the stored cursor to the head, filling ``outcome.pages``."""
+    now_us = to_unix_us(outcome.polled_at)
+    # What the database holds (the conditional update's "from") and the chain position.
+    stored_epoch, stored_seq = target.journal_epoch, target.last_seq
+    chain_epoch, chain_seq, chain_hash = target.journal_epoch, target.last_seq, target.last_hash
+    window_ends = dict(target.gpu_window_ends)
+    for _ in range(MAX_PAGES_PER_POLL):
+        answer = await http.get(
+            target.url("usage"),
+            token=target.token,
+            params={"after": chain_seq, "limit": PAGE_LIMIT},
+        )
+        try:
+            payload = _signed_json(answer.body, answer.signature, target.public_key, "usage page")
+        except _Unverified as error:
+            outcome.integrity_problem = str(error)
+            page = PageToStore(stored_epoch, stored_seq, stored_epoch, stored_seq, chain_hash)
+            page.quarantined = _bad_signature_entries(error.body, chain_epoch, str(error))
+            outcome.pages.append(page)
+            return
+        try:
+            epoch, records, head_seq = _page_payload(payload)
+        except ValueError as error:
+            outcome.error = f"malformed usage answer: {error}"
+            return
+        if epoch != chain_epoch:
+            # A new journal (the agent's disk was wiped or replaced): start from genesis.
+            restart = chain_seq != 0
+            chain_epoch, chain_seq, chain_hash = epoch, 0, GENESIS_PREV_HASH
+            if restart:
+                continue
+        # Records at or below the cursor are already stored (a replayed page): skip them.
+        first_new = 0
+        while first_new < len(records):
+            seq = records[first_new].get("seq")
+            if not (isinstance(seq, int) and not isinstance(seq, bool) and seq <= chain_seq):
+                break
+            first_new += 1
+        fresh = records[first_new:]
+        chain = verify_chain(fresh, chain_hash, after_seq=chain_seq)
+        page = PageToStore(
+            from_epoch=stored_epoch,
+            from_seq=stored_seq,
+            to_epoch=epoch,
+            to_seq=chain.head_seq if chain.head_seq is not None else chain_seq,
+            to_hash=chain.head_hash,
+        )
+        for record in fresh[: chain.valid_count]:
+            verdict = validate_record(
+                record, gpus=target.gpus, now_us=now_us, gpu_window_ends=window_ends
+            )
+            if isinstance(verdict, AcceptedRecord):
+                page.accepted.append(verdict)
+                page.gpu_window_ends[str(record["gpu_uuid"])] = window_ends[str(record["gpu_uuid"])]
+            else:
+                page.quarantined.append(
+                    QuarantinedEntry(epoch, int(record["seq"]), verdict, record)
+                )  # type: ignore[call-overload]
+        if not chain.ok:
+            detail = f"hash chain broken at seq {chain.failed_seq!r}: {chain.error}"
+            outcome.integrity_problem = detail
+            for index, record in enumerate(fresh[chain.valid_count :]):
+                seq = record.get("seq")
+                if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < 2**63:
+                    seq = -(index + 1)
+                raw_uuid = record.get("gpu_uuid")
+                rejection = Rejection(
+                    QuarantineReason.BROKEN_CHAIN,
+                    detail,
+                    raw_uuid[:64] if isinstance(raw_uuid, str) else "",
+                )
+                page.quarantined.append(QuarantinedEntry(epoch, seq, rejection, record))
+        page.minute_masks = minute_masks(page.accepted)
+        outcome.pages.append(page)
+        stored_epoch, stored_seq = page.to_epoch, page.to_seq
+        chain_epoch, chain_seq, chain_hash = epoch, page.to_seq, page.to_hash
+        if not chain.ok or not fresh or chain_seq >= head_seq:
+            return
+
+
+async def _poll_health(http: AgentHttp, target: PollTarget, outcome: PollOutcome) -> None:
+    answer = await http.get(target.url("health"), token=target.token)
+    try:
+        payload = _signed_json(answer.body, answer.signature, target.public_key, "health answer")
+    except _Unverified as error:
+        outcome.integrity_problem = outcome.integrity_problem or str(error)
+        return
+    gpus = payload.get("gpus") if isinstance(payload, dict) else None
+    if not isinstance(gpus, list):
+        outcome.health_problem = "health answer lists no GPUs"
+        return
+    problems, utilizations, reported = [], [], set()
+    for gpu in gpus:
+        if not isinstance(gpu, dict):
+            continue
+        uuid = gpu.get("gpu_uuid")
+        reported.add(uuid)
+        utilization, xid_errors = gpu.get("utilization_pct"), gpu.get("xid_errors")
+        if isinstance(utilization, int) and 0 <= utilization <= 100:
+            utilizations.append(utilization)
+        if isinstance(xid_errors, int) and xid_errors > 0:
+            problems.append(f"GPU {uuid} reported {xid_errors} XID error(s)")
+    missing = sorted(set(target.gpus) - reported)
+    if missing:
+        problems.append(f"GPU(s) missing from the agent's health report: {', '.join(missing)}")
+    outcome.health_problem = "; ".join(problems)
+    if utilizations:
+        outcome.gpu_utilization_pct = sum(utilizations) // len(utilizations)
+
+
+async def poll_node(http: AgentHttp, target: PollTarget, *, polled_at: datetime) -> PollOutcome:
+    """Poll one node: usage pages to the head and, when due, health, concurrently."""
+    outcome = PollOutcome(node_id=target.node_id, polled_at=polled_at)
+    requests = [_poll_usage(http, target, outcome)]
+    if target.check_health:
+        requests.append(_poll_health(http, target, outcome))
+    results = await asyncio.gather(*requests, return_exceptions=True)
+    for result in results:
+        if isinstance(result, AgentError):
+            outcome.error = outcome.error or str(result)
+        elif isinstance(result, ValueError):  # json.JSONDecodeError of a signed body
+            outcome.error = outcome.error or f"malformed answer: {result}"
+        elif isinstance(result, BaseException):
+            raise result
+    return outcome
+
+
+# Health is asked every this many polls of a node (staggered by node id): health only
+# moves status and utilization, and asking on every poll doubles the HTTP work.
+HEALTH_EVERY_POLLS = 5
+
+
+def health_due(*, node_id: int, polled_at: datetime, interval_seconds: int) -> bool:
+    """Whether this poll of ``node_id`` asks ``/v1/health`` (1 poll in HEALTH_EVERY_POLLS)."""
+    poll_number = int(polled_at.timestamp()) // max(interval_seconds, 1)
+    return (poll_number + node_id) % HEALTH_EVERY_POLLS == 0
+
+
+_DONE = object()
+
+
+def poll_concurrently(
+    targets: Sequence[PollTarget],
+    *,
+    polled_at: datetime,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Iterator[PollOutcome]:
+    """Yield each target's ``PollOutcome`` as it completes (order not kept).
+
+    ``transport`` replaces the network (tests answer in-process); None in production.
+    """
+    results: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+    async def main() -> None:
+        semaphore = asyncio.Semaphore(concurrency)
+        async with AgentHttp(max_connections=2 * concurrency, transport=transport) as http:
+
+            async def one(target: PollTarget) -> None:
+                async with semaphore:
+                    results.put(await poll_node(http, target, polled_at=polled_at))
+
+            await asyncio.gather(*(one(target) for target in targets))
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as error:  # handed to the caller's thread, re-raised there
+            results.put(error)
+        finally:
+            results.put(_DONE)
+
+    thread = threading.Thread(target=run, name="metering-poll", daemon=True)
+    thread.start()
+    try:
+        while (item := results.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        thread.join()

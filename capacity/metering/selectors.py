@@ -1,0 +1,137 @@
+"""Reads for pages, the API and finance: quarantine, poll state, availability, totals."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from capacity.metering.availability import (
+    MAINTENANCE_NOTICE,
+    NOTHING,
+    AvailabilityFigure,
+    gpu_availability,
+)
+from capacity.metering.models import (
+    GpuAvailabilityDay,
+    HourlyUsage,
+    NodePollState,
+    QuarantinedRecord,
+    UsageRecord,
+)
+from capacity.models import GpuDevice, MaintenanceWindow, Node, NodeStatus, Offer
+
+AVAILABILITY_DAYS = 30
+USAGE_QUANTITIES = ("busy_ms", "energy_mj", "input_tokens", "output_tokens", "requests")
+
+
+def node_poll_state(*, node: Node) -> NodePollState | None:
+    return NodePollState.objects.filter(node=node).first()
+
+
+def quarantined_records_for_node(*, node: Node, limit: int = 50) -> list[QuarantinedRecord]:
+    """The node's most recent quarantined records, newest first (for the node page)."""
+    return list(
+        QuarantinedRecord.objects.filter(node=node)
+        .only(
+            "seq",
+            "reason",
+            "detail",
+            "gpu_uuid",
+            "window_start",
+            "window_end",
+            "received_at",
+            "journal_epoch",
+        )
+        .order_by("-received_at", "-seq")[:limit]
+    )
+
+
+def quarantine_counts_for_node(*, node: Node) -> dict[str, int]:
+    """Quarantined records of the node by reason."""
+    rows = QuarantinedRecord.objects.filter(node=node).values("reason").annotate(n=Count("pk"))
+    return {row["reason"]: row["n"] for row in rows}
+
+
+def maintenance_exclusions(
+    *, node_ids: Iterable[int], since: datetime, until: datetime
+) -> dict[int, list[tuple[datetime, datetime]]]:
+    """Maintenance announced >= 7 days ahead, per node, clipped to ``[since, until)``.
+
+    The SLA's exclusion rule lives here alone, so contracts can reuse it.
+    """
+    exclusions: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+    windows = MaintenanceWindow.objects.filter(
+        node_id__in=list(node_ids), cancelled_at__isnull=True, period__overlap=(since, until)
+    )
+    for window in windows:
+        start, end = window.period.lower, window.period.upper
+        if window.announced_at <= start - MAINTENANCE_NOTICE:
+            exclusions[window.node_id].append((max(start, since), min(end, until)))
+    return exclusions
+
+
+def _availability_of_nodes(nodes: list[Node], *, now: datetime, days: int) -> AvailabilityFigure:
+    until = now.replace(second=0, microsecond=0)
+    since = until - timedelta(days=days)
+    by_id = {node.pk: node for node in nodes}
+    gpus = list(GpuDevice.objects.filter(node_id__in=by_id).only("pk", "node_id", "created_at"))
+    bitmaps: dict[int, dict] = defaultdict(dict)
+    for gpu_id, day, minutes in GpuAvailabilityDay.objects.filter(
+        gpu__in=gpus, day__gte=since.date(), day__lte=until.date()
+    ).values_list("gpu_id", "day", "minutes"):
+        bitmaps[gpu_id][day] = minutes
+    excluded = maintenance_exclusions(node_ids=by_id, since=since, until=until)
+    figure = NOTHING
+    for gpu in gpus:
+        node = by_id[gpu.node_id]
+        counted_from = max(since, node.enrolled_at or node.created_at, gpu.created_at)
+        figure += gpu_availability(
+            bitmaps=bitmaps[gpu.pk],
+            counted_from=counted_from,
+            until=until,
+            excluded=excluded.get(node.pk, ()),
+        )
+    return figure
+
+
+def node_availability(
+    *, node: Node, now: datetime | None = None, days: int = AVAILABILITY_DAYS
+) -> AvailabilityFigure:
+    """Observed-available GPU-minutes of the node over the last ``days`` days."""
+    return _availability_of_nodes([node], now=now or timezone.now(), days=days)
+
+
+def offer_availability(
+    *, offer: Offer, now: datetime | None = None, days: int = AVAILABILITY_DAYS
+) -> AvailabilityFigure:
+    """Availability of the GPUs an offer lists: the site's nodes of the offer's GPU model."""
+    nodes = list(
+        Node.objects.filter(site_id=offer.site_id, gpu_model_id=offer.gpu_model_id).exclude(
+            status__in=(NodeStatus.PENDING, NodeStatus.RETIRED)
+        )
+    )
+    return _availability_of_nodes(nodes, now=now or timezone.now(), days=days)
+
+
+def usage_totals(*, node_ids: Iterable[int] | None = None) -> dict[str, int]:
+    """Sums of stored usage records (all nodes, or ``node_ids``) plus their count."""
+    records = UsageRecord.objects.all()
+    if node_ids is not None:
+        records = records.filter(node_id__in=list(node_ids))
+    sums = records.aggregate(**{name: Sum(name) for name in USAGE_QUANTITIES}, records=Count("pk"))
+    return {name: int(value or 0) for name, value in sums.items()}
+
+
+def rollup_totals(*, node_ids: Iterable[int] | None = None) -> dict[str, int]:
+    """Sums of the hourly rollups; equal to ``usage_totals`` when ingest is right."""
+    rows = HourlyUsage.objects.all()
+    if node_ids is not None:
+        rows = rows.filter(node_id__in=list(node_ids))
+    sums = rows.aggregate(
+        **{name: Sum(name) for name in USAGE_QUANTITIES}, records=Sum("record_count")
+    )
+    return {name: int(value or 0) for name, value in sums.items()}
