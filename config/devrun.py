@@ -13,7 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import httpx
 
 from config import devdb
 
@@ -43,6 +46,28 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float
         except OSError:
             time.sleep(0.2)
     raise SystemExit(f"nothing answered on port {port} after {timeout_s:.0f} s")
+
+
+def _start_localstripe(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    """Stripe for the demo: localstripe on loopback (API, webhooks and a fake Stripe.js)."""
+    port = int(os.environ.get("HASHGRID_LOCALSTRIPE_PORT", "8420"))
+    base = f"http://127.0.0.1:{port}"
+    stripe = spawn(str(Path(PYTHON).parent / "localstripe"), "--port", str(port))
+    _wait_for_port(port, stripe)
+    webhook_secret = "whsec_hashgrid_demo"  # noqa: S105 - a local emulator's secret
+    httpx.post(
+        f"{base}/_config/webhooks/hashgrid",
+        data={"url": f"{URL}/billing/stripe/webhook/", "secret": webhook_secret},
+        timeout=5,
+    ).raise_for_status()
+    os.environ.update(
+        STRIPE_SECRET_KEY="sk_test_hashgrid_demo",  # noqa: S106 - localstripe accepts any key
+        STRIPE_PUBLISHABLE_KEY="pk_test_hashgrid_demo",
+        STRIPE_WEBHOOK_SECRET=webhook_secret,
+        STRIPE_API_BASE=base,
+        STRIPE_JS_URL=f"{base}/js.stripe.com/v3/",
+    )
+    print(f"stripe: localstripe at {base}")
 
 
 def _stop_on_signal(signum: int, frame: object) -> None:
@@ -87,6 +112,8 @@ def main() -> int:
             str(ROOT / ".run" / "fleet"),
         )
         _wait_for_port(fleet_port, fleet)
+        if not os.environ.get("STRIPE_SECRET_KEY"):
+            _start_localstripe(spawn)
         _manage("seed_demo")
         spawn(
             PYTHON,

@@ -227,6 +227,8 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         # httpx logs every request at INFO: one line per agent poll is noise.
         "httpx": {"level": "WARNING"},
+        # The Stripe SDK logs every request at INFO.
+        "stripe": {"level": "WARNING"},
     },
 }
 
@@ -244,11 +246,33 @@ if PRODUCTION:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
 
-# Stripe (wired by the billing app).
+# Stripe: billing/stripe_gateway.py is the only module that talks to it. Development
+# (make run) and the tests point STRIPE_API_BASE at localstripe on loopback.
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "" if not PRODUCTION else None)
 STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")
+STRIPE_JS_URL = env_str("STRIPE_JS_URL", "https://js.stripe.com/v3/")
+STRIPE_API_VERSION = "2025-03-31.basil"
+STRIPE_CONNECT_TIMEOUT_SECONDS = env_int("STRIPE_CONNECT_TIMEOUT_SECONDS", 5, minimum=1)
+STRIPE_READ_TIMEOUT_SECONDS = env_int("STRIPE_READ_TIMEOUT_SECONDS", 30, minimum=1)
+STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2, minimum=0)
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1)
+
+# Billing.
+BILLING_GRACE_DAYS = env_int("BILLING_GRACE_DAYS", 3, minimum=0)
+BILLING_DUNNING_RETRY_DAYS = (3, 5, 7)
+BILLING_LATE_USAGE_LOOKBACK_MONTHS = env_int("BILLING_LATE_USAGE_LOOKBACK_MONTHS", 3, minimum=1)
+# Let buyers reserve without a saved card (never in production).
+CONTRACTS_ASSUME_PAYMENT_METHOD = env_bool("CONTRACTS_ASSUME_PAYMENT_METHOD", False)
+
+CELERY_BEAT_SCHEDULE = {
+    "billing: close due periods": {
+        "task": "billing.tasks.close_due_periods",
+        "schedule": 24 * 3600,
+    },
+    "billing: dunning": {"task": "billing.tasks.run_dunning", "schedule": 3600},
+}
 
 # Metering.
 METERING_POLL_INTERVAL_SECONDS = env_int("METERING_POLL_INTERVAL_SECONDS", 60, minimum=5)

@@ -21,6 +21,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from capacity import selectors as capacity_selectors
+from capacity.models import NodeStatus
 from marketplace import health, selectors, services
 from marketplace.forms import (
     ApiKeyForm,
@@ -40,6 +42,8 @@ from marketplace.tenancy import (
 )
 
 PAGE_SIZE = 25
+# Nodes listed on a partner's dashboard; the nodes page lists them all.
+DASHBOARD_NODE_ROWS = 10
 
 
 def _page(request: HttpRequest, queryset: QuerySet[Any]) -> Page:
@@ -89,13 +93,24 @@ def landing(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
+    """The organization's home: its buying and, for partners, its fleet at a glance."""
     membership = current_membership(request)
     if membership is None:
         return redirect("organization_create")
-    summary = selectors.organization_summary(organization=membership.organization)
-    return render(
-        request, "marketplace/dashboard.html", {"membership": membership, "summary": summary}
-    )
+    organization = membership.organization
+    context: dict[str, Any] = {
+        "membership": membership,
+        "summary": selectors.organization_summary(organization=organization),
+    }
+    if organization.is_partner:
+        context["partner_overview"] = capacity_selectors.partner_overview(organization)
+        # One query whatever the fleet size; the full list is on the nodes page.
+        context["partner_nodes"] = list(
+            capacity_selectors.node_list(organization=organization).exclude(
+                status=NodeStatus.RETIRED
+            )[:DASHBOARD_NODE_ROWS]
+        )
+    return render(request, "marketplace/dashboard.html", context)
 
 
 @never_cache
