@@ -147,8 +147,8 @@ def test_partner_enrolls_a_node_lists_it_and_plans_maintenance(
     assert output.startswith(f"enrolled node {node.pk} with {live_url}: {GPU_COUNT} GPU(s);")
 
     page.goto(f"/partner/nodes/{node.pk}/")
-    # Enrolled, not yet polled: "unreachable" until metering's first successful poll.
-    expect(page.get_by_role("heading", level=1, name=NODE)).to_contain_text("Unreachable")
+    # Enrolled, not yet polled: "Awaiting first poll" until metering's first successful poll.
+    expect(page.get_by_role("heading", level=1, name=NODE)).to_contain_text("Awaiting first poll")
     enrollment = page.locator("section", has=page.get_by_role("heading", name="Enrollment"))
     expect(enrollment).to_contain_text("Agent enrolled")
     expect(enrollment).to_contain_text(f"version 1.0.0 · {agent_url} · awaiting the first poll")
@@ -237,7 +237,7 @@ def test_partner_enrolls_a_node_lists_it_and_plans_maintenance(
     dashboard_rows = partner.locator("[data-partner-nodes] tbody tr")
     expect(dashboard_rows).to_have_count(1)
     expect(dashboard_rows.locator("td")).to_have_text(
-        [NODE, SITE, f"{GPU_COUNT} {TIMES} {GPU_MODEL}", "Unreachable", "never", "—"]
+        [NODE, SITE, f"{GPU_COUNT} {TIMES} {GPU_MODEL}", "Awaiting first poll", "never", "—"]
     )
     expect(page.locator('[data-callout="no-offers"]')).to_have_count(0)
     snap(page, "12-dashboard")
