@@ -385,7 +385,11 @@ class NodeListCreateApi(APIView):
                 "status", str, enum=NodeStatus.values, description="Only nodes in this status."
             ),
         ],
-        responses={200: NodeOutputSerializer(many=True)},
+        responses={
+            200: NodeOutputSerializer(many=True),
+            400: OpenApiResponse(description="Invalid filter value."),
+            404: OpenApiResponse(description="No such site in the organization."),
+        },
     )
     def get(self, request: Request) -> Response:
         organization = _organization(request)

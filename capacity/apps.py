@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class CapacityConfig(AppConfig):
     name = "capacity"
     verbose_name = "Capacity"
+
+    def ready(self) -> None:
+        from capacity.catalog import ensure_gpu_catalog
+        from config import reference_data
+
+        reference_data.connect(self, ensure_gpu_catalog)

@@ -1,7 +1,6 @@
 """The GPU catalog every deployment starts with (vendors' data sheets).
 
-The data migration seeds it; tests that run after a database flush use
-``ensure_gpu_model`` to get the same rows back.
+The data migration and a post_migrate hook (config.reference_data) seed it.
 """
 
 from __future__ import annotations
@@ -36,3 +35,18 @@ def ensure_gpu_model(gpu_model_class: Any, name: str) -> Any:
             )
             return gpu_model
     raise KeyError(f"{name!r} is not in the GPU catalog")
+
+
+def ensure_gpu_catalog(apps: Any) -> None:
+    """Reference data of the capacity app (see config.reference_data)."""
+    gpu_model_class = apps.get_model("capacity", "GpuModel")
+    for name, family, memory_mib, max_power_w in GPU_CATALOG:
+        gpu_model_class.objects.update_or_create(
+            name=name,
+            defaults={
+                "vendor": "NVIDIA",
+                "family": family,
+                "memory_mib": memory_mib,
+                "max_power_w": max_power_w,
+            },
+        )

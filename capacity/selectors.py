@@ -6,6 +6,7 @@ querysets with the joins their callers render, so list pages run a fixed number 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -84,15 +85,24 @@ def gpu_model_for_reported_name(reported: str) -> GpuModel | None:
     return matches[0] if len(matches) == 1 else None
 
 
+# Checks registered by apps above capacity (contracts registers its allocation query in
+# ``ContractsConfig.ready``), so capacity asks without importing them.
+_future_allocation_checks: list[Callable[[Node], bool]] = []
+
+
+def register_future_allocation_check(check: Callable[[Node], bool]) -> None:
+    """Called once by an app that holds reservations (contracts), at start-up."""
+    if check not in _future_allocation_checks:
+        _future_allocation_checks.append(check)
+
+
 def node_has_future_allocations(node: Node) -> bool:
     """Whether any reservation holds one of the node's GPUs now or later.
 
-    Seam for the contracts issue: capacity must not import contracts (data flows
-    capacity → contracts → billing), so contracts will replace this body with a query on
-    its ``Allocation`` rows (e.g. through a registered hook). Until then no allocation
-    exists and every node may be retired.
+    Capacity must not import contracts (data flows capacity → contracts → billing):
+    contracts registers the query with ``register_future_allocation_check``.
     """
-    return False
+    return any(check(node) for check in _future_allocation_checks)
 
 
 @dataclass(frozen=True)

@@ -5,4 +5,5 @@ from django.urls import include, path
 urlpatterns = [
     path("", include("marketplace.api_urls")),
     path("", include("capacity.api_urls")),
+    path("", include("contracts.api_urls")),
 ]

@@ -1,0 +1,341 @@
+"""Contracts: what a buyer agreed to buy, and the GPUs its reservations hold.
+
+A ``Contract`` is the recurring agreement between a buyer organization and the platform,
+billed monthly. Its ``ContractLine``\\ s are reserved capacity (N GPUs of an offer for a
+term), on-demand GPU, or on-demand inference. A reserved line holds ``Allocation`` rows,
+one GPU device for one time range each; an exclusion constraint makes double booking a
+database impossibility. Money stored here is integer minor units with the contract's
+currency; unit prices are ``Decimal`` snapshots of the offer or product at signing.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.contrib.postgres.constraints import ExclusionConstraint
+from django.contrib.postgres.fields import DateTimeRangeField, RangeOperators
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from capacity.models import Currency, GpuDevice, Node, Offer
+from marketplace.models import ApiKey, Organization, TenantQuerySet
+
+# Unit prices: Decimal, 4 decimals (offers use the same precision); rounded once, by billing.
+_PRICE = {"max_digits": 12, "decimal_places": 4}
+# Reserved terms a buyer may sign, in calendar months.
+TERM_MONTHS = (1, 3, 6, 12)
+
+
+class InferenceProduct(models.Model):
+    """A model served on partner nodes that opted in, sold per million tokens."""
+
+    # Matches the ``workload.ref`` agents report for its inference windows.
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    input_price_per_million_tokens = models.DecimalField(**_PRICE)
+    output_price_per_million_tokens = models.DecimalField(**_PRICE)
+    currency = models.CharField(max_length=3, choices=Currency.choices, default=Currency.USD)
+    # Partner nodes that opted in to serve this model.
+    nodes = models.ManyToManyField(Node, blank=True, related_name="inference_products")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(input_price_per_million_tokens__gt=0)
+                & Q(output_price_per_million_tokens__gt=0),
+                name="inferenceproduct_prices_positive",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SlaPolicy(models.Model):
+    """An availability target and the credit tiers that apply below it."""
+
+    name = models.CharField(max_length=80, unique=True)
+    # Availability promised, in percent (99.50 = 99.5 %).
+    target_percent = models.DecimalField(max_digits=5, decimal_places=2)
+    # The policy new contracts get (exactly one; a partial unique constraint).
+    is_default = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "SLA policies"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=Q(is_default=True), name="slapolicy_one_default"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.target_percent} %)"
+
+
+class SlaCreditTier(models.Model):
+    """Credit for a reserved line whose availability is at least ``min_availability_percent``
+    (and below the next tier up). The tier at 0 % catches everything below the others."""
+
+    policy = models.ForeignKey(SlaPolicy, on_delete=models.CASCADE, related_name="tiers")
+    min_availability_percent = models.DecimalField(max_digits=5, decimal_places=2)
+    # Credit on the reserved line's charge for the month, in percent.
+    credit_percent = models.DecimalField(max_digits=5, decimal_places=2)
+
+    class Meta:
+        ordering = ["policy", "-min_availability_percent"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["policy", "min_availability_percent"], name="slatier_unique_threshold"
+            ),
+            models.CheckConstraint(
+                condition=Q(min_availability_percent__gte=0)
+                & Q(min_availability_percent__lte=100)
+                & Q(credit_percent__gte=0)
+                & Q(credit_percent__lte=100),
+                name="slatier_percent_ranges",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"≥ {self.min_availability_percent} %: {self.credit_percent} % credit"
+
+
+class ContractState(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    ACTIVE = "active", "Active"
+    SUSPENDED = "suspended", "Suspended"
+    CANCELLED = "cancelled", "Cancelled"
+    EXPIRED = "expired", "Expired"
+
+
+# States in which a contract is still the buyer's current one (a checkout adds lines to it).
+OPEN_STATES = (ContractState.DRAFT, ContractState.ACTIVE, ContractState.SUSPENDED)
+
+
+class ContractQuerySet(TenantQuerySet):
+    tenant_path = "buyer"
+
+    def open(self) -> ContractQuerySet:
+        return self.filter(state__in=OPEN_STATES)
+
+
+class Contract(models.Model):
+    """A buyer's recurring agreement with the platform, billed monthly in arrears.
+
+    State changes only through ``contracts.lifecycle`` (conditional updates from the
+    expected state). A buyer has at most one open contract per currency: checkouts add
+    lines to it, so one invoice per month carries everything the buyer bought.
+    """
+
+    buyer = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="contracts")
+    state = models.CharField(
+        max_length=16, choices=ContractState.choices, default=ContractState.DRAFT
+    )
+    currency = models.CharField(max_length=3, choices=Currency.choices, default=Currency.USD)
+    # Start of the first term; set at signing.
+    starts_at = models.DateTimeField()
+    # Length of a term in months; renewal adds one term.
+    term_months = models.PositiveSmallIntegerField(default=1)
+    # End of the current term (exclusive): renewal, expiry and cancel-at-term-end happen here.
+    term_ends_at = models.DateTimeField()
+    auto_renew = models.BooleanField(default=True)
+    # Monthly minimum commitment in minor units (cents); 0 = none. Billing adds a true-up
+    # line for the shortfall.
+    monthly_commitment_minor = models.PositiveBigIntegerField(default=0)
+    # Early-termination fee as a percentage of the reserved charge left in the term.
+    early_termination_fee_percent = models.DecimalField(
+        max_digits=5, decimal_places=2, default=Decimal("25.00")
+    )
+    # Fee charged when cancelled early, in minor units (billing invoices it); 0 otherwise.
+    early_termination_fee_minor = models.PositiveBigIntegerField(default=0)
+    sla_policy = models.ForeignKey(
+        SlaPolicy, null=True, blank=True, on_delete=models.PROTECT, related_name="contracts"
+    )
+    # The buyer asked to end the contract when the current term ends (no renewal).
+    cancel_at_term_end = models.BooleanField(default=False)
+    # Why it is suspended (e.g. "payment overdue"), shown to the buyer.
+    suspension_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)  # cancelled or expired
+    renewal_count = models.PositiveIntegerField(default=0)
+
+    objects = ContractQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["state", "term_ends_at"], name="contract_state_term_idx")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["buyer", "currency"],
+                condition=Q(state__in=[s.value for s in OPEN_STATES]),
+                name="contract_one_open_per_buyer_currency",
+            ),
+            models.CheckConstraint(
+                condition=Q(term_ends_at__gt=F("starts_at")), name="contract_term_ordered"
+            ),
+            models.CheckConstraint(
+                condition=Q(early_termination_fee_percent__gte=0)
+                & Q(early_termination_fee_percent__lte=100),
+                name="contract_fee_percent_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Contract #{self.pk} ({self.get_state_display()})"
+
+    @property
+    def reference(self) -> str:
+        return f"HG-C{self.pk:06d}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+
+class LineKind(models.TextChoices):
+    RESERVED = "reserved", "Reserved GPUs"
+    ON_DEMAND_GPU = "on_demand_gpu", "On-demand GPU"
+    INFERENCE = "inference", "On-demand inference"
+
+
+class ContractLineQuerySet(TenantQuerySet):
+    tenant_path = "contract__buyer"
+
+    def current(self) -> ContractLineQuerySet:
+        return self.filter(ended_at__isnull=True)
+
+
+class ContractLine(models.Model):
+    """One thing the contract buys, at the price in force when it was added."""
+
+    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="lines")
+    kind = models.CharField(max_length=16, choices=LineKind.choices)
+    # Reserved and on-demand GPU lines: the offer (site + GPU model) they buy from.
+    offer = models.ForeignKey(
+        Offer, null=True, blank=True, on_delete=models.PROTECT, related_name="contract_lines"
+    )
+    inference_product = models.ForeignKey(
+        InferenceProduct,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="contract_lines",
+    )
+    # Reserved: GPUs currently held (allocations are the billing truth, amendments change it).
+    gpu_count = models.PositiveIntegerField(default=0)
+    # Reserved: the term in months the rate was quoted for.
+    term_months = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Reserved: rate per GPU-hour; on-demand GPU: rate per busy GPU-hour.
+    price_per_gpu_hour = models.DecimalField(null=True, blank=True, **_PRICE)
+    # Inference: prices per million input and output tokens.
+    input_price_per_million_tokens = models.DecimalField(null=True, blank=True, **_PRICE)
+    output_price_per_million_tokens = models.DecimalField(null=True, blank=True, **_PRICE)
+    starts_at = models.DateTimeField()
+    # Reserved: end of the reserved period (exclusive); null for on-demand lines.
+    ends_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Set when the line stops (cancelled, removed by an amendment, contract ended).
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ContractLineQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["contract", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(
+                        kind="reserved",
+                        offer__isnull=False,
+                        ends_at__isnull=False,
+                        price_per_gpu_hour__isnull=False,
+                        term_months__isnull=False,
+                    )
+                    | Q(kind="on_demand_gpu", offer__isnull=False, price_per_gpu_hour__isnull=False)
+                    | Q(
+                        kind="inference",
+                        inference_product__isnull=False,
+                        input_price_per_million_tokens__isnull=False,
+                        output_price_per_million_tokens__isnull=False,
+                    )
+                ),
+                name="contractline_fields_match_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(ends_at__isnull=True) | Q(ends_at__gt=F("starts_at")),
+                name="contractline_period_ordered",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} on contract {self.contract_id}"
+
+
+class AllocationQuerySet(TenantQuerySet):
+    tenant_path = "line__contract__buyer"
+
+
+class Allocation(models.Model):
+    """One GPU device held by a reserved line for ``period`` = [start, end).
+
+    ``EXCLUDE USING gist (gpu_device WITH =, period WITH &&)``: two allocations of one GPU
+    never overlap, whatever the application does. Ending a reservation early truncates
+    its periods, which frees the GPUs from then on.
+    """
+
+    line = models.ForeignKey(ContractLine, on_delete=models.CASCADE, related_name="allocations")
+    gpu_device = models.ForeignKey(GpuDevice, on_delete=models.PROTECT, related_name="allocations")
+    period = DateTimeRangeField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = AllocationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["line", "gpu_device", "period"]
+        constraints = [
+            ExclusionConstraint(
+                name="allocation_no_double_booking",
+                expressions=[
+                    ("gpu_device", RangeOperators.EQUAL),
+                    ("period", RangeOperators.OVERLAPS),
+                ],
+            ),
+            models.CheckConstraint(
+                condition=Q(period__isempty=False)
+                & Q(period__lower_inf=False)
+                & Q(period__upper_inf=False),
+                name="allocation_period_bounded_not_empty",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"GPU {self.gpu_device_id} for line {self.line_id}"
+
+
+class LineApiKeyQuerySet(TenantQuerySet):
+    tenant_path = "line__contract__buyer"
+
+
+class LineApiKey(models.Model):
+    """An organization API key used for an on-demand line: its calls bill to that line."""
+
+    line = models.ForeignKey(ContractLine, on_delete=models.CASCADE, related_name="api_keys")
+    api_key = models.OneToOneField(
+        ApiKey, on_delete=models.CASCADE, related_name="contract_line_link"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = LineApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["line", "pk"]
+
+    def __str__(self) -> str:
+        return f"key {self.api_key_id} → line {self.line_id}"

@@ -100,6 +100,7 @@ from decimal import Decimal as _Decimal  # noqa: E402
 
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange  # noqa: E402
 
+from capacity.catalog import ensure_gpu_model  # noqa: E402
 from capacity.models import (  # noqa: E402
     EnergySource,
     GpuModel,
@@ -114,8 +115,8 @@ from capacity.models import (  # noqa: E402
 
 
 def catalog_gpu(name: str = "H100 SXM 80GB") -> GpuModel:
-    """A GPU model of the seeded catalog (the data migration creates them)."""
-    return GpuModel.objects.get(name=name)
+    """A GPU model of the seeded catalog (recreated if a transactional test flushed it)."""
+    return ensure_gpu_model(GpuModel, name)
 
 
 class SiteFactory(factory.django.DjangoModelFactory):
@@ -177,3 +178,52 @@ class NodeWindowFactory(factory.django.DjangoModelFactory):
         )
     )
     reason = "Firmware upgrade"
+
+
+# -- contracts ---------------------------------------------------------------------------
+from capacity.models import GpuDevice  # noqa: E402
+from contracts.models import Contract, ContractState  # noqa: E402
+
+
+class GpuDeviceFactory(factory.django.DjangoModelFactory):
+    """One physical GPU of a node (what enrollment records from the agent's inventory)."""
+
+    class Meta:
+        model = GpuDevice
+
+    node = factory.SubFactory(NodeFactory, status=NodeStatus.ONLINE)
+    uuid = factory.Sequence(lambda n: f"GPU-{n:08x}-0000-4000-8000-000000000000")
+    index = factory.Sequence(lambda n: n % 64)
+    memory_mib = 81920
+    model = "NVIDIA H100 80GB HBM3"
+
+
+def gpu_pool(
+    *,
+    site: Site,
+    gpus: int,
+    per_node: int = 8,
+    gpu_model: GpuModel | None = None,
+    status: str = NodeStatus.ONLINE,
+) -> list[GpuDevice]:
+    """Online nodes at ``site`` holding ``gpus`` GPU devices in all (``per_node`` a node)."""
+    devices: list[GpuDevice] = []
+    model = gpu_model or catalog_gpu()
+    while len(devices) < gpus:
+        count = min(per_node, gpus - len(devices))
+        node = NodeFactory(site=site, gpu_model=model, gpu_count=count, status=status)
+        devices += [GpuDeviceFactory(node=node, index=i) for i in range(count)]
+    return devices
+
+
+class ContractFactory(factory.django.DjangoModelFactory):
+    """An active one-month contract with no lines (checkout builds real ones)."""
+
+    class Meta:
+        model = Contract
+
+    buyer = factory.SubFactory(OrganizationFactory, is_buyer=True)
+    state = ContractState.ACTIVE
+    starts_at = factory.LazyFunction(timezone.now)
+    term_months = 1
+    term_ends_at = factory.LazyAttribute(lambda o: o.starts_at + _timedelta(days=30))

@@ -1,9 +1,10 @@
 """Poll a batch of claimed nodes and store what they said: the body of ``tasks.poll_batch``.
 
 Reads every node's cursor, key, token and GPUs in three queries, polls the nodes
-concurrently (``polling.poll_concurrently``, network on a helper thread) and stores each
-node's pages as they arrive (``ingest.store_page``, one statement per page, in this
-thread), then moves the node's health (``health.apply_outcome``). Running a batch twice,
+concurrently (``polling.poll_concurrently``, network on a helper thread) and stores the
+pages of whichever nodes are done, in groups (``ingest.store_pages``, one statement per
+group holding at most one page per node, in this thread), then moves each node's health
+(``health.apply_outcome``). Running a batch twice,
 or two batches over the same node at once, stores every record once: the cursor is
 moved conditionally in the same statement that inserts the records.
 """
@@ -21,6 +22,7 @@ from capacity.metering import health, ingest
 from capacity.metering.models import NodePollState
 from capacity.metering.polling import (
     DEFAULT_CONCURRENCY,
+    PollOutcome,
     PollTarget,
     health_due,
     poll_concurrently,
@@ -153,31 +155,57 @@ def poll_and_store(
         result.failed += 1
     next_poll_at = now + timedelta(seconds=interval_seconds)
     with ingest.asynchronous_commit():
-        for outcome in poll_concurrently(
-            targets, polled_at=now, concurrency=concurrency, transport=transport
+        for outcomes in poll_concurrently(
+            targets,
+            polled_at=now,
+            concurrency=concurrency,
+            transport=transport,
+            max_group=ingest.MAX_GROUP_PAGES,
         ):
-            result.polled += 1
-            for page in outcome.pages:
-                stored = ingest.store_page(
-                    node_id=outcome.node_id,
-                    page=page,
-                    polled_at=now,
-                    next_poll_at=next_poll_at,
-                    problem=outcome.integrity_problem,
-                    gpu_utilization_pct=outcome.gpu_utilization_pct,
+            _store_outcomes(outcomes, now=now, next_poll_at=next_poll_at, result=result)
+            for outcome in outcomes:
+                result.polled += 1
+                if not outcome.succeeded:
+                    result.failed += 1
+                health.apply_outcome(
+                    outcome=outcome,
+                    before=snapshots[outcome.node_id],
+                    interval_seconds=interval_seconds,
                 )
-                result.pages += 1
-                if not stored.moved:
-                    # Someone else stored from this cursor; our later pages start there too.
-                    result.skipped_pages += len(outcome.pages) - outcome.pages.index(page)
-                    break
-                result.inserted += stored.inserted
-                result.quarantined += stored.quarantined
-            if not outcome.succeeded:
-                result.failed += 1
-            health.apply_outcome(
-                outcome=outcome,
-                before=snapshots[outcome.node_id],
-                interval_seconds=interval_seconds,
-            )
     return result
+
+
+def _store_outcomes(
+    outcomes: Sequence[PollOutcome], *, now: datetime, next_poll_at: datetime, result: BatchResult
+) -> None:
+    """Store the outcomes' pages: round k stores every node's k-th page in one statement.
+
+    A node's next page is stored only after its previous one moved the cursor; when it
+    did not (another poll stored from that cursor first), the node's later pages are
+    skipped, since they start from a cursor that is no longer there.
+    """
+    pending = {outcome.node_id: (outcome, list(outcome.pages)) for outcome in outcomes}
+    while pending:
+        group = [
+            ingest.PageOfNode(
+                node_id=node_id,
+                page=pages[0],
+                problem=outcome.integrity_problem,
+                gpu_utilization_pct=outcome.gpu_utilization_pct,
+            )
+            for node_id, (outcome, pages) in pending.items()
+            if pages
+        ]
+        if not group:
+            return
+        stored = ingest.store_pages(group, polled_at=now, next_poll_at=next_poll_at)
+        for node_id, page in stored.items():
+            pages = pending[node_id][1]
+            result.pages += 1
+            if page.moved:
+                pages.pop(0)
+                result.inserted += page.inserted
+                result.quarantined += page.quarantined
+            else:
+                result.skipped_pages += len(pages)
+                pages.clear()

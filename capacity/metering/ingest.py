@@ -1,83 +1,108 @@
-"""Storing a polled page: ONE SQL statement, hence one transaction, per page.
+"""Storing polled pages: ONE SQL statement, hence one transaction, per group of pages.
 
-``store_page`` sends a single statement whose data-modifying CTEs
+``store_pages`` stores the pages of up to ``MAX_GROUP_PAGES`` different nodes (at most
+one page per node) with a single statement whose data-modifying CTEs
 
-1. advance the node's cursor *only if it is still where the page was fetched from*
-   (``UPDATE … WHERE journal_epoch = from AND last_seq = from``) and record the poll;
-2. insert the page's records ``ON CONFLICT (node, journal_epoch, seq) DO NOTHING
-   RETURNING`` — gated on (1), so a repeated or concurrent poll of the same page inserts
+1. advance each node's cursor *only if it is still where that page was fetched from*
+   (``UPDATE … FROM pages WHERE journal_epoch = from AND last_seq = from``) and record
+   the poll;
+2. insert the records of the nodes that moved in (1) ``ON CONFLICT (node, journal_epoch,
+   seq) DO NOTHING RETURNING`` — so a repeated or concurrent poll of the same page inserts
    nothing, and a concurrent one blocks on (1)'s row lock, then finds the cursor moved;
 3. add to the hourly rollups exactly what (2) returned (``ON CONFLICT DO UPDATE SET
    x = x + EXCLUDED.x``): only rows actually inserted are ever counted;
 4. quarantine the refused records (``ON CONFLICT DO NOTHING``), OR the observed minutes
-   into the availability bitmaps, and stamp the node's last successful poll.
+   into the availability bitmaps, and stamp each node's last successful poll.
 
-PostgreSQL runs a statement atomically, so either all of that happened or none of it;
-a crash at any point loses nothing because the agent still holds every record past the
-stored cursor. Arrays travel as ``unnest`` parameters and the statement is prepared
-once per connection, so a page costs one round trip whatever its size.
+PostgreSQL runs a statement atomically, so for every node of the group either all of
+that happened or none of it: a node's page is never half stored, and a node whose
+cursor had moved is left alone without disturbing the others. A crash at any point
+loses nothing because the agents still hold every record past the stored cursors.
+Grouping is only about round trips and commits (one per group instead of one per
+page); it never mixes nodes' data, because every row of every table the statement
+writes belongs to exactly one node (rollups and bitmaps are keyed by GPU). If a group's
+statement fails for a reason in the data (a constraint, a value out of range), the
+group is stored again page by page, each in its own statement, so one node's bad page
+cannot hold the others back. Arrays travel as ``unnest`` parameters and the statement
+is prepared once per connection.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from django.db import connection
+from django.db import DataError, IntegrityError, connection
 
 from capacity.metering.polling import PageToStore
 
-_STORE_PAGE_SQL = """
-WITH moved AS (
-    UPDATE metering_nodepollstate
-    SET journal_epoch = %(to_epoch)s,
-        last_seq = %(to_seq)s,
-        last_hash = %(to_hash)s,
-        gpu_window_ends = gpu_window_ends || %(window_ends)s::jsonb,
+# Nodes' pages stored by one statement. Bigger groups save little once a round trip
+# costs less than building the group's parameters, and a failing group is retried
+# page by page.
+MAX_GROUP_PAGES = 100
+
+_STORE_PAGES_SQL = """
+WITH page AS (
+    SELECT *
+    FROM unnest(
+        %(node_id)s::bigint[], %(from_epoch)s::text[], %(from_seq)s::bigint[],
+        %(to_epoch)s::text[], %(to_seq)s::bigint[], %(to_hash)s::text[],
+        %(window_ends)s::text[], %(success_at)s::timestamptz[], %(problem)s::text[],
+        %(gpu_utilization_pct)s::int[]
+    ) AS p(node_id, from_epoch, from_seq, to_epoch, to_seq, to_hash, window_ends,
+           success_at, problem, gpu_utilization_pct)
+), moved AS (
+    UPDATE metering_nodepollstate AS ps
+    SET journal_epoch = p.to_epoch,
+        last_seq = p.to_seq,
+        last_hash = p.to_hash,
+        gpu_window_ends = ps.gpu_window_ends || p.window_ends::jsonb,
         last_poll_at = %(polled_at)s,
-        last_success_at = coalesce(%(success_at)s, last_success_at),
+        last_success_at = coalesce(p.success_at, ps.last_success_at),
         consecutive_failures = 0,
         backoff_seconds = 0,
-        last_error = %(problem)s,
+        last_error = p.problem,
         next_poll_at = %(next_poll_at)s
-    WHERE node_id = %(node_id)s
-      AND journal_epoch = %(from_epoch)s
-      AND last_seq = %(from_seq)s
-    RETURNING node_id
+    FROM page AS p
+    WHERE ps.node_id = p.node_id
+      AND ps.journal_epoch = p.from_epoch
+      AND ps.last_seq = p.from_seq
+    RETURNING ps.node_id, p.to_epoch, p.success_at, p.gpu_utilization_pct
 ), inserted AS (
     INSERT INTO metering_usagerecord (
         node_id, journal_epoch, seq, record_hash, gpu_id, window_start, window_end,
         workload_kind, workload_ref, busy_ms, energy_mj, input_tokens, output_tokens,
         requests, received_at
     )
-    SELECT moved.node_id, %(to_epoch)s, r.seq, r.record_hash, r.gpu_id, r.window_start,
+    SELECT m.node_id, m.to_epoch, r.seq, r.record_hash, r.gpu_id, r.window_start,
            r.window_end, r.workload_kind, r.workload_ref, r.busy_ms, r.energy_mj,
            r.input_tokens, r.output_tokens, r.requests, %(polled_at)s
-    FROM moved, unnest(
-        %(seq)s::bigint[], %(record_hash)s::text[], %(gpu_id)s::bigint[],
-        %(window_start)s::timestamptz[], %(window_end)s::timestamptz[],
-        %(workload_kind)s::text[], %(workload_ref)s::text[], %(busy_ms)s::bigint[],
-        %(energy_mj)s::bigint[], %(input_tokens)s::bigint[], %(output_tokens)s::bigint[],
-        %(requests)s::bigint[]
-    ) AS r(seq, record_hash, gpu_id, window_start, window_end, workload_kind, workload_ref,
-           busy_ms, energy_mj, input_tokens, output_tokens, requests)
+    FROM unnest(
+        %(r_node_id)s::bigint[], %(seq)s::bigint[], %(record_hash)s::text[],
+        %(gpu_id)s::bigint[], %(window_start)s::timestamptz[],
+        %(window_end)s::timestamptz[], %(workload_kind)s::text[], %(workload_ref)s::text[],
+        %(busy_ms)s::bigint[], %(energy_mj)s::bigint[], %(input_tokens)s::bigint[],
+        %(output_tokens)s::bigint[], %(requests)s::bigint[]
+    ) AS r(node_id, seq, record_hash, gpu_id, window_start, window_end, workload_kind,
+           workload_ref, busy_ms, energy_mj, input_tokens, output_tokens, requests)
+    JOIN moved AS m ON m.node_id = r.node_id
     ON CONFLICT (node_id, journal_epoch, seq) DO NOTHING
-    RETURNING gpu_id, workload_kind, workload_ref, window_start, busy_ms, energy_mj,
-              input_tokens, output_tokens, requests
+    RETURNING node_id, gpu_id, workload_kind, workload_ref, window_start, busy_ms,
+              energy_mj, input_tokens, output_tokens, requests
 ), rolled AS (
     INSERT INTO metering_hourlyusage AS h (
         node_id, gpu_id, workload_kind, workload_ref, hour, busy_ms, energy_mj,
         input_tokens, output_tokens, requests, record_count
     )
-    SELECT %(node_id)s, gpu_id, workload_kind, coalesce(workload_ref, ''),
+    SELECT node_id, gpu_id, workload_kind, coalesce(workload_ref, ''),
            date_trunc('hour', window_start, 'UTC'), sum(busy_ms), sum(energy_mj),
            sum(input_tokens), sum(output_tokens), sum(requests), count(*)
     FROM inserted
-    GROUP BY gpu_id, workload_kind, coalesce(workload_ref, ''),
+    GROUP BY node_id, gpu_id, workload_kind, coalesce(workload_ref, ''),
              date_trunc('hour', window_start, 'UTC')
     ON CONFLICT (gpu_id, workload_kind, workload_ref, hour) DO UPDATE SET
         busy_ms = h.busy_ms + EXCLUDED.busy_ms,
@@ -86,43 +111,91 @@ WITH moved AS (
         output_tokens = h.output_tokens + EXCLUDED.output_tokens,
         requests = h.requests + EXCLUDED.requests,
         record_count = h.record_count + EXCLUDED.record_count
-    RETURNING 1
 ), quarantined AS (
     INSERT INTO metering_quarantinedrecord (
         node_id, journal_epoch, seq, reason, detail, gpu_uuid, window_start, window_end,
         payload, received_at
     )
-    SELECT moved.node_id, q.journal_epoch, q.seq, q.reason, q.detail, q.gpu_uuid,
+    SELECT m.node_id, q.journal_epoch, q.seq, q.reason, q.detail, q.gpu_uuid,
            q.window_start, q.window_end, q.payload::jsonb, %(polled_at)s
-    FROM moved, unnest(
-        %(q_epoch)s::text[], %(q_seq)s::bigint[], %(q_reason)s::text[], %(q_detail)s::text[],
-        %(q_gpu_uuid)s::text[], %(q_window_start)s::timestamptz[],
-        %(q_window_end)s::timestamptz[], %(q_payload)s::text[]
-    ) AS q(journal_epoch, seq, reason, detail, gpu_uuid, window_start, window_end, payload)
+    FROM unnest(
+        %(q_node_id)s::bigint[], %(q_epoch)s::text[], %(q_seq)s::bigint[],
+        %(q_reason)s::text[], %(q_detail)s::text[], %(q_gpu_uuid)s::text[],
+        %(q_window_start)s::timestamptz[], %(q_window_end)s::timestamptz[],
+        %(q_payload)s::text[]
+    ) AS q(node_id, journal_epoch, seq, reason, detail, gpu_uuid, window_start, window_end,
+           payload)
+    JOIN moved AS m ON m.node_id = q.node_id
     ON CONFLICT (node_id, journal_epoch, seq) DO NOTHING
-    RETURNING 1
+    RETURNING node_id
 ), available AS (
     INSERT INTO metering_gpuavailabilityday AS a (gpu_id, day, minutes)
-    SELECT m.gpu_id, m.day, m.minutes::bit(1440)
-    FROM moved, unnest(%(a_gpu_id)s::bigint[], %(a_day)s::date[], %(a_minutes)s::text[])
-        AS m(gpu_id, day, minutes)
+    SELECT v.gpu_id, v.day, v.minutes::bit(1440)
+    FROM unnest(
+        %(a_node_id)s::bigint[], %(a_gpu_id)s::bigint[], %(a_day)s::date[],
+        %(a_minutes)s::text[]
+    ) AS v(node_id, gpu_id, day, minutes)
+    JOIN moved AS m ON m.node_id = v.node_id
     ON CONFLICT (gpu_id, day) DO UPDATE SET minutes = a.minutes | EXCLUDED.minutes
-    RETURNING 1
 ), touched AS (
     UPDATE capacity_node AS n
     SET last_poll_at = %(polled_at)s,
-        last_successful_poll_at = coalesce(%(success_at)s, n.last_successful_poll_at),
-        journal_epoch = %(to_epoch)s,
-        gpu_utilization_pct = coalesce(%(gpu_utilization_pct)s, n.gpu_utilization_pct),
+        last_successful_poll_at = coalesce(m.success_at, n.last_successful_poll_at),
+        journal_epoch = m.to_epoch,
+        gpu_utilization_pct = coalesce(m.gpu_utilization_pct, n.gpu_utilization_pct),
         updated_at = %(polled_at)s
-    FROM moved
-    WHERE n.id = moved.node_id
-    RETURNING 1
+    FROM moved AS m
+    WHERE n.id = m.node_id
 )
-SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM inserted),
-       (SELECT count(*) FROM quarantined), (SELECT count(*) FROM rolled),
-       (SELECT count(*) FROM available), (SELECT count(*) FROM touched)
+SELECT m.node_id, coalesce(i.count, 0), coalesce(q.count, 0)
+FROM moved AS m
+LEFT JOIN (SELECT node_id, count(*) FROM inserted GROUP BY node_id) AS i
+    ON i.node_id = m.node_id
+LEFT JOIN (SELECT node_id, count(*) FROM quarantined GROUP BY node_id) AS q
+    ON q.node_id = m.node_id
 """
+
+
+# The statement's array parameters: pages (one per node), records (r_), quarantine (q_),
+# availability masks (a_); every array of one kind has one element per row.
+_ARRAY_PARAMS = (
+    "node_id",
+    "from_epoch",
+    "from_seq",
+    "to_epoch",
+    "to_seq",
+    "to_hash",
+    "window_ends",
+    "success_at",
+    "problem",
+    "gpu_utilization_pct",
+    "r_node_id",
+    "seq",
+    "record_hash",
+    "gpu_id",
+    "window_start",
+    "window_end",
+    "workload_kind",
+    "workload_ref",
+    "busy_ms",
+    "energy_mj",
+    "input_tokens",
+    "output_tokens",
+    "requests",
+    "q_node_id",
+    "q_epoch",
+    "q_seq",
+    "q_reason",
+    "q_detail",
+    "q_gpu_uuid",
+    "q_window_start",
+    "q_window_end",
+    "q_payload",
+    "a_node_id",
+    "a_gpu_id",
+    "a_day",
+    "a_minutes",
+)
 
 
 @dataclass(frozen=True)
@@ -134,54 +207,64 @@ class StoredPage:
     quarantined: int
 
 
-def _page_params(
-    *,
-    node_id: int,
-    page: PageToStore,
-    polled_at: datetime,
-    next_poll_at: datetime,
-    problem: str,
-    gpu_utilization_pct: int | None,
+@dataclass(frozen=True)
+class PageOfNode:
+    """One node's page with what its poll found, ready for ``store_pages``."""
+
+    node_id: int
+    page: PageToStore
+    # Why the node's answers did not verify ('' = they did); stored as its last error.
+    problem: str = ""
+    gpu_utilization_pct: int | None = None
+
+
+def _group_params(
+    pages: Sequence[PageOfNode], *, polled_at: datetime, next_poll_at: datetime
 ) -> dict[str, object]:
-    accepted, quarantined, masks = page.accepted, page.quarantined, page.minute_masks
-    return {
-        "node_id": node_id,
-        "from_epoch": page.from_epoch,
-        "from_seq": page.from_seq,
-        "to_epoch": page.to_epoch,
-        "to_seq": page.to_seq,
-        "to_hash": page.to_hash,
-        "window_ends": json.dumps(page.gpu_window_ends),
-        "polled_at": polled_at,
+    params: dict[str, list[object]] = {name: [] for name in _ARRAY_PARAMS}
+    for item in pages:
+        node_id, page = item.node_id, item.page
+        params["node_id"].append(node_id)
+        params["from_epoch"].append(page.from_epoch)
+        params["from_seq"].append(page.from_seq)
+        params["to_epoch"].append(page.to_epoch)
+        params["to_seq"].append(page.to_seq)
+        params["to_hash"].append(page.to_hash)
+        params["window_ends"].append(json.dumps(page.gpu_window_ends))
         # An agent whose answers do not verify was reached but not successfully polled.
-        "success_at": None if problem else polled_at,
-        "problem": problem,
-        "next_poll_at": next_poll_at,
-        "gpu_utilization_pct": gpu_utilization_pct,
-        "seq": [r.seq for r in accepted],
-        "record_hash": [r.record_hash for r in accepted],
-        "gpu_id": [r.gpu_device_id for r in accepted],
-        "window_start": [r.window_start for r in accepted],
-        "window_end": [r.window_end for r in accepted],
-        "workload_kind": [r.workload_kind for r in accepted],
-        "workload_ref": [r.workload_ref for r in accepted],
-        "busy_ms": [r.busy_ms for r in accepted],
-        "energy_mj": [r.energy_mj for r in accepted],
-        "input_tokens": [r.input_tokens for r in accepted],
-        "output_tokens": [r.output_tokens for r in accepted],
-        "requests": [r.requests for r in accepted],
-        "q_epoch": [q.journal_epoch for q in quarantined],
-        "q_seq": [q.seq for q in quarantined],
-        "q_reason": [q.rejection.reason for q in quarantined],
-        "q_detail": [q.rejection.detail for q in quarantined],
-        "q_gpu_uuid": [q.rejection.gpu_uuid for q in quarantined],
-        "q_window_start": [q.rejection.window_start for q in quarantined],
-        "q_window_end": [q.rejection.window_end for q in quarantined],
-        "q_payload": [json.dumps(q.payload) for q in quarantined],
-        "a_gpu_id": [m.gpu_device_id for m in masks],
-        "a_day": [m.day for m in masks],
-        "a_minutes": [m.bits for m in masks],
-    }
+        params["success_at"].append(None if item.problem else polled_at)
+        params["problem"].append(item.problem)
+        params["gpu_utilization_pct"].append(item.gpu_utilization_pct)
+        accepted = page.accepted
+        params["r_node_id"] += [node_id] * len(accepted)
+        params["seq"] += [r.seq for r in accepted]
+        params["record_hash"] += [r.record_hash for r in accepted]
+        params["gpu_id"] += [r.gpu_device_id for r in accepted]
+        params["window_start"] += [r.window_start for r in accepted]
+        params["window_end"] += [r.window_end for r in accepted]
+        params["workload_kind"] += [r.workload_kind for r in accepted]
+        params["workload_ref"] += [r.workload_ref for r in accepted]
+        params["busy_ms"] += [r.busy_ms for r in accepted]
+        params["energy_mj"] += [r.energy_mj for r in accepted]
+        params["input_tokens"] += [r.input_tokens for r in accepted]
+        params["output_tokens"] += [r.output_tokens for r in accepted]
+        params["requests"] += [r.requests for r in accepted]
+        quarantined = page.quarantined
+        params["q_node_id"] += [node_id] * len(quarantined)
+        params["q_epoch"] += [q.journal_epoch for q in quarantined]
+        params["q_seq"] += [q.seq for q in quarantined]
+        params["q_reason"] += [q.rejection.reason for q in quarantined]
+        params["q_detail"] += [q.rejection.detail for q in quarantined]
+        params["q_gpu_uuid"] += [q.rejection.gpu_uuid for q in quarantined]
+        params["q_window_start"] += [q.rejection.window_start for q in quarantined]
+        params["q_window_end"] += [q.rejection.window_end for q in quarantined]
+        params["q_payload"] += [json.dumps(q.payload) for q in quarantined]
+        masks = page.minute_masks
+        params["a_node_id"] += [node_id] * len(masks)
+        params["a_gpu_id"] += [m.gpu_device_id for m in masks]
+        params["a_day"] += [m.day for m in masks]
+        params["a_minutes"] += [m.bits for m in masks]
+    return {**params, "polled_at": polled_at, "next_poll_at": next_poll_at}
 
 
 def _raw_cursor() -> psycopg.Cursor:
@@ -193,6 +276,45 @@ def _raw_cursor() -> psycopg.Cursor:
     return psycopg.Cursor(connection.connection)
 
 
+def _store_group(
+    pages: Sequence[PageOfNode], *, polled_at: datetime, next_poll_at: datetime
+) -> dict[int, StoredPage]:
+    params = _group_params(pages, polled_at=polled_at, next_poll_at=next_poll_at)
+    with connection.wrap_database_errors, _raw_cursor() as cursor:
+        cursor.execute(_STORE_PAGES_SQL, params, prepare=True)
+        rows = cursor.fetchall()
+    moved = {
+        node_id: StoredPage(True, inserted, quarantined) for node_id, inserted, quarantined in rows
+    }
+    return {item.node_id: moved.get(item.node_id, StoredPage(False, 0, 0)) for item in pages}
+
+
+def store_pages(
+    pages: Sequence[PageOfNode], *, polled_at: datetime, next_poll_at: datetime
+) -> dict[int, StoredPage]:
+    """Store one page of each of several nodes (see the module docstring); idempotent.
+
+    Returns what happened to each node's page. In autocommit (how tasks run) the
+    statement is its own transaction; inside an atomic block it joins that block, and a
+    failing group is raised instead of being stored again page by page.
+    """
+    node_ids = [item.node_id for item in pages]
+    if len(set(node_ids)) != len(node_ids):
+        raise ValueError("store_pages takes at most one page per node")
+    if not pages:
+        return {}
+    try:
+        return _store_group(pages, polled_at=polled_at, next_poll_at=next_poll_at)
+    except (IntegrityError, DataError):
+        if len(pages) == 1 or not connection.get_autocommit():
+            raise
+    # One node's page broke the group: store every page alone, so only it fails.
+    results = {}
+    for item in pages:
+        results.update(_store_group([item], polled_at=polled_at, next_poll_at=next_poll_at))
+    return results
+
+
 def store_page(
     *,
     node_id: int,
@@ -202,20 +324,9 @@ def store_page(
     problem: str = "",
     gpu_utilization_pct: int | None = None,
 ) -> StoredPage:
-    """Store one page atomically (see the module docstring); idempotent."""
-    params = _page_params(
-        node_id=node_id,
-        page=page,
-        polled_at=polled_at,
-        next_poll_at=next_poll_at,
-        problem=problem,
-        gpu_utilization_pct=gpu_utilization_pct,
-    )
-    with connection.wrap_database_errors, _raw_cursor() as cursor:
-        cursor.execute(_STORE_PAGE_SQL, params, prepare=True)
-        row = cursor.fetchone()
-    assert row is not None
-    return StoredPage(moved=bool(row[0]), inserted=int(row[1]), quarantined=int(row[2]))
+    """Store one node's page atomically (``store_pages`` with a group of one)."""
+    item = PageOfNode(node_id, page, problem, gpu_utilization_pct)
+    return store_pages([item], polled_at=polled_at, next_poll_at=next_poll_at)[node_id]
 
 
 @contextmanager

@@ -4,13 +4,13 @@ No database here. ``poll_node`` follows ``/v1/usage`` from the stored cursor up 
 agent's head, checks each page's ``X-Agent-Signature`` over the exact body bytes with the
 node's stored public key and the hash chain from the cursor (a new journal epoch starts
 again from genesis, ``after=0``), and validates each record (``validation``). It returns
-a ``PollOutcome`` whose pages ``ingest`` stores, one statement each, in order.
+a ``PollOutcome`` whose pages ``ingest`` stores, each node's pages in order.
 
-``poll_concurrently`` runs many nodes at once on one ``AgentHttp`` (one keep-alive pool,
-a semaphore bounding concurrency) in an event loop on a helper thread, and hands each
-outcome to the calling thread as soon as it is ready: the caller stores node A while
-the loop is still waiting on node B, and Django's database connection never leaves the
-caller's thread.
+``poll_concurrently`` runs many nodes at once on one ``AgentHttp`` (one keep-alive pool
+with a connection per concurrent node, a semaphore bounding concurrency) in an event
+loop on a helper thread, and hands the outcomes to the calling thread in groups as they
+become ready: the caller stores one group while the loop polls the next nodes, and
+Django's database connection never leaves the caller's thread.
 """
 
 from __future__ import annotations
@@ -290,19 +290,24 @@ async def _poll_health(http: AgentHttp, target: PollTarget, outcome: PollOutcome
 
 
 async def poll_node(http: AgentHttp, target: PollTarget, *, polled_at: datetime) -> PollOutcome:
-    """Poll one node: usage pages to the head and, when due, health, concurrently."""
+    """Poll one node: usage pages to the head, then, when due, health.
+
+    One after the other, so a node holds one connection at a time (the pool never
+    queues) and an agent that does not answer usage is not asked for health as well.
+    """
     outcome = PollOutcome(node_id=target.node_id, polled_at=polled_at)
-    requests = [_poll_usage(http, target, outcome)]
+    requests = [_poll_usage]
     if target.check_health:
-        requests.append(_poll_health(http, target, outcome))
-    results = await asyncio.gather(*requests, return_exceptions=True)
-    for result in results:
-        if isinstance(result, AgentError):
-            outcome.error = outcome.error or str(result)
-        elif isinstance(result, ValueError):  # json.JSONDecodeError of a signed body
-            outcome.error = outcome.error or f"malformed answer: {result}"
-        elif isinstance(result, BaseException):
-            raise result
+        requests.append(_poll_health)
+    for request in requests:
+        try:
+            await request(http, target, outcome)
+        except AgentError as error:
+            outcome.error = str(error)
+        except ValueError as error:  # json.JSONDecodeError of a signed body
+            outcome.error = f"malformed answer: {error}"
+        if outcome.error:
+            break
     return outcome
 
 
@@ -326,16 +331,20 @@ def poll_concurrently(
     polled_at: datetime,
     concurrency: int = DEFAULT_CONCURRENCY,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> Iterator[PollOutcome]:
-    """Yield each target's ``PollOutcome`` as it completes (order not kept).
+    max_group: int = 1,
+) -> Iterator[list[PollOutcome]]:
+    """Yield the targets' ``PollOutcome``s as they complete, in lists (order not kept).
 
+    Each list holds every outcome that was ready when the caller asked, up to
+    ``max_group``: while the caller stores one list, the next one fills up, so a busy
+    caller gets bigger groups (fewer round trips) and an idle one gets them at once.
     ``transport`` replaces the network (tests answer in-process); None in production.
     """
     results: queue.SimpleQueue[object] = queue.SimpleQueue()
 
     async def main() -> None:
         semaphore = asyncio.Semaphore(concurrency)
-        async with AgentHttp(max_connections=2 * concurrency, transport=transport) as http:
+        async with AgentHttp(max_connections=concurrency, transport=transport) as http:
 
             async def one(target: PollTarget) -> None:
                 async with semaphore:
@@ -353,10 +362,25 @@ def poll_concurrently(
 
     thread = threading.Thread(target=run, name="metering-poll", daemon=True)
     thread.start()
+    done = False
     try:
-        while (item := results.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
+        while not done:
+            group: list[PollOutcome] = []
+            item = results.get()
+            while True:
+                if item is _DONE:
+                    done = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                group.append(item)  # type: ignore[arg-type]
+                if len(group) >= max_group:
+                    break
+                try:
+                    item = results.get_nowait()
+                except queue.Empty:
+                    break
+            if group:
+                yield group
     finally:
         thread.join()

@@ -186,7 +186,15 @@ def register_fleet_nodes(
                 enrolled_at=now,
             )
         )
-    Node.objects.bulk_create(wanted, batch_size=2000, ignore_conflicts=True)
+    # A node registered by an earlier run keeps its keys (they derive from the seed) but
+    # points at this run's fleet, whose port may differ.
+    Node.objects.bulk_create(
+        wanted,
+        batch_size=2000,
+        update_conflicts=True,
+        unique_fields=["site", "name"],
+        update_fields=["agent_url"],
+    )
     by_name = dict(
         Node.objects.filter(site=site, name__in=[n.name for n in wanted]).values_list("name", "pk")
     )

@@ -3,19 +3,11 @@
 from django.db import migrations
 
 from capacity.catalog import GPU_CATALOG as CATALOG
+from capacity.catalog import ensure_gpu_catalog
+
 
 def seed(apps, schema_editor):
-    GpuModel = apps.get_model("capacity", "GpuModel")
-    for name, family, memory_mib, max_power_w in CATALOG:
-        GpuModel.objects.update_or_create(
-            name=name,
-            defaults={
-                "vendor": "NVIDIA",
-                "family": family,
-                "memory_mib": memory_mib,
-                "max_power_w": max_power_w,
-            },
-        )
+    ensure_gpu_catalog(apps)
 
 
 def unseed(apps, schema_editor):

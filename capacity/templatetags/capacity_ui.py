@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import template
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from capacity.models import NodeStatus
 
@@ -36,7 +37,7 @@ def node_status(node: object) -> str:
         and getattr(node, "enrolled_at", None) is not None
         and getattr(node, "last_successful_poll_at", None) is None
     ):
-        return format_html('<span class="badge badge-neutral">Awaiting first poll</span>')
+        return mark_safe('<span class="badge badge-neutral">Awaiting first poll</span>')  # noqa: S308 - a constant
     return format_html(
         '<span class="badge {}">{}</span>',
         node_status_badge(status),

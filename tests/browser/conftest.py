@@ -84,9 +84,9 @@ def browser(django_db_setup: None) -> Iterator[Browser]:
 
 
 @pytest.fixture
-def live_url(live_server, django_db_serialized_rollback) -> str:
-    """The live server's base URL. Data migrations (e.g. the GPU catalog) are restored
-    for each browser test, since the live server's transactional database is flushed."""
+def live_url(live_server) -> str:
+    """The live server's base URL. Reference data (GPU catalog, SLA defaults…) survives the
+    flush after each transactional test: config.reference_data re-creates it."""
     return str(live_server.url)
 
 

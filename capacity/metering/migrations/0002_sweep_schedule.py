@@ -4,33 +4,19 @@ Editable afterwards in the admin (Periodic tasks); running this again changes no
 The interval comes from METERING_POLL_INTERVAL_SECONDS at the time of the migration.
 """
 
-from django.conf import settings
 from django.db import migrations
 
-SWEEP_TASK_NAME = "metering: sweep due nodes"
-SWEEP_TASK = "capacity.metering.tasks.sweep"
+from capacity.metering.schedule import SWEEP_TASK_NAME, ensure_sweep_schedule
 
 
 def create_schedule(apps, schema_editor):
-    IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
-    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    interval, _ = IntervalSchedule.objects.get_or_create(
-        every=settings.METERING_POLL_INTERVAL_SECONDS, period="seconds"
-    )
-    PeriodicTask.objects.get_or_create(
-        name=SWEEP_TASK_NAME,
-        defaults={
-            "task": SWEEP_TASK,
-            "interval": interval,
-            # A sweep that waited longer than one interval is stale: the next one is due.
-            "expire_seconds": settings.METERING_POLL_INTERVAL_SECONDS,
-            "description": "Claims the nodes due for polling and fans them out to poll_batch.",
-        },
-    )
+    ensure_sweep_schedule(apps)
 
 
 def remove_schedule(apps, schema_editor):
-    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(name=SWEEP_TASK_NAME).delete()
+    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(
+        name=SWEEP_TASK_NAME
+    ).delete()
 
 
 class Migration(migrations.Migration):

@@ -39,7 +39,7 @@ NODES = 12
 BATCH_SIZE = 4
 SEED = 41
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def _redis_answers() -> bool:

@@ -1,0 +1,487 @@
+"""Attribution: every paid invoice line split over the nodes that earned it.
+
+Weights, per line and node, over the line's service month:
+
+- reserved lines: allocated GPU-seconds (the allocations' periods inside the month);
+- SLA credits: the GPU-minutes the line's allocations were *down* (counted minus
+  available, maintenance announced in time excluded, as ``contracts.sla`` counts them),
+  so the credit is charged back to the partner whose GPUs were down; when no minute was
+  down (cannot happen with a credit, but the data may be incomplete) by GPU-seconds;
+- on-demand GPU lines: busy GPU-milliseconds from metering's hourly rollups;
+- inference lines: input or output tokens, from the same rollups;
+- late-usage lines: the service month's metered usage of their meter (the rollups do not
+  say which records arrived late, so the late part is spread like the month's usage);
+- commitment true-ups and early-termination fees: no node earned them; one row, all
+  platform.
+
+Splitting (the rounding rules, exact to the cent):
+
+1. A line's amount is split over its nodes by **largest remainder**: each node gets the
+   floor of its exact proportional part; the cents left over go one each to the nodes
+   with the largest fractional remainders (ties to the lower node id). The parts add up
+   to the line's amount exactly.
+2. Each part is split into the partner's share, ``floor(part x share)`` — rounded down
+   to the cent, also for negative parts (an SLA credit costs the partner the cent) —
+   and the platform's fee, the remainder. Share + fee = part, exactly (a check
+   constraint says so too).
+
+Credit notes on an invoice already attributed become adjustments: the credit is split
+over the partners (and the platform) by largest remainder in proportion to what each was
+attributed of the invoice, and each partner's part carries the partner's effective share
+of that invoice, rounded down.
+
+Everything here is idempotent: an invoice is attributed once (``UNIQUE (line, node)``;
+invoices with attributions are skipped), a credit note adjusted once (``UNIQUE (credit
+note, partner)``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable, Mapping
+from datetime import date, datetime
+from decimal import ROUND_FLOOR, Decimal, localcontext
+from typing import TypeVar
+
+from django.apps import apps
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from billing.models import (
+    Attribution,
+    CreditNote,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    LineKind,
+    Meter,
+    PaymentStatus,
+    RevenueKind,
+    StatementAdjustment,
+)
+from billing.periods import month_bounds
+from billing.settlement.agreements import ShareBook
+from capacity.models import GpuDevice, Node
+from contracts.models import Allocation, ContractLine
+
+K = TypeVar("K", bound=Hashable)
+_PRECISION = 60
+CHUNK_SIZE = 500
+
+
+# -- arithmetic -----------------------------------------------------------------------------
+
+
+def split_largest_remainder(amount_minor: int, weights: Mapping[K, Decimal | int]) -> dict[K, int]:
+    """Split ``amount_minor`` (signed) in proportion to non-negative ``weights``.
+
+    The parts add up to ``amount_minor`` exactly; keys with a zero weight get nothing.
+    Ties in the remainders go to the key that sorts first. Empty or all-zero weights →
+    ``{}`` (the caller decides who takes the amount).
+    """
+    positive = {key: Decimal(weight) for key, weight in weights.items() if weight > 0}
+    total = sum(positive.values(), Decimal(0))
+    if not positive or total <= 0:
+        return {}
+    sign = -1 if amount_minor < 0 else 1
+    magnitude = abs(amount_minor)
+    with localcontext() as context:
+        context.prec = _PRECISION
+        exact = {key: Decimal(magnitude) * weight / total for key, weight in positive.items()}
+    parts = {
+        key: int(value.to_integral_value(rounding=ROUND_FLOOR)) for key, value in exact.items()
+    }
+    left = magnitude - sum(parts.values())
+    order = sorted(positive, key=lambda key: (-(exact[key] - parts[key]), _sort_key(key)))
+    for key in order[:left]:
+        parts[key] += 1
+    return {key: sign * part for key, part in parts.items()}
+
+
+def _sort_key(key: object) -> tuple[int, str]:
+    if key is None:
+        return (1, "")
+    if isinstance(key, int):
+        return (0, f"{key:020d}")
+    return (0, str(key))
+
+
+def partner_share_of(amount_minor: int, share: Decimal) -> int:
+    """The partner's share of ``amount_minor``, rounded down to the cent (toward -inf)."""
+    with localcontext() as context:
+        context.prec = _PRECISION
+        return int((Decimal(amount_minor) * share).to_integral_value(rounding=ROUND_FLOOR))
+
+
+# -- weights ----------------------------------------------------------------------------------
+
+
+def reserved_weights(
+    *, line_ids: list[int], start: datetime, end: datetime
+) -> dict[tuple[int, int], Decimal]:
+    """Allocated GPU-seconds inside ``[start, end)`` per (contract line, node)."""
+    if not line_ids:
+        return {}
+    sql = f"""
+        SELECT a.line_id, g.node_id,
+               sum(extract(epoch FROM least(upper(a.period), %s) - greatest(lower(a.period), %s)))
+        FROM {Allocation._meta.db_table} AS a
+        JOIN {GpuDevice._meta.db_table} AS g ON g.id = a.gpu_device_id
+        WHERE a.line_id = ANY(%s) AND a.period && tstzrange(%s, %s, '[)')
+        GROUP BY a.line_id, g.node_id
+    """  # noqa: S608 (table names come from model metadata)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [end, start, line_ids, start, end])
+        return {
+            (line_id, node_id): Decimal(seconds)
+            for line_id, node_id, seconds in cursor.fetchall()
+            if seconds
+        }
+
+
+def metered_weights(
+    *, line_ids: list[int], start: datetime, end: datetime
+) -> dict[tuple[int, int, str], int]:
+    """Metered quantities per (contract line, node, meter) in ``[start, end)``: the same
+    rollup rows, key and line conditions rating bills (``billing.rating.metered_usage``),
+    grouped by node as well."""
+    if not line_ids or not apps.is_installed("capacity.metering"):
+        return {}
+    hourly = apps.get_model("metering", "HourlyUsage")._meta.db_table
+    gpu = GpuDevice._meta.db_table
+    node = Node._meta.db_table
+    offer = apps.get_model("capacity", "Offer")._meta.db_table
+    product = ContractLine._meta.get_field("inference_product").related_model._meta.db_table  # type: ignore[union-attr]
+    link = apps.get_model("contracts", "LineApiKey")._meta.db_table
+    api_key = apps.get_model("marketplace", "ApiKey")._meta.db_table
+    line = ContractLine._meta.db_table
+    key_in_force = """
+        AND k.created_at < h.hour + interval '1 hour'
+        AND (k.revoked_at IS NULL OR k.revoked_at > h.hour)
+        AND cl.starts_at < h.hour + interval '1 hour'
+        AND (cl.ended_at IS NULL OR cl.ended_at > h.hour)
+        AND h.hour >= %s AND h.hour < %s
+        AND cl.id = ANY(%s)
+    """
+    sql = f"""
+        SELECT cl.id, h.node_id, sum(h.busy_ms), 0, 0
+        FROM {hourly} AS h
+        JOIN {api_key} AS k ON h.workload_ref = 'gpu@' || k.prefix
+        JOIN {link} AS l ON l.api_key_id = k.id
+        JOIN {line} AS cl ON cl.id = l.line_id AND cl.kind = 'on_demand_gpu'
+        JOIN {offer} AS o ON o.id = cl.offer_id
+        JOIN {gpu} AS g ON g.id = h.gpu_id
+        JOIN {node} AS n ON n.id = g.node_id
+             AND n.site_id = o.site_id AND n.gpu_model_id = o.gpu_model_id
+        WHERE h.workload_kind = 'allocation'
+          {key_in_force}
+          AND NOT EXISTS (
+              SELECT 1 FROM {Allocation._meta.db_table} AS a
+              WHERE a.gpu_device_id = h.gpu_id
+                AND a.period && tstzrange(h.hour, h.hour + interval '1 hour', '[)'))
+        GROUP BY cl.id, h.node_id
+        UNION ALL
+        SELECT cl.id, h.node_id, 0, sum(h.input_tokens), sum(h.output_tokens)
+        FROM {hourly} AS h
+        JOIN {product} AS p ON h.workload_ref LIKE p.slug || '@%%'
+        JOIN {api_key} AS k ON h.workload_ref = p.slug || '@' || k.prefix
+        JOIN {link} AS l ON l.api_key_id = k.id
+        JOIN {line} AS cl
+             ON cl.id = l.line_id AND cl.kind = 'inference' AND cl.inference_product_id = p.id
+        WHERE h.workload_kind = 'inference'
+          {key_in_force}
+        GROUP BY cl.id, h.node_id
+    """  # noqa: S608 (table names come from model metadata)
+    weights: dict[tuple[int, int, str], int] = defaultdict(int)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [start, end, line_ids, start, end, line_ids])
+        for line_id, node_id, busy_ms, input_tokens, output_tokens in cursor.fetchall():
+            for meter, quantity in (
+                (Meter.GPU_BUSY_MS, busy_ms),
+                (Meter.INPUT_TOKENS, input_tokens),
+                (Meter.OUTPUT_TOKENS, output_tokens),
+            ):
+                if quantity:
+                    weights[(line_id, node_id, meter)] += int(quantity)
+    return dict(weights)
+
+
+def down_minutes_by_node(*, line: ContractLine, start: datetime, end: datetime) -> dict[int, int]:
+    """GPU-minutes each node of a reserved line was down in ``[start, end)``, counted as
+    the SLA counts them (``contracts.sla.line_sla``)."""
+    from capacity.metering.availability import gpu_availability
+    from capacity.metering.selectors import maintenance_exclusions
+
+    allocations = list(
+        line.allocations.filter(period__overlap=(start, end)).select_related("gpu_device")
+    )
+    if not allocations:
+        return {}
+    availability_day = apps.get_model("metering", "GpuAvailabilityDay")
+    bitmaps: dict[int, dict[date, str]] = defaultdict(dict)
+    for gpu_id, day, minutes in availability_day.objects.filter(
+        gpu_id__in={a.gpu_device_id for a in allocations},
+        day__gte=start.date(),
+        day__lte=end.date(),
+    ).values_list("gpu_id", "day", "minutes"):
+        bitmaps[gpu_id][day] = minutes
+    excluded = maintenance_exclusions(
+        node_ids={a.gpu_device.node_id for a in allocations}, since=start, until=end
+    )
+    down: dict[int, int] = defaultdict(int)
+    for allocation in allocations:
+        node_id = allocation.gpu_device.node_id
+        figure = gpu_availability(
+            bitmaps=bitmaps[allocation.gpu_device_id],
+            counted_from=max(start, allocation.period.lower),
+            until=min(end, allocation.period.upper),
+            excluded=excluded.get(node_id, ()),
+        )
+        down[node_id] += figure.counted_minutes - figure.available_minutes
+    return dict(down)
+
+
+# -- what a line is and what weighs it --------------------------------------------------------
+
+_METERED_KIND = {
+    Meter.GPU_BUSY_MS: RevenueKind.ON_DEMAND_GPU,
+    Meter.INPUT_TOKENS: RevenueKind.INFERENCE,
+    Meter.OUTPUT_TOKENS: RevenueKind.INFERENCE,
+}
+_LINE_METER = {
+    LineKind.ON_DEMAND_GPU: Meter.GPU_BUSY_MS,
+    LineKind.INFERENCE_INPUT: Meter.INPUT_TOKENS,
+    LineKind.INFERENCE_OUTPUT: Meter.OUTPUT_TOKENS,
+}
+_BASIS_UNIT = {
+    Meter.GPU_BUSY_MS: "busy GPU-ms",
+    Meter.INPUT_TOKENS: "input tokens",
+    Meter.OUTPUT_TOKENS: "output tokens",
+}
+
+
+def _line_meter(line: InvoiceLine) -> str:
+    if line.kind == LineKind.LATE_USAGE:
+        return line.meter
+    return _LINE_METER.get(line.kind, "")  # type: ignore[call-overload]
+
+
+class _MonthWeights:
+    """Every weight the lines of one service month need, fetched in a few queries."""
+
+    def __init__(self, *, service_month: date, lines: list[InvoiceLine]) -> None:
+        self.start, self.end = month_bounds(service_month)
+        reserved_ids = sorted(
+            {
+                line.contract_line_id
+                for line in lines
+                if line.contract_line_id and line.kind in (LineKind.RESERVED, LineKind.SLA_CREDIT)
+            }
+        )
+        metered_ids = sorted(
+            {line.contract_line_id for line in lines if line.contract_line_id and _line_meter(line)}
+        )
+        self.reserved = reserved_weights(line_ids=reserved_ids, start=self.start, end=self.end)
+        self.metered = metered_weights(line_ids=metered_ids, start=self.start, end=self.end)
+        self._down: dict[int, dict[int, int]] = {}
+
+    def for_line(self, line: InvoiceLine) -> tuple[str, dict[int, Decimal], str]:
+        """(revenue kind, weight per node, basis unit) of one invoice line."""
+        contract_line_id = line.contract_line_id
+        if contract_line_id is None:
+            return RevenueKind.PLATFORM, {}, ""
+        if line.kind == LineKind.RESERVED:
+            return RevenueKind.RESERVED, self._reserved_of(contract_line_id), "GPU-seconds"
+        if line.kind == LineKind.SLA_CREDIT:
+            if contract_line_id not in self._down:
+                assert line.contract_line is not None
+                self._down[contract_line_id] = down_minutes_by_node(
+                    line=line.contract_line, start=self.start, end=self.end
+                )
+            down = {node: Decimal(m) for node, m in self._down[contract_line_id].items() if m > 0}
+            if down:
+                return RevenueKind.RESERVED, down, "down GPU-minutes"
+            return RevenueKind.RESERVED, self._reserved_of(contract_line_id), "GPU-seconds"
+        meter = _line_meter(line)
+        if meter:
+            weights = {
+                node_id: Decimal(quantity)
+                for (line_id, node_id, line_meter), quantity in self.metered.items()
+                if line_id == contract_line_id and line_meter == meter
+            }
+            return _METERED_KIND[meter], weights, _BASIS_UNIT[meter]
+        return RevenueKind.PLATFORM, {}, ""
+
+    def _reserved_of(self, contract_line_id: int) -> dict[int, Decimal]:
+        return {
+            node_id: seconds
+            for (line_id, node_id), seconds in self.reserved.items()
+            if line_id == contract_line_id
+        }
+
+
+# -- services ---------------------------------------------------------------------------------
+
+
+def unattributed_paid_invoices(*, up_to_month: date | None = None) -> list[int]:
+    invoices = Invoice.objects.filter(
+        status=InvoiceStatus.FINALIZED, payment_status=PaymentStatus.PAID
+    ).filter(~Exists(Attribution.objects.filter(invoice=OuterRef("pk"))))
+    if up_to_month is not None:
+        invoices = invoices.filter(month__lte=up_to_month)
+    return list(invoices.order_by("pk").values_list("pk", flat=True))
+
+
+def attribute_paid_invoices(*, up_to_month: date | None = None, now: datetime | None = None) -> int:
+    """Attribute every paid invoice not attributed yet; returns how many were."""
+    now = now or timezone.now()
+    pending = unattributed_paid_invoices(up_to_month=up_to_month)
+    done = 0
+    for offset in range(0, len(pending), CHUNK_SIZE):
+        done += _attribute_chunk(invoice_ids=pending[offset : offset + CHUNK_SIZE], now=now)
+    return done
+
+
+@transaction.atomic
+def _attribute_chunk(*, invoice_ids: list[int], now: datetime) -> int:
+    invoices = list(
+        Invoice.objects.select_for_update(skip_locked=True)
+        .filter(pk__in=invoice_ids, payment_status=PaymentStatus.PAID)
+        .filter(~Exists(Attribution.objects.filter(invoice=OuterRef("pk"))))
+        .order_by("pk")
+    )
+    if not invoices:
+        return 0
+    by_id = {invoice.pk: invoice for invoice in invoices}
+    lines = list(
+        InvoiceLine.objects.filter(invoice__in=invoices)
+        .select_related("contract_line__contract")
+        .order_by("invoice_id", "position")
+    )
+    by_month: dict[date, list[InvoiceLine]] = defaultdict(list)
+    for line in lines:
+        by_month[line.service_month].append(line)
+    weights = {
+        month: _MonthWeights(service_month=month, lines=ls) for month, ls in by_month.items()
+    }
+    node_ids = {
+        node_id
+        for month_weights in weights.values()
+        for node_id in [key[1] for key in month_weights.reserved]
+        + [key[1] for key in month_weights.metered]
+    }
+    plans = [(line, *weights[line.service_month].for_line(line)) for line in lines]
+    node_ids |= {node_id for _, _, line_weights, _ in plans for node_id in line_weights}
+    nodes = {node.pk: node for node in Node.objects.filter(pk__in=node_ids).select_related("site")}
+    shares = ShareBook(node.site.organization_id for node in nodes.values())
+    rows: list[Attribution] = []
+    for line, kind, line_weights, basis_unit in plans:
+        if line.amount_minor == 0:
+            continue
+        invoice = by_id[line.invoice_id]
+        parts = split_largest_remainder(line.amount_minor, line_weights)
+        common = {
+            "invoice_line": line,
+            "invoice": invoice,
+            "contract_id": invoice.contract_id,
+            "buyer_id": invoice.buyer_id,
+            "service_month": line.service_month,
+            "currency": invoice.currency,
+            "created_at": now,
+        }
+        if not parts:
+            rows.append(
+                Attribution(
+                    **common,
+                    revenue_kind=RevenueKind.PLATFORM if not line_weights else kind,
+                    amount_minor=line.amount_minor,
+                    partner_share_minor=0,
+                    platform_fee_minor=line.amount_minor,
+                    share=Decimal(0),
+                )
+            )
+            continue
+        for node_id, part in sorted(parts.items()):
+            if part == 0:
+                continue
+            node = nodes[node_id]
+            share = shares.share(
+                partner_id=node.site.organization_id, kind=kind, service_month=line.service_month
+            )
+            partner_share = partner_share_of(part, share)
+            rows.append(
+                Attribution(
+                    **common,
+                    node=node,
+                    site_id=node.site_id,
+                    partner_id=node.site.organization_id,
+                    revenue_kind=kind,
+                    basis_quantity=line_weights[node_id],
+                    basis_unit=basis_unit,
+                    amount_minor=part,
+                    partner_share_minor=partner_share,
+                    platform_fee_minor=part - partner_share,
+                    share=share,
+                )
+            )
+    Attribution.objects.bulk_create(rows, batch_size=2000)
+    return len(invoices)
+
+
+def unadjusted_credit_notes() -> list[int]:
+    """Credit notes on attributed invoices that have no adjustments yet."""
+    return list(
+        CreditNote.objects.filter(Exists(Attribution.objects.filter(invoice=OuterRef("invoice"))))
+        .filter(~Exists(StatementAdjustment.objects.filter(credit_note=OuterRef("pk"))))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+@transaction.atomic
+def adjust_for_credit_notes(*, now: datetime | None = None) -> int:
+    """Turn every credit note on an attributed invoice into adjustments (once)."""
+    now = now or timezone.now()
+    notes = list(
+        CreditNote.objects.select_for_update(skip_locked=True)
+        .filter(pk__in=unadjusted_credit_notes())
+        .select_related("invoice")
+        .order_by("pk")
+    )
+    rows: list[StatementAdjustment] = []
+    for note in notes:
+        gross: dict[int | None, int] = defaultdict(int)
+        shares: dict[int | None, int] = defaultdict(int)
+        for partner_id, amount, share in Attribution.objects.filter(
+            invoice_id=note.invoice_id
+        ).values_list("partner_id", "amount_minor", "partner_share_minor"):
+            gross[partner_id] += amount
+            shares[partner_id] += share
+        parts = split_largest_remainder(
+            -note.amount_minor, {key: max(0, value) for key, value in gross.items()}
+        ) or {None: -note.amount_minor}
+        reason = f"Credit note {note.number} on invoice {note.invoice.number}"
+        for partner_id, part in sorted(parts.items(), key=lambda item: _sort_key(item[0])):
+            if part == 0:
+                continue
+            partner_share = 0
+            if partner_id is not None:
+                with localcontext() as context:
+                    context.prec = _PRECISION
+                    effective = Decimal(shares[partner_id]) / Decimal(gross[partner_id])
+                partner_share = partner_share_of(part, effective)
+            rows.append(
+                StatementAdjustment(
+                    credit_note=note,
+                    partner_id=partner_id,
+                    currency=note.currency,
+                    amount_minor=part,
+                    partner_share_minor=partner_share,
+                    platform_fee_minor=part - partner_share,
+                    reason=reason[:300],
+                    created_at=now,
+                )
+            )
+    StatementAdjustment.objects.bulk_create(rows)
+    return len(notes)

@@ -1,0 +1,319 @@
+"""Reservation checkout: quote a term, then sign it in one transaction.
+
+``reservation_quote`` prices N GPUs of an offer for a term; ``reservation_checkout``
+creates the contract (or a new line on the buyer's open contract) and one ``Allocation``
+per GPU over ``[start, end)``. Double booking is impossible by the allocation exclusion
+constraint; the application only makes conflicts rare and recovers from them:
+(``contracts.allocations``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Subquery
+from django.utils import timezone
+
+from capacity.models import Offer
+from contracts import lifecycle, selectors
+from contracts.allocations import allocate_gpus, pick_free_devices
+from contracts.models import (
+    TERM_MONTHS,
+    Allocation,
+    Contract,
+    ContractLine,
+    ContractState,
+    LineKind,
+    SlaPolicy,
+)
+from contracts.money import hours_between, reserved_charge, round_money
+from contracts.payment_methods import buyer_has_payment_method
+from contracts.terms import add_months
+from marketplace.audit import audit
+from marketplace.models import Organization, User
+
+# A start this far in the past still counts as "now" (a form filled a minute ago).
+START_GRACE = timedelta(minutes=15)
+# How far ahead a reservation may start.
+MAX_LEAD_TIME = timedelta(days=366)
+
+
+@dataclass(frozen=True)
+class Quote:
+    """The price of N GPUs of an offer for a term, rounded once to the cent."""
+
+    offer: Offer
+    gpu_count: int
+    term_months: int
+    starts_at: datetime
+    ends_at: datetime
+    price_per_gpu_hour: Decimal
+    hours_per_gpu: Decimal  # exact hours in [starts_at, ends_at)
+    total_minor: int  # the whole term, minor units
+    monthly_average_minor: int  # total / term months, minor units (informative)
+    currency: str
+    free_gpus: int
+
+    @property
+    def gpu_hours(self) -> Decimal:
+        return self.hours_per_gpu * self.gpu_count
+
+    @property
+    def is_available(self) -> bool:
+        return self.free_gpus >= self.gpu_count
+
+
+@dataclass(frozen=True)
+class CheckoutResult:
+    contract: Contract
+    line: ContractLine
+    allocations: list[Allocation]
+    quote: Quote
+    created_contract: bool
+
+
+def _validate_request(
+    *, offer: Offer, gpu_count: int, starts_at: datetime, term_months: int, now: datetime
+) -> datetime:
+    """Check the request against the offer; return the end of the reserved period."""
+    errors: dict[str, str] = {}
+    if term_months not in TERM_MONTHS:
+        errors["term_months"] = "Choose a term of 1, 3, 6 or 12 months."
+    if gpu_count < 1:
+        errors["gpu_count"] = "Reserve at least one GPU."
+    elif gpu_count > offer.gpu_count:
+        errors["gpu_count"] = f"This offer lists {offer.gpu_count} GPUs; you asked for {gpu_count}."
+    if timezone.is_naive(starts_at):
+        errors["starts_at"] = "The start needs a time zone."
+    elif starts_at < now - START_GRACE:
+        errors["starts_at"] = "The reservation cannot start in the past."
+    elif starts_at > now + MAX_LEAD_TIME:
+        errors["starts_at"] = "The reservation must start within a year."
+    if errors:
+        raise ValidationError(errors, code="invalid")
+    if not offer.is_active:
+        raise ValidationError("This offer is no longer listed.", code="offer_inactive")
+    ends_at = add_months(starts_at, term_months)
+    if starts_at < offer.available_from:
+        raise ValidationError(
+            {
+                "starts_at": f"This offer is available from {offer.available_from:%Y-%m-%d %H:%M} UTC."
+            },
+            code="outside_offer_window",
+        )
+    if offer.available_until is not None and ends_at > offer.available_until:
+        raise ValidationError(
+            {
+                "term_months": f"This offer is available until {offer.available_until:%Y-%m-%d}: "
+                "choose a shorter term or an earlier start."
+            },
+            code="outside_offer_window",
+        )
+    return ends_at
+
+
+def reservation_quote(
+    *,
+    offer: Offer,
+    gpu_count: int,
+    starts_at: datetime,
+    term_months: int,
+    now: datetime | None = None,
+) -> Quote:
+    """Price ``gpu_count`` GPUs of ``offer`` for ``term_months`` from ``starts_at``.
+
+    Total = GPUs x exact hours in the term x reserved rate for that term, rounded once
+    half-up to the cent. Raises ``ValidationError`` for an impossible request.
+    """
+    now = now or timezone.now()
+    ends_at = _validate_request(
+        offer=offer, gpu_count=gpu_count, starts_at=starts_at, term_months=term_months, now=now
+    )
+    free_gpus = selectors.free_gpu_count(offer=offer, start=starts_at, end=ends_at)
+    return _price(
+        offer=offer,
+        gpu_count=gpu_count,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        term_months=term_months,
+        free_gpus=free_gpus,
+    )
+
+
+def _price(
+    *,
+    offer: Offer,
+    gpu_count: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    term_months: int,
+    free_gpus: int,
+) -> Quote:
+    rate = offer.reserved_prices()[term_months]
+    exact_total = reserved_charge(gpu_count=gpu_count, start=starts_at, end=ends_at, rate=rate)
+    return Quote(
+        offer=offer,
+        gpu_count=gpu_count,
+        term_months=term_months,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        price_per_gpu_hour=rate,
+        hours_per_gpu=hours_between(starts_at, ends_at),
+        total_minor=round_money(exact_total),
+        monthly_average_minor=round_money(exact_total / term_months),
+        currency=offer.currency,
+        free_gpus=free_gpus,
+    )
+
+
+def best_offer(
+    *,
+    gpu_model_id: int,
+    gpu_count: int,
+    starts_at: datetime,
+    term_months: int,
+    region: str | None = None,
+) -> Offer | None:
+    """The cheapest active offer of a GPU model (in a region) with enough free GPUs."""
+    from marketplace.search import SearchFilters, offer_search  # the front door's search
+
+    filters = SearchFilters(
+        gpu_model_id=gpu_model_id,
+        region=region or None,
+        gpu_count=gpu_count,
+        starts_at=starts_at,
+        term_months=term_months,
+        sort="price",
+    )
+    return offer_search(filters=filters).first()
+
+
+def open_contract_for_update(
+    *,
+    buyer: Organization,
+    currency: str,
+    starts_at: datetime,
+    ends_at: datetime,
+    term_months: int,
+    auto_renew: bool = True,
+) -> tuple[Contract, bool]:
+    """The buyer's open contract in ``currency``, locked; a new draft when there is none.
+
+    The partial unique constraint (one open contract per buyer and currency) settles two
+    first checkouts racing: the insert is ``ON CONFLICT DO NOTHING``, and whoever did not
+    insert locks the winner's row by the select that follows.
+    """
+    open_contracts = (
+        Contract.objects.select_for_update().filter(buyer=buyer, currency=currency).open()
+    )
+    contract = open_contracts.first()
+    if contract is not None:
+        return contract, False
+    draft = Contract(
+        buyer=buyer,
+        currency=currency,
+        starts_at=starts_at,
+        term_months=term_months,
+        term_ends_at=ends_at,
+        auto_renew=auto_renew,
+        sla_policy_id=Subquery(SlaPolicy.objects.filter(is_default=True).values("pk")[:1]),
+    )
+    Contract.objects.bulk_create([draft], ignore_conflicts=True)
+    contract = open_contracts.first()
+    if contract is None:
+        raise ValidationError("Your contract is being changed by someone else; try again.")
+    # A draft can only be the one just inserted: checkouts never commit drafts.
+    return contract, contract.state == ContractState.DRAFT
+
+
+@transaction.atomic
+def reservation_checkout(
+    *,
+    buyer: Organization,
+    offer: Offer,
+    gpu_count: int,
+    starts_at: datetime,
+    term_months: int,
+    actor: User | None,
+    auto_renew: bool = True,
+    now: datetime | None = None,
+) -> CheckoutResult:
+    """Reserve ``gpu_count`` GPUs of ``offer`` for the term, in one transaction.
+
+    Creates and activates a contract when the buyer has no open one, else adds a line to
+    it (extending its term to cover the line). Requires a saved payment method.
+    """
+    now = now or timezone.now()
+    if not buyer.is_buyer:
+        raise ValidationError("Only buyer organizations can reserve GPUs.", code="not_buyer")
+    if not buyer_has_payment_method(buyer):
+        raise ValidationError(
+            "Add a payment method before confirming a reservation.", code="no_payment_method"
+        )
+    ends_at = _validate_request(
+        offer=offer, gpu_count=gpu_count, starts_at=starts_at, term_months=term_months, now=now
+    )
+    # Pick (and lock) the GPUs first: a buyer who loses the race is refused before
+    # anything is written.
+    devices = pick_free_devices(offer=offer, gpu_count=gpu_count, start=starts_at, end=ends_at)
+    contract, created = open_contract_for_update(
+        buyer=buyer,
+        currency=offer.currency,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        term_months=term_months,
+        auto_renew=auto_renew,
+    )
+    if contract.state == ContractState.SUSPENDED:
+        raise ValidationError(
+            "Your contract is suspended; settle it before reserving more GPUs.", code="suspended"
+        )
+    rate = offer.reserved_prices()[term_months]
+    line = ContractLine.objects.create(
+        contract=contract,
+        kind=LineKind.RESERVED,
+        offer=offer,
+        gpu_count=gpu_count,
+        term_months=term_months,
+        price_per_gpu_hour=rate,
+        starts_at=starts_at,
+        ends_at=ends_at,
+    )
+    allocations = allocate_gpus(
+        line=line, offer=offer, gpu_count=gpu_count, start=starts_at, end=ends_at, devices=devices
+    )
+    quote = _price(
+        offer=offer,
+        gpu_count=gpu_count,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        term_months=term_months,
+        free_gpus=gpu_count,
+    )
+    if ends_at > contract.term_ends_at:
+        contract.term_ends_at = ends_at
+        contract.save(update_fields=["term_ends_at"])
+    audit(
+        action="reservation.created",
+        actor=actor,
+        organization=buyer,
+        target=line,
+        contract_id=contract.pk,
+        offer_id=offer.pk,
+        gpu_count=gpu_count,
+        term_months=term_months,
+        starts_at=starts_at.isoformat(),
+        ends_at=ends_at.isoformat(),
+        price_per_gpu_hour=str(rate),
+        total_minor=quote.total_minor,
+        currency=offer.currency,
+    )
+    if contract.state == ContractState.DRAFT:
+        lifecycle.activate_signed(contract=contract, actor=actor, now=now)
+    return CheckoutResult(
+        contract=contract, line=line, allocations=allocations, quote=quote, created_contract=created
+    )

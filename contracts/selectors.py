@@ -1,0 +1,150 @@
+"""Reads of the contracts domain: free GPUs, contracts and their lines, the seams to metering.
+
+Every function takes the organization (or an object already scoped to it) and returns
+querysets with the joins their callers render, so list pages run a fixed number of queries.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import connection
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+from django.db.models import Exists, Func, IntegerField, OuterRef, Prefetch, QuerySet, Subquery
+
+from capacity.models import GpuDevice, Node, NodeStatus, Offer
+from contracts.models import (
+    Allocation,
+    Contract,
+    ContractLine,
+    InferenceProduct,
+    LineApiKey,
+    LineKind,
+)
+from marketplace.models import Organization
+
+
+def window(start: datetime, end: datetime) -> DateTimeTZRange:
+    """The half-open range ``[start, end)`` every allocation and search window uses."""
+    return DateTimeTZRange(start, end, "[)")
+
+
+def _pool_devices(*, site_id: object, gpu_model_id: object) -> QuerySet[GpuDevice]:
+    """GPU devices of a site's non-retired nodes of one GPU model: what an offer sells."""
+    return GpuDevice.objects.filter(node__site_id=site_id, node__gpu_model_id=gpu_model_id).exclude(
+        node__status=NodeStatus.RETIRED
+    )
+
+
+def _free_in(
+    devices: QuerySet[GpuDevice], *, start: datetime, end: datetime
+) -> QuerySet[GpuDevice]:
+    busy = Allocation.objects.filter(gpu_device=OuterRef("pk"), period__overlap=window(start, end))
+    return devices.filter(~Exists(busy))
+
+
+def free_devices(*, offer: Offer, start: datetime, end: datetime) -> QuerySet[GpuDevice]:
+    """Devices of the offer's pool with no allocation overlapping ``[start, end)``.
+
+    Ordered by node and index, so a reservation packs onto as few nodes as it can.
+    """
+    devices = _pool_devices(site_id=offer.site_id, gpu_model_id=offer.gpu_model_id)
+    return _free_in(devices, start=start, end=end).order_by("node_id", "index")
+
+
+_LOCK_FREE_DEVICES_SQL = """
+SELECT device.id FROM {devices} AS device JOIN {nodes} AS node ON node.id = device.node_id
+WHERE node.site_id = %s AND node.gpu_model_id = %s AND node.status <> %s
+  AND NOT EXISTS (
+    SELECT 1 FROM {allocations} AS allocation
+    WHERE allocation.gpu_device_id = device.id AND allocation.period && tstzrange(%s, %s, '[)')
+  )
+ORDER BY device.node_id, device.index
+LIMIT %s
+FOR NO KEY UPDATE OF device SKIP LOCKED
+"""
+
+
+def lock_free_device_ids(*, offer: Offer, start: datetime, end: datetime, limit: int) -> list[int]:
+    """Ids of up to ``limit`` devices of ``free_devices``, locked ``FOR NO KEY UPDATE SKIP
+    LOCKED`` (inside a transaction). The same query as ``free_devices``, written out: it
+    is checkout's hot path, where a race's losers must be refused in one cheap statement."""
+    sql = _LOCK_FREE_DEVICES_SQL.format(
+        devices=GpuDevice._meta.db_table,
+        nodes=Node._meta.db_table,
+        allocations=Allocation._meta.db_table,
+    )
+    params = (offer.site_id, offer.gpu_model_id, NodeStatus.RETIRED.value, start, end, limit)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def free_gpu_count_expression(*, start: datetime, end: datetime) -> Subquery:
+    """SQL expression, for an ``Offer`` queryset: how many of its pool's GPUs are free over
+    ``[start, end)`` (one correlated count; the allocation gist index answers the overlap)."""
+    devices = _free_in(
+        _pool_devices(site_id=OuterRef("site_id"), gpu_model_id=OuterRef("gpu_model_id")),
+        start=start,
+        end=end,
+    )
+    counted = devices.order_by().annotate(n=Func("pk", function="COUNT")).values("n")
+    return Subquery(counted, output_field=IntegerField())
+
+
+def free_gpu_count(*, offer: Offer, start: datetime, end: datetime) -> int:
+    """GPUs of ``offer`` free over the window, never more than the offer lists."""
+    return min(offer.gpu_count, free_devices(offer=offer, start=start, end=end).count())
+
+
+# -- contracts --------------------------------------------------------------------------
+
+
+def contract_list(*, organization: Organization) -> QuerySet[Contract]:
+    return Contract.objects.for_organization(organization).select_related("sla_policy")
+
+
+def contract_lines(*, contract: Contract) -> QuerySet[ContractLine]:
+    return (
+        ContractLine.objects.filter(contract=contract)
+        .select_related("offer__site", "offer__gpu_model", "inference_product")
+        .prefetch_related(
+            Prefetch(
+                "api_keys",
+                queryset=LineApiKey.objects.select_related("api_key").order_by("-created_at"),
+            )
+        )
+        .order_by("pk")
+    )
+
+
+def contract_allocations(*, contract: Contract) -> QuerySet[Allocation]:
+    return (
+        Allocation.objects.filter(line__contract=contract)
+        .select_related("gpu_device__node__site", "line")
+        .order_by("line_id", "gpu_device__node__name", "gpu_device__index", "period")
+    )
+
+
+def open_contract(*, organization: Organization, currency: str) -> Contract | None:
+    return Contract.objects.for_organization(organization).open().filter(currency=currency).first()
+
+
+def inference_products() -> QuerySet[InferenceProduct]:
+    return InferenceProduct.objects.filter(is_active=True).order_by("name")
+
+
+def line_kinds_with_keys() -> tuple[str, ...]:
+    """Lines whose usage is attributed through API keys."""
+    return (LineKind.ON_DEMAND_GPU, LineKind.INFERENCE)
+
+
+def node_has_future_allocations(*, node_id: int, now: datetime) -> bool:
+    """Whether an allocation holds one of the node's GPUs at ``now`` or later.
+
+    Registered with capacity (``capacity.selectors``) in ``ContractsConfig.ready``: capacity
+    asks before retiring a node without importing contracts.
+    """
+    return Allocation.objects.filter(
+        gpu_device__node_id=node_id, period__overlap=DateTimeTZRange(now, None, "[)")
+    ).exists()

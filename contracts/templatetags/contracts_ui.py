@@ -1,0 +1,48 @@
+"""Template helpers for contracts: money in minor units, state badges, the dashboard card."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.utils import timezone
+
+from contracts.dashboard import buyer_dashboard
+from contracts.models import ContractState
+from contracts.money import minor_to_major
+from marketplace.tenancy import current_organization
+
+register = template.Library()
+
+_STATE_BADGES = {
+    ContractState.DRAFT: "badge-neutral",
+    ContractState.ACTIVE: "badge-success",
+    ContractState.SUSPENDED: "badge-danger",
+    ContractState.CANCELLED: "badge-neutral",
+    ContractState.EXPIRED: "badge-neutral",
+}
+
+
+@register.filter
+def money(amount_minor: int | None) -> str:
+    """Integer minor units → "1234.50"."""
+    return "—" if amount_minor is None else f"{minor_to_major(int(amount_minor)):,}"
+
+
+@register.filter
+def contract_state_badge(state: str) -> str:
+    return _STATE_BADGES.get(state, "badge-neutral")  # type: ignore[call-overload]
+
+
+@register.inclusion_tag("contracts/_buyer_dashboard.html", takes_context=True)
+def buyer_dashboard_card(context: dict[str, Any]) -> dict[str, Any]:
+    """``{% load contracts_ui %}{% buyer_dashboard_card %}``: the buyer section of the
+    dashboard for the request's organization, without the view knowing about contracts."""
+    request = context["request"]
+    organization = current_organization(request)
+    return {
+        "request": request,
+        "buyer_dashboard": buyer_dashboard(organization=organization, now=timezone.now())
+        if organization is not None
+        else None,
+    }

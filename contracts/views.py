@@ -1,0 +1,234 @@
+"""Buyer pages for contracts: list, detail, cancel, on-demand lines, their API keys, usage.
+
+Thin: parse the form, call one service or selector, render. Every contract comes from
+``get_for_org_or_404``, so another tenant's contract answers 404. Reading needs a buyer
+organization; on-demand lines need an operator; cancelling and keys need a manager.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods
+
+from capacity.models import Offer
+from contracts import dashboard, lifecycle, on_demand, selectors, usage
+from contracts.forms import LineApiKeyForm, OnDemandForm
+from contracts.models import Contract, ContractLine, InferenceProduct, LineKind
+from contracts.money import minor_to_major
+from contracts.terms import month_start
+from marketplace.models import MANAGER_ROLES, OPERATOR_ROLES
+from marketplace.tenancy import (
+    current_membership,
+    current_organization,
+    get_for_org_or_404,
+    org_required,
+)
+
+buyer_member = org_required(buyer=True)
+buyer_operator = org_required(OPERATOR_ROLES, buyer=True)
+buyer_manager = org_required(MANAGER_ROLES, buyer=True)
+
+
+def _contract(request: HttpRequest, pk: int) -> Contract:
+    return get_for_org_or_404(
+        Contract.objects.select_related("sla_policy", "buyer"), request, pk=pk
+    )
+
+
+@buyer_member
+@require_http_methods(["GET"])
+def contract_list(request: HttpRequest) -> HttpResponse:
+    contracts = selectors.contract_list(organization=current_organization(request))  # type: ignore[arg-type]
+    return render(
+        request,
+        "contracts/list.html",
+        {"page_obj": Paginator(contracts, 25).get_page(request.GET.get("page"))},
+    )
+
+
+def _line_slas(contract: Contract, lines: list[ContractLine]) -> dict[int, object]:
+    """SLA of each reserved line this month (needs metering)."""
+    if not usage.metering_installed():
+        return {}
+    from contracts.sla import line_sla
+
+    now = timezone.now()
+    return {
+        line.pk: line_sla(line=line, since=month_start(now), until=now)
+        for line in lines
+        if line.kind == LineKind.RESERVED and line.ended_at is None
+    }
+
+
+@buyer_member
+@require_http_methods(["GET"])
+def contract_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    contract = _contract(request, pk)
+    lines = list(selectors.contract_lines(contract=contract))
+    membership = current_membership(request)
+    slas = _line_slas(contract, lines)
+    for line in lines:
+        line.sla = slas.get(line.pk)  # type: ignore[attr-defined]
+    allocations = Paginator(selectors.contract_allocations(contract=contract), 50).get_page(
+        request.GET.get("page")
+    )
+    return render(
+        request,
+        "contracts/detail.html",
+        {
+            "contract": contract,
+            "lines": lines,
+            "allocations": allocations,
+            "commitment": minor_to_major(contract.monthly_commitment_minor),
+            "fee": minor_to_major(contract.early_termination_fee_minor),
+            "can_manage": membership is not None and membership.can_manage,
+            "can_operate": membership is not None and membership.can_operate,
+        },
+    )
+
+
+@buyer_manager
+@require_http_methods(["GET", "POST"])
+def contract_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    contract = _contract(request, pk)
+    at_term_end = request.GET.get("when", "term_end") != "now"
+    if request.method == "POST":
+        try:
+            lifecycle.contract_cancel(
+                contract=contract,
+                actor=request.user,  # type: ignore[arg-type]
+                at_term_end=at_term_end,
+            )
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            messages.success(
+                request,
+                f"Contract {contract.reference} will end on {contract.term_ends_at:%d %b %Y}."
+                if at_term_end
+                else f"Contract {contract.reference} is cancelled.",
+            )
+        return redirect("contracts:detail", pk=contract.pk)
+    if at_term_end:
+        message = (
+            f"It stays active until {contract.term_ends_at:%d %b %Y %H:%M} UTC and is not renewed."
+        )
+    else:
+        fee_minor, _remaining = lifecycle.early_termination_fee(
+            contract=contract, at=timezone.now()
+        )
+        message = (
+            "Reservations end now and their GPUs are released. Early-termination fee: "
+            f"{minor_to_major(fee_minor)} {contract.currency} "
+            f"({contract.early_termination_fee_percent} % of the reserved charge left)."
+        )
+    return render(
+        request,
+        "components/confirm.html",
+        {
+            "title": f"Cancel contract {contract.reference}{' at term end' if at_term_end else ' now'}?",
+            "message": message,
+            "action_label": "Cancel contract",
+            "cancel_url": reverse("contracts:detail", args=[contract.pk]),
+            "danger": not at_term_end,
+        },
+    )
+
+
+@buyer_operator
+@require_http_methods(["GET", "POST"])
+def on_demand_enable(request: HttpRequest, pk: int) -> HttpResponse:
+    contract = _contract(request, pk)
+    offers = list(
+        Offer.objects.active()
+        .filter(contract_lines__contract=contract)
+        .select_related("site", "gpu_model")
+        .distinct()
+    )
+    form = OnDemandForm(request.POST or None, offers=offers)
+    if request.method == "POST" and form.is_valid():
+        kind, _, ident = form.cleaned_data["choice"].partition(":")
+        try:
+            line = on_demand.on_demand_enable(
+                buyer=contract.buyer,
+                actor=request.user,  # type: ignore[arg-type]
+                offer=next((o for o in offers if str(o.pk) == ident), None)
+                if kind == "offer"
+                else None,
+                inference_product=InferenceProduct.objects.filter(pk=ident, is_active=True).first()
+                if kind == "product"
+                else None,
+            )
+        except ValidationError as error:
+            form.add_error(None, error.messages)
+        else:
+            messages.success(
+                request, f"{line.get_kind_display()} enabled. Create an API key to use it."
+            )
+            return redirect("contracts:detail", pk=line.contract_id)
+    return render(request, "contracts/on_demand_form.html", {"contract": contract, "form": form})
+
+
+@buyer_manager
+@require_http_methods(["GET", "POST"])
+def line_api_key_create(request: HttpRequest, pk: int, line_pk: int) -> HttpResponse:
+    contract = _contract(request, pk)
+    line = get_for_org_or_404(
+        ContractLine.objects.select_related("contract__buyer", "inference_product", "offer__site"),
+        request,
+        pk=line_pk,
+        contract=contract,
+    )
+    form = LineApiKeyForm(request.POST or None)
+    secret = created = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            created, secret = on_demand.line_api_key_create(
+                line=line,
+                name=form.cleaned_data["name"],
+                actor=request.user,  # type: ignore[arg-type]
+            )
+        except ValidationError as error:
+            form.add_error(None, error.messages)
+    return render(
+        request,
+        "contracts/line_api_key.html",
+        {"contract": contract, "line": line, "form": form, "secret": secret, "created": created},
+    )
+
+
+@buyer_member
+@require_http_methods(["GET"])
+def usage_overview(request: HttpRequest) -> HttpResponse:
+    organization = current_organization(request)
+    now = timezone.now()
+    contracts = list(selectors.contract_list(organization=organization))  # type: ignore[arg-type]
+    chosen = next((c for c in contracts if str(c.pk) == request.GET.get("contract")), None)
+    chosen = chosen or (contracts[0] if contracts else None)
+    bucket = request.GET.get("bucket") if request.GET.get("bucket") in usage.BUCKETS else "day"
+    since = month_start(now) if bucket == "day" else now - timedelta(hours=48)
+    rows = (
+        usage.usage_buckets(contract=chosen, bucket=bucket, since=since, until=now)
+        if chosen
+        else []
+    )
+    return render(
+        request,
+        "contracts/usage.html",
+        {
+            "summary": dashboard.buyer_dashboard(organization=organization, now=now),  # type: ignore[arg-type]
+            "contracts": contracts,
+            "chosen": chosen,
+            "bucket": bucket,
+            "rows": rows,
+            "metering": usage.metering_installed(),
+        },
+    )

@@ -1,0 +1,136 @@
+"""Marketplace search: offers buyers can reserve, with what is actually free.
+
+One queryset, one SQL statement per page (plus the paginator's count): every figure a
+result shows is an annotation, never a per-row query.
+
+- ``free_gpus``: devices of the offer's site and GPU model, on non-retired nodes, with no
+  allocation overlapping the requested window (a correlated count answered by the
+  allocation gist index), capped at what the offer lists.
+- ``price_per_gpu_hour``: the reserved rate for the requested term.
+- ``availability_percent``: observed-available GPU-minutes over the last 30 days out of
+  the minutes the pool's GPUs existed (metering's per-minute bitmaps, ``bit_count`` in
+  SQL). Search leaves maintenance in the denominator: the SLA figure (``contracts.sla``)
+  is the one that excludes announced maintenance. Null while metering has no data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.apps import apps
+from django.db.models import DecimalField, F, QuerySet, Value
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Least
+from django.utils import timezone
+
+from capacity.models import GpuDevice, Node, NodeStatus, Offer
+from contracts.models import TERM_MONTHS
+from contracts.selectors import free_gpu_count_expression
+from contracts.terms import add_months
+
+AVAILABILITY_DAYS = 30
+SORTS = {
+    "price": ("price_per_gpu_hour", "-free_gpus", "pk"),
+    "-price": ("-price_per_gpu_hour", "pk"),
+    "availability": (F("availability_percent").desc(nulls_last=True), "price_per_gpu_hour", "pk"),
+    "free": ("-free_gpus", "price_per_gpu_hour", "pk"),
+}
+DEFAULT_SORT = "price"
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """What a buyer asks for. ``None`` = no constraint."""
+
+    gpu_model_id: int | None = None
+    region: str | None = None
+    country: str | None = None
+    energy_source: str | None = None
+    # Minimum GPUs free over the whole window.
+    gpu_count: int | None = None
+    starts_at: datetime | None = None
+    term_months: int = 1
+    # Maximum reserved price per GPU-hour for the term.
+    max_price: Decimal | None = None
+    # Minimum 30-day measured availability, percent.
+    min_availability: Decimal | None = None
+    sort: str = DEFAULT_SORT
+
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
+        start = self.starts_at or now
+        return start, add_months(start, self.term_months)
+
+
+def _price_for_term(term_months: int) -> F:
+    return F(f"reserved_price_{term_months if term_months in TERM_MONTHS else 1}m_per_gpu_hour")
+
+
+_AVAILABILITY_SQL = """
+SELECT CASE WHEN sum(pool.counted_minutes) > 0
+       THEN round(100.0 * coalesce(sum(pool.available_minutes), 0) / sum(pool.counted_minutes), 2)
+       END
+FROM (
+  SELECT
+    (SELECT coalesce(sum(bit_count(day.minutes)), 0) FROM {days} AS day
+      WHERE day.gpu_id = gpu.id AND day.day >= %s AND day.day <= %s) AS available_minutes,
+    greatest(0, floor(extract(epoch FROM (%s::timestamptz - greatest(
+      %s::timestamptz, gpu.created_at, coalesce(node.enrolled_at, node.created_at)))) / 60))
+      AS counted_minutes
+  FROM {gpus} AS gpu JOIN {nodes} AS node ON node.id = gpu.node_id
+  WHERE node.site_id = {offers}.site_id AND node.gpu_model_id = {offers}.gpu_model_id
+    AND node.status NOT IN (%s, %s)
+) AS pool
+"""
+
+
+def _availability_expression(now: datetime) -> RawSQL | Value:
+    """30-day availability percent of an offer's pool, as SQL (null without metering)."""
+    if not apps.is_installed("capacity.metering"):
+        return Value(None, output_field=DecimalField(max_digits=5, decimal_places=2))
+    days_table = apps.get_model("metering", "GpuAvailabilityDay")._meta.db_table
+    until = now.replace(second=0, microsecond=0)
+    since = until - timedelta(days=AVAILABILITY_DAYS)
+    sql = _AVAILABILITY_SQL.format(
+        days=days_table,
+        gpus=GpuDevice._meta.db_table,
+        nodes=Node._meta.db_table,
+        offers=Offer._meta.db_table,
+    )
+    # Bits of days partly outside [since, until) are counted only where set; days are
+    # whole at both ends except the current one, whose future minutes are never set.
+    params = (since.date(), until.date(), until, since, NodeStatus.PENDING, NodeStatus.RETIRED)
+    # Table names come from model metadata, values are parameters: nothing user-supplied.
+    return RawSQL(f"({sql})", params, output_field=DecimalField(max_digits=5, decimal_places=2))  # noqa: S611
+
+
+def offer_search(*, filters: SearchFilters, now: datetime | None = None) -> QuerySet[Offer]:
+    """Active offers matching ``filters``, annotated and sorted (see module docstring)."""
+    now = now or timezone.now()
+    start, end = filters.window(now)
+    offers = (
+        Offer.objects.active()
+        .filter(available_from__lte=start)
+        .exclude(available_until__lt=end)
+        .select_related("site", "gpu_model")
+        .annotate(
+            free_gpus=Least(F("gpu_count"), free_gpu_count_expression(start=start, end=end)),
+            price_per_gpu_hour=_price_for_term(filters.term_months),
+            availability_percent=_availability_expression(now),
+        )
+    )
+    if filters.gpu_model_id:
+        offers = offers.filter(gpu_model_id=filters.gpu_model_id)
+    if filters.region:
+        offers = offers.filter(site__region=filters.region)
+    if filters.country:
+        offers = offers.filter(site__country=filters.country.upper())
+    if filters.energy_source:
+        offers = offers.filter(site__energy_source=filters.energy_source)
+    offers = offers.filter(free_gpus__gte=filters.gpu_count or 1)
+    if filters.max_price is not None:
+        offers = offers.filter(price_per_gpu_hour__lte=filters.max_price)
+    if filters.min_availability is not None:
+        offers = offers.filter(availability_percent__gte=filters.min_availability)
+    return offers.order_by(*SORTS.get(filters.sort, SORTS[DEFAULT_SORT]))

@@ -1,0 +1,98 @@
+"""Buyer storefront forms: search filters and the reservation request. They parse and type
+the input; ``marketplace.search`` and ``contracts.checkout`` hold the rules."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from decimal import Decimal
+
+from django import forms
+
+from capacity.forms import DateTimeLocalInput
+from capacity.models import EnergySource, GpuModel, Region
+from marketplace.search import SORTS, SearchFilters
+
+TERM_CHOICES = [(1, "1 month"), (3, "3 months"), (6, "6 months"), (12, "12 months")]
+SORT_CHOICES = [
+    ("price", "Lowest price"),
+    ("availability", "Highest availability"),
+    ("free", "Most GPUs free"),
+]
+assert {value for value, _ in SORT_CHOICES} <= set(SORTS)
+
+
+def _utc(value):  # type: ignore[no-untyped-def]
+    """A ``datetime-local`` value is entered in UTC (the page says so)."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+class SearchForm(forms.Form):
+    gpu_model = forms.ModelChoiceField(
+        queryset=GpuModel.objects.all(), required=False, empty_label="Any model", label="GPU model"
+    )
+    region = forms.ChoiceField(choices=[("", "Any region"), *Region.choices], required=False)
+    country = forms.CharField(max_length=2, min_length=2, required=False, help_text="e.g. US")
+    gpu_count = forms.IntegerField(min_value=1, max_value=512, required=False, label="GPUs")
+    starts_at = forms.DateTimeField(
+        required=False, widget=DateTimeLocalInput(), label="Start (UTC)", help_text="Empty: now"
+    )
+    term_months = forms.TypedChoiceField(
+        choices=TERM_CHOICES, coerce=int, initial=1, required=False, label="Term"
+    )
+    max_price = forms.DecimalField(
+        max_digits=10,
+        decimal_places=4,
+        min_value=Decimal("0"),
+        required=False,
+        label="Max price / GPU-h",
+    )
+    energy_source = forms.ChoiceField(
+        choices=[("", "Any energy"), *EnergySource.choices], required=False, label="Energy"
+    )
+    min_availability = forms.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        min_value=Decimal("0"),
+        max_value=Decimal("100"),
+        required=False,
+        label="Min 30-day availability %",
+    )
+    sort = forms.ChoiceField(choices=SORT_CHOICES, required=False, initial="price")
+
+    def filters(self) -> SearchFilters:
+        data = self.cleaned_data if self.is_valid() else {}
+        model = data.get("gpu_model")
+        return SearchFilters(
+            gpu_model_id=model.pk if model else None,
+            region=data.get("region") or None,
+            country=(data.get("country") or "").upper() or None,
+            gpu_count=data.get("gpu_count"),
+            starts_at=_utc(data.get("starts_at")),
+            term_months=data.get("term_months") or 1,
+            max_price=data.get("max_price"),
+            energy_source=data.get("energy_source") or None,
+            min_availability=data.get("min_availability"),
+            sort=data.get("sort") or "price",
+        )
+
+
+class ReservationForm(forms.Form):
+    """What to reserve: an offer (or the best one for a model and region), how many, when."""
+
+    offer = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    gpu_model = forms.ModelChoiceField(
+        queryset=GpuModel.objects.all(), required=False, label="GPU model"
+    )
+    region = forms.ChoiceField(choices=[("", "Any region"), *Region.choices], required=False)
+    gpu_count = forms.IntegerField(min_value=1, max_value=512, initial=1, label="GPUs")
+    starts_at = forms.DateTimeField(widget=DateTimeLocalInput(), label="Start (UTC)")
+    term_months = forms.TypedChoiceField(choices=TERM_CHOICES, coerce=int, initial=1, label="Term")
+
+    def clean_starts_at(self):  # type: ignore[no-untyped-def]
+        return _utc(self.cleaned_data["starts_at"])
+
+    def clean(self):  # type: ignore[no-untyped-def]
+        cleaned = super().clean()
+        if not cleaned.get("offer") and not cleaned.get("gpu_model"):
+            raise forms.ValidationError("Pick an offer, or a GPU model to find the best offer.")
+        return cleaned

@@ -1,0 +1,191 @@
+"""Buyer storefront: search offers, see one, get a quote, confirm the reservation.
+
+Thin: parse the form, call one selector or service, render. Offers are public listings
+(any buyer may see any active offer); what a checkout creates belongs to the buyer and is
+reached through ``contracts.views`` with ``get_for_org_or_404``. Reading needs a buyer
+organization; confirming needs an operator role (owner, admin, member).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods
+
+from capacity.models import Offer
+from contracts import checkout
+from contracts.money import minor_to_major
+from contracts.payment_methods import buyer_has_payment_method
+from marketplace.models import OPERATOR_ROLES
+from marketplace.search import offer_search
+from marketplace.storefront_forms import ReservationForm, SearchForm
+from marketplace.tenancy import current_membership, current_organization, org_required
+
+PAGE_SIZE = 20
+
+buyer_member = org_required(buyer=True)
+buyer_operator = org_required(OPERATOR_ROLES, buyer=True)
+
+
+def _default_start() -> str:
+    start = (timezone.now() + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    return start.strftime("%Y-%m-%dT%H:%M")
+
+
+@buyer_member
+@require_http_methods(["GET"])
+def search(request: HttpRequest) -> HttpResponse:
+    form = SearchForm(request.GET or None)
+    filters = form.filters()
+    offers = offer_search(filters=filters)
+    page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
+    start, end = filters.window(timezone.now())
+    return render(
+        request,
+        "marketplace/storefront/search.html",
+        {
+            "form": form,
+            "page_obj": page,
+            "filters": filters,
+            "window_start": start,
+            "window_end": end,
+            "reserve_start": (filters.starts_at or start).strftime("%Y-%m-%dT%H:%M"),
+        },
+    )
+
+
+@buyer_member
+@require_http_methods(["GET"])
+def offer_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    offer = get_object_or_404(Offer.objects.active().select_related("site", "gpu_model"), pk=pk)
+    initial = {
+        "offer": offer.pk,
+        "gpu_count": request.GET.get("gpu_count") or 1,
+        "starts_at": request.GET.get("starts_at") or _default_start(),
+        "term_months": request.GET.get("term_months") or 1,
+    }
+    return render(
+        request,
+        "marketplace/storefront/offer_detail.html",
+        {
+            "offer": offer,
+            "form": ReservationForm(initial=initial),
+            "availability": _availability(offer),
+            "reserved_prices": sorted(offer.reserved_prices().items()),
+        },
+    )
+
+
+def _availability(offer: Offer):  # type: ignore[no-untyped-def]
+    from django.apps import apps
+
+    if not apps.is_installed("capacity.metering"):
+        return None
+    from capacity.metering.selectors import offer_availability
+
+    return offer_availability(offer=offer).percent
+
+
+def _quote_from(request: HttpRequest, form: ReservationForm) -> checkout.Quote | None:
+    """The quote the form asks for, or None with the reason on the form."""
+    data = form.cleaned_data
+    if data.get("offer"):
+        offer = (
+            Offer.objects.active()
+            .select_related("site", "gpu_model")
+            .filter(pk=data["offer"])
+            .first()
+        )
+    else:
+        offer = checkout.best_offer(
+            gpu_model_id=data["gpu_model"].pk,
+            gpu_count=data["gpu_count"],
+            starts_at=data["starts_at"],
+            term_months=data["term_months"],
+            region=data.get("region") or None,
+        )
+    if offer is None:
+        form.add_error(None, "No listed offer has that many GPUs free for this window.")
+        return None
+    try:
+        return checkout.reservation_quote(
+            offer=offer,
+            gpu_count=data["gpu_count"],
+            starts_at=data["starts_at"],
+            term_months=data["term_months"],
+        )
+    except ValidationError as error:
+        _add_errors(form, error)
+        return None
+
+
+def _add_errors(form: ReservationForm, error: ValidationError) -> None:
+    if hasattr(error, "error_dict"):
+        for field, errors in error.error_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, error.messages)
+
+
+def _render_quote(
+    request: HttpRequest, form: ReservationForm, quote: checkout.Quote | None, status: int = 200
+) -> HttpResponse:
+    organization = current_organization(request)
+    membership = current_membership(request)
+    return render(
+        request,
+        "marketplace/storefront/quote.html",
+        {
+            "form": form,
+            "quote": quote,
+            "total": minor_to_major(quote.total_minor) if quote else None,
+            "monthly": minor_to_major(quote.monthly_average_minor) if quote else None,
+            "has_payment_method": buyer_has_payment_method(organization),  # type: ignore[arg-type]
+            "can_reserve": membership is not None and membership.can_operate,
+        },
+        status=status,
+    )
+
+
+@buyer_member
+@require_http_methods(["GET"])
+def quote(request: HttpRequest) -> HttpResponse:
+    form = ReservationForm(request.GET or None)
+    result = _quote_from(request, form) if form.is_valid() else None
+    return _render_quote(
+        request, form, result, status=200 if result else 400 if request.GET else 200
+    )
+
+
+@buyer_operator
+@require_http_methods(["POST"])
+def checkout_confirm(request: HttpRequest) -> HttpResponse:
+    form = ReservationForm(request.POST)
+    result = _quote_from(request, form) if form.is_valid() else None
+    if result is None:
+        return _render_quote(request, form, None, status=400)
+    try:
+        done = checkout.reservation_checkout(
+            buyer=current_organization(request),  # type: ignore[arg-type]
+            offer=result.offer,
+            gpu_count=result.gpu_count,
+            starts_at=result.starts_at,
+            term_months=result.term_months,
+            actor=request.user,  # type: ignore[arg-type]
+        )
+    except ValidationError as error:
+        _add_errors(form, error)
+        return _render_quote(request, form, result, status=409)
+    messages.success(
+        request,
+        f"Reserved {done.line.gpu_count} x {result.offer.gpu_model.name} at "
+        f"{result.offer.site.name} until {done.line.ends_at:%d %b %Y} on contract "
+        f"{done.contract.reference}.",
+    )
+    return redirect("contracts:detail", pk=done.contract.pk)

@@ -1,0 +1,149 @@
+"""Charging finalized invoices through localstripe: success, decline, 3-D Secure, timeouts."""
+
+from __future__ import annotations
+
+import pytest
+
+from billing import ledger, payments
+from billing.models import Account, AttemptStatus, PaymentAttempt, PaymentStatus
+from tests.billing.conftest import finalized_invoice_for, save_card
+
+pytestmark = pytest.mark.django_db
+
+
+def test_success_marks_paid_and_posts_payment_and_fee(
+    buyer_org,
+    buyer_owner,
+    localstripe,
+    stripe_proxy,
+    mailoutbox,
+    django_capture_on_commit_callbacks,
+):
+    customer = save_card(buyer_org, localstripe)
+    invoice = finalized_invoice_for(buyer_org, total_minor=12_345)
+    stripe_proxy.behaviour.balance_fee_minor = 388  # what Stripe would keep: 2.9 % + 30 ¢
+    with django_capture_on_commit_callbacks(execute=True):
+        attempt = payments.charge_invoice(invoice_id=invoice.pk)
+    invoice.refresh_from_db()
+    assert attempt.status == AttemptStatus.SUCCEEDED
+    assert attempt.idempotency_key == f"invoice-{invoice.pk}-attempt-1"
+    assert (invoice.payment_status, invoice.amount_paid_minor, invoice.amount_due_minor) == (
+        PaymentStatus.PAID,
+        12_345,
+        0,
+    )
+    intents = localstripe.payment_intents_of(customer.stripe_customer_id)
+    assert [(i["amount"], i["status"], i["metadata"]["invoice_id"]) for i in intents] == [
+        (12_345, "succeeded", str(invoice.pk))
+    ]
+    attempt.refresh_from_db()
+    assert attempt.fee_minor == 388
+    balances = ledger.account_balances()
+    assert balances[(Account.RECEIVABLE, "USD")] == 0
+    assert balances[(Account.STRIPE_BALANCE, "USD")] == 12_345 - 388
+    assert balances[(Account.STRIPE_FEES, "USD")] == 388
+    assert [m.subject for m in mailoutbox] == [
+        f"[Hashgrid] Payment received for invoice {invoice.number}"
+    ]
+    # Charging again: nothing to charge.
+    assert payments.charge_invoice(invoice_id=invoice.pk) is None
+    assert len(localstripe.payment_intents_of(customer.stripe_customer_id)) == 1
+
+
+def test_decline_is_recorded_and_dunning_starts(
+    buyer_org, buyer_owner, localstripe, mailoutbox, django_capture_on_commit_callbacks
+):
+    customer = save_card(
+        buyer_org, localstripe, number="4000000000000341"
+    )  # attaches, then declines
+    invoice = finalized_invoice_for(buyer_org)
+    with django_capture_on_commit_callbacks(execute=True):
+        attempt = payments.charge_invoice(invoice_id=invoice.pk)
+    invoice.refresh_from_db()
+    assert attempt.status == AttemptStatus.FAILED
+    assert attempt.failure_code == "card_declined"
+    assert attempt.stripe_payment_intent_id.startswith("pi_")
+    assert invoice.payment_status == PaymentStatus.FAILED
+    assert invoice.next_payment_attempt_at is not None
+    assert ledger.receivable_of(organization=buyer_org, currency="USD") == invoice.total_minor
+    assert [m.subject for m in mailoutbox] == [
+        f"[Hashgrid] Payment failed for invoice {invoice.number}"
+    ]
+    assert (
+        localstripe.payment_intents_of(customer.stripe_customer_id)[0]["status"]
+        == "requires_payment_method"
+    )
+
+
+def test_3d_secure_requires_action_then_buyer_authenticates(
+    buyer_org, buyer_owner, localstripe, mailoutbox, django_capture_on_commit_callbacks
+):
+    save_card(buyer_org, localstripe, number="4000002760003184")
+    invoice = finalized_invoice_for(buyer_org)
+    with django_capture_on_commit_callbacks(execute=True):
+        attempt = payments.charge_invoice(invoice_id=invoice.pk)
+    invoice.refresh_from_db()
+    assert attempt.status == AttemptStatus.REQUIRES_ACTION
+    assert invoice.payment_status == PaymentStatus.REQUIRES_ACTION
+    assert "Authenticate the payment" in mailoutbox[0].subject
+    # The buyer completes 3-D Secure with Stripe.js on the invoice page …
+    secret = payments.client_secret_for(attempt=attempt)
+    localstripe.authenticate_payment(
+        payment_intent_id=attempt.stripe_payment_intent_id, client_secret=secret
+    )
+    # … and the page (or the webhook) re-reads the PaymentIntent.
+    payments.sync_payment_intent(payment_intent_id=attempt.stripe_payment_intent_id)
+    invoice.refresh_from_db()
+    assert invoice.payment_status == PaymentStatus.PAID
+    assert invoice.next_payment_attempt_at is None
+
+
+def test_timeout_is_retried_with_the_same_key_and_charges_once(
+    buyer_org, buyer_owner, localstripe, stripe_proxy, settings
+):
+    customer = save_card(buyer_org, localstripe)
+    invoice = finalized_invoice_for(buyer_org, total_minor=9_900)
+    settings.STRIPE_READ_TIMEOUT_SECONDS = 1
+    # Stripe creates the PaymentIntent, but its answer comes too late for our client.
+    stripe_proxy.behaviour.delay_first = {"/v1/payment_intents": 2.5}
+    attempt = payments.charge_invoice(invoice_id=invoice.pk)
+    assert attempt.status == AttemptStatus.SUCCEEDED
+    creates = [
+        p for m, p in stripe_proxy.behaviour.forwarded if m == "POST" and p == "/v1/payment_intents"
+    ]
+    assert len(creates) == 1  # the retry was answered from Stripe's idempotency store
+    assert stripe_proxy.behaviour.idempotent_replays >= 1
+    intents = localstripe.payment_intents_of(customer.stripe_customer_id)
+    assert [(i["amount"], i["status"]) for i in intents] == [(9_900, "succeeded")]
+    assert len(localstripe.charges_of(customer.stripe_customer_id)) == 1
+
+
+def test_stripe_unreachable_leaves_the_attempt_pending_and_the_retry_reuses_its_key(
+    buyer_org, buyer_owner, localstripe, settings
+):
+    customer = save_card(buyer_org, localstripe)
+    invoice = finalized_invoice_for(buyer_org, total_minor=5_000)
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens there
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    from billing.stripe_gateway import StripeUnavailable
+
+    with pytest.raises(StripeUnavailable):
+        payments.charge_invoice(invoice_id=invoice.pk)
+    pending = PaymentAttempt.objects.get(invoice=invoice)
+    assert pending.status == AttemptStatus.PENDING
+    from tests.billing.stripe_fakes import LocalStripe  # noqa: F401
+
+    settings.STRIPE_API_BASE = localstripe.url
+    attempt = payments.charge_invoice(invoice_id=invoice.pk)
+    assert (attempt.pk, attempt.idempotency_key) == (pending.pk, f"invoice-{invoice.pk}-attempt-1")
+    assert attempt.status == AttemptStatus.SUCCEEDED
+    assert len(localstripe.payment_intents_of(customer.stripe_customer_id)) == 1
+
+
+def test_no_card_counts_as_a_failed_attempt(buyer_org, buyer_owner):
+    invoice = finalized_invoice_for(buyer_org)
+    assert payments.charge_invoice(invoice_id=invoice.pk) is None
+    attempt = PaymentAttempt.objects.get(invoice=invoice)
+    invoice.refresh_from_db()
+    assert (attempt.status, attempt.failure_code) == (AttemptStatus.FAILED, "no_payment_method")
+    assert invoice.payment_status == PaymentStatus.FAILED

@@ -1,0 +1,127 @@
+"""A buyer searches offers, gets a quote, reserves GPUs, sees them on the dashboard, adds
+on-demand inference and creates an API key for it."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import Page, expect
+
+from capacity.models import EnergySource, Region
+from contracts.models import Allocation, Contract, InferenceProduct, LineApiKey
+from marketplace.models import Role
+from tests.browser.conftest import snap
+from tests.factories import (
+    MembershipFactory,
+    OfferFactory,
+    OrganizationFactory,
+    SiteFactory,
+    UserFactory,
+    gpu_pool,
+)
+
+pytestmark = pytest.mark.browser
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture
+def marketplace(settings):
+    settings.CONTRACTS_ASSUME_PAYMENT_METHOD = True  # billing's seam: a saved card
+    partner = OrganizationFactory(name="Andes Hash", is_buyer=False, is_partner=True)
+    oman = SiteFactory(
+        organization=partner,
+        name="Duqm Solar",
+        region=Region.MIDDLE_EAST,
+        country="OM",
+        energy_source=EnergySource.SOLAR,
+    )
+    texas = SiteFactory(organization=partner, name="Permian Flare", country="US")
+    for site, price in ((oman, "1.8000"), (texas, "2.1000")):
+        gpu_pool(site=site, gpus=4)
+        OfferFactory(
+            site=site,
+            gpu_count=4,
+            available_from=timezone.now() - timedelta(days=1),
+            reserved_price_1m_per_gpu_hour=Decimal(price),
+        )
+    # The catalog row the data migration seeds (re-created if an earlier transactional
+    # test flushed the database).
+    InferenceProduct.objects.get_or_create(
+        slug="llama-3.1-8b-instruct",
+        defaults={
+            "name": "Llama 3.1 8B Instruct",
+            "input_price_per_million_tokens": Decimal("0.05"),
+            "output_price_per_million_tokens": Decimal("0.08"),
+        },
+    )
+    buyer = OrganizationFactory(name="Acme Vision", is_buyer=True)
+    user = UserFactory(email="giulia@acme-vision.example")
+    MembershipFactory(organization=buyer, user=user, role=Role.OWNER)
+    return buyer, user
+
+
+def test_search_quote_reserve_dashboard_and_api_key(page: Page, live_url: str, marketplace) -> None:
+    buyer, user = marketplace
+    page.goto("/accounts/login/")
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/dashboard/$"))
+
+    # Search: both offers, cheapest first; then only the Middle East.
+    page.get_by_role("link", name="Marketplace").first.click()
+    expect(page.get_by_role("heading", name="Find GPU capacity")).to_be_visible()
+    rows = page.locator("[data-results] tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.first).to_contain_text("Duqm Solar")
+    page.get_by_label("Region").select_option(Region.MIDDLE_EAST)
+    page.get_by_role("button", name="Search").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("4 of 4")
+    snap(page, "01-search")
+
+    # Offer → quote for 2 GPUs, one month.
+    rows.first.get_by_role("link", name="View").click()
+    expect(page.get_by_role("heading", name=re.compile("at Duqm Solar"))).to_be_visible()
+    page.get_by_label("GPUs").fill("2")
+    snap(page, "02-offer")
+    page.get_by_role("button", name="Get a quote").click()
+    expect(page.get_by_role("heading", name="Your quote")).to_be_visible()
+    expect(page.locator("[data-total]")).to_contain_text("USD")
+    snap(page, "03-quote")
+
+    # Confirm: one transaction, a contract with two allocated GPUs.
+    page.get_by_role("button", name="Confirm reservation").click()
+    contract = Contract.objects.get(buyer=buyer)
+    expect(page).to_have_url(re.compile(rf"/contracts/{contract.pk}/$"))
+    expect(page.get_by_text(re.compile(r"Reserved 2 x .* at Duqm Solar"))).to_be_visible()
+    assert Allocation.objects.filter(line__contract=contract).count() == 2
+    snap(page, "04-contract")
+
+    # The buyer's overview lists the contract (dashboard partial, on the usage page).
+    page.goto("/dashboard/")
+    expect(page.get_by_role("heading", name="Buying compute")).to_be_visible()
+    page.get_by_role("link", name="Usage").first.click()
+    expect(page.locator("[data-dashboard-contracts]")).to_contain_text(contract.reference)
+    expect(page.locator("[data-dashboard-contracts]")).to_contain_text("Duqm Solar")
+    snap(page, "05-dashboard")
+
+    # On-demand inference on the contract, and an API key for it.
+    page.goto(f"/contracts/{contract.pk}/")
+    page.get_by_role("link", name="Add on demand").click()
+    llama = InferenceProduct.objects.get(slug="llama-3.1-8b-instruct")
+    page.get_by_label("What to enable").select_option(value=f"product:{llama.pk}")
+    page.get_by_role("button", name="Enable").click()
+    expect(page.get_by_text("On-demand inference enabled")).to_be_visible()
+    page.get_by_role("link", name="New API key").click()
+    page.get_by_label("Name").fill("chatbot prod")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("[data-new-key] [data-secret]")
+    expect(secret).to_contain_text("hg_")
+    snap(page, "06-api-key")
+    link = LineApiKey.objects.select_related("api_key").get(line__contract=contract)
+    assert secret.inner_text().startswith(link.api_key.prefix)

@@ -1,0 +1,110 @@
+"""SLA tiers at their exact boundaries, and the selector over metering's availability."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.apps import apps
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+
+from contracts.checkout import reservation_checkout
+from contracts.models import SlaPolicy
+from contracts.sla import DEFAULT_TIERS, credit_percent, line_sla, policy_tiers
+from tests.factories import NodeWindowFactory, OfferFactory
+
+D = Decimal
+
+
+@pytest.mark.parametrize(
+    ("available", "counted", "credit"),
+    [
+        (100_000, 100_000, D(0)),
+        (99_500, 100_000, D(0)),  # exactly 99.5 %: no credit
+        (99_499, 100_000, D(10)),  # just below 99.5 %
+        (199_999, 201_006, D(10)),  # 99.49996… %: rounds to 99.50 but is below it
+        (99_000, 100_000, D(10)),  # exactly 99.0 %
+        (98_999, 100_000, D(25)),
+        (95_000, 100_000, D(25)),  # exactly 95 %
+        (94_999, 100_000, D(50)),
+        (0, 100_000, D(50)),
+        (0, 0, D(0)),  # nothing counted yet: no credit
+    ],
+)
+def test_default_tier_boundaries(available, counted, credit):
+    assert credit_percent(available_minutes=available, counted_minutes=counted) == credit
+
+
+@pytest.mark.django_db
+def test_default_policy_from_migration_matches_the_tiers():
+    policy = SlaPolicy.objects.get(is_default=True)
+    assert policy.target_percent == D("99.50")
+    assert policy_tiers(policy) == DEFAULT_TIERS
+
+
+def _bits(available_minutes: set[int]) -> str:
+    return "".join("1" if minute in available_minutes else "0" for minute in range(1440))
+
+
+@pytest.fixture
+def reserved_line(site, devices, buyer_org, settings):
+    if not apps.is_installed("capacity.metering"):
+        pytest.fail("SLA tests need metering: run with --ds=tests.metering_settings", pytrace=False)
+    offer = OfferFactory(site=site, gpu_count=8, available_from=datetime(2025, 1, 1, tzinfo=UTC))
+    start = datetime(2025, 3, 1, tzinfo=UTC)
+    return reservation_checkout(
+        buyer=buyer_org,
+        offer=offer,
+        gpu_count=1,
+        starts_at=start,
+        term_months=1,
+        actor=None,
+        now=start,
+    ).line
+
+
+def _observe(line, *, day: date, minutes: set[int]):
+    GpuAvailabilityDay = apps.get_model("metering", "GpuAvailabilityDay")
+    gpu_id = line.allocations.get().gpu_device_id
+    GpuAvailabilityDay.objects.create(gpu_id=gpu_id, day=day, minutes=_bits(minutes))
+
+
+def test_line_sla_from_availability_minutes(reserved_line):
+    since, until = datetime(2025, 3, 2, tzinfo=UTC), datetime(2025, 3, 3, tzinfo=UTC)
+    # 1440 minutes; 1433 observed = 99.514 % → no credit; 1432 = 99.444 % → 10 %.
+    _observe(reserved_line, day=date(2025, 3, 2), minutes=set(range(7, 1440)))
+    sla = line_sla(line=reserved_line, since=since, until=until)
+    assert (sla.available_minutes, sla.counted_minutes, sla.credit_percent) == (1433, 1440, D(0))
+    assert sla.target_met
+
+
+def test_maintenance_announced_7_days_ahead_is_excluded(reserved_line):
+    since, until = datetime(2025, 3, 2, tzinfo=UTC), datetime(2025, 3, 3, tzinfo=UTC)
+    # Down 02:00-04:00 (120 minutes): 1320 / 1440 = 91.7 % → 50 % credit …
+    _observe(reserved_line, day=date(2025, 3, 2), minutes=set(range(1440)) - set(range(120, 240)))
+    assert line_sla(line=reserved_line, since=since, until=until).credit_percent == D(50)
+    # … unless that was maintenance announced at least 7 days ahead: 1320 / 1320.
+    node = reserved_line.allocations.get().gpu_device.node
+    start = datetime(2025, 3, 2, 2, tzinfo=UTC)
+    NodeWindowFactory(
+        node=node,
+        period=DateTimeTZRange(start, start + timedelta(hours=2), "[)"),
+        announced_at=start - timedelta(days=7),
+    )
+    sla = line_sla(line=reserved_line, since=since, until=until)
+    assert (sla.available_minutes, sla.counted_minutes, sla.credit_percent) == (1320, 1320, D(0))
+
+
+def test_maintenance_announced_late_still_counts(reserved_line):
+    since, until = datetime(2025, 3, 2, tzinfo=UTC), datetime(2025, 3, 3, tzinfo=UTC)
+    _observe(reserved_line, day=date(2025, 3, 2), minutes=set(range(1440)) - set(range(120, 240)))
+    node = reserved_line.allocations.get().gpu_device.node
+    start = datetime(2025, 3, 2, 2, tzinfo=UTC)
+    NodeWindowFactory(
+        node=node,
+        period=DateTimeTZRange(start, start + timedelta(hours=2), "[)"),
+        announced_at=start - timedelta(days=7) + timedelta(seconds=1),
+    )
+    sla = line_sla(line=reserved_line, since=since, until=until)
+    assert (sla.available_minutes, sla.counted_minutes, sla.credit_percent) == (1320, 1440, D(50))

@@ -1,0 +1,300 @@
+"""Contract pages and API: what a buyer sees and does; tenant isolation of every one."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, timedelta
+
+import pytest
+from django.apps import apps
+from django.urls import reverse
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from contracts import on_demand
+from contracts.attribution import attribute_usage_records, workload_ref_for_key
+from contracts.checkout import reservation_checkout
+from contracts.models import Contract, ContractState, InferenceProduct, LineApiKey, LineKind
+from marketplace import services as marketplace_services
+from tests.tenancy import assert_hidden_from
+
+
+def api_client(user) -> APIClient:
+    client = APIClient()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def start():
+    return timezone.now() + timedelta(minutes=5)
+
+
+@pytest.fixture
+def reservation(offer, buyer_org, buyer_owner, start):
+    return reservation_checkout(
+        buyer=buyer_org,
+        offer=offer,
+        gpu_count=2,
+        starts_at=start,
+        term_months=1,
+        actor=buyer_owner,
+    )
+
+
+@pytest.fixture
+def inference_line(reservation, buyer_org, buyer_owner):
+    return on_demand.on_demand_enable(
+        buyer=buyer_org,
+        actor=buyer_owner,
+        inference_product=InferenceProduct.objects.get(slug="llama-3.1-8b-instruct"),
+    )
+
+
+def page_urls(contract, line):
+    return [
+        reverse("contracts:detail", args=[contract.pk]),
+        reverse("contracts:cancel", args=[contract.pk]),
+        reverse("contracts:on_demand", args=[contract.pk]),
+        reverse("contracts:line_api_key", args=[contract.pk, line.pk]),
+    ]
+
+
+def api_urls(contract):
+    return [
+        reverse("api_contract", args=[contract.pk]),
+        reverse("api_contract_lines", args=[contract.pk]),
+        reverse("api_contract_allocations", args=[contract.pk]),
+        reverse("api_contract_usage", args=[contract.pk]),
+    ]
+
+
+def test_every_page_and_endpoint_is_hidden_from_other_tenants(
+    reservation, inference_line, other_client, other_owner
+):
+    contract = reservation.contract
+    for url in page_urls(contract, inference_line):
+        assert_hidden_from(other_client, url)
+    for url in page_urls(contract, inference_line)[1:]:
+        assert_hidden_from(other_client, url, method="post", data={"name": "x", "choice": "x"})
+    other_api = api_client(other_owner)
+    for url in api_urls(contract):
+        assert_hidden_from(other_api, url)
+    assert other_api.get(reverse("api_contracts")).json()["count"] == 0
+    other_page = other_client.get(reverse("contracts:list"))
+    assert contract.reference.encode() not in other_page.content
+    assert Contract.objects.get(pk=contract.pk).state == ContractState.ACTIVE
+
+
+def test_partner_only_org_gets_404(reservation, partner_client, partner_owner):
+    assert partner_client.get(reverse("contracts:list")).status_code == 404
+    assert api_client(partner_owner).get(reverse("api_contracts")).status_code == 404
+
+
+def test_list_and_detail(reservation, buyer_client):
+    contract = reservation.contract
+    listing = buyer_client.get(reverse("contracts:list"))
+    assert contract.reference.encode() in listing.content
+    detail = buyer_client.get(reverse("contracts:detail", args=[contract.pk]))
+    assert detail.status_code == 200
+    assert detail.content.count(b"GPU-") >= 2  # the two allocated GPUs' UUIDs
+
+
+def test_cancel_at_term_end_through_the_page(reservation, buyer_client):
+    url = reverse("contracts:cancel", args=[reservation.contract.pk]) + "?when=term_end"
+    assert buyer_client.get(url).status_code == 200
+    assert buyer_client.post(url).status_code == 302
+    contract = Contract.objects.get()
+    assert (contract.state, contract.cancel_at_term_end) == (ContractState.ACTIVE, True)
+
+
+def test_enable_inference_and_create_key_through_pages(reservation, buyer_client, buyer_org):
+    contract = reservation.contract
+    product = InferenceProduct.objects.get(slug="llama-3.1-70b-instruct")
+    response = buyer_client.post(
+        reverse("contracts:on_demand", args=[contract.pk]), {"choice": f"product:{product.pk}"}
+    )
+    assert response.status_code == 302
+    line = contract.lines.get(kind=LineKind.INFERENCE)
+    page = buyer_client.post(
+        reverse("contracts:line_api_key", args=[contract.pk, line.pk]), {"name": "chatbot"}
+    )
+    assert page.status_code == 200
+    link = LineApiKey.objects.select_related("api_key").get(line=line)
+    assert page.context["secret"].startswith(link.api_key.prefix)
+    assert link.api_key.organization == buyer_org
+
+
+def test_api_reserve_quote_and_read(offer, buyer_owner, start):
+    client = api_client(buyer_owner)
+    body = {"offer": offer.pk, "gpu_count": 3, "starts_at": start.isoformat(), "term_months": 1}
+    quote = client.post(reverse("api_market_quote"), body, format="json")
+    assert quote.status_code == 200
+    created = client.post(reverse("api_reservations"), body, format="json")
+    assert created.status_code == 201
+    assert created.json()["allocated_gpus"] == 3
+    assert created.json()["quote"]["total_minor"] == quote.json()["total_minor"]
+    contract_id = created.json()["contract"]["id"]
+    lines = client.get(reverse("api_contract_lines", args=[contract_id])).json()
+    assert [line["kind"] for line in lines["results"]] == ["reserved"]
+    allocations = client.get(reverse("api_contract_allocations", args=[contract_id])).json()
+    assert allocations["count"] == 3
+    too_many = client.post(reverse("api_reservations"), {**body, "gpu_count": 9}, format="json")
+    assert too_many.status_code == 400  # more than the offer lists
+    assert "gpu_count" in too_many.json()
+    taken = client.post(reverse("api_reservations"), {**body, "gpu_count": 6}, format="json")
+    assert taken.status_code == 409  # 5 of the 8 are still free
+    assert "Only 5 GPUs" in taken.json()["detail"][0]
+
+
+def test_api_offer_search(offer, buyer_owner):
+    response = api_client(buyer_owner).get(reverse("api_market_offers"), {"gpu_count": 2})
+    assert response.status_code == 200
+    assert [row["id"] for row in response.json()["results"]] == [offer.pk]
+    assert response.json()["results"][0]["free_gpus"] == 8
+
+
+def test_api_reserve_conflict_is_409(offer, buyer_owner, other_org, start):
+    reservation_checkout(
+        buyer=other_org, offer=offer, gpu_count=7, starts_at=start, term_months=1, actor=None
+    )
+    body = {"offer": offer.pk, "gpu_count": 2, "starts_at": start.isoformat(), "term_months": 1}
+    response = api_client(buyer_owner).post(reverse("api_reservations"), body, format="json")
+    assert response.status_code == 409
+    assert "Only 1 GPU" in response.json()["detail"][0]
+
+
+def _record(*, gpu, kind, ref, start, tokens=0, busy_ms=30_000, seq):
+    UsageRecord = apps.get_model("metering", "UsageRecord")
+    return UsageRecord.objects.create(
+        node=gpu.node,
+        journal_epoch="e1",
+        seq=seq,
+        record_hash="0" * 64,
+        gpu=gpu,
+        window_start=start,
+        window_end=start + timedelta(seconds=60),
+        workload_kind=kind,
+        workload_ref=ref,
+        busy_ms=busy_ms,
+        energy_mj=18_000_000,
+        input_tokens=tokens,
+        output_tokens=tokens // 2,
+        requests=1 if tokens else 0,
+    )
+
+
+def test_attribution_and_revoked_keys(reservation, inference_line, buyer_owner, devices):
+    if not apps.is_installed("capacity.metering"):
+        pytest.fail("Run with --ds=tests.metering_settings (metering installed)", pytrace=False)
+    UsageRecord = apps.get_model("metering", "UsageRecord")
+    api_key, _secret = on_demand.line_api_key_create(
+        line=inference_line, name="gw", actor=buyer_owner
+    )
+    ref = workload_ref_for_key(api_key=api_key, product_slug="llama-3.1-8b-instruct")
+    allocated = reservation.allocations[0].gpu_device
+    free_gpu = next(
+        d for d in devices if d.pk not in {a.gpu_device_id for a in reservation.allocations}
+    )
+    now = timezone.now()
+    inside = reservation.line.starts_at + timedelta(minutes=1)
+    reserved = _record(gpu=allocated, kind="allocation", ref="alloc-x", start=inside, seq=1)
+    served = _record(gpu=free_gpu, kind="inference", ref=ref, start=now, tokens=1000, seq=2)
+    wrong_product = _record(
+        gpu=free_gpu,
+        kind="inference",
+        ref="mistral-small-24b-instruct@" + api_key.prefix,
+        start=now + timedelta(minutes=1),
+        tokens=10,
+        seq=3,
+    )
+    assert attribute_usage_records(records=UsageRecord.objects.all()) == 2
+    assert attribute_usage_records(records=UsageRecord.objects.all()) == 0  # idempotent
+    for record in (reserved, served, wrong_product):
+        record.refresh_from_db()
+    assert reserved.allocation_id == reservation.allocations[0].pk
+    assert served.api_key_id == api_key.pk
+    assert wrong_product.api_key_id is None
+    marketplace_services.api_key_revoke(api_key=api_key, actor=buyer_owner)
+    after = _record(
+        gpu=free_gpu,
+        kind="inference",
+        ref=ref,
+        start=timezone.now() + timedelta(seconds=1),
+        tokens=1000,
+        seq=4,
+    )
+    attribute_usage_records(records=UsageRecord.objects.all())
+    after.refresh_from_db()
+    assert after.api_key_id is None
+    # The metering seam delegates to contracts.
+    from capacity.metering.attribution import attribute_records
+
+    assert attribute_records(records=UsageRecord.objects.all()) == 0
+
+
+def test_usage_api_json_and_csv(reservation, inference_line, buyer_owner, devices):
+    if not apps.is_installed("capacity.metering"):
+        pytest.fail("Run with --ds=tests.metering_settings (metering installed)", pytrace=False)
+    UsageRecord = apps.get_model("metering", "UsageRecord")
+    api_key, _ = on_demand.line_api_key_create(line=inference_line, name="gw", actor=buyer_owner)
+    ref = workload_ref_for_key(api_key=api_key, product_slug="llama-3.1-8b-instruct")
+    # After the key was created (a key never bills for earlier windows).
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1, minutes=1)
+    period = {
+        "since": (hour - timedelta(hours=2)).isoformat(),
+        "until": (hour + timedelta(hours=2)).isoformat(),
+    }
+    _record(gpu=devices[7], kind="inference", ref=ref, start=hour, tokens=1000, seq=1)
+    _record(
+        gpu=devices[7],
+        kind="inference",
+        ref=ref,
+        start=hour + timedelta(minutes=2),
+        tokens=500,
+        seq=2,
+    )
+    attribute_usage_records(records=UsageRecord.objects.all())
+    client = api_client(buyer_owner)
+    url = reverse("api_contract_usage", args=[reservation.contract.pk])
+    rows = client.get(url, {"bucket": "hour", **period}).json()
+    assert rows == [
+        {
+            "start": hour.replace(minute=0).astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "busy_ms": 60_000,
+            "energy_mj": 36_000_000,
+            "input_tokens": 1500,
+            "output_tokens": 750,
+            "requests": 2,
+        }
+    ]
+    response = client.get(url, {"bucket": "day", "format": "csv", **period})
+    assert response["Content-Type"].startswith("text/csv")
+    table = list(csv.reader(io.StringIO(response.content.decode())))
+    assert table[0] == [
+        "start",
+        "busy_ms",
+        "energy_mj",
+        "input_tokens",
+        "output_tokens",
+        "requests",
+    ]
+    assert table[1][1:] == ["60000", "36000000", "1500", "750", "2"]
+
+
+def test_dashboard_partial_renders(reservation, buyer_client):
+    page = buyer_client.get(reverse("contracts:usage"))
+    assert page.status_code == 200
+    assert b"data-buyer-dashboard" in page.content
+    assert page.context["summary"].gpus_held in (0, 2)  # starts in five minutes
+
+
+def test_node_with_reservations_cannot_be_retired(reservation, partner_owner):
+    from django.core.exceptions import ValidationError
+
+    from capacity.services import node_retire
+
+    node = reservation.allocations[0].gpu_device.node
+    with pytest.raises(ValidationError, match="reservations"):
+        node_retire(node=node, actor=partner_owner)
