@@ -272,6 +272,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 24 * 3600,
     },
     "billing: dunning": {"task": "billing.tasks.run_dunning", "schedule": 3600},
+    "contracts: roll over ended terms": {"task": "contracts.tasks.roll_over", "schedule": 3600},
 }
 
 # Metering.

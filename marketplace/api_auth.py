@@ -12,6 +12,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from contracts.models import ContractState, LineApiKey
 from marketplace.models import API_KEY_PREFIX, ApiKey
 
 # last_used_at is written at most this often per key, to keep reads read-only.
@@ -33,6 +34,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         )
         if key is None or key.created_by is None or not key.created_by.is_active:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+        if LineApiKey.objects.filter(
+            api_key=key, line__contract__state=ContractState.SUSPENDED
+        ).exists():
+            raise exceptions.AuthenticationFailed(
+                "This API key's contract is suspended until its overdue invoice is paid."
+            )
         now = timezone.now()
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)

@@ -17,12 +17,14 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from capacity import selectors as capacity_selectors
 from capacity.models import NodeStatus
+from contracts.dashboard import buyer_dashboard
 from marketplace import health, selectors, services
 from marketplace.forms import (
     ApiKeyForm,
@@ -102,6 +104,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "membership": membership,
         "summary": selectors.organization_summary(organization=organization),
     }
+    if organization.is_buyer:
+        context["buyer_dashboard"] = buyer_dashboard(organization=organization, now=timezone.now())
     if organization.is_partner:
         context["partner_overview"] = capacity_selectors.partner_overview(organization)
         # One query whatever the fleet size; the full list is on the nodes page.
