@@ -63,3 +63,13 @@ def other_client(other_owner) -> Client:
 @pytest.fixture
 def user_factory(db):
     return UserFactory
+
+
+@pytest.fixture
+def staff_client(db) -> Client:
+    """A staff superuser with TOTP set up (staff without MFA are sent to set it up)."""
+    from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+
+    staff = UserFactory(is_staff=True, is_superuser=True)
+    TOTP.activate(staff, generate_totp_secret())
+    return client_for(staff)
