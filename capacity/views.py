@@ -30,6 +30,7 @@ from capacity.forms import (
 from capacity.metering import selectors as metering_selectors
 from capacity.models import Node, NodeWindow, Offer, Site
 from marketplace.models import OPERATOR_ROLES, Organization, User
+from marketplace.pages import render_confirm
 from marketplace.tenancy import (
     current_membership,
     current_organization,
@@ -61,28 +62,6 @@ def _page(request: HttpRequest, queryset: Any) -> Any:
 def _can_operate(request: HttpRequest) -> bool:
     membership = current_membership(request)
     return membership is not None and membership.can_operate
-
-
-def _confirm(
-    request: HttpRequest,
-    *,
-    title: str,
-    message: str,
-    action_label: str,
-    cancel_url: str,
-    danger: bool,
-) -> HttpResponse:
-    return render(
-        request,
-        "components/confirm.html",
-        {
-            "title": title,
-            "message": message,
-            "action_label": action_label,
-            "cancel_url": cancel_url,
-            "danger": danger,
-        },
-    )
 
 
 # ----------------------------------------------------------------------------- sites
@@ -239,7 +218,7 @@ def node_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def enrollment_code_regenerate(request: HttpRequest, pk: int) -> HttpResponse:
     node = get_for_org_or_404(Node.objects.select_related("site", "gpu_model"), request, pk=pk)
     if request.method == "GET":
-        return _confirm(
+        return render_confirm(
             request,
             title=f"New enrollment code for {node.name}?",
             message="The current code stops working. The new one is valid for 24 hours.",
@@ -279,7 +258,7 @@ def window_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     window = get_for_org_or_404(NodeWindow.objects.select_related("node"), request, pk=pk)
     node_url = reverse("capacity:node_detail", args=[window.node_id])
     if request.method == "GET":
-        return _confirm(
+        return render_confirm(
             request,
             title=f"Cancel this {window.get_kind_display().lower()} window?",
             message=f"{window.start:%Y-%m-%d %H:%M} to {window.end:%Y-%m-%d %H:%M} UTC on {window.node.name}.",
@@ -302,7 +281,7 @@ def node_retire(request: HttpRequest, pk: int) -> HttpResponse:
     node = get_for_org_or_404(Node.objects.select_related("site"), request, pk=pk)
     node_url = reverse("capacity:node_detail", args=[node.pk])
     if request.method == "GET":
-        return _confirm(
+        return render_confirm(
             request,
             title=f"Retire {node.name}?",
             message="The node stops being polled and can no longer be enrolled or reserved. This cannot be undone.",
@@ -377,7 +356,7 @@ def offer_update(request: HttpRequest, pk: int) -> HttpResponse:
 def offer_deactivate(request: HttpRequest, pk: int) -> HttpResponse:
     offer = get_for_org_or_404(Offer.objects.select_related("site", "gpu_model"), request, pk=pk)
     if request.method == "GET":
-        return _confirm(
+        return render_confirm(
             request,
             title="Deactivate this offer?",
             message=f"{offer} disappears from the marketplace. Existing contracts are not affected.",

@@ -25,6 +25,7 @@ from contracts.models import Contract, ContractLine, InferenceProduct, LineKind
 from contracts.money import minor_to_major
 from contracts.terms import month_start
 from marketplace.models import MANAGER_ROLES, OPERATOR_ROLES
+from marketplace.pages import render_confirm
 from marketplace.tenancy import (
     current_membership,
     current_organization,
@@ -130,16 +131,13 @@ def contract_cancel(request: HttpRequest, pk: int) -> HttpResponse:
             f"{minor_to_major(fee_minor)} {contract.currency} "
             f"({contract.early_termination_fee_percent} % of the reserved charge left)."
         )
-    return render(
+    return render_confirm(
         request,
-        "components/confirm.html",
-        {
-            "title": f"Cancel contract {contract.reference}{' at term end' if at_term_end else ' now'}?",
-            "message": message,
-            "action_label": "Cancel contract",
-            "cancel_url": reverse("contracts:detail", args=[contract.pk]),
-            "danger": not at_term_end,
-        },
+        title=f"Cancel contract {contract.reference}{' at term end' if at_term_end else ' now'}?",
+        message=message,
+        action_label="Cancel contract",
+        cancel_url=reverse("contracts:detail", args=[contract.pk]),
+        danger=not at_term_end,
     )
 
 

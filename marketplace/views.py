@@ -35,6 +35,7 @@ from marketplace.forms import (
     role_choices,
 )
 from marketplace.models import MANAGER_ROLES, ApiKey, Invitation, Membership, Role
+from marketplace.pages import render_confirm
 from marketplace.tenancy import (
     current_membership,
     get_for_org_or_404,
@@ -57,28 +58,6 @@ def _membership(request: HttpRequest) -> Membership:
     membership = current_membership(request)
     assert membership is not None  # guaranteed by org_required
     return membership
-
-
-def _confirm(
-    request: HttpRequest,
-    *,
-    title: str,
-    message: str,
-    action_label: str,
-    cancel_url: str,
-    danger: bool,
-) -> HttpResponse:
-    return render(
-        request,
-        "components/confirm.html",
-        {
-            "title": title,
-            "message": message,
-            "action_label": action_label,
-            "cancel_url": cancel_url,
-            "danger": danger,
-        },
-    )
 
 
 def _flash_refusal(request: HttpRequest, error: ValidationError) -> None:
@@ -278,7 +257,7 @@ def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
         Membership.objects.select_related("user", "organization"), request, pk=pk
     )
     if request.method == "GET":
-        return _confirm(
+        return render_confirm(
             request,
             title=f"Remove {target.user.email}?",
             message=f"They lose access to {target.organization.name} immediately.",
@@ -323,7 +302,7 @@ def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
         Invitation.objects.select_related("organization"), request, pk=pk
     )
     if request.method == "GET":
-        return _confirm(
+        return render_confirm(
             request,
             title=f"Revoke the invitation to {invitation.email}?",
             message="The link in the email stops working. You can invite them again later.",
@@ -431,7 +410,7 @@ def api_key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
         if not api_key.is_active:
             messages.info(request, f"The key “{api_key.name}” is already revoked.")
             return redirect("api_keys")
-        return _confirm(
+        return render_confirm(
             request,
             title=f"Revoke the API key “{api_key.name}”?",
             message=(
