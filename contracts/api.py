@@ -459,7 +459,10 @@ class UsageCsvRenderer(renderers.BaseRenderer):
             writer.writerows([row[name] for name in fields] for row in data)
         else:  # an error body: one "field,message" row each
             writer.writerow(["field", "message"])
-            writer.writerows([key, value] for key, value in (data or {}).items())
+            writer.writerows(
+                [key, " ".join(map(str, value)) if isinstance(value, list) else str(value)]
+                for key, value in (data or {}).items()
+            )
         return buffer.getvalue().encode("utf-8")
 
 
@@ -482,6 +485,7 @@ class ContractUsageApi(APIView):
         responses={
             (200, "application/json"): UsageBucketSerializer(many=True),
             (200, "text/csv"): OpenApiTypes.STR,
+            400: OpenApiResponse(description="Invalid period or bucket."),
             404: _NOT_FOUND,
         },
         summary="Usage of a contract per UTC hour or day (JSON or CSV)",
