@@ -68,6 +68,12 @@ MIDDLEWARE = [
     "marketplace.security.StaffMfaRequiredMiddleware",
 ]
 
+# Bench-only: a Server-Timing header on every response and a trivial view at
+# /bench/trivial (config/bench.py), for ``manage.py bench_web``. Never in production.
+BENCH_VIEWS = env_bool("HASHGRID_BENCH_VIEWS", False)
+if BENCH_VIEWS:
+    MIDDLEWARE.insert(0, "config.bench.ServerTimingMiddleware")
+
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"

@@ -1,8 +1,10 @@
 from allauth.account.decorators import secure_admin_login
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from config import bench
 from marketplace import views as marketplace_views
 
 # Staff sign in through allauth (rate limits, MFA), never through the admin's own form.
@@ -25,3 +27,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
+
+if settings.BENCH_VIEWS:  # manage.py bench_web's baseline; off unless HASHGRID_BENCH_VIEWS=1
+    urlpatterns.append(path("bench/trivial", bench.trivial, name="bench-trivial"))

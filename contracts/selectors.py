@@ -10,7 +10,7 @@ from datetime import datetime
 
 from django.db import connection
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
-from django.db.models import Exists, Func, IntegerField, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
 from capacity.models import GpuDevice, Node, NodeStatus, Offer
 from contracts.models import (
@@ -80,16 +80,38 @@ def lock_free_device_ids(*, offer: Offer, start: datetime, end: datetime, limit:
         return [row[0] for row in cursor.fetchall()]
 
 
-def free_gpu_count_expression(*, start: datetime, end: datetime) -> Subquery:
-    """SQL expression, for an ``Offer`` queryset: how many of its pool's GPUs are free over
-    ``[start, end)`` (one correlated count; the allocation gist index answers the overlap)."""
-    devices = _free_in(
-        _pool_devices(site_id=OuterRef("site_id"), gpu_model_id=OuterRef("gpu_model_id")),
-        start=start,
-        end=end,
+_FREE_GPUS_BY_POOL_SQL = """
+SELECT node.site_id, node.gpu_model_id, count(*)
+FROM {devices} AS device JOIN {nodes} AS node ON node.id = device.node_id
+WHERE node.status <> %s {model_condition}
+  AND NOT EXISTS (
+    SELECT 1 FROM {allocations} AS allocation
+    WHERE allocation.gpu_device_id = device.id AND allocation.period && tstzrange(%s, %s, '[)')
+  )
+GROUP BY node.site_id, node.gpu_model_id
+"""
+
+
+def free_gpus_by_pool(
+    *, start: datetime, end: datetime, gpu_model_id: int | None = None
+) -> dict[tuple[int, int], int]:
+    """Free GPUs over ``[start, end)`` of every pool, by ``(site_id, gpu_model_id)``; pools
+    with none free are absent. The ``free_devices`` rule for all pools at once: one pass
+    over devices with a hash anti-join on the window's allocations, where a count per
+    offer would probe the allocation index once per device of every pool."""
+    sql = _FREE_GPUS_BY_POOL_SQL.format(
+        devices=GpuDevice._meta.db_table,
+        nodes=Node._meta.db_table,
+        allocations=Allocation._meta.db_table,
+        model_condition="AND node.gpu_model_id = %s" if gpu_model_id else "",
     )
-    counted = devices.order_by().annotate(n=Func("pk", function="COUNT")).values("n")
-    return Subquery(counted, output_field=IntegerField())
+    params: list[object] = [NodeStatus.RETIRED.value]
+    if gpu_model_id:
+        params.append(gpu_model_id)
+    params += [start, end]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {(site_id, model_id): free for site_id, model_id, free in cursor.fetchall()}
 
 
 def free_gpu_count(*, offer: Offer, start: datetime, end: datetime) -> int:

@@ -17,6 +17,7 @@ from django.apps import apps
 from django.db.models import Exists, OuterRef, Q, Sum
 from django.db.models.functions import Trunc
 
+from capacity.models import Node
 from contracts.models import Allocation, Contract, ContractLine, LineApiKey, LineKind
 from contracts.money import busy_gpu_charge, hours_between, round_money, token_charge
 
@@ -60,8 +61,11 @@ def _reserved_rollups(contracts: list[Contract], since: datetime, until: datetim
         Q(period__contains=OuterRef("hour"))
         | Q(period__startswith__gt=OuterRef("hour"), period__startswith__lt=hour_end)
     )
+    # The GPUs the contracts ever held, as a plain IN list too: it lets the planner start
+    # from those GPUs (rollup index on gpu) instead of scanning the period's rollups.
+    held_gpus = Allocation.objects.filter(line__contract__in=contracts).values("gpu_device_id")
     return HourlyUsage.objects.filter(
-        workload_kind="allocation", hour__gte=since, hour__lt=until
+        workload_kind="allocation", hour__gte=since, hour__lt=until, gpu_id__in=held_gpus
     ).filter(Exists(held))
 
 
@@ -201,14 +205,22 @@ def month_to_date(*, contracts: list[Contract], since: datetime, until: datetime
             result.energy_mj += int(row["energy_mj"] or 0)
             if row["input_tokens"] or row["output_tokens"]:
                 result.inference_energy_mj += int(row["energy_mj"] or 0)
-        reserved = (
+        # Summed per node, then labelled with the node's energy source: grouping the
+        # rollup rows by the site's column joined node and site once per row (a month of
+        # hourly rows per GPU).
+        reserved = list(
             _reserved_rollups(contracts, since, until)
             .order_by()
-            .values("node__site__energy_source")
+            .values("node_id")
             .annotate(busy_ms=Sum("busy_ms"), energy_mj=Sum("energy_mj"))
         )
+        source_of_node = dict(
+            Node.objects.filter(pk__in=[row["node_id"] for row in reserved]).values_list(
+                "pk", "site__energy_source"
+            )
+        )
         for row in reserved:
-            source = row["node__site__energy_source"]
+            source = source_of_node[row["node_id"]]
             result.energy_mj_by_source[source] = result.energy_mj_by_source.get(source, 0) + int(
                 row["energy_mj"] or 0
             )
