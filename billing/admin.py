@@ -18,6 +18,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -42,6 +43,7 @@ from billing.models import (
     StripeEvent,
 )
 from billing.settlement import agreements, payouts, statements
+from marketplace.models import User
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -53,6 +55,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+def _actor(request: HttpRequest) -> User | None:
+    return request.user if isinstance(request.user, User) else None
 
 
 def _has(request: HttpRequest, codename: str) -> bool:
@@ -156,7 +162,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
             self,
             request,
             queryset.select_related("buyer"),
-            lambda invoice: finance.invoice_finalize(invoice=invoice, actor=request.user),
+            lambda invoice: finance.invoice_finalize(invoice=invoice, actor=_actor(request)),
             "Finalized",
         )
 
@@ -167,7 +173,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
             request,
             queryset.select_related("buyer"),
             lambda invoice: finance.invoice_void(
-                invoice=invoice, actor=request.user, reason="Voided by finance"
+                invoice=invoice, actor=_actor(request), reason="Voided by finance"
             ),
             "Voided",
         )
@@ -188,7 +194,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
                     invoice=invoice,
                     amount_minor=amount_minor,
                     reason=form.cleaned_data["reason"],
-                    actor=request.user,  # type: ignore[arg-type]
+                    actor=_actor(request),
                 ),
                 "Credited",
             )
@@ -202,7 +208,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
                 "form": form,
                 "invoices": queryset,
                 "opts": self.model._meta,
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             },
         )
 
@@ -212,7 +218,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
             self,
             request,
             queryset.select_related("buyer"),
-            lambda invoice: finance.invoice_retry_payment(invoice=invoice, actor=request.user),
+            lambda invoice: finance.invoice_retry_payment(invoice=invoice, actor=_actor(request)),
             "Payment retried",
         )
 
@@ -350,7 +356,7 @@ class PartnerAgreementAdmin(admin.ModelAdmin):
             partner_share=obj.partner_share,
             effective_from=obj.effective_from,
             note=obj.note,
-            actor=request.user,  # type: ignore[arg-type]
+            actor=_actor(request),
         )
         obj.pk = created.pk
         obj.created_at = created.created_at
@@ -404,7 +410,7 @@ class SettlementStatementAdmin(ReadOnlyAdmin):
             queryset.select_related("partner").order_by("month", "pk"),
             lambda statement: statements.statement_approve(
                 statement=statement,
-                actor=request.user,  # type: ignore[arg-type]
+                actor=_actor(request),
             ),
             "Approved",
         )
@@ -412,7 +418,7 @@ class SettlementStatementAdmin(ReadOnlyAdmin):
     @admin.action(description="Pay out (Stripe Connect transfer)", permissions=["pay"])
     def pay(self, request: HttpRequest, queryset: QuerySet[SettlementStatement]) -> None:
         def pay_one(statement: SettlementStatement) -> None:
-            payout = payouts.statement_pay(statement=statement, actor=request.user)  # type: ignore[arg-type]
+            payout = payouts.statement_pay(statement=statement, actor=_actor(request))
             if payout is not None and payout.status == PayoutStatus.FAILED:
                 raise ValidationError(f"Stripe refused the transfer: {payout.failure_message}")
 
@@ -447,7 +453,7 @@ class PayoutAdmin(ReadOnlyAdmin):
             queryset.select_related("statement"),
             lambda payout: payouts.statement_pay(
                 statement=payout.statement,
-                actor=request.user,  # type: ignore[arg-type]
+                actor=_actor(request),
             ),
             "Payout retried",
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 
 
 class ImproperlyConfiguredEnv(RuntimeError):
@@ -77,3 +78,25 @@ def env_choice(
     if value not in choices:
         raise ImproperlyConfiguredEnv(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def env_decimal(
+    name: str,
+    default: str,
+    *,
+    minimum: str | None = None,
+    maximum: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> Decimal:
+    raw = environ.get(name, default).strip()
+    try:
+        number = Decimal(raw)
+    except InvalidOperation:
+        raise ImproperlyConfiguredEnv(f"{name} must be a decimal number, got {raw!r}") from None
+    if not number.is_finite():
+        raise ImproperlyConfiguredEnv(f"{name} must be a finite decimal number, got {raw!r}")
+    if minimum is not None and number < Decimal(minimum):
+        raise ImproperlyConfiguredEnv(f"{name} must be at least {minimum}, got {number}")
+    if maximum is not None and number > Decimal(maximum):
+        raise ImproperlyConfiguredEnv(f"{name} must be at most {maximum}, got {number}")
+    return number

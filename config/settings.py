@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from config.env import env_bool, env_choice, env_int, env_list, env_str
+from config.env import env_bool, env_choice, env_decimal, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = BASE_DIR / ".run"
@@ -263,12 +263,18 @@ STRIPE_API_VERSION = "2025-03-31.basil"
 STRIPE_CONNECT_TIMEOUT_SECONDS = env_int("STRIPE_CONNECT_TIMEOUT_SECONDS", 5, minimum=1)
 STRIPE_READ_TIMEOUT_SECONDS = env_int("STRIPE_READ_TIMEOUT_SECONDS", 30, minimum=1)
 STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2, minimum=0)
+# Stripe Connect (partner payouts); tests point it at a stateful fake, empty = Stripe.
+STRIPE_CONNECT_API_BASE = env_str("STRIPE_CONNECT_API_BASE", "")
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1)
 
 # Billing.
 BILLING_GRACE_DAYS = env_int("BILLING_GRACE_DAYS", 3, minimum=0)
 BILLING_DUNNING_RETRY_DAYS = (3, 5, 7)
 BILLING_LATE_USAGE_LOOKBACK_MONTHS = env_int("BILLING_LATE_USAGE_LOOKBACK_MONTHS", 3, minimum=1)
+# Partner share of revenue when no partner agreement covers a line kind (0.80 = 80 %).
+SETTLEMENT_DEFAULT_PARTNER_SHARE = env_decimal(
+    "SETTLEMENT_DEFAULT_PARTNER_SHARE", "0.80", minimum="0", maximum="1"
+)
 # Let buyers reserve without a saved card (never in production).
 CONTRACTS_ASSUME_PAYMENT_METHOD = env_bool("CONTRACTS_ASSUME_PAYMENT_METHOD", False)
 

@@ -6,12 +6,13 @@ import io
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 
-from config.env import ImproperlyConfiguredEnv, env_bool, env_choice, env_int
+from config.env import ImproperlyConfiguredEnv, env_bool, env_choice, env_decimal, env_int
 
 
 @pytest.mark.django_db
@@ -30,6 +31,11 @@ def test_env_helpers_fail_fast_on_bad_values() -> None:
         env_bool("DEBUG", False, environ={"DEBUG": "maybe"})
     with pytest.raises(ImproperlyConfiguredEnv, match="one of development, production"):
         env_choice("ENV", "development", ("development", "production"), environ={"ENV": "prod"})
+    with pytest.raises(ImproperlyConfiguredEnv, match="at most 1"):
+        env_decimal("SHARE", "0.80", minimum="0", maximum="1", environ={"SHARE": "1.5"})
+    with pytest.raises(ImproperlyConfiguredEnv, match="decimal number"):
+        env_decimal("SHARE", "0.80", environ={"SHARE": "eighty"})
+    assert env_decimal("SHARE", "0.80", environ={}) == Decimal("0.80")
     assert env_int("PORT", 1, environ={"PORT": " 8080 "}) == 8080
     assert env_bool("DEBUG", False, environ={"DEBUG": "yes"}) is True
 
@@ -61,7 +67,9 @@ def test_production_settings_pass_check_deploy(tmp_path) -> None:
         "HASHGRID_ENV": "production",
         "DJANGO_SECRET_KEY": "x" * 20 + "-production-test-key-" + "y" * 30,
         "DJANGO_ALLOWED_HOSTS": "hashgrid.example",
-        "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:54329/hashgrid"),
+        "DATABASE_URL": os.environ.get(
+            "DATABASE_URL", "postgres://postgres@127.0.0.1:54329/hashgrid"
+        ),
         "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
         "STRIPE_SECRET_KEY": "sk_test_placeholder",
         "DJANGO_SETTINGS_MODULE": "config.settings",

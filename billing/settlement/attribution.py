@@ -244,17 +244,17 @@ def down_minutes_by_node(*, line: ContractLine, start: datetime, end: datetime) 
 
 # -- what a line is and what weighs it --------------------------------------------------------
 
-_METERED_KIND = {
+_METERED_KIND: dict[str, str] = {
     Meter.GPU_BUSY_MS: RevenueKind.ON_DEMAND_GPU,
     Meter.INPUT_TOKENS: RevenueKind.INFERENCE,
     Meter.OUTPUT_TOKENS: RevenueKind.INFERENCE,
 }
-_LINE_METER = {
+_LINE_METER: dict[str, str] = {
     LineKind.ON_DEMAND_GPU: Meter.GPU_BUSY_MS,
     LineKind.INFERENCE_INPUT: Meter.INPUT_TOKENS,
     LineKind.INFERENCE_OUTPUT: Meter.OUTPUT_TOKENS,
 }
-_BASIS_UNIT = {
+_BASIS_UNIT: dict[str, str] = {
     Meter.GPU_BUSY_MS: "busy GPU-ms",
     Meter.INPUT_TOKENS: "input tokens",
     Meter.OUTPUT_TOKENS: "output tokens",
@@ -264,7 +264,7 @@ _BASIS_UNIT = {
 def _line_meter(line: InvoiceLine) -> str:
     if line.kind == LineKind.LATE_USAGE:
         return line.meter
-    return _LINE_METER.get(line.kind, "")  # type: ignore[call-overload]
+    return _LINE_METER.get(line.kind, "")
 
 
 class _MonthWeights:
@@ -462,19 +462,19 @@ def adjust_for_credit_notes(*, now: datetime | None = None) -> int:
             -note.amount_minor, {key: max(0, value) for key, value in gross.items()}
         ) or {None: -note.amount_minor}
         reason = f"Credit note {note.number} on invoice {note.invoice.number}"
-        for partner_id, part in sorted(parts.items(), key=lambda item: _sort_key(item[0])):
+        for owner_id, part in sorted(parts.items(), key=lambda item: _sort_key(item[0])):
             if part == 0:
                 continue
             partner_share = 0
-            if partner_id is not None:
+            if owner_id is not None:
                 with localcontext() as context:
                     context.prec = _PRECISION
-                    effective = Decimal(shares[partner_id]) / Decimal(gross[partner_id])
+                    effective = Decimal(shares[owner_id]) / Decimal(gross[owner_id])
                 partner_share = partner_share_of(part, effective)
             rows.append(
                 StatementAdjustment(
                     credit_note=note,
-                    partner_id=partner_id,
+                    partner_id=owner_id,
                     currency=note.currency,
                     amount_minor=part,
                     partner_share_minor=partner_share,

@@ -26,7 +26,9 @@ from marketplace.models import Organization
 CHART_HEIGHT = 120
 BAR_PITCH = 48
 BAR_WIDTH = 32
-SITE_BAR_HEIGHT = 22
+SITE_BAR_HEIGHT = 14
+# A site's row: its label above its bar.
+SITE_ROW_HEIGHT = 40
 
 
 def buyer_alias(*, partner_id: int, buyer_id: int) -> str:
@@ -89,9 +91,8 @@ def earnings_by_month(*, partner: Organization, currency: str, months: int = 12)
                 height=height,
             )
         )
-    return Chart(
-        currency=currency, bars=bars, width=max(1, len(rows)) * BAR_PITCH, height=CHART_HEIGHT
-    )
+    # A fixed width (a year of bars), so one month is not stretched over the whole card.
+    return Chart(currency=currency, bars=bars, width=months * BAR_PITCH, height=CHART_HEIGHT)
 
 
 def earnings_by_site(*, partner: Organization, currency: str, width: int = 400) -> Chart:
@@ -110,7 +111,7 @@ def earnings_by_site(*, partner: Organization, currency: str, width: int = 400) 
             label=row["site__name"],
             amount_minor=int(row["total"]),
             x=0,
-            y=index * (SITE_BAR_HEIGHT + 8),
+            y=index * SITE_ROW_HEIGHT + 18,
             width=_scale(int(row["total"]), largest, width),
             height=SITE_BAR_HEIGHT,
         )
@@ -120,7 +121,7 @@ def earnings_by_site(*, partner: Organization, currency: str, width: int = 400) 
         currency=currency,
         bars=bars,
         width=width,
-        height=max(1, len(rows)) * (SITE_BAR_HEIGHT + 8),
+        height=max(1, len(rows)) * SITE_ROW_HEIGHT,
     )
 
 

@@ -234,9 +234,8 @@ async def _poll_usage(http: AgentHttp, target: PollTarget, outcome: PollOutcome)
                 page.accepted.append(verdict)
                 page.gpu_window_ends[str(record["gpu_uuid"])] = window_ends[str(record["gpu_uuid"])]
             else:
-                page.quarantined.append(
-                    QuarantinedEntry(epoch, int(record["seq"]), verdict, record)
-                )  # type: ignore[call-overload]
+                seq = int(record["seq"])  # type: ignore[call-overload]  # chain-checked int
+                page.quarantined.append(QuarantinedEntry(epoch, seq, verdict, record))
         if not chain.ok:
             detail = f"hash chain broken at seq {chain.failed_seq!r}: {chain.error}"
             outcome.integrity_problem = detail

@@ -37,7 +37,7 @@ def node_status(node: object) -> str:
         and getattr(node, "enrolled_at", None) is not None
         and getattr(node, "last_successful_poll_at", None) is None
     ):
-        return mark_safe('<span class="badge badge-neutral">Awaiting first poll</span>')  # noqa: S308 - a constant
+        return mark_safe('<span class="badge badge-neutral">Awaiting first poll</span>')
     return format_html(
         '<span class="badge {}">{}</span>',
         node_status_badge(status),

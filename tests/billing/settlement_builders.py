@@ -63,3 +63,16 @@ def observe_available(devices, *, since: date, until: date, down: dict | None = 
             rows.append(availability(gpu=device, day=day, minutes=bits))
         day += timedelta(days=1)
     availability.objects.bulk_create(rows)
+
+
+def ensure_finance_group():
+    """The Finance group as migration 0004 makes it (a transactional test elsewhere in
+    the run may have flushed the data migrations wrote)."""
+    from importlib import import_module
+
+    from django.apps import apps
+    from django.contrib.auth.models import Group
+
+    if not Group.objects.filter(name="Finance").exists():
+        import_module("billing.migrations.0004_finance_group").create_group(apps, None)
+    return Group.objects.get(name="Finance")

@@ -84,7 +84,13 @@ def test_close_period_attributes_paid_lines_and_drafts_the_statement(
         (LineKind.SLA_CREDIT, -68_544),
     ]
     rows = [
-        (a.invoice_line.kind, a.node_id, a.amount_minor, a.partner_share_minor, a.platform_fee_minor)
+        (
+            a.invoice_line.kind,
+            a.node_id,
+            a.amount_minor,
+            a.partner_share_minor,
+            a.platform_fee_minor,
+        )
         for a in Attribution.objects.order_by("invoice_line__position", "node_id")
     ]
     nodes = sorted({a.node_id for a in Attribution.objects.all()})

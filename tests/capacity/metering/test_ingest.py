@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core import mail
+from django.db import DataError
 
 from capacity.agent.protocol import GENESIS_PREV_HASH
 from capacity.metering import batch, ingest
@@ -20,7 +22,8 @@ from capacity.metering.models import (
 )
 from capacity.metering.polling import PageToStore
 from capacity.metering.selectors import rollup_totals, usage_totals
-from capacity.models import NodeStatus
+from capacity.metering.validation import AcceptedRecord
+from capacity.models import GpuDevice, Node, NodeStatus
 from tests.capacity.metering.conftest import T0, make_fields
 
 pytestmark = pytest.mark.django_db
@@ -113,6 +116,102 @@ def test_repeated_poll_and_replayed_page_change_nothing(poll, node, fake_agent):
     stored = ingest.store_page(node_id=node.pk, page=page, polled_at=NOW, next_poll_at=NOW)
     assert stored.moved is False
     assert snapshot(node) == before
+
+
+def test_text_with_quotes_backslashes_and_braces_is_stored_exactly(poll, node, fake_agent):
+    ref = 'a"b\\c,{d} NULL'
+    odd_workload = {"kind": "mining", "ref": 'x"\\y'}
+    fake_agent.append(make_fields(0, 0, ref=ref), {**make_fields(1, 0), "workload": odd_workload})
+
+    poll(node, fake_agent)
+
+    assert UsageRecord.objects.get().workload_ref == ref
+    assert HourlyUsage.objects.get().workload_ref == ref
+    quarantined = QuarantinedRecord.objects.get()
+    assert quarantined.payload["workload"] == odd_workload
+    assert quarantined.detail == f"workload {odd_workload!r}"
+
+
+def _second_node(node):
+    other = Node.objects.get(pk=node.pk)
+    other.pk, other.name = None, "rack-2"
+    other.save()
+    for gpu in node.gpus.all():
+        GpuDevice.objects.create(
+            node=other, uuid=gpu.uuid + "-2", index=gpu.index, memory_mib=81920, model="H100"
+        )
+    NodePollState.objects.create(node=other, next_poll_at=T0)
+    return other
+
+
+def _page(node, *, from_seq=0, gpu_id=None, records=1) -> PageToStore:
+    gpu_id = gpu_id or node.gpus.get(index=0).pk
+    accepted = [
+        AcceptedRecord(
+            seq=from_seq + i + 1,
+            record_hash=f"{i:064d}",
+            gpu_device_id=gpu_id,
+            window_start=T0 + timedelta(minutes=from_seq + i),
+            window_end=T0 + timedelta(minutes=from_seq + i + 1),
+            workload_kind="idle",
+            workload_ref=None,
+            busy_ms=0,
+            energy_mj=1,
+            input_tokens=0,
+            output_tokens=0,
+            requests=0,
+        )
+        for i in range(records)
+    ]
+    to_seq = from_seq + records
+    page = PageToStore("e" if from_seq else "", from_seq, "e", to_seq, f"{to_seq:064d}")
+    page.accepted = accepted
+    return page
+
+
+def test_a_group_stores_each_node_on_its_own_cursor(node):
+    other = _second_node(node)
+    ingest.store_page(node_id=node.pk, page=_page(node, records=2), polled_at=NOW, next_poll_at=NOW)
+
+    stored = ingest.store_pages(
+        [
+            ingest.PageOfNode(node.pk, _page(node, records=3)),  # stale: the cursor is at 2
+            ingest.PageOfNode(other.pk, _page(other, records=3)),
+        ],
+        polled_at=NOW,
+        next_poll_at=NOW,
+    )
+
+    assert stored == {
+        node.pk: ingest.StoredPage(moved=False, inserted=0, quarantined=0),
+        other.pk: ingest.StoredPage(moved=True, inserted=3, quarantined=0),
+    }
+    assert UsageRecord.objects.filter(node=node).count() == 2
+    assert UsageRecord.objects.filter(node=other).count() == 3
+    assert NodePollState.objects.get(node=other).last_seq == 3
+    assert rollup_totals() == usage_totals()
+    with pytest.raises(ValueError, match="one page per node"):
+        ingest.store_pages(
+            [ingest.PageOfNode(node.pk, _page(node)), ingest.PageOfNode(node.pk, _page(node))],
+            polled_at=NOW,
+            next_poll_at=NOW,
+        )
+
+
+def test_a_group_that_fails_is_stored_page_by_page_so_only_the_bad_node_is_left_out(node):
+    other = _second_node(node)
+    bad_page = _page(node)
+    bad_page.accepted[0] = replace(bad_page.accepted[0], busy_ms=2**70)  # beyond bigint
+    bad = ingest.PageOfNode(node.pk, bad_page)
+    good = ingest.PageOfNode(other.pk, _page(other, records=2))
+
+    with pytest.raises(DataError):
+        ingest.store_pages([bad, good], polled_at=NOW, next_poll_at=NOW)
+
+    assert UsageRecord.objects.filter(node=node).count() == 0
+    assert NodePollState.objects.get(node=node).last_seq == 0
+    assert UsageRecord.objects.filter(node=other).count() == 2
+    assert NodePollState.objects.get(node=other).last_seq == 2
 
 
 def test_follows_pages_up_to_the_head(poll, node, fake_agent, monkeypatch):

@@ -1,0 +1,124 @@
+"""Finance signs in with a password and a TOTP code, approves a partner's statement and
+pays it from the admin (a Stripe Connect transfer); the partner sees the payout."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from allauth.mfa.totp.internal.auth import TOTP, format_hotp_value, generate_totp_secret, hotp_value
+from django.conf import settings
+from django.test import Client
+from playwright.sync_api import Page, expect
+
+from billing.models import Payout, PayoutStatus, SettlementStatement, StatementStatus
+from tests.billing.conftest import (  # noqa: F401 (fixtures)
+    connect_fake,
+    connect_settings,
+    devices,
+    localstripe,
+    offer,
+    save_card,
+    site,
+    stripe_proxy,
+    stripe_settings,
+)
+from tests.billing.settlement_builders import (
+    close_october,
+    ensure_finance_group,
+    observe_available,
+    onboard,
+    reserve_eight_gpus,
+)
+from tests.browser.conftest import snap
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.browser
+PASSWORD = "correct-horse-battery"
+
+
+def _totp_code(secret: str) -> str:
+    """The current code; waits out the last seconds of a 30 s period so it is still
+    valid when the form is submitted."""
+    if 30 - time.time() % 30 < 3:
+        time.sleep(3)
+    return format_hotp_value(hotp_value(secret, int(time.time()) // 30))
+
+
+def _sign_in_with_cookie(page: Page, user, live_url: str) -> None:
+    client = Client()
+    client.force_login(user)
+    page.context.add_cookies(
+        [
+            {
+                "name": settings.SESSION_COOKIE_NAME,
+                "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+                "url": live_url,
+            }
+        ]
+    )
+
+
+def test_finance_approves_and_pays_a_statement_and_the_partner_sees_it(
+    page: Page,
+    browser,
+    live_url: str,
+    buyer_org,
+    partner_org,
+    partner_owner,
+    offer,  # noqa: F811 (fixtures imported above)
+    devices,  # noqa: F811 (fixtures imported above)
+    localstripe,  # noqa: F811 (fixtures imported above)
+    connect_fake,  # noqa: F811 (fixtures imported above)
+):
+    line = reserve_eight_gpus(buyer=buyer_org, offer=offer)
+    observe_available(
+        [a.gpu_device for a in line.allocations.all()],
+        since=line.starts_at.date(),
+        until=line.ends_at.date(),
+    )
+    save_card(buyer_org, localstripe)
+    close_october()
+    onboard(partner_org, connect_fake)
+    statement = SettlementStatement.objects.get()
+    finance = UserFactory(email="fiona@hashgrid.example", is_staff=True)
+    finance.groups.add(ensure_finance_group())
+    secret = generate_totp_secret()
+    TOTP.activate(finance, secret)
+
+    page.goto("/accounts/login/")
+    page.get_by_label("Email").fill(finance.email)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    snap(page, "01-totp")
+    page.locator("input[name=code]").fill(_totp_code(secret))
+    page.locator("input[name=code]").press("Enter")
+    expect(page).not_to_have_url(re.compile(r"/accounts/2fa/"))
+    page.goto("/admin/billing/settlementstatement/")
+    expect(page.get_by_text(statement.reference)).to_be_visible()
+    snap(page, "02-statements")
+
+    page.locator(f"input[name=_selected_action][value='{statement.pk}']").check()
+    page.locator("select[name=action]").select_option("approve")
+    page.get_by_role("button", name="Go").click()
+    expect(page.get_by_text("Approved: 1.")).to_be_visible()
+    page.locator(f"input[name=_selected_action][value='{statement.pk}']").check()
+    page.locator("select[name=action]").select_option("pay")
+    page.get_by_role("button", name="Go").click()
+    expect(page.get_by_text("Paid: 1.")).to_be_visible()
+    snap(page, "03-paid")
+    statement.refresh_from_db()
+    assert statement.status == StatementStatus.PAID
+    assert Payout.objects.get().status == PayoutStatus.PAID
+
+    partner_page = browser.new_context(base_url=live_url).new_page()
+    _sign_in_with_cookie(partner_page, partner_owner, live_url)
+    partner_page.goto("/billing/earnings/")
+    expect(partner_page.locator("[data-paid-out]")).to_have_text("$5,483.52")
+    snap(partner_page, "04-partner-earnings")
+    partner_page.get_by_role("link", name=statement.reference).click()
+    expect(partner_page.locator("[data-payout]")).to_have_text("$5,483.52")
+    expect(partner_page.get_by_text(re.compile(r"transferred \d+ \w+ 2026"))).to_be_visible()
+    snap(partner_page, "05-partner-statement")
+    partner_page.context.close()
