@@ -49,6 +49,9 @@ class DemoSite:
     power_capacity_kw: int
     energy_source: str
     energy_price_per_kwh: str
+    # Multiplier on the catalog list price (PRICES): cheap stranded energy (flare gas,
+    # hydro) undercuts the list, grid power sells above it.
+    price_factor: str
 
 
 SITES = [
@@ -62,6 +65,7 @@ SITES = [
         4500,
         EnergySource.FLARE_GAS,
         "0.018000",
+        "0.8800",
     ),
     DemoSite(
         "abl",
@@ -73,6 +77,7 @@ SITES = [
         3000,
         EnergySource.GRID,
         "0.042000",
+        "1.0800",
     ),
     DemoSite(
         "gpr",
@@ -84,6 +89,7 @@ SITES = [
         2500,
         EnergySource.FLARE_GAS,
         "0.021000",
+        "0.9100",
     ),
     DemoSite(
         "dqm",
@@ -95,6 +101,7 @@ SITES = [
         2000,
         EnergySource.SOLAR,
         "0.034000",
+        "0.9700",
     ),
     DemoSite(
         "ita",
@@ -106,6 +113,7 @@ SITES = [
         5000,
         EnergySource.HYDRO,
         "0.029000",
+        "0.9400",
     ),
     DemoSite(
         "gib",
@@ -117,6 +125,7 @@ SITES = [
         2000,
         EnergySource.HYDRO,
         "0.025000",
+        "0.9200",
     ),
     DemoSite(
         "nvs",
@@ -128,10 +137,12 @@ SITES = [
         1500,
         EnergySource.MIXED,
         "0.058000",
+        "1.0300",
     ),
 ]
 
-# On-demand and reserved (1, 3, 6, 12 months) prices per GPU-hour, USD, by catalog model.
+# List prices per GPU-hour, USD, by catalog model: on demand, then reserved for 1, 3, 6 and
+# 12 months (each no dearer than the one before). A site sells at list x its price_factor.
 PRICES = {
     "H100 SXM 80GB": ("2.4900", "2.1900", "1.9900", "1.8900", "1.6900"),
     "H200 141GB": ("3.2900", "2.9900", "2.7900", "2.5900", "2.3900"),
@@ -220,7 +231,19 @@ def _node_for(index: int, site: Site, spec: DemoSite, out: TextIO) -> tuple[Node
     return node, True
 
 
-def _offers_for(site: Site) -> None:
+def site_prices(gpu_model_name: str, spec: DemoSite) -> tuple[Decimal, ...]:
+    """The model's list prices scaled by the site's factor, rounded to whole cents.
+
+    Rounding a common scale keeps the list's order: reserved <= on demand, longer <= shorter.
+    """
+    factor = Decimal(spec.price_factor)
+    return tuple(
+        (Decimal(price) * factor).quantize(Decimal("0.01")).quantize(Decimal("0.0001"))
+        for price in PRICES[gpu_model_name]
+    )
+
+
+def _offers_for(site: Site, spec: DemoSite) -> None:
     models_here = (
         Node.objects.active().filter(site=site).values_list("gpu_model", flat=True).distinct()
     )
@@ -228,7 +251,7 @@ def _offers_for(site: Site) -> None:
         if Offer.objects.filter(site=site, gpu_model=gpu_model).exists():
             continue
         capacity = selectors.site_gpu_capacity(site=site, gpu_model=gpu_model)
-        on_demand, one, three, six, twelve = (Decimal(p) for p in PRICES[gpu_model.name])
+        on_demand, one, three, six, twelve = site_prices(gpu_model.name, spec)
         services.offer_create(
             site=site,
             actor=None,
@@ -278,8 +301,8 @@ def seed_fleet(
             f"warning: the fleet at {settings.FLEET_URL} did not answer for {unreachable} of "
             f"{node_count} nodes; they stay pending until seeding runs again with the fleet up\n"
         )
-    for site, _spec in sites:
-        _offers_for(site)
+    for site, spec in sites:
+        _offers_for(site, spec)
     enrolled = Node.objects.filter(
         site__in=[site for site, _ in sites], enrolled_at__isnull=False
     ).exclude(status=NodeStatus.RETIRED)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django import template
 from django.utils import timezone
 
-from contracts.dashboard import buyer_dashboard
+from contracts.dashboard import ChartBar, buyer_dashboard
 from contracts.models import ContractState
 from contracts.money import minor_to_major
 from marketplace.tenancy import current_organization
@@ -32,6 +33,12 @@ def money(amount_minor: int | None) -> str:
 @register.filter
 def contract_state_badge(state: str) -> str:
     return _STATE_BADGES.get(state, "badge-neutral")  # type: ignore[call-overload]
+
+
+@register.filter
+def chart_has_data(bars: Iterable[ChartBar] | None) -> bool:
+    """Whether a cost chart has a bar to draw: an all-zero month shows the empty state."""
+    return any(bar.amount_minor > 0 for bar in bars or ())
 
 
 @register.inclusion_tag("contracts/_buyer_dashboard.html", takes_context=True)
