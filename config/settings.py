@@ -285,6 +285,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "billing: dunning": {"task": "billing.tasks.run_dunning", "schedule": 3600},
     "contracts: roll over ended terms": {"task": "contracts.tasks.roll_over", "schedule": 3600},
+    "metering: pool availability for search": {
+        "task": "capacity.metering.tasks.refresh_pool_availability",
+        "schedule": 300,
+    },
 }
 
 # Metering.

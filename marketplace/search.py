@@ -12,16 +12,17 @@ result shows is an annotation, never a per-row query.
   probes, twice, at ten times the demo).
 - ``price_per_gpu_hour``: the reserved rate for the requested term.
 - ``availability_percent``: observed-available GPU-minutes over the last 30 days out of
-  the minutes the pool's GPUs existed (metering's per-minute bitmaps, ``bit_count`` in
-  SQL). Search leaves maintenance in the denominator: the SLA figure (``contracts.sla``)
-  is the one that excludes announced maintenance. Null while metering has no data.
+  the minutes the pool's GPUs existed (``capacity.metering.pool_availability``: the
+  figure beat stored for the pool within the last 15 minutes, else evaluated live from
+  metering's per-minute bitmaps). Maintenance stays in the denominator. Null while
+  metering has no data.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from django.apps import apps
@@ -30,12 +31,12 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Least
 from django.utils import timezone
 
-from capacity.models import GpuDevice, Node, NodeStatus, Offer
+from capacity.metering.pool_availability import stored_or_live_availability_sql
+from capacity.models import Offer
 from contracts.models import TERM_MONTHS
 from contracts.selectors import free_gpus_by_pool
 from contracts.terms import add_months
 
-AVAILABILITY_DAYS = 30
 SORTS = {
     "price": ("price_per_gpu_hour", "-free_gpus", "pk"),
     "-price": ("-price_per_gpu_hour", "pk"),
@@ -72,42 +73,13 @@ def _price_for_term(term_months: int) -> F:
     return F(f"reserved_price_{term_months if term_months in TERM_MONTHS else 1}m_per_gpu_hour")
 
 
-_AVAILABILITY_SQL = """
-SELECT CASE WHEN sum(pool.counted_minutes) > 0
-       THEN round(100.0 * coalesce(sum(pool.available_minutes), 0) / sum(pool.counted_minutes), 2)
-       END
-FROM (
-  SELECT
-    (SELECT coalesce(sum(bit_count(day.minutes)), 0) FROM {days} AS day
-      WHERE day.gpu_id = gpu.id AND day.day >= %s AND day.day <= %s) AS available_minutes,
-    greatest(0, floor(extract(epoch FROM (%s::timestamptz - greatest(
-      %s::timestamptz, gpu.created_at, coalesce(node.enrolled_at, node.created_at)))) / 60))
-      AS counted_minutes
-  FROM {gpus} AS gpu JOIN {nodes} AS node ON node.id = gpu.node_id
-  WHERE node.site_id = {offers}.site_id AND node.gpu_model_id = {offers}.gpu_model_id
-    AND node.status NOT IN (%s, %s)
-) AS pool
-"""
-
-
 def _availability_expression(now: datetime) -> RawSQL | Value:
     """30-day availability percent of an offer's pool, as SQL (null without metering)."""
     if not apps.is_installed("capacity.metering"):
         return Value(None, output_field=DecimalField(max_digits=5, decimal_places=2))
-    days_table = apps.get_model("metering", "GpuAvailabilityDay")._meta.db_table
-    until = now.replace(second=0, microsecond=0)
-    since = until - timedelta(days=AVAILABILITY_DAYS)
-    sql = _AVAILABILITY_SQL.format(
-        days=days_table,
-        gpus=GpuDevice._meta.db_table,
-        nodes=Node._meta.db_table,
-        offers=Offer._meta.db_table,
-    )
-    # Bits of days partly outside [since, until) are counted only where set; days are
-    # whole at both ends except the current one, whose future minutes are never set.
-    params = (since.date(), until.date(), until, since, NodeStatus.PENDING, NodeStatus.RETIRED)
+    sql, params = stored_or_live_availability_sql(pool=Offer._meta.db_table, now=now)
     # Table names come from model metadata, values are parameters: nothing user-supplied.
-    return RawSQL(f"({sql})", params, output_field=DecimalField(max_digits=5, decimal_places=2))  # noqa: S611
+    return RawSQL(sql, params, output_field=DecimalField(max_digits=5, decimal_places=2))  # noqa: S611
 
 
 def _free_gpus_expression(*, start: datetime, end: datetime, gpu_model_id: int | None) -> RawSQL:

@@ -16,6 +16,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.http import urlencode
 from django.views.decorators.http import require_http_methods
 
 from capacity.models import Offer
@@ -46,6 +47,14 @@ def search(request: HttpRequest) -> HttpResponse:
     offers = offer_search(filters=filters)
     page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
     start, end = filters.window(timezone.now())
+    # What each result's "View" link carries to the offer page, built once for the page.
+    detail_query = urlencode(
+        {
+            "gpu_count": filters.gpu_count or 1,
+            "term_months": filters.term_months,
+            "starts_at": (filters.starts_at or start).strftime("%Y-%m-%dT%H:%M"),
+        }
+    )
     return render(
         request,
         "marketplace/storefront/search.html",
@@ -55,7 +64,7 @@ def search(request: HttpRequest) -> HttpResponse:
             "filters": filters,
             "window_start": start,
             "window_end": end,
-            "reserve_start": (filters.starts_at or start).strftime("%Y-%m-%dT%H:%M"),
+            "detail_query": detail_query,
         },
     )
 

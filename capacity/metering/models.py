@@ -267,3 +267,28 @@ class GpuAvailabilityDay(models.Model):
     @property
     def available_minutes(self) -> int:
         return str(self.minutes).count("1")
+
+
+class PoolAvailability(models.Model):
+    """The 30-day availability of one offered pool (a site's GPUs of one model) at
+    ``computed_at``: what search sorts and filters by, refreshed by beat
+    (``capacity.metering.pool_availability``) instead of read from 31 bitmap rows per GPU
+    of every pool on every search."""
+
+    site = models.ForeignKey("capacity.Site", on_delete=models.CASCADE, related_name="+")
+    gpu_model = models.ForeignKey("capacity.GpuModel", on_delete=models.CASCADE, related_name="+")
+    # Observed-available GPU-minutes over the 30 days before ``computed_at`` out of the
+    # minutes the pool's GPUs existed, percent; null while metering has no data.
+    percent = models.DecimalField(max_digits=5, decimal_places=2, null=True)
+    # The instant the figure is for; search serves it only while it is recent.
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["site", "gpu_model"], name="pool_availability_unique_pool"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"availability of site {self.site_id} / model {self.gpu_model_id}"

@@ -74,3 +74,13 @@ def poll_batch(self, node_ids: list[int]) -> dict[str, int]:  # type: ignore[no-
         raise
     logger.info("metering batch of %d nodes: %s", len(node_ids), result)
     return asdict(result)
+
+
+@shared_task(name="capacity.metering.tasks.refresh_pool_availability", ignore_result=True)
+def refresh_pool_availability() -> int:
+    """Beat, every 5 minutes: store every offered pool's 30-day availability for search."""
+    from capacity.metering.pool_availability import refresh_pool_availability as refresh
+
+    stored = refresh(now=timezone.now())
+    logger.info("pool availability: %d pools stored", stored)
+    return stored
