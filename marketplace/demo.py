@@ -41,5 +41,7 @@ def seed_people() -> dict[str, Organization]:
         slug="andes-hash", defaults={"name": "Andes Hash", "is_buyer": False, "is_partner": True}
     )
     Membership.objects.get_or_create(user=buyer, organization=acme, defaults={"role": Role.OWNER})
-    Membership.objects.get_or_create(user=partner, organization=andes, defaults={"role": Role.OWNER})
+    Membership.objects.get_or_create(
+        user=partner, organization=andes, defaults={"role": Role.OWNER}
+    )
     return {"buyer": acme, "partner": andes}

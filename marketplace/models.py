@@ -88,8 +88,12 @@ FINANCE_ROLES = frozenset({Role.OWNER, Role.ADMIN, Role.FINANCE})
 
 
 class Membership(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="memberships"
+    )
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -98,7 +102,9 @@ class Membership(models.Model):
     class Meta:
         ordering = ["organization__name", "user__email"]
         constraints = [
-            models.UniqueConstraint(fields=["user", "organization"], name="membership_unique_user_org")
+            models.UniqueConstraint(
+                fields=["user", "organization"], name="membership_unique_user_org"
+            )
         ]
 
     def __str__(self) -> str:
@@ -133,7 +139,9 @@ class Invitation(models.Model):
         DECLINED = "declined", "Declined"
         REVOKED = "revoked", "Revoked"
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="invitations"
+    )
     email = models.EmailField()
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
     # sha256 hex of the token in the emailed link; the token itself is never stored.
@@ -191,7 +199,9 @@ class ApiKey(models.Model):
     right tool: it cannot be brute-forced and keeps authentication to one indexed lookup.
     """
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="api_keys"
+    )
     name = models.CharField(max_length=80)
     # First characters of the key, shown in lists so people can tell keys apart.
     prefix = models.CharField(max_length=16, db_index=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from django.test import Client
 
 
-def assert_hidden_from(client: Client, url: str, *, method: str = "get", data: dict | None = None) -> None:
+def assert_hidden_from(
+    client: Client, url: str, *, method: str = "get", data: dict | None = None
+) -> None:
     """Assert that ``client`` (a member of another organization) gets 404 for ``url``.
 
     404, not 403: a foreign tenant's object must not even be confirmed to exist.
