@@ -13,18 +13,20 @@ these pages and actions check; staff need MFA (``marketplace.security``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 
-from billing import credit_notes, finance, stripe_gateway
+from billing import closing, credit_notes, finance, stripe_gateway
 from billing.models import (
     Attribution,
     BillingCustomer,
@@ -42,6 +44,7 @@ from billing.models import (
     StatementAdjustment,
     StripeEvent,
 )
+from billing.periods import parse_month
 from billing.settlement import agreements, payouts, statements
 from marketplace.models import User
 
@@ -91,6 +94,27 @@ def _run_each(
 # -- invoices, credit notes, payments -----------------------------------------------------
 
 
+def _close_summary(result: closing.CloseResult) -> str:
+    drafted = result.drafted
+    summary = (
+        f"Closed {result.month:%Y-%m}: drafts created {drafted.created}, updated "
+        f"{drafted.updated}, unchanged {drafted.unchanged}, already final "
+        f"{drafted.finalized_untouched}."
+    )
+    if result.finalize_waiting_until is not None:
+        return (
+            f"{summary} Finalization waits for the grace window: from "
+            f"{result.finalize_waiting_until:%Y-%m-%d %H:%M} UTC."
+        )
+    summary += (
+        f" Finalized {result.finalized}; charged {result.charged}, failed "
+        f"{result.charge_failures}, deferred {result.charge_deferred}."
+    )
+    if result.statements is not None:
+        summary += f" Statements created {result.statements.created}."
+    return summary
+
+
 class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
@@ -112,6 +136,21 @@ class InvoiceLineInline(admin.TabularInline):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+class ClosePeriodForm(forms.Form):
+    month = forms.CharField(
+        max_length=7, help_text="Calendar month, YYYY-MM (UTC). Running it again changes nothing."
+    )
+    confirm = forms.BooleanField(
+        label="Draft, finalize and charge this month's invoices and draft the statements"
+    )
+
+    def clean_month(self) -> date:
+        try:
+            return parse_month(self.cleaned_data["month"])
+        except ValueError:
+            raise ValidationError("Enter a month as YYYY-MM, e.g. 2026-10.") from None
 
 
 class CreditForm(forms.Form):
@@ -139,6 +178,39 @@ class InvoiceAdmin(ReadOnlyAdmin):
     date_hierarchy = "finalized_at"
     inlines = [InvoiceLineInline]
     actions = ["finalize", "void", "credit", "retry_payment"]
+
+    def get_urls(self) -> list[URLPattern]:
+        close = path(
+            "close-period/",
+            self.admin_site.admin_view(self.close_period_view),
+            name="billing_invoice_close_period",
+        )
+        return [close, *super().get_urls()]
+
+    def close_period_view(self, request: HttpRequest) -> HttpResponse:
+        """Close a month as ``manage.py close_period`` does, after an explicit confirmation."""
+        if not self.has_finalize_permission(request):
+            raise PermissionDenied
+        form = ClosePeriodForm(request.POST or None)
+        if form.is_valid():
+            month = form.cleaned_data["month"]
+            try:
+                result = closing.close_period(month=month)
+            except ValidationError as error:
+                form.add_error("month", " ".join(error.messages))
+            else:
+                self.message_user(request, _close_summary(result), messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:billing_invoice_changelist"))
+        return TemplateResponse(
+            request,
+            "admin/billing/invoice/close_period.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Close a month",
+                "form": form,
+                "opts": self.model._meta,
+            },
+        )
 
     @admin.display(description="Due (minor units)")
     def amount_due(self, invoice: Invoice) -> int:

@@ -33,7 +33,6 @@ import hashlib
 import itertools
 import json
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -42,19 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-PORTS = range(8101, 8110)
 API_KEY_PREFIX = "sk_"
-
-
-def _free_port() -> int:
-    for port in PORTS:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return 0  # any free port
 
 
 def decode_form(body: str) -> dict[str, Any]:
@@ -127,7 +114,7 @@ class ConnectFake:
     def __init__(self) -> None:
         self.state = ConnectState()
         self._lock = threading.RLock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", _free_port()), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

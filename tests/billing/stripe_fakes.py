@@ -29,23 +29,16 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCALSTRIPE = ROOT / ".venv" / "bin" / "localstripe"
-PORTS = range(8070, 8080)
 SECRET_KEY = "sk_test_hashgrid"
 PUBLISHABLE_KEY = "pk_test_hashgrid"
 WEBHOOK_SECRET = "whsec_hashgrid_test"
 
 
-def free_port(exclude: set[int] | None = None) -> int:
-    for port in PORTS:
-        if exclude and port in exclude:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 8070-8079")
+def free_port() -> int:
+    """A port nobody listens on, chosen by the kernel (suites may run side by side)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class LocalStripe:
@@ -172,7 +165,7 @@ class StripeProxy:
         self._responses: dict[str, tuple[int, bytes]] = {}
         self._in_flight: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -1,5 +1,6 @@
 """A buyer searches offers, gets a quote, reserves GPUs, sees them on the dashboard, adds
-on-demand inference and creates an API key for it."""
+on-demand inference, creates an API key for it, reads the usage chart, then opens an
+invoice and pays it with the saved card."""
 
 from __future__ import annotations
 
@@ -11,9 +12,19 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from billing.models import PaymentStatus
 from capacity.models import EnergySource, Region
-from contracts.models import Allocation, Contract, InferenceProduct, LineApiKey
+from contracts.models import Allocation, Contract, ContractState, InferenceProduct, LineApiKey
 from marketplace.models import Role
+from tests.billing.conftest import (  # noqa: F401 (fixtures)
+    connect_fake,
+    connect_settings,
+    finalized_invoice_for,
+    localstripe,
+    save_card,
+    stripe_proxy,
+    stripe_settings,
+)
 from tests.browser.conftest import snap
 from tests.factories import (
     MembershipFactory,
@@ -64,8 +75,17 @@ def marketplace(settings):
     return buyer, user
 
 
-def test_search_quote_reserve_dashboard_and_api_key(page: Page, live_url: str, marketplace) -> None:
+def test_search_reserve_api_key_usage_chart_and_pay_an_invoice(
+    page: Page,
+    live_url: str,
+    marketplace,
+    localstripe,  # noqa: F811 (fixtures imported above)
+) -> None:
     buyer, user = marketplace
+    # Last term's contract left an unpaid October invoice ($6,854.40); the card is saved.
+    invoice = finalized_invoice_for(buyer, total_minor=685_440)
+    Contract.objects.filter(pk=invoice.contract_id).update(state=ContractState.EXPIRED)
+    save_card(buyer, localstripe)
     page.goto("/accounts/login/")
     page.get_by_label("Email").fill(user.email)
     page.get_by_label("Password", exact=True).fill(PASSWORD)
@@ -96,7 +116,7 @@ def test_search_quote_reserve_dashboard_and_api_key(page: Page, live_url: str, m
 
     # Confirm: one transaction, a contract with two allocated GPUs.
     page.get_by_role("button", name="Confirm reservation").click()
-    contract = Contract.objects.get(buyer=buyer)
+    contract = Contract.objects.get(buyer=buyer, state=ContractState.ACTIVE)
     expect(page).to_have_url(re.compile(rf"/contracts/{contract.pk}/$"))
     expect(page.get_by_text(re.compile(r"Reserved 2 x .* at Duqm Solar"))).to_be_visible()
     assert Allocation.objects.filter(line__contract=contract).count() == 2
@@ -125,3 +145,33 @@ def test_search_quote_reserve_dashboard_and_api_key(page: Page, live_url: str, m
     snap(page, "06-api-key")
     link = LineApiKey.objects.select_related("api_key").get(line__contract=contract)
     assert secret.inner_text().startswith(link.api_key.prefix)
+
+    # Usage: this month's cost chart, one bar per day so far, and the contract's table.
+    page.get_by_role("link", name="Usage").first.click()
+    chart = page.get_by_role("figure", name="Estimated cost per day this month")
+    expect(chart).to_be_visible()
+    today = timezone.now()
+    bars = chart.locator("rect")
+    expect(bars).to_have_count(today.day)
+    # Nothing was reserved before today: the month's earlier days cost nothing.
+    expect(bars.first.locator("title")).to_have_text(
+        f"1 {today:%b}: 0.00 USD" if today.day > 1 else re.compile(r"^1 ")
+    )
+    expect(bars.last.locator("title")).to_have_text(
+        re.compile(rf"^{today.day} {today:%b}: [\d,]+\.\d\d USD$")
+    )
+    expect(page.get_by_role("heading", name=f"{contract.reference} by day")).to_be_visible()
+    snap(page, "07-usage-chart")
+
+    # An invoice: open it from the list and pay it with the saved Visa.
+    page.goto("/billing/invoices/")
+    expect(page.get_by_role("heading", name="Invoices")).to_be_visible()
+    page.get_by_role("link", name=invoice.number).click()
+    expect(page.get_by_role("heading", name=f"Invoice {invoice.number}")).to_be_visible()
+    expect(page.get_by_text("$6,854.40 due")).to_be_visible()
+    snap(page, "08-invoice")
+    page.get_by_role("button", name=re.compile(r"Pay now with Visa")).click()
+    expect(page.get_by_text(f"invoice {invoice.number} is settled")).to_be_visible()
+    snap(page, "09-invoice-paid")
+    invoice.refresh_from_db()
+    assert invoice.payment_status == PaymentStatus.PAID

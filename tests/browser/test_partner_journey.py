@@ -1,4 +1,5 @@
-"""A partner registers a site and a node, enrolls a real agent, lists GPUs, plans maintenance.
+"""A partner registers a site and a node, enrolls a real agent, lists GPUs, plans
+maintenance, then reads its earnings and the payout of a paid-out statement.
 
 The agent is the reference one (``python -m capacity.agent enroll --simulate``), run as a
 subprocess against the live server with the code the node page showed.
@@ -11,7 +12,8 @@ import shlex
 import socket
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,35 @@ from django.core.cache import cache
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from billing.models import SettlementStatement
+from billing.settlement import payouts
+from billing.settlement.statements import statement_approve
 from capacity.models import Node
 from marketplace.models import Role
+from tests.billing.conftest import (  # noqa: F401 (fixtures)
+    connect_fake,
+    connect_settings,
+    localstripe,
+    save_card,
+    stripe_proxy,
+    stripe_settings,
+)
+from tests.billing.settlement_builders import (
+    close_october,
+    observe_available,
+    onboard,
+    reserve_eight_gpus,
+)
 from tests.browser.conftest import snap
-from tests.factories import MembershipFactory, OrganizationFactory, UserFactory, catalog_gpu
+from tests.factories import (
+    MembershipFactory,
+    OfferFactory,
+    OrganizationFactory,
+    SiteFactory,
+    UserFactory,
+    catalog_gpu,
+    gpu_pool,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -68,8 +95,40 @@ def _enroll_agent(command: str, *, agent_url: str, journal: Path) -> str:
     return result.stdout.strip()
 
 
-def test_partner_enrolls_a_node_lists_it_and_plans_maintenance(
-    page: Page, live_url: str, settings, tmp_path: Path
+def _paid_out_october(partner, localstripe, connect_fake) -> SettlementStatement:  # noqa: F811
+    """October at a second site: 8 GPUs reserved from the 15th at $2.10 ($6,854.40), paid
+    by the buyer's card; the partner's 80 % ($5,483.52) approved and transferred."""
+    site = SiteFactory(organization=partner, name="Duqm Solar")
+    gpu_pool(site=site, gpus=8, per_node=4)
+    offer = OfferFactory(
+        site=site,
+        gpu_count=8,
+        reserved_price_1m_per_gpu_hour=Decimal("2.1000"),
+        available_from=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+    buyer = OrganizationFactory(name="Acme Vision", is_buyer=True)
+    line = reserve_eight_gpus(buyer=buyer, offer=offer)
+    observe_available(
+        [a.gpu_device for a in line.allocations.all()],
+        since=line.starts_at.date(),
+        until=line.ends_at.date(),
+    )
+    save_card(buyer, localstripe)
+    close_october()
+    onboard(partner, connect_fake)
+    statement = SettlementStatement.objects.get(partner=partner)
+    statement_approve(statement=statement, actor=None)
+    payouts.statement_pay(statement=statement, actor=None)
+    return statement
+
+
+def test_partner_enrolls_a_node_plans_maintenance_and_reads_earnings_and_payout(
+    page: Page,
+    live_url: str,
+    settings,
+    tmp_path: Path,
+    localstripe,  # noqa: F811 (fixtures imported above)
+    connect_fake,  # noqa: F811 (fixtures imported above)
 ) -> None:
     # The page prints the enroll command with the platform's public URL: here, the live server.
     settings.SITE_URL = live_url
@@ -241,3 +300,18 @@ def test_partner_enrolls_a_node_lists_it_and_plans_maintenance(
     )
     expect(page.locator('[data-callout="no-offers"]')).to_have_count(0)
     snap(page, "12-dashboard")
+
+    # -- earnings and the payout of October's statement -------------------------------------
+    statement = _paid_out_october(organization, localstripe, connect_fake)
+    page.goto("/billing/earnings/")
+    expect(page.locator("[data-paid-out]")).to_have_text("$5,483.52")
+    statement_row = page.locator("[data-statements] tbody tr")
+    expect(statement_row).to_have_count(1)
+    expect(statement_row.locator("td")).to_have_text(
+        [statement.reference, "October 2026", "$5,483.52", "$0.00", "$0.00", "$5,483.52", "Paid"]
+    )
+    snap(page, "13-earnings")
+    page.get_by_role("link", name=statement.reference).click()
+    expect(page.locator("[data-payout]")).to_have_text("$5,483.52")
+    expect(page.get_by_text(re.compile(r"transferred \d+ \w+ 2026"))).to_be_visible()
+    snap(page, "14-payout")

@@ -1,5 +1,7 @@
-"""Finance signs in with a password and a TOTP code, approves a partner's statement and
-pays it from the admin (a Stripe Connect transfer); the partner sees the payout."""
+"""Finance's month in the admin: sign in with a password and a TOTP code, close October
+(invoices drafted, finalized and charged; the partner's statement drafted), approve the
+statement and pay it (a Stripe Connect transfer), and issue a credit note on the paid
+invoice; the partner sees the payout."""
 
 from __future__ import annotations
 
@@ -12,7 +14,16 @@ from django.conf import settings
 from django.test import Client
 from playwright.sync_api import Page, expect
 
-from billing.models import Payout, PayoutStatus, SettlementStatement, StatementStatus
+from billing.models import (
+    CreditNote,
+    Invoice,
+    PaymentStatus,
+    Payout,
+    PayoutStatus,
+    SettlementStatement,
+    StatementStatus,
+)
+from config.celery import app as celery_app
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
     connect_fake,
     connect_settings,
@@ -25,7 +36,6 @@ from tests.billing.conftest import (  # noqa: F401 (fixtures)
     stripe_settings,
 )
 from tests.billing.settlement_builders import (
-    close_october,
     ensure_finance_group,
     observe_available,
     onboard,
@@ -60,7 +70,7 @@ def _sign_in_with_cookie(page: Page, user, live_url: str) -> None:
     )
 
 
-def test_finance_approves_and_pays_a_statement_and_the_partner_sees_it(
+def test_finance_closes_a_month_pays_a_statement_and_credits_an_invoice(
     page: Page,
     browser,
     live_url: str,
@@ -71,6 +81,7 @@ def test_finance_approves_and_pays_a_statement_and_the_partner_sees_it(
     devices,  # noqa: F811 (fixtures imported above)
     localstripe,  # noqa: F811 (fixtures imported above)
     connect_fake,  # noqa: F811 (fixtures imported above)
+    monkeypatch,
 ):
     line = reserve_eight_gpus(buyer=buyer_org, offer=offer)
     observe_available(
@@ -79,9 +90,7 @@ def test_finance_approves_and_pays_a_statement_and_the_partner_sees_it(
         until=line.ends_at.date(),
     )
     save_card(buyer_org, localstripe)
-    close_october()
     onboard(partner_org, connect_fake)
-    statement = SettlementStatement.objects.get()
     finance = UserFactory(email="fiona@hashgrid.example", is_staff=True)
     finance.groups.add(ensure_finance_group())
     secret = generate_totp_secret()
@@ -95,9 +104,35 @@ def test_finance_approves_and_pays_a_statement_and_the_partner_sees_it(
     page.locator("input[name=code]").fill(_totp_code(secret))
     page.locator("input[name=code]").press("Enter")
     expect(page).not_to_have_url(re.compile(r"/accounts/2fa/"))
+
+    # -- close October from the invoice list -------------------------------------------------
+    page.goto("/admin/billing/invoice/")
+    page.get_by_role("link", name="Close a month").click()
+    expect(page.get_by_role("heading", name="Close a month")).to_be_visible()
+    page.locator("#id_month").fill("2026-10")
+    page.get_by_label(re.compile("Draft, finalize and charge")).check()
+    snap(page, "02-close-month")
+    page.get_by_role("button", name="Close the month").click()
+    expect(page.locator(".messagelist")).to_have_text(
+        "Closed 2026-10: drafts created 1, updated 0, unchanged 0, already final 0. "
+        "Finalized 1; charged 1, failed 0, deferred 0. Statements created 1."
+    )
+    invoice = Invoice.objects.get()
+    assert (invoice.number, invoice.total_minor, invoice.payment_status) == (
+        "HG-2026-000001",
+        685_440,
+        PaymentStatus.PAID,
+    )
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    expect(page.locator("#result_list")).to_contain_text("HG-2026-000001")
+    snap(page, "03-closed")
+    statement = SettlementStatement.objects.get()
+    assert (statement.status, statement.payout_minor) == (StatementStatus.DRAFT, 548_352)
+
+    # -- approve and pay the partner's statement ---------------------------------------------
     page.goto("/admin/billing/settlementstatement/")
     expect(page.get_by_text(statement.reference)).to_be_visible()
-    snap(page, "02-statements")
+    snap(page, "04-statements")
 
     page.locator(f"input[name=_selected_action][value='{statement.pk}']").check()
     page.locator("select[name=action]").select_option("approve")
@@ -107,18 +142,40 @@ def test_finance_approves_and_pays_a_statement_and_the_partner_sees_it(
     page.locator("select[name=action]").select_option("pay")
     page.get_by_role("button", name="Go").click()
     expect(page.get_by_text("Paid: 1.")).to_be_visible()
-    snap(page, "03-paid")
+    snap(page, "05-paid")
     statement.refresh_from_db()
     assert statement.status == StatementStatus.PAID
     assert Payout.objects.get().status == PayoutStatus.PAID
+
+    # -- a credit note on the paid invoice (refunded to the buyer's card) ---------------------
+    # The refund task is enqueued on commit; no broker here, so it runs in the server thread.
+    monkeypatch.setitem(celery_app.conf, "task_always_eager", True)
+    page.goto("/admin/billing/invoice/")
+    page.locator(f"input[name=_selected_action][value='{invoice.pk}']").check()
+    page.locator("select[name=action]").select_option("credit")
+    page.get_by_role("button", name="Go").click()
+    expect(page.get_by_text("Credit notes for 1 invoice: HG-2026-000001.")).to_be_visible()
+    page.get_by_label("Amount").fill("120.50")
+    page.get_by_label("Reason").fill("Two GPUs throttled on 20 October")
+    snap(page, "06-credit-form")
+    page.get_by_role("button", name="Issue credit notes").click()
+    expect(page.get_by_text("Credited: 1.")).to_be_visible()
+    snap(page, "07-credited")
+    note = CreditNote.objects.get()
+    assert (note.invoice_id, note.amount_minor, note.reason, note.refund_status) == (
+        invoice.pk,
+        12_050,
+        "Two GPUs throttled on 20 October",
+        "succeeded",
+    )
 
     partner_page = browser.new_context(base_url=live_url).new_page()
     _sign_in_with_cookie(partner_page, partner_owner, live_url)
     partner_page.goto("/billing/earnings/")
     expect(partner_page.locator("[data-paid-out]")).to_have_text("$5,483.52")
-    snap(partner_page, "04-partner-earnings")
+    snap(partner_page, "08-partner-earnings")
     partner_page.get_by_role("link", name=statement.reference).click()
     expect(partner_page.locator("[data-payout]")).to_have_text("$5,483.52")
     expect(partner_page.get_by_text(re.compile(r"transferred \d+ \w+ 2026"))).to_be_visible()
-    snap(partner_page, "05-partner-statement")
+    snap(partner_page, "09-partner-statement")
     partner_page.context.close()

@@ -1,0 +1,259 @@
+"""One month, end to end: seed, the real fleet reports usage, sweeps ingest it, a buyer
+reserves GPUs and uses on-demand inference, the period closes and charges the card
+through localstripe, settlement drafts the partner's statement, finance approves and
+pays it (a Stripe Connect transfer), and ``reconcile`` finds no difference.
+
+The fleet simulator (a subprocess) runs on the real clock, so the month under test is
+the current one: the sweep ingests the fleet's last half hour, and the clock moves
+(time-machine) only to buy before the month and to close it after its grace window.
+Metering runs in-process (``sweep`` enqueues straight into ``batch.poll_and_store``),
+over HTTP to the fleet: the worker itself is what tests/capacity/metering tests.
+
+The fleet reports inference by product, not by API key (per-key attribution is the
+inference gateway's job, which does not exist yet), so the buyer's token usage is
+added to the hourly rollup the way ingest does (``add_usage``), under the key's ref.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from io import StringIO
+from pathlib import Path
+
+import pytest
+import time_machine
+from django.core.management import call_command
+from django.db.models import Sum
+from django.utils import timezone
+
+from billing.closing import close_period
+from billing.models import (
+    Attribution,
+    Invoice,
+    InvoiceStatus,
+    JournalLine,
+    LineKind,
+    PaymentStatus,
+    Payout,
+    PayoutStatus,
+    RevenueKind,
+    SettlementStatement,
+    StatementStatus,
+)
+from billing.periods import finalizable_at, month_bounds, month_of, next_month
+from billing.settlement.agreements import agreement_create
+from billing.settlement.payouts import statement_pay
+from billing.settlement.statements import statement_approve
+from capacity.metering import batch, sweep
+from capacity.metering.models import NodePollState
+from capacity.metering.selectors import rollup_totals, usage_totals
+from capacity.metering.simulated_fleet import FleetProcess, expected_totals, register_fleet_nodes
+from contracts.checkout import reservation_checkout
+from contracts.models import InferenceProduct
+from contracts.on_demand import line_api_key_create, on_demand_enable
+from tests.billing.conftest import (  # noqa: F401 (fixtures)
+    add_usage,
+    connect_fake,
+    connect_settings,
+    localstripe,
+    save_card,
+    stripe_proxy,
+    stripe_settings,
+)
+from tests.billing.settlement_builders import observe_available, onboard
+from tests.factories import OfferFactory, SiteFactory, gpu_pool
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+FLEET_PORT = 9401
+FLEET_NODES = 4
+RESERVED_GPUS = 8
+RESERVED_RATE = D("2.1000")
+INPUT_PRICE, OUTPUT_PRICE = D("0.2000"), D("0.6000")
+INPUT_TOKENS, OUTPUT_TOKENS = 1_234_567_890, 345_678_901
+SHARES = {RevenueKind.RESERVED: D("0.8000"), RevenueKind.INFERENCE: D("0.7000")}
+
+
+def cents(amount: Decimal) -> int:
+    return int((amount * 100).quantize(D("1"), rounding=ROUND_HALF_UP))
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[FleetProcess]:
+    process = FleetProcess(
+        nodes=FLEET_NODES,
+        port=FLEET_PORT,
+        seed=2026,
+        gpus_per_node=2,
+        window_seconds=60,
+        backfill_windows=30,
+        state_dir=tmp_path / "fleet",
+    )
+    with process:
+        yield process
+
+
+def _sweep_in_process(now: datetime) -> None:
+    """One sweep; each batch is polled and stored here instead of on a worker."""
+
+    def enqueue(node_ids: list[int]) -> None:
+        batch.poll_and_store(node_ids, now=now, interval_seconds=60)
+
+    sweep.sweep(now=now, interval_seconds=60, enqueue=enqueue, batch_size=2)
+
+
+def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
+    buyer_org,
+    buyer_owner,
+    partner_org,
+    fleet,
+    localstripe,  # noqa: F811 (fixtures imported above)
+    connect_fake,  # noqa: F811 (fixtures imported above)
+    django_capture_on_commit_callbacks,
+):
+    month = month_of(timezone.now())
+    month_start, month_end = month_bounds(month)
+
+    # -- seed: the partner's sites, GPUs, offer and agreements; the buyer's card ----------
+    for kind, share in SHARES.items():
+        agreement_create(
+            partner=partner_org,
+            line_kind=kind,
+            partner_share=share,
+            effective_from=date(2026, 1, 1),
+            actor=None,
+        )
+    site = SiteFactory(organization=partner_org, name="Permian Flare 1")
+    devices = gpu_pool(site=site, gpus=RESERVED_GPUS, per_node=4)
+    offer = OfferFactory(
+        site=site,
+        gpu_count=RESERVED_GPUS,
+        reserved_price_1m_per_gpu_hour=RESERVED_RATE,
+        available_from=month_start - timedelta(days=60),
+    )
+    llama = InferenceProduct.objects.create(
+        slug="hashgrid-llama-70b",
+        name="Llama 70B",
+        input_price_per_million_tokens=INPUT_PRICE,
+        output_price_per_million_tokens=OUTPUT_PRICE,
+    )
+    llama.nodes.set({device.node for device in devices})
+    save_card(buyer_org, localstripe)
+
+    # -- the fleet produces usage; a sweep ingests it, exactly --------------------------
+    fleet_node_ids = register_fleet_nodes(organization=partner_org, fleet=fleet)
+    with django_capture_on_commit_callbacks(execute=True):
+        _sweep_in_process(timezone.now())
+    cursors = dict(NodePollState.objects.values_list("node_id", "last_seq"))
+    last_seqs = {index: cursors[node_id] for index, node_id in enumerate(fleet_node_ids)}
+    assert all(seq >= 30 * 2 for seq in last_seqs.values()), last_seqs
+    stored = usage_totals(node_ids=fleet_node_ids)
+    assert stored == expected_totals(fleet, last_seqs)
+    assert rollup_totals(node_ids=fleet_node_ids) == stored
+
+    # -- before the month: reserve 8 GPUs from the 15th, enable inference, a key ----------
+    reserved_from = month_start + timedelta(days=14)
+    with time_machine.travel(month_start - timedelta(days=3), tick=False):
+        reserved = reservation_checkout(
+            buyer=buyer_org,
+            offer=offer,
+            gpu_count=RESERVED_GPUS,
+            starts_at=reserved_from,
+            term_months=1,
+            actor=buyer_owner,
+        ).line
+        inference = on_demand_enable(buyer=buyer_org, actor=buyer_owner, inference_product=llama)
+        api_key, _secret = line_api_key_create(line=inference, name="prod", actor=buyer_owner)
+    assert inference.contract_id == reserved.contract_id
+    observe_available(
+        [a.gpu_device for a in reserved.allocations.all()],
+        since=reserved_from.date(),
+        until=month_end.date(),
+    )
+    ref = f"{llama.slug}@{api_key.prefix}"
+    add_usage(
+        gpu=devices[0],
+        hour=month_start + timedelta(days=16),
+        kind="inference",
+        ref=ref,
+        input_tokens=INPUT_TOKENS,
+    )
+    add_usage(
+        gpu=devices[5],
+        hour=month_start + timedelta(days=17, hours=3),
+        kind="inference",
+        ref=ref,
+        output_tokens=OUTPUT_TOKENS,
+    )
+
+    # -- the month ends: close it (draft, finalize after grace, charge, statements) -------
+    with time_machine.travel(finalizable_at(month) + timedelta(hours=1), tick=False):
+        result = close_period(month=month)
+    assert (result.finalized, result.charged, result.charge_failures) == (1, 1, 0)
+    invoice = Invoice.objects.get(contract=reserved.contract, month=month)
+    lines = {line.kind: line.amount_minor for line in invoice.lines.all()}
+    reserved_hours = D((month_end - reserved_from).total_seconds()) / 3600
+    assert lines == {
+        LineKind.RESERVED: cents(RESERVED_GPUS * reserved_hours * RESERVED_RATE),
+        LineKind.INFERENCE_INPUT: cents(D(INPUT_TOKENS) / 1_000_000 * INPUT_PRICE),
+        LineKind.INFERENCE_OUTPUT: cents(D(OUTPUT_TOKENS) / 1_000_000 * OUTPUT_PRICE),
+    }
+    assert lines[LineKind.INFERENCE_INPUT] == 24_691  # 1,234.56789 M x $0.20 = $246.91
+    assert lines[LineKind.INFERENCE_OUTPUT] == 20_741  # 345.678901 M x $0.60 = $207.41
+    assert (invoice.status, invoice.payment_status) == (
+        InvoiceStatus.FINALIZED,
+        PaymentStatus.PAID,
+    )
+    assert invoice.total_minor == sum(lines.values())
+    assert invoice.number == f"HG-{month.year}-000001"
+    intents = localstripe.payment_intents_of(buyer_org.billing_customer.stripe_customer_id)
+    assert [intent["amount"] for intent in intents] == [invoice.total_minor]
+
+    # Every paid line is attributed in full; shares + platform fees = the line, exactly.
+    for line in invoice.lines.all():
+        sums = Attribution.objects.filter(invoice_line=line).aggregate(
+            amount=Sum("amount_minor"),
+            share=Sum("partner_share_minor"),
+            fee=Sum("platform_fee_minor"),
+        )
+        assert sums["amount"] == line.amount_minor == sums["share"] + sums["fee"], line.kind
+    reserved_line = invoice.lines.get(kind=LineKind.RESERVED)
+    assert {a.node_id for a in reserved_line.attributions.all()} == {d.node_id for d in devices}
+
+    statement = SettlementStatement.objects.get(partner=partner_org, month=month)
+    partner_total = Attribution.objects.filter(statement=statement).aggregate(
+        total=Sum("partner_share_minor")
+    )["total"]
+    assert (statement.status, statement.earnings_minor, statement.payout_minor) == (
+        StatementStatus.DRAFT,
+        partner_total,
+        partner_total,
+    )
+
+    # -- finance approves and pays the statement (Connect transfer) ----------------------
+    onboard(partner_org, connect_fake)
+    with time_machine.travel(finalizable_at(month) + timedelta(days=2), tick=False):
+        statement_approve(statement=statement, actor=None)
+        payout = statement_pay(statement=statement, actor=None)
+    assert payout is not None
+    assert (payout.status, payout.amount_minor) == (PayoutStatus.PAID, partner_total)
+    statement.refresh_from_db()
+    assert statement.status == StatementStatus.PAID
+    assert Payout.objects.count() == 1
+
+    # -- the books: every journal entry balances; reconcile is clean --------------------
+    unbalanced = (
+        JournalLine.objects.values("entry_id", "currency")
+        .annotate(total=Sum("amount_minor"))
+        .exclude(total=0)
+    )
+    assert list(unbalanced) == []
+    out = StringIO()
+    call_command("reconcile", month.strftime("%Y-%m"), stdout=out)  # raises on a difference
+    report = out.getvalue()
+    assert "No differences" in report
+    assert "Stripe transfers = payouts: 1 compared" in report
+    # The next month has begun: nothing of it was billed by this close.
+    assert not Invoice.objects.filter(month=next_month(month)).exists()
