@@ -6,9 +6,11 @@ makes conflicts rare and recovers from them:
 - free devices are picked with ``FOR NO KEY UPDATE SKIP LOCKED``, so concurrent checkouts
   of one offer take different GPUs instead of queueing on the same rows (``NO KEY`` so
   metering's inserts referencing the devices are not blocked);
-- if an insert still conflicts (a GPU allocated by a transaction that committed after our
-  snapshot), the savepoint rolls back and the next attempt picks other free GPUs of the
-  same offer, a bounded number of times; then the buyer gets a clear message.
+- the insert is ``ON CONFLICT DO NOTHING`` with the exclusion constraint as arbiter: a GPU
+  allocated by a transaction that committed after our snapshot is simply not inserted
+  (no savepoint, no lost work), and the next attempt picks other free GPUs of the same
+  offer for the missing ones, a bounded number of times; then the buyer gets a clear
+  message.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import logging
 from datetime import datetime
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import connection
+from django.utils import timezone
 
 from capacity.models import Offer
 from contracts import selectors
@@ -53,6 +56,14 @@ def pick_free_devices(*, offer: Offer, gpu_count: int, start: datetime, end: dat
     return devices
 
 
+_INSERT_ALLOCATIONS_SQL = """
+INSERT INTO {allocations} (line_id, gpu_device_id, period, created_at)
+SELECT %s, device_id, tstzrange(%s, %s, '[)'), %s FROM unnest(%s::bigint[]) AS device_id
+ON CONFLICT DO NOTHING
+RETURNING id, gpu_device_id
+"""
+
+
 def allocate_gpus(
     *,
     line: ContractLine,
@@ -65,22 +76,138 @@ def allocate_gpus(
     """Hold ``gpu_count`` free GPUs of ``offer`` for ``line`` over ``[start, end)``.
 
     ``devices``: ids already picked (``pick_free_devices``) in this transaction. Must run
-    inside a transaction. Retries with other free GPUs after a conflict.
+    inside a transaction. One ``INSERT ... ON CONFLICT DO NOTHING`` per attempt: the
+    exclusion constraint is the arbiter, so a GPU committed by someone else after our
+    snapshot is skipped rather than aborting the statement, and only the missing GPUs are
+    picked again.
     """
+    if devices is None:
+        devices = pick_free_devices(offer=offer, gpu_count=gpu_count, start=start, end=end)
+    return _hold(line=line, offer=offer, gpu_count=gpu_count, start=start, end=end, devices=devices)
+
+
+_INSERT_LINE_AND_ALLOCATIONS_SQL = """
+WITH line AS (
+  INSERT INTO {lines} (contract_id, kind, offer_id, gpu_count, term_months,
+                       price_per_gpu_hour, starts_at, ends_at, created_at)
+  VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+  RETURNING id
+), held AS (
+  INSERT INTO {allocations} (line_id, gpu_device_id, period, created_at)
+  SELECT line.id, device_id, tstzrange(%s, %s, '[)'), %s
+  FROM line, unnest(%s::bigint[]) AS device_id
+  ON CONFLICT DO NOTHING
+  RETURNING id, gpu_device_id
+)
+SELECT line.id, held.id, held.gpu_device_id FROM line LEFT JOIN held ON true
+"""
+
+
+def add_line_with_allocations(
+    *, line: ContractLine, offer: Offer, devices: list[int]
+) -> list[Allocation]:
+    """Insert the unsaved reserved ``line`` and its allocations on the picked ``devices``
+    in one statement (checkout's hot path: one round trip instead of two), then hold
+    other free GPUs for any the exclusion constraint skipped, as ``allocate_gpus`` does.
+    Sets ``line.pk``."""
+    assert line.pk is None and line.starts_at is not None and line.ends_at is not None
+    sql = _INSERT_LINE_AND_ALLOCATIONS_SQL.format(
+        lines=ContractLine._meta.db_table, allocations=Allocation._meta.db_table
+    )
+    start, end = line.starts_at, line.ends_at
+    line.created_at = line.created_at or timezone.now()
+    params = (
+        *(line.contract_id, line.kind, line.offer_id, line.gpu_count, line.term_months),
+        *(line.price_per_gpu_hour, start, end, line.created_at),
+        *(start, end, line.created_at, devices),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    line.pk = rows[0][0]
+    line._state.adding = False
+    held = [
+        _allocation(line=line, pk=pk, device_id=device_id, created_at=line.created_at)
+        for _, pk, device_id in rows
+        if pk is not None
+    ]
+    if len(held) == line.gpu_count:
+        return held
+    logger.info("allocation conflict on line %s, attempt 1", line.pk)
+    return _hold(
+        line=line,
+        offer=offer,
+        gpu_count=line.gpu_count,
+        start=start,
+        end=end,
+        devices=None,
+        held=held,
+        attempts_made=1,
+    )
+
+
+_INSERT_ALLOCATIONS_SQL = """
+INSERT INTO {allocations} (line_id, gpu_device_id, period, created_at)
+SELECT %s, device_id, tstzrange(%s, %s, '[)'), %s FROM unnest(%s::bigint[]) AS device_id
+ON CONFLICT DO NOTHING
+RETURNING id, gpu_device_id
+"""
+
+
+def _allocation(*, line: ContractLine, pk: int, device_id: int, created_at: datetime) -> Allocation:
+    assert line.starts_at is not None and line.ends_at is not None
+    allocation = Allocation(
+        pk=pk,
+        line=line,
+        gpu_device_id=device_id,
+        period=selectors.window(line.starts_at, line.ends_at),
+        created_at=created_at,
+    )
+    allocation._state.adding = False
+    return allocation
+
+
+def _hold(
+    *,
+    line: ContractLine,
+    offer: Offer,
+    gpu_count: int,
+    start: datetime,
+    end: datetime,
+    devices: list[int] | None,
+    held: list[Allocation] | None = None,
+    attempts_made: int = 0,
+) -> list[Allocation]:
+    """Insert allocations until ``gpu_count`` are held; after a conflict, pick only the
+    missing GPUs again (our own inserts are visible to the pick), a bounded number of
+    times, then refuse clearly."""
+    sql = _INSERT_ALLOCATIONS_SQL.format(allocations=Allocation._meta.db_table)
+    created_at = timezone.now()
+    held = list(held or [])
     period = selectors.window(start, end)
-    for attempt in range(1, MAX_ALLOCATION_ATTEMPTS + 1):
+    for attempt in range(attempts_made + 1, MAX_ALLOCATION_ATTEMPTS + 1):
+        missing = gpu_count - len(held)
         if devices is None:
-            devices = pick_free_devices(offer=offer, gpu_count=gpu_count, start=start, end=end)
-        try:
-            with transaction.atomic():
-                return Allocation.objects.bulk_create(
-                    [Allocation(line=line, gpu_device_id=pk, period=period) for pk in devices]
-                )
-        except IntegrityError:
-            # Another checkout committed one of these GPUs after our snapshot: the
-            # exclusion constraint refused the insert. Pick again.
-            logger.info("allocation conflict on line %s, attempt %s", line.pk, attempt)
-            devices = None
+            devices = selectors.lock_free_device_ids(
+                offer=offer, start=start, end=end, limit=missing
+            )
+            if len(devices) < missing:
+                break
+        with connection.cursor() as cursor:
+            cursor.execute(sql, (line.pk, start, end, created_at, devices[:missing]))
+            rows = cursor.fetchall()
+        for pk, device_id in rows:
+            allocation = Allocation(
+                pk=pk, line=line, gpu_device_id=device_id, period=period, created_at=created_at
+            )
+            allocation._state.adding = False
+            held.append(allocation)
+        if len(held) == gpu_count:
+            return held
+        # Another checkout committed some of these GPUs after our snapshot: the exclusion
+        # constraint skipped them. Pick others for the rest.
+        logger.info("allocation conflict on line %s, attempt %s", line.pk, attempt)
+        devices = None
     raise CapacityUnavailable(
         "These GPUs were just reserved by someone else and no others are free for this "
         "window. Try another offer or start date.",

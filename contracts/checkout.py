@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from capacity.models import Offer
 from contracts import lifecycle, selectors
-from contracts.allocations import allocate_gpus, pick_free_devices
+from contracts.allocations import add_line_with_allocations, pick_free_devices
 from contracts.models import (
     TERM_MONTHS,
     Allocation,
@@ -268,12 +268,13 @@ def reservation_checkout(
         term_months=term_months,
         auto_renew=auto_renew,
     )
+    contract.buyer = buyer  # what the audit records read: no query for it
     if contract.state == ContractState.SUSPENDED:
         raise ValidationError(
             "Your contract is suspended; settle it before reserving more GPUs.", code="suspended"
         )
     rate = offer.reserved_prices()[term_months]
-    line = ContractLine.objects.create(
+    line = ContractLine(
         contract=contract,
         kind=LineKind.RESERVED,
         offer=offer,
@@ -282,10 +283,9 @@ def reservation_checkout(
         price_per_gpu_hour=rate,
         starts_at=starts_at,
         ends_at=ends_at,
+        created_at=now,
     )
-    allocations = allocate_gpus(
-        line=line, offer=offer, gpu_count=gpu_count, start=starts_at, end=ends_at, devices=devices
-    )
+    allocations = add_line_with_allocations(line=line, offer=offer, devices=devices)
     quote = _price(
         offer=offer,
         gpu_count=gpu_count,

@@ -39,6 +39,20 @@ def test_ten_buyers_race_for_four_gpus():
 
 
 @concurrent
+def test_race_from_several_worker_processes():
+    offer = _pool(4)
+    buyers = [OrganizationFactory(is_buyer=True) for _ in range(10)]
+    start = timezone.now() + timedelta(minutes=1)
+    result = race_checkouts(buyers=buyers, offer=offer, gpus_each=1, starts_at=start, processes=3)
+    assert result.errors == []
+    assert (result.succeeded, result.refused) == (4, 6)
+    assert len(result.latencies_ms) == 10
+    assert Allocation.objects.values("gpu_device").distinct().count() == 4
+    assert ContractLine.objects.filter(offer=offer).count() == 4
+    assert overlapping_allocation_pairs() == 0
+
+
+@concurrent
 def test_losers_get_other_free_gpus_of_the_offer():
     offer = _pool(8)
     buyers = [OrganizationFactory(is_buyer=True) for _ in range(4)]
@@ -53,7 +67,7 @@ def test_losers_get_other_free_gpus_of_the_offer():
 @pytest.mark.django_db
 def test_conflict_retries_with_other_free_gpus(settings, buyer_org, other_org):
     """A GPU taken by a transaction committed after our pick: the exclusion constraint
-    refuses the insert, the savepoint rolls back, the next attempt takes other GPUs."""
+    skips it (``ON CONFLICT DO NOTHING``), the next attempt picks only the missing GPU."""
     settings.CONTRACTS_ASSUME_PAYMENT_METHOD = True
     offer = _pool(4)
     start = timezone.now() + timedelta(minutes=1)

@@ -2,7 +2,8 @@
 
 Builds a throw-away partner site with ``--gpus`` free GPUs listed by one offer and
 ``--buyers`` buyer organizations, starts one thread per buyer (each with its own database
-connection) that checks out ``--gpus-each`` GPUs at the same instant, and prints one JSON
+connection; spread over ``--processes`` forked worker processes, default 4, like several
+web workers) that checks out ``--gpus-each`` GPUs at the same instant, and prints one JSON
 object: allocated_gpus, overlaps, p50_ms, p95_ms (plus counts). Everything it created is
 deleted afterwards. Runs on the configured database (real PostgreSQL).
 """
@@ -36,6 +37,14 @@ class Command(BaseCommand):
         parser.add_argument("--buyers", type=int, default=100)
         parser.add_argument("--gpus", type=int, default=16)
         parser.add_argument("--gpus-each", type=int, default=1)
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=4,
+            help="Worker processes the buyers' threads are spread over (forked, like several "
+            "web workers; all released by one cross-process barrier; latency from the "
+            "release instant). 1: every thread in this process, behind one GIL.",
+        )
         parser.add_argument("--keep", action="store_true", help="Keep the data it created.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -48,11 +57,13 @@ class Command(BaseCommand):
                     buyers=buyers,
                     offer=offer,
                     gpus_each=options["gpus_each"],
+                    processes=options["processes"],
                     starts_at=timezone.now() + timedelta(minutes=1),
                 )
             wall_ms = (time.perf_counter() - started) * 1000
             figures = {
                 "buyers": len(buyers),
+                "processes": options["processes"],
                 "gpus": options["gpus"],
                 "allocated_gpus": Allocation.objects.filter(line__offer=offer).count(),
                 "overlaps": overlapping_allocation_pairs(),

@@ -53,9 +53,11 @@ def _redis_answers() -> bool:
 @pytest.fixture
 def broker() -> Iterator[Celery]:
     if not _redis_answers():
-        pytest.skip("no Redis on 127.0.0.1:6379")
+        pytest.fail("the fault test needs Redis on 127.0.0.1:6379 (.ci/run starts one)")
     sender = Celery("metering-fault-test", broker=BROKER_URL)
-    with sender.connection_for_write() as conn:
+    # Always name the URL: Celery lets a CELERY_BROKER_URL environment variable (CI sets
+    # one) override the app's broker, which would send to a queue the worker never reads.
+    with sender.connection_for_write(BROKER_URL) as conn:
         conn.default_channel.client.flushdb()
     yield sender
     sender.close()
@@ -120,7 +122,8 @@ def worker(broker, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 def _enqueue(broker: Celery):
     def send(node_ids: list[int]) -> None:
-        broker.send_task("capacity.metering.tasks.poll_batch", args=[node_ids])
+        with broker.connection_for_write(BROKER_URL) as conn:
+            broker.send_task("capacity.metering.tasks.poll_batch", args=[node_ids], connection=conn)
 
     return send
 
