@@ -11,6 +11,7 @@ every journal entry balances to zero per currency (a deferred constraint trigger
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Self
 
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import RangeOperators
@@ -92,7 +93,7 @@ INVOICE_PAYMENT_FIELDS = (
 class InvoiceQuerySet(TenantQuerySet):
     tenant_path = "buyer"
 
-    def finalized(self) -> InvoiceQuerySet:
+    def finalized(self) -> Self:
         return self.filter(status=InvoiceStatus.FINALIZED)
 
 

@@ -86,7 +86,7 @@ def billable_contracts(*, month: date) -> Q:
 # -- SQL aggregation ------------------------------------------------------------------------
 
 
-def _contract_filter(contract_ids: list[int] | None, column: str) -> tuple[str, list[object]]:
+def _contract_filter(contract_ids: list[int] | None, column: str) -> tuple[str, list[list[int]]]:
     if contract_ids is None:
         return "", []
     return f" AND {column} = ANY(%s)", [contract_ids]
@@ -182,7 +182,9 @@ def _quantity(value: Decimal) -> Decimal:
 
 def _line_label(line: ContractLine) -> str:
     if line.inference_product_id is not None:
-        return line.inference_product.name
+        product = line.inference_product
+        assert product is not None
+        return product.name
     offer = line.offer
     assert offer is not None
     return f"{offer.gpu_model.name} at {offer.site.name}"

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TextIO
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -32,6 +32,9 @@ from capacity.agent_client import AgentError, AgentInfo, fetch_info, fleet_set_p
 from capacity.enrollment import issue_enrollment_code, node_enroll
 from capacity.models import EnergySource, GpuModel, Node, NodeStatus, Offer, Region, Site
 from marketplace.models import Organization
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 DEFAULT_NODE_COUNT = 24  # config.devrun starts the fleet with HASHGRID_DEMO_NODES=24
 DEFAULT_GPU_MODEL = "H100 SXM 80GB"
@@ -191,7 +194,7 @@ def _enroll(node: Node, agent_url: str, info: AgentInfo) -> None:
     fleet_set_poll_token(agent_url, poll_token=result.poll_token)
 
 
-def _node_for(index: int, site: Site, spec: DemoSite, out: TextIO) -> tuple[Node, bool]:
+def _node_for(index: int, site: Site, spec: DemoSite, out: SupportsWrite[str]) -> tuple[Node, bool]:
     """Node ``index`` (found or created and enrolled); True when the fleet answered."""
     agent_url = f"{settings.FLEET_URL.rstrip('/')}/n/{index}"
     name = f"{spec.code}-{index:03d}"
@@ -278,7 +281,7 @@ def seed_fleet(
     partner_orgs: Sequence[Organization],
     *,
     node_count: int = DEFAULT_NODE_COUNT,
-    out: TextIO = sys.stdout,
+    out: SupportsWrite[str] = sys.stdout,
 ) -> dict[str, int]:
     """Create the demo sites, nodes (enrolled when the fleet answers) and offers.
 

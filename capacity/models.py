@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 from decimal import Decimal
+from typing import Self
 
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import DateTimeRangeField, RangeOperators
@@ -141,7 +142,7 @@ class NodeStatus(models.TextChoices):
 class NodeQuerySet(TenantQuerySet):
     tenant_path = "site__organization"
 
-    def active(self) -> NodeQuerySet:
+    def active(self) -> Self:
         return self.exclude(status=NodeStatus.RETIRED)
 
 
@@ -295,7 +296,7 @@ class WindowKind(models.TextChoices):
 class NodeWindowQuerySet(TenantQuerySet):
     tenant_path = "node__site__organization"
 
-    def scheduled(self) -> NodeWindowQuerySet:
+    def scheduled(self) -> Self:
         return self.filter(cancelled_at__isnull=True)
 
 
@@ -396,7 +397,7 @@ class CurtailmentWindow(NodeWindow):
 class OfferQuerySet(TenantQuerySet):
     tenant_path = "site__organization"
 
-    def active(self) -> OfferQuerySet:
+    def active(self) -> Self:
         return self.filter(is_active=True)
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -43,7 +44,13 @@ def _bin(name: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name)
 
 
-def _as_server_user() -> dict[str, object]:
+class _ServerUserArgs(TypedDict, total=False):
+    """Keyword arguments for ``subprocess.run`` that select the user the server runs as."""
+
+    user: str
+
+
+def _as_server_user() -> _ServerUserArgs:
     """Extra subprocess arguments: drop to an unprivileged user when we are root."""
     if os.name != "posix" or os.geteuid() != 0:
         return {}
@@ -102,7 +109,7 @@ def start() -> str:
             ],
             check=True,
             capture_output=True,
-            **user_args,  # type: ignore[arg-type]
+            **user_args,
         )
     LOG_FILE.touch()
     _chown_for_server(LOG_FILE)
@@ -111,7 +118,7 @@ def start() -> str:
         [_bin("pg_ctl"), "-D", str(PGDATA), "-l", str(LOG_FILE), "-o", options, "-w", "start"],
         check=True,
         capture_output=True,
-        **user_args,  # type: ignore[arg-type]
+        **user_args,
     )
     deadline = time.monotonic() + 30
     while not is_accepting():
@@ -149,7 +156,7 @@ def stop() -> None:
         [_bin("pg_ctl"), "-D", str(PGDATA), "-m", "fast", "-w", "stop"],
         check=False,
         capture_output=True,
-        **_as_server_user(),  # type: ignore[arg-type]
+        **_as_server_user(),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
@@ -16,6 +18,7 @@ from contracts.models import (
     SlaCreditTier,
     SlaPolicy,
 )
+from marketplace.models import User
 
 
 class ContractLineInline(admin.TabularInline):
@@ -71,8 +74,9 @@ class ContractAdmin(admin.ModelAdmin):
             "suspended",
             lambda contract: lifecycle.contract_suspend(
                 contract=contract,
-                actor=request.user,
-                reason="Suspended by finance",  # type: ignore[arg-type]
+                # Admin views only run for a logged-in staff user.
+                actor=cast(User, request.user),
+                reason="Suspended by finance",
             ),
         )
 
@@ -84,7 +88,7 @@ class ContractAdmin(admin.ModelAdmin):
             "resumed",
             lambda contract: lifecycle.contract_resume(
                 contract=contract,
-                actor=request.user,  # type: ignore[arg-type]
+                actor=cast(User, request.user),
             ),
         )
 

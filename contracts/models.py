@@ -11,6 +11,7 @@ currency; unit prices are ``Decimal`` snapshots of the offer or product at signi
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Self, TypedDict
 
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import DateTimeRangeField, RangeOperators
@@ -21,8 +22,16 @@ from django.utils import timezone
 from capacity.models import Currency, GpuDevice, Node, Offer
 from marketplace.models import ApiKey, Organization, TenantQuerySet
 
+
+class _DecimalOptions(TypedDict):
+    """``DecimalField`` keyword arguments, typed so ``**_PRICE`` checks against its signature."""
+
+    max_digits: int
+    decimal_places: int
+
+
 # Unit prices: Decimal, 4 decimals (offers use the same precision); rounded once, by billing.
-_PRICE = {"max_digits": 12, "decimal_places": 4}
+_PRICE: _DecimalOptions = {"max_digits": 12, "decimal_places": 4}
 # Reserved terms a buyer may sign, in calendar months.
 TERM_MONTHS = (1, 3, 6, 12)
 
@@ -120,7 +129,7 @@ OPEN_STATES = (ContractState.DRAFT, ContractState.ACTIVE, ContractState.SUSPENDE
 class ContractQuerySet(TenantQuerySet):
     tenant_path = "buyer"
 
-    def open(self) -> ContractQuerySet:
+    def open(self) -> Self:
         return self.filter(state__in=OPEN_STATES)
 
 
@@ -208,7 +217,7 @@ class LineKind(models.TextChoices):
 class ContractLineQuerySet(TenantQuerySet):
     tenant_path = "contract__buyer"
 
-    def current(self) -> ContractLineQuerySet:
+    def current(self) -> Self:
         return self.filter(ended_at__isnull=True)
 
 

@@ -29,7 +29,7 @@ def window(start: datetime, end: datetime) -> DateTimeTZRange:
     return DateTimeTZRange(start, end, "[)")
 
 
-def _pool_devices(*, site_id: object, gpu_model_id: object) -> QuerySet[GpuDevice]:
+def _pool_devices(*, site_id: int, gpu_model_id: int) -> QuerySet[GpuDevice]:
     """GPU devices of a site's non-retired nodes of one GPU model: what an offer sells."""
     return GpuDevice.objects.filter(node__site_id=site_id, node__gpu_model_id=gpu_model_id).exclude(
         node__status=NodeStatus.RETIRED
@@ -105,7 +105,7 @@ def free_gpus_by_pool(
         allocations=Allocation._meta.db_table,
         model_condition="AND node.gpu_model_id = %s" if gpu_model_id else "",
     )
-    params: list[object] = [NodeStatus.RETIRED.value]
+    params: list[int | str | datetime] = [NodeStatus.RETIRED.value]
     if gpu_model_id:
         params.append(gpu_model_id)
     params += [start, end]

@@ -239,9 +239,10 @@ def month_to_date(*, contracts: list[Contract], since: datetime, until: datetime
             else:
                 usage = keyed_by_line_day.get((line.pk, day))
                 if usage and line.kind == LineKind.ON_DEMAND_GPU:
-                    day_exact += busy_gpu_charge(
-                        busy_ms=usage["busy_ms"], rate=line.price_per_gpu_hour
-                    )  # type: ignore[arg-type]
+                    rate = line.price_per_gpu_hour
+                    if rate is None:  # excluded by the line's check constraint
+                        raise TypeError("on-demand GPU line without price_per_gpu_hour")
+                    day_exact += busy_gpu_charge(busy_ms=usage["busy_ms"], rate=rate)
                 elif usage:
                     day_exact += token_charge(
                         tokens=usage["input_tokens"],

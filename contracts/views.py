@@ -211,7 +211,12 @@ def usage_overview(request: HttpRequest) -> HttpResponse:
     contracts = list(selectors.contract_list(organization=organization))  # type: ignore[arg-type]
     chosen = next((c for c in contracts if str(c.pk) == request.GET.get("contract")), None)
     chosen = chosen or (contracts[0] if contracts else None)
-    bucket = request.GET.get("bucket") if request.GET.get("bucket") in usage.BUCKETS else "day"
+    requested_bucket = request.GET.get("bucket")
+    bucket = (
+        requested_bucket
+        if requested_bucket is not None and requested_bucket in usage.BUCKETS
+        else "day"
+    )
     since = month_start(now) if bucket == "day" else now - timedelta(hours=48)
     rows = (
         usage.usage_buckets(contract=chosen, bucket=bucket, since=since, until=now)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
+from typing import Self
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
@@ -35,7 +36,7 @@ class TenantQuerySet(models.QuerySet):
 
     tenant_path = "organization"
 
-    def for_organization(self, organization: Organization | None) -> TenantQuerySet:
+    def for_organization(self, organization: Organization | None) -> Self:
         if organization is None:
             return self.none()
         return self.filter(**{self.tenant_path: organization})
@@ -188,7 +189,7 @@ API_KEY_PREFIX = "hg_"
 
 
 class ApiKeyQuerySet(TenantQuerySet):
-    def active(self) -> ApiKeyQuerySet:
+    def active(self) -> Self:
         return self.filter(revoked_at__isnull=True)
 
 

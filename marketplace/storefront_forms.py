@@ -93,6 +93,7 @@ class ReservationForm(forms.Form):
 
     def clean(self):  # type: ignore[no-untyped-def]
         cleaned = super().clean()
+        assert cleaned is not None  # Form.clean returns cleaned_data
         if not cleaned.get("offer") and not cleaned.get("gpu_model"):
             raise forms.ValidationError("Pick an offer, or a GPU model to find the best offer.")
         return cleaned

@@ -48,13 +48,12 @@ def search(request: HttpRequest) -> HttpResponse:
     page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
     start, end = filters.window(timezone.now())
     # What each result's "View" link carries to the offer page, built once for the page.
-    detail_query = urlencode(
-        {
-            "gpu_count": filters.gpu_count or 1,
-            "term_months": filters.term_months,
-            "starts_at": (filters.starts_at or start).strftime("%Y-%m-%dT%H:%M"),
-        }
-    )
+    detail_params: dict[str, int | str] = {
+        "gpu_count": filters.gpu_count or 1,
+        "term_months": filters.term_months,
+        "starts_at": (filters.starts_at or start).strftime("%Y-%m-%dT%H:%M"),
+    }
+    detail_query = urlencode(detail_params)
     return render(
         request,
         "marketplace/storefront/search.html",

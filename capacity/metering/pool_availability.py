@@ -17,7 +17,7 @@ last refresh, or a stopped beat, costs speed, never a missing or stale figure.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from django.apps import apps
 from django.db import connection, transaction
@@ -47,7 +47,7 @@ FROM (
 """
 
 
-def availability_sql(*, pool: str, now: datetime) -> tuple[str, tuple[object, ...]]:
+def availability_sql(*, pool: str, now: datetime) -> tuple[str, tuple[date | str, ...]]:
     """The 30-day availability percent at ``now`` of the pool whose ``site_id`` and
     ``gpu_model_id`` are columns of the table or alias ``pool``, as a parenthesised SQL
     expression and its parameters. ``pool`` must be a table name or alias from our code."""
@@ -76,7 +76,9 @@ END
 """
 
 
-def stored_or_live_availability_sql(*, pool: str, now: datetime) -> tuple[str, tuple[object, ...]]:
+def stored_or_live_availability_sql(
+    *, pool: str, now: datetime
+) -> tuple[str, tuple[date | str, ...]]:
     """Like ``availability_sql``, but the pool's stored figure when it was computed within
     ``FRESH_FOR`` before ``now`` (the live expression is evaluated only where it was not)."""
     live, live_params = availability_sql(pool=pool, now=now)

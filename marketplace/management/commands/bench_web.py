@@ -371,10 +371,10 @@ def generate(*, scale: float, log: Any = lambda text: None) -> Organization:
         [*lines, *([inference_line] if inference_line else [])], batch_size=2000
     )
     if inference_line is not None:
-        key = ApiKey.objects.create(
+        inference_key = ApiKey.objects.create(
             organization=bench, name="bench inference", prefix="benchweb", key_hash="0" * 64
         )
-        LineApiKey.objects.create(line=lines[-1], api_key=key)
+        LineApiKey.objects.create(line=lines[-1], api_key=inference_key)
     gpus_of: dict[int, list[int]] = {}
     for gpu_id, node_id in (
         apps.get_model("capacity", "GpuDevice")
