@@ -9,12 +9,8 @@ code is the credential, and it is throttled.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -44,8 +40,14 @@ from capacity.models import (
     Site,
     WindowKind,
 )
+from marketplace.api_support import paginated_response, required_organization, service_errors
 from marketplace.models import OPERATOR_ROLES, Organization, User
-from marketplace.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
+from marketplace.tenancy import (
+    HasOrganization,
+    api_membership_role,
+    api_organization,
+    api_scoped,
+)
 
 TAG = "capacity"
 
@@ -70,34 +72,9 @@ class PartnerAccess(permissions.BasePermission):
 PARTNER_PERMISSIONS = [permissions.IsAuthenticated, HasOrganization, PartnerAccess]
 
 
-@contextmanager
-def service_errors() -> Iterator[None]:
-    """Turn a service's refusal into a 400 with field keys (``detail`` when none)."""
-    try:
-        yield
-    except DjangoValidationError as error:
-        if hasattr(error, "error_dict"):
-            raise exceptions.ValidationError(error.message_dict) from None
-        raise exceptions.ValidationError({"detail": error.messages}) from None
-
-
-def _organization(request: Request) -> Organization:
-    organization = api_organization(request)
-    assert organization is not None  # guaranteed by HasOrganization
-    return organization
-
-
 def _actor(request: Request) -> User:
     assert isinstance(request.user, User)  # guaranteed by IsAuthenticated
     return request.user
-
-
-def _paginated(
-    request: Request, view: APIView, queryset: QuerySet[Any], serializer: type
-) -> Response:
-    paginator = view.pagination_class()  # type: ignore[attr-defined]
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
 
 
 _REFUSED = OpenApiResponse(description="Refused: the body names each field at fault and why.")
@@ -311,8 +288,8 @@ class SiteListCreateApi(APIView):
         responses={200: SiteOutputSerializer(many=True)},
     )
     def get(self, request: Request) -> Response:
-        sites = Site.objects.for_organization(_organization(request)).order_by("name", "pk")
-        return _paginated(request, self, sites, SiteOutputSerializer)
+        sites = Site.objects.for_organization(required_organization(request)).order_by("name", "pk")
+        return paginated_response(request, self, sites, SiteOutputSerializer)
 
     @extend_schema(
         tags=[TAG],
@@ -326,7 +303,7 @@ class SiteListCreateApi(APIView):
         payload.is_valid(raise_exception=True)
         with service_errors():
             site = services.site_create(
-                organization=_organization(request),
+                organization=required_organization(request),
                 actor=_actor(request),
                 **payload.validated_data,
             )
@@ -392,7 +369,7 @@ class NodeListCreateApi(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        organization = _organization(request)
+        organization = required_organization(request)
         site = None
         if request.query_params.get("site"):
             site = get_object_or_404(
@@ -402,7 +379,7 @@ class NodeListCreateApi(APIView):
         if status_filter is not None and status_filter not in NodeStatus.values:
             raise exceptions.ValidationError({"status": f"unknown status {status_filter!r}"})
         nodes = selectors.node_list(organization=organization, site=site, status=status_filter)
-        return _paginated(request, self, nodes, NodeOutputSerializer)
+        return paginated_response(request, self, nodes, NodeOutputSerializer)
 
     @extend_schema(
         tags=[TAG],
@@ -412,7 +389,9 @@ class NodeListCreateApi(APIView):
         responses={201: NodeCreatedOutputSerializer, 400: _REFUSED, 403: _FORBIDDEN},
     )
     def post(self, request: Request) -> Response:
-        payload = NodeInputSerializer(data=request.data, organization=_organization(request))
+        payload = NodeInputSerializer(
+            data=request.data, organization=required_organization(request)
+        )
         payload.is_valid(raise_exception=True)
         with service_errors():
             created = services.node_create(actor=_actor(request), **payload.validated_data)
@@ -484,7 +463,7 @@ class NodeWindowListCreateApi(APIView):
     )
     def get(self, request: Request, pk: int) -> Response:
         windows = selectors.node_windows(node=_node(request, pk))
-        return _paginated(request, self, windows, WindowOutputSerializer)
+        return paginated_response(request, self, windows, WindowOutputSerializer)
 
     @extend_schema(
         tags=[TAG],
@@ -534,8 +513,8 @@ class OfferListCreateApi(APIView):
         responses={200: OfferOutputSerializer(many=True)},
     )
     def get(self, request: Request) -> Response:
-        offers = selectors.offer_list(organization=_organization(request))
-        return _paginated(request, self, offers, OfferOutputSerializer)
+        offers = selectors.offer_list(organization=required_organization(request))
+        return paginated_response(request, self, offers, OfferOutputSerializer)
 
     @extend_schema(
         tags=[TAG],
@@ -545,7 +524,9 @@ class OfferListCreateApi(APIView):
         responses={201: OfferOutputSerializer, 400: _REFUSED, 403: _FORBIDDEN},
     )
     def post(self, request: Request) -> Response:
-        payload = OfferInputSerializer(data=request.data, organization=_organization(request))
+        payload = OfferInputSerializer(
+            data=request.data, organization=required_organization(request)
+        )
         payload.is_valid(raise_exception=True)
         with service_errors():
             offer = services.offer_create(actor=_actor(request), **payload.validated_data)

@@ -35,9 +35,15 @@ from contracts import checkout, selectors, usage
 from contracts.allocations import CapacityUnavailable
 from contracts.models import TERM_MONTHS, Contract, ContractState, LineKind
 from contracts.money import minor_to_major
-from marketplace.models import OPERATOR_ROLES, Organization
+from marketplace.api_support import paginated_response, refusal, required_organization
+from marketplace.models import OPERATOR_ROLES
 from marketplace.search import SearchFilters, offer_search
-from marketplace.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
+from marketplace.tenancy import (
+    HasOrganization,
+    api_membership_role,
+    api_organization,
+    api_scoped,
+)
 
 TAG = "contracts"
 MARKET_TAG = "marketplace"
@@ -71,24 +77,6 @@ BUYER_PERMISSIONS = [permissions.IsAuthenticated, HasOrganization, BuyerAccess]
 BUYER_READ_PERMISSIONS = [permissions.IsAuthenticated, HasOrganization, BuyerOnly]
 _REFUSED = OpenApiResponse(description="Refused: the body names each field at fault and why.")
 _NOT_FOUND = OpenApiResponse(description="No such object in this organization.")
-
-
-def _organization(request: Request) -> Organization:
-    organization = api_organization(request)
-    assert organization is not None  # guaranteed by HasOrganization
-    return organization
-
-
-def _refusal(error: DjangoValidationError) -> exceptions.ValidationError:
-    if hasattr(error, "error_dict"):
-        return exceptions.ValidationError(error.message_dict)
-    return exceptions.ValidationError({"detail": error.messages})
-
-
-def _paginated(request: Request, view: APIView, items: Any, serializer: type) -> Response:
-    paginator = view.pagination_class()  # type: ignore[attr-defined]
-    page = paginator.paginate_queryset(items, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
 
 
 # -- serializers -------------------------------------------------------------------------
@@ -295,7 +283,9 @@ class OfferSearchApi(APIView):
             min_availability=data.get("min_availability"),
             sort=data["sort"],
         )
-        return _paginated(request, self, offer_search(filters=filters), OfferResultSerializer)
+        return paginated_response(
+            request, self, offer_search(filters=filters), OfferResultSerializer
+        )
 
 
 def _requested_offer(data: dict[str, Any]) -> Offer:
@@ -339,7 +329,7 @@ class QuoteApi(APIView):
                 term_months=int(data["term_months"]),
             )
         except DjangoValidationError as error:
-            raise _refusal(error) from None
+            raise refusal(error) from None
         return Response(QuoteSerializer(quote).data)
 
 
@@ -360,7 +350,7 @@ class ReservationCreateApi(APIView):
         offer = _requested_offer(data)
         try:
             result = checkout.reservation_checkout(
-                buyer=_organization(request),
+                buyer=required_organization(request),
                 offer=offer,
                 gpu_count=data["gpu_count"],
                 starts_at=data["starts_at"],
@@ -370,7 +360,7 @@ class ReservationCreateApi(APIView):
         except CapacityUnavailable as error:
             return Response({"detail": error.messages}, status=status.HTTP_409_CONFLICT)
         except DjangoValidationError as error:
-            raise _refusal(error) from None
+            raise refusal(error) from None
         body = {
             "contract": result.contract,
             "line": result.line,
@@ -397,8 +387,8 @@ class ContractListApi(APIView):
         tags=[TAG], operation_id="contracts_list", responses={200: ContractSerializer(many=True)}
     )
     def get(self, request: Request) -> Response:
-        contracts = selectors.contract_list(organization=_organization(request))
-        return _paginated(request, self, contracts, ContractSerializer)
+        contracts = selectors.contract_list(organization=required_organization(request))
+        return paginated_response(request, self, contracts, ContractSerializer)
 
 
 class ContractDetailApi(APIView):
@@ -424,7 +414,7 @@ class ContractLineListApi(APIView):
     )
     def get(self, request: Request, pk: int) -> Response:
         lines = selectors.contract_lines(contract=_contract(request, pk))
-        return _paginated(request, self, lines, LineSerializer)
+        return paginated_response(request, self, lines, LineSerializer)
 
 
 class ContractAllocationListApi(APIView):
@@ -438,7 +428,7 @@ class ContractAllocationListApi(APIView):
     )
     def get(self, request: Request, pk: int) -> Response:
         allocations = selectors.contract_allocations(contract=_contract(request, pk))
-        return _paginated(request, self, allocations, AllocationSerializer)
+        return paginated_response(request, self, allocations, AllocationSerializer)
 
 
 class UsageCsvRenderer(renderers.BaseRenderer):

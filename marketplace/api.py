@@ -10,7 +10,6 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -21,6 +20,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from marketplace import selectors, services
+from marketplace.api_support import paginated_response
 from marketplace.models import MANAGER_ROLES, ApiKey, Role
 from marketplace.tenancy import (
     HasOrganization,
@@ -66,14 +66,6 @@ class Conflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "The request conflicts with the object's current state."
     default_code = "conflict"
-
-
-def _paginated(
-    request: Request, view: APIView, queryset: QuerySet[Any], serializer: type
-) -> Response:
-    paginator = view.pagination_class()  # type: ignore[attr-defined]
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
 
 
 # -- serializers -------------------------------------------------------------------------
@@ -166,7 +158,7 @@ class OrganizationListApi(APIView):
             user=request.user,  # type: ignore[arg-type]
             organization=key_organization,
         )
-        return _paginated(request, self, memberships, MembershipOutputSerializer)
+        return paginated_response(request, self, memberships, MembershipOutputSerializer)
 
 
 class ApiKeyListCreateApi(APIView):
@@ -181,7 +173,7 @@ class ApiKeyListCreateApi(APIView):
     def get(self, request: Request) -> Response:
         organization = api_organization(request)
         assert organization is not None  # guaranteed by HasOrganization
-        return _paginated(
+        return paginated_response(
             request, self, selectors.api_keys(organization=organization), ApiKeyOutputSerializer
         )
 
