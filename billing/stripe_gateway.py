@@ -193,7 +193,9 @@ def _translate(error: stripe.StripeError) -> StripeGatewayError:
     if isinstance(error, stripe.AuthenticationError | stripe.PermissionError):
         return StripeNotConfigured(str(error))
     status = getattr(error, "http_status", None)
-    if status is None or status >= 500:
+    # 409: the same idempotency key is in flight in another request. Its outcome is not
+    # known yet, so it is not a refusal: retry later with the same key.
+    if status is None or status >= 500 or status == 409:
         return StripeUnavailable(str(error))
     return StripeRequestRejected(str(error), code=error.code or "", status=status)
 
@@ -623,6 +625,24 @@ def create_transfer(
         transfer = _connect_client().v1.transfers.create(params, _options(idempotency_key))  # type: ignore[arg-type]
     except stripe.StripeError as error:
         raise _translate(error) from error
+    return _transfer_view(transfer)
+
+
+def find_transfer(*, transfer_group: str) -> TransferView | None:
+    """The transfer already made for ``transfer_group``, if any.
+
+    Stripe keeps idempotency keys for about a day: a payout whose answer was lost must be
+    looked up, not re-sent, or a late retry would transfer the money twice.
+    """
+    try:
+        page = _connect_client().v1.transfers.list({"transfer_group": transfer_group, "limit": 10})  # type: ignore[arg-type]
+    except stripe.StripeError as error:
+        raise _translate(error) from error
+    transfers = list(page.data)
+    return _transfer_view(transfers[0]) if transfers else None
+
+
+def _transfer_view(transfer: Any) -> TransferView:
     return TransferView(
         id=str(transfer["id"]),
         amount_minor=int(_get(transfer, "amount", 0)),

@@ -210,13 +210,17 @@ def statement_pay(
         return Payout.objects.filter(statement=prepared).first()
     payout = prepared
     account = payout.connect_account
+    transfer_group = f"statement-{payout.statement_id}"
+    made = stripe_gateway.find_transfer(transfer_group=transfer_group)
+    if made is not None:  # an earlier attempt's transfer went through; its answer was lost
+        return _record_transfer(payout=payout, transfer=made, actor=actor, now=now)
     try:
         transfer = stripe_gateway.create_transfer(
             destination=account.stripe_account_id,
             amount_minor=payout.amount_minor,
             currency=payout.currency,
             idempotency_key=payout.idempotency_key,
-            transfer_group=f"statement-{payout.statement_id}",
+            transfer_group=transfer_group,
             metadata={
                 "statement_id": str(payout.statement_id),
                 "payout_id": str(payout.pk),
@@ -234,7 +238,10 @@ def statement_pay(
 def _record_failure(
     *, payout: Payout, code: str, message: str, actor: User | None, now: datetime
 ) -> None:
-    updated = Payout.objects.filter(pk=payout.pk, status=PayoutStatus.PENDING).update(
+    # Only the attempt that was refused: a newer attempt (new key) is not failed by an old answer.
+    updated = Payout.objects.filter(
+        pk=payout.pk, status=PayoutStatus.PENDING, idempotency_key=payout.idempotency_key
+    ).update(
         status=PayoutStatus.FAILED,
         failure_code=(code or "rejected")[:64],
         failure_message=message[:300],

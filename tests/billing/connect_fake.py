@@ -300,7 +300,7 @@ class ConnectFake:
                 if op in created:
                     bound = int(created[op])
                     items = [item for item in items if test(item["created"], bound)]
-        for name in ("type", "source", "destination"):
+        for name in ("type", "source", "destination", "transfer_group"):
             if query.get(name):
                 items = [item for item in items if item.get(name) == query[name]]
         if query.get("starting_after"):

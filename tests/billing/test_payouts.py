@@ -152,6 +152,33 @@ def test_a_crash_after_the_transfer_is_made_pays_once(approved_october, partner_
     assert len(connect_fake.transfers_to(account.stripe_account_id)) == 1
 
 
+def test_a_transfer_made_long_ago_is_found_not_sent_again(
+    approved_october, partner_org, connect_fake
+):
+    """Stripe forgets idempotency keys after a day: a pending payout retried later must
+    find the transfer its lost answer described, not make a second one."""
+    statement, _line = approved_october
+    account = onboard(partner_org, connect_fake)
+    pending = payouts._prepare_payout(statement_id=statement.pk, actor=None, now=PAY_AT)
+    assert isinstance(pending, Payout)
+    first = stripe_gateway.create_transfer(
+        destination=account.stripe_account_id,
+        amount_minor=pending.amount_minor,
+        currency="USD",
+        idempotency_key=pending.idempotency_key,
+        transfer_group=f"statement-{statement.pk}",
+        metadata={"statement_id": str(statement.pk)},
+    )
+    connect_fake.state.idempotency.clear()  # the key expired at Stripe
+
+    payout = _pay(statement)
+
+    assert (payout.status, payout.stripe_transfer_id) == (PayoutStatus.PAID, first.id)
+    assert len(connect_fake.transfers_to(account.stripe_account_id)) == 1
+    posts = [key for path, key in connect_fake.state.posts if path == "/v1/transfers"]
+    assert posts == [pending.idempotency_key]
+
+
 def test_same_key_with_different_parameters_is_refused_by_stripe(partner_org, connect_fake):
     account = onboard(partner_org, connect_fake)
     arguments = {

@@ -67,6 +67,7 @@ def test_tampered_body_is_a_400(client):
     )
     signature = sign_payload(payload)
     assert _post(client, payload.replace(b"pi_x", b"pi_y"), signature=signature).status_code == 400
+    assert not StripeEvent.objects.exists()
 
 
 @pytest.fixture
