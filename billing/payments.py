@@ -90,6 +90,8 @@ def _prepare_attempt(
     )
     customer = BillingCustomer.objects.filter(organization_id=invoice.buyer_id).first()
     if pending is None:
+        if _retire_unauthenticated(invoice=invoice, now=now):
+            invoice.refresh_from_db()
         if invoice.status != InvoiceStatus.FINALIZED or invoice.payment_status not in CHARGEABLE:
             raise NothingToCharge(f"invoice {invoice} is {invoice.get_payment_status_display()}")
         if invoice.amount_due_minor <= 0:
@@ -122,6 +124,41 @@ def _prepare_attempt(
         customer_id=customer.stripe_customer_id,
         payment_method_id=customer.default_payment_method_id,
     )
+
+
+def _retire_unauthenticated(*, invoice: Invoice, now: datetime) -> bool:
+    """Before a new attempt, cancel earlier PaymentIntents still waiting for 3-D Secure.
+
+    Otherwise the buyer could still authenticate the old one after the new one is
+    charged, and pay the invoice twice. One that succeeded meanwhile is recorded instead
+    (the invoice is then paid and nothing new is charged). Returns whether any changed.
+    """
+    waiting = PaymentAttempt.objects.select_for_update().filter(
+        invoice=invoice,
+        status=AttemptStatus.REQUIRES_ACTION,
+        stripe_payment_intent_id__isnull=False,
+    )
+    changed = False
+    for attempt in waiting:
+        intent_id = str(attempt.stripe_payment_intent_id)  # not null: filtered above
+        try:
+            intent = stripe_gateway.cancel_payment_intent(intent_id)
+        except stripe_gateway.StripeRequestRejected:
+            intent = stripe_gateway.retrieve_payment_intent(intent_id)
+        if _attempt_status(intent) == AttemptStatus.SUCCEEDED:
+            _apply(intent=intent, settlement=None, now=now)
+        else:
+            # Superseded, not a new decline: dunning already counted this attempt.
+            PaymentAttempt.objects.filter(
+                pk=attempt.pk, status=AttemptStatus.REQUIRES_ACTION
+            ).update(
+                status=AttemptStatus.FAILED,
+                failure_code="superseded",
+                failure_message="Replaced by a newer attempt before it was authenticated.",
+                updated_at=now,
+            )
+        changed = True
+    return changed
 
 
 def charge_invoice(
@@ -180,7 +217,7 @@ def _find_attempt(intent: stripe_gateway.PaymentIntentView) -> PaymentAttempt | 
     attempt_id = intent.metadata.get("attempt_id", "")
     if attempt_id.isdigit():
         condition |= Q(pk=int(attempt_id), stripe_payment_intent_id__isnull=True)
-    return PaymentAttempt.objects.select_for_update().filter(condition).order_by("pk").first()
+    return PaymentAttempt.objects.filter(condition).order_by("pk").first()
 
 
 def apply_payment_intent(
@@ -203,10 +240,12 @@ def _apply(
     settlement: stripe_gateway.ChargeSettlement | None,
     now: datetime,
 ) -> PaymentAttempt | None:
-    attempt = _find_attempt(intent)
-    if attempt is None:
+    found = _find_attempt(intent)
+    if found is None:
         return None  # not one of ours
-    invoice = Invoice.objects.select_for_update().get(pk=attempt.invoice_id)
+    # Invoice first, then attempt: the order charging takes them, so the two never deadlock.
+    invoice = Invoice.objects.select_for_update().get(pk=found.invoice_id)
+    attempt = PaymentAttempt.objects.select_for_update().get(pk=found.pk)
     attempt.invoice = invoice
     status = _attempt_status(intent)
     previous = attempt.status

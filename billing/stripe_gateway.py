@@ -392,6 +392,15 @@ def retrieve_payment_intent(payment_intent_id: str) -> PaymentIntentView:
     return _payment_intent_view(intent)
 
 
+def cancel_payment_intent(payment_intent_id: str) -> PaymentIntentView:
+    """Cancel a PaymentIntent nobody authenticated. Stripe refuses (400) once it succeeded."""
+    try:
+        intent = _client().v1.payment_intents.cancel(payment_intent_id)
+    except stripe.StripeError as error:
+        raise _translate(error) from error
+    return _payment_intent_view(intent)
+
+
 def payment_intent_client_secret(payment_intent_id: str) -> str:
     """For the invoice page's on-session authentication (never stored on our side)."""
     try:

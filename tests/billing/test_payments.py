@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from billing import ledger, payments
@@ -96,6 +97,36 @@ def test_3d_secure_requires_action_then_buyer_authenticates(
     invoice.refresh_from_db()
     assert invoice.payment_status == PaymentStatus.PAID
     assert invoice.next_payment_attempt_at is None
+
+
+def test_a_new_attempt_cancels_the_one_still_waiting_for_3d_secure(
+    buyer_org, buyer_owner, localstripe, django_capture_on_commit_callbacks
+):
+    customer = save_card(buyer_org, localstripe, number="4000002760003184")
+    invoice = finalized_invoice_for(buyer_org)
+    with django_capture_on_commit_callbacks(execute=True):
+        first = payments.charge_invoice(invoice_id=invoice.pk)
+        second = payments.charge_invoice(invoice_id=invoice.pk)  # a dunning retry
+
+    first.refresh_from_db()
+    assert (first.status, first.failure_code) == (AttemptStatus.FAILED, "superseded")
+    assert second.status == AttemptStatus.REQUIRES_ACTION
+    intents = {
+        intent["id"]: intent["status"]
+        for intent in localstripe.payment_intents_of(customer.stripe_customer_id)
+    }
+    assert intents == {
+        first.stripe_payment_intent_id: "canceled",
+        second.stripe_payment_intent_id: "requires_action",
+    }
+    # The old PaymentIntent can no longer be paid: only the new one can.
+    with pytest.raises(httpx.HTTPStatusError):
+        localstripe.authenticate_payment(
+            payment_intent_id=first.stripe_payment_intent_id,
+            client_secret=localstripe.get(f"/v1/payment_intents/{first.stripe_payment_intent_id}")[
+                "client_secret"
+            ],
+        )
 
 
 def test_timeout_is_retried_with_the_same_key_and_charges_once(
