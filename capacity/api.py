@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -567,7 +568,8 @@ class OfferDetailApi(APIView):
             raise exceptions.ValidationError(
                 {"is_active": "An inactive offer cannot be reactivated; create a new one."}
             )
-        with service_errors():
+        # Both changes or neither: a refused deactivation must not leave the update saved.
+        with service_errors(), transaction.atomic():
             if data:
                 offer = services.offer_update(offer=offer, actor=_actor(request), data=data)
             if is_active is False:

@@ -57,6 +57,11 @@ class BuyerDashboard:
         return DAYS_IN_LONGEST_MONTH * BAR_PITCH
 
     @property
+    def energy_mix(self) -> list[tuple[str, Decimal, int]]:
+        """(energy source label, kWh, percent) of the month's usage."""
+        return energy_mix_percent(self.month)
+
+    @property
     def gpus_held(self) -> int:
         return sum(location.gpus for location in self.locations)
 

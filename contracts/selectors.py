@@ -19,7 +19,6 @@ from contracts.models import (
     ContractLine,
     InferenceProduct,
     LineApiKey,
-    LineKind,
 )
 from marketplace.models import Organization
 
@@ -148,17 +147,8 @@ def contract_allocations(*, contract: Contract) -> QuerySet[Allocation]:
     )
 
 
-def open_contract(*, organization: Organization, currency: str) -> Contract | None:
-    return Contract.objects.for_organization(organization).open().filter(currency=currency).first()
-
-
 def inference_products() -> QuerySet[InferenceProduct]:
     return InferenceProduct.objects.filter(is_active=True).order_by("name")
-
-
-def line_kinds_with_keys() -> tuple[str, ...]:
-    """Lines whose usage is attributed through API keys."""
-    return (LineKind.ON_DEMAND_GPU, LineKind.INFERENCE)
 
 
 def node_has_future_allocations(*, node_id: int, now: datetime) -> bool:

@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 from django.views.decorators.http import require_http_methods
 
+from capacity.forms import add_service_errors
 from capacity.models import Offer
 from contracts import checkout
 from contracts.money import minor_to_major
@@ -129,16 +130,8 @@ def _quote_from(request: HttpRequest, form: ReservationForm) -> checkout.Quote |
             term_months=data["term_months"],
         )
     except ValidationError as error:
-        _add_errors(form, error)
+        add_service_errors(form, error)
         return None
-
-
-def _add_errors(form: ReservationForm, error: ValidationError) -> None:
-    if hasattr(error, "error_dict"):
-        for field, errors in error.error_dict.items():
-            form.add_error(field if field in form.fields else None, errors)
-    else:
-        form.add_error(None, error.messages)
 
 
 def _render_quote(
@@ -188,7 +181,7 @@ def checkout_confirm(request: HttpRequest) -> HttpResponse:
             actor=request.user,  # type: ignore[arg-type]
         )
     except ValidationError as error:
-        _add_errors(form, error)
+        add_service_errors(form, error)
         return _render_quote(request, form, result, status=409)
     messages.success(
         request,

@@ -137,6 +137,12 @@ def test_offers_create_patch_deactivate(partner_api, node):
     )
     assert patched.status_code == 200
     assert (patched.json()["gpu_count"], patched.json()["is_active"]) == (1, False)
+    # Deactivating again is refused, and the size change sent with it is not kept either.
+    again = partner_api.patch(
+        f"/api/v1/offers/{offer_id}", {"gpu_count": 2, "is_active": False}, format="json"
+    )
+    assert again.status_code == 400
+    assert Offer.objects.get(pk=offer_id).gpu_count == 1
 
 
 @pytest.mark.django_db
