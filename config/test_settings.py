@@ -16,3 +16,6 @@ DATABASES["default"]["CONN_MAX_AGE"] = 0
 # A Celery worker started by a test (a subprocess) must use that test's database.
 if os.environ.get("HASHGRID_DB_NAME_OVERRIDE"):
     DATABASES["default"]["NAME"] = os.environ["HASHGRID_DB_NAME_OVERRIDE"]
+    # A worker keeps its connection between tasks, as in production (where a dropped one
+    # is replaced by the health check before the next task uses it).
+    DATABASES["default"]["CONN_MAX_AGE"] = 60
