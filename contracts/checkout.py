@@ -14,8 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Subquery
+from django.db import connection, transaction
 from django.utils import timezone
 
 from capacity.models import Offer
@@ -33,7 +32,7 @@ from contracts.models import (
 from contracts.money import hours_between, reserved_charge, round_money
 from contracts.payment_methods import buyer_has_payment_method
 from contracts.terms import add_months
-from marketplace.audit import audit
+from marketplace.audit import audit_event, record
 from marketplace.models import Organization, User
 
 # A start this far in the past still counts as "now" (a form filled a minute ago).
@@ -200,12 +199,17 @@ def open_contract_for_update(
     ends_at: datetime,
     term_months: int,
     auto_renew: bool = True,
+    now: datetime | None = None,
 ) -> tuple[Contract, bool]:
-    """The buyer's open contract in ``currency``, locked; a new draft when there is none.
+    """The buyer's open contract in ``currency``, locked; else a new one, signed and active.
 
-    The partial unique constraint (one open contract per buyer and currency) settles two
-    first checkouts racing: the insert is ``ON CONFLICT DO NOTHING``, and whoever did not
-    insert locks the winner's row by the select that follows.
+    A new contract is born active (``activated_at`` = ``now``): its caller adds the first
+    line and has checked the payment method in the same transaction, so no one ever sees
+    it as a draft; the caller writes ``lifecycle.signed_activation_event`` with its own
+    audit records. The partial unique constraint (one open contract per buyer and
+    currency) settles two first checkouts racing: the insert is ``ON CONFLICT DO
+    NOTHING``, and whoever did not insert locks the winner's row by a second select.
+    Returns ``(contract, created)``.
     """
     open_contracts = (
         Contract.objects.select_for_update().filter(buyer=buyer, currency=currency).open()
@@ -213,21 +217,57 @@ def open_contract_for_update(
     contract = open_contracts.first()
     if contract is not None:
         return contract, False
-    draft = Contract(
+    now = now or timezone.now()
+    signed = Contract(
         buyer=buyer,
+        state=ContractState.ACTIVE,
         currency=currency,
         starts_at=starts_at,
         term_months=term_months,
         term_ends_at=ends_at,
         auto_renew=auto_renew,
-        sla_policy_id=Subquery(SlaPolicy.objects.filter(is_default=True).values("pk")[:1]),
+        created_at=now,
+        activated_at=now,
     )
-    Contract.objects.bulk_create([draft], ignore_conflicts=True)
+    if _insert_with_default_sla(signed):
+        return signed, True
     contract = open_contracts.first()
     if contract is None:
         raise ValidationError("Your contract is being changed by someone else; try again.")
-    # A draft can only be the one just inserted: checkouts never commit drafts.
-    return contract, contract.state == ContractState.DRAFT
+    return contract, False
+
+
+def _insert_with_default_sla(contract: Contract) -> bool:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` of the unsaved ``contract`` with
+    the default SLA policy, in one round trip. Sets ``contract.pk`` and returns True when
+    inserted; False when a constraint (another open contract) stopped it."""
+    fields = [field for field in Contract._meta.concrete_fields if not field.primary_key]
+    values = [
+        field.get_db_prep_save(field.pre_save(contract, True), connection) for field in fields
+    ]
+    policies = SlaPolicy._meta.db_table
+    default_policy = f"(SELECT id FROM {policies} WHERE is_default ORDER BY id LIMIT 1)"  # noqa: S608
+    columns, placeholders, params = [], [], []
+    for field, value in zip(fields, values, strict=True):
+        columns.append(connection.ops.quote_name(field.column))
+        if field.name == "sla_policy" and value is None:
+            placeholders.append(default_policy)
+        else:
+            placeholders.append("%s")
+            params.append(value)
+    # Names come from model metadata; every value is a parameter.
+    sql = (
+        f"INSERT INTO {Contract._meta.db_table} ({', '.join(columns)}) "  # noqa: S608
+        f"VALUES ({', '.join(placeholders)}) ON CONFLICT DO NOTHING RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    contract.pk = row[0]
+    contract._state.adding = False
+    return True
 
 
 @transaction.atomic
@@ -250,16 +290,16 @@ def reservation_checkout(
     now = now or timezone.now()
     if not buyer.is_buyer:
         raise ValidationError("Only buyer organizations can reserve GPUs.", code="not_buyer")
+    ends_at = _validate_request(
+        offer=offer, gpu_count=gpu_count, starts_at=starts_at, term_months=term_months, now=now
+    )
+    # Pick (and lock) the GPUs first: a buyer who loses the race is refused in one
+    # statement, before anything else is read or written.
+    devices = pick_free_devices(offer=offer, gpu_count=gpu_count, start=starts_at, end=ends_at)
     if not buyer_has_payment_method(buyer):
         raise ValidationError(
             "Add a payment method before confirming a reservation.", code="no_payment_method"
         )
-    ends_at = _validate_request(
-        offer=offer, gpu_count=gpu_count, starts_at=starts_at, term_months=term_months, now=now
-    )
-    # Pick (and lock) the GPUs first: a buyer who loses the race is refused before
-    # anything is written.
-    devices = pick_free_devices(offer=offer, gpu_count=gpu_count, start=starts_at, end=ends_at)
     contract, created = open_contract_for_update(
         buyer=buyer,
         currency=offer.currency,
@@ -267,6 +307,7 @@ def reservation_checkout(
         ends_at=ends_at,
         term_months=term_months,
         auto_renew=auto_renew,
+        now=now,
     )
     contract.buyer = buyer  # what the audit records read: no query for it
     if contract.state == ContractState.SUSPENDED:
@@ -297,23 +338,29 @@ def reservation_checkout(
     if ends_at > contract.term_ends_at:
         contract.term_ends_at = ends_at
         contract.save(update_fields=["term_ends_at"])
-    audit(
-        action="reservation.created",
-        actor=actor,
-        organization=buyer,
-        target=line,
-        contract_id=contract.pk,
-        offer_id=offer.pk,
-        gpu_count=gpu_count,
-        term_months=term_months,
-        starts_at=starts_at.isoformat(),
-        ends_at=ends_at.isoformat(),
-        price_per_gpu_hour=str(rate),
-        total_minor=quote.total_minor,
-        currency=offer.currency,
-    )
-    if contract.state == ContractState.DRAFT:
-        lifecycle.activate_signed(contract=contract, actor=actor, now=now)
+    events = [
+        audit_event(
+            action="reservation.created",
+            actor=actor,
+            organization=buyer,
+            target=line,
+            contract_id=contract.pk,
+            offer_id=offer.pk,
+            gpu_count=gpu_count,
+            term_months=term_months,
+            starts_at=starts_at.isoformat(),
+            ends_at=ends_at.isoformat(),
+            price_per_gpu_hour=str(rate),
+            total_minor=quote.total_minor,
+            currency=offer.currency,
+        )
+    ]
+    if created:
+        events.append(lifecycle.signed_activation_event(contract=contract, actor=actor))
+    elif contract.state == ContractState.DRAFT:
+        # A draft made elsewhere (staff): this checkout signs it.
+        lifecycle.contract_activate(contract=contract, actor=actor, now=now)
+    record(*events)
     return CheckoutResult(
         contract=contract, line=line, allocations=allocations, quote=quote, created_contract=created
     )

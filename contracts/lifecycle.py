@@ -28,8 +28,8 @@ from contracts.models import (
 from contracts.money import reserved_charge, round_money
 from contracts.payment_methods import buyer_has_payment_method
 from contracts.terms import add_months
-from marketplace.audit import audit
-from marketplace.models import User
+from marketplace.audit import audit_event, record
+from marketplace.models import AuditEvent, User
 
 # An amendment "effective now" submitted a few minutes later is still accepted.
 AMENDMENT_GRACE = timedelta(minutes=15)
@@ -68,8 +68,8 @@ def _transition(
     return contract
 
 
-def _audit(action: str, *, contract: Contract, actor: User | None, **data: object) -> None:
-    audit(
+def _event(action: str, *, contract: Contract, actor: User | None, **data: object) -> AuditEvent:
+    return audit_event(
         action=f"contract.{action}",
         actor=actor,
         organization=contract.buyer,
@@ -77,6 +77,10 @@ def _audit(action: str, *, contract: Contract, actor: User | None, **data: objec
         reference=contract.reference,
         **data,
     )
+
+
+def _audit(action: str, *, contract: Contract, actor: User | None, **data: object) -> None:
+    record(_event(action, contract=contract, actor=actor, **data))
 
 
 @transaction.atomic
@@ -100,19 +104,11 @@ def contract_activate(
     return contract
 
 
-def activate_signed(*, contract: Contract, actor: User | None, now: datetime) -> None:
-    """Draft → active for a contract the caller just signed in this transaction (checkout:
-    it has its line, the payment method was checked). One conditional update, no re-read."""
-    activated = Contract.objects.filter(pk=contract.pk, state=ContractState.DRAFT).update(
-        state=ContractState.ACTIVE, activated_at=now
-    )
-    if not activated:
-        raise IllegalTransition(
-            f"Cannot activate contract {contract.reference}: it is no longer a draft.",
-            code="illegal_transition",
-        )
-    contract.state, contract.activated_at = ContractState.ACTIVE, now
-    _audit("activated", contract=contract, actor=actor)
+def signed_activation_event(*, contract: Contract, actor: User | None) -> AuditEvent:
+    """The unsaved ``contract.activated`` record of a contract born active: checkout inserts
+    the contract it signs as active (its first line and the payment check are in the same
+    transaction, so no one ever sees it as a draft) and writes this with its own records."""
+    return _event("activated", contract=contract, actor=actor)
 
 
 @transaction.atomic

@@ -27,7 +27,7 @@ from contracts.models import (
 from contracts.payment_methods import buyer_has_payment_method
 from contracts.terms import add_months
 from marketplace import services as marketplace_services
-from marketplace.audit import audit
+from marketplace.audit import audit, record
 from marketplace.models import ApiKey, Organization, User
 
 
@@ -55,8 +55,13 @@ def on_demand_enable(
     if inference_product is not None and not inference_product.is_active:
         raise ValidationError("This product is no longer sold.", code="product_inactive")
     currency = offer.currency if offer is not None else inference_product.currency  # type: ignore[union-attr]
-    contract, _created = open_contract_for_update(
-        buyer=buyer, currency=currency, starts_at=now, ends_at=add_months(now, 1), term_months=1
+    contract, created = open_contract_for_update(
+        buyer=buyer,
+        currency=currency,
+        starts_at=now,
+        ends_at=add_months(now, 1),
+        term_months=1,
+        now=now,
     )
     if contract.state == ContractState.SUSPENDED:
         raise ValidationError("Your contract is suspended.", code="suspended")
@@ -93,7 +98,10 @@ def on_demand_enable(
         offer_id=offer.pk if offer else None,
         inference_product=inference_product.slug if inference_product else None,
     )
-    if contract.state == ContractState.DRAFT:
+    if created:
+        record(lifecycle.signed_activation_event(contract=contract, actor=actor))
+    elif contract.state == ContractState.DRAFT:
+        # A draft made elsewhere (staff): enabling this line signs it.
         lifecycle.contract_activate(contract=contract, actor=actor, now=now)
     return line
 
