@@ -349,6 +349,10 @@ class PaymentAttempt(models.Model):
     currency = models.CharField(max_length=3, choices=Currency.choices)
     # Charged without the buyer present (period close, dunning) or from the invoice page.
     off_session = models.BooleanField(default=True)
+    # The card this attempt charges, fixed when the attempt is recorded: a replay under the
+    # same idempotency key must send the same parameters, or Stripe refuses it. A card saved
+    # later is for the next attempt. '' on attempts recorded before this was kept.
+    payment_method_id = models.CharField(max_length=64, blank=True)
     stripe_payment_intent_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
     status = models.CharField(
         max_length=16, choices=AttemptStatus.choices, default=AttemptStatus.PENDING

@@ -3,7 +3,10 @@
 ``charge_invoice`` works in three steps so that no failure can charge twice:
 
 1. in a transaction, lock the invoice and record the attempt with its idempotency key
-   ``invoice-<id>-attempt-<n>`` (or pick up the attempt a crash left pending: same key);
+   ``invoice-<id>-attempt-<n>`` and the card it charges (or pick up the attempt a crash
+   left pending: same key, same card, even if the buyer has saved another card since;
+   Stripe refuses a key replayed with other parameters, and the new card is for the next
+   attempt);
 2. outside any transaction, ask Stripe for an off-session PaymentIntent with that key;
    on a timeout the SDK retries with the same key and Stripe answers with the
    PaymentIntent it already made; if it still fails, the task retries later, again with
@@ -80,7 +83,11 @@ def _prepare_attempt(
     *, invoice_id: int, off_session: bool, now: datetime
 ) -> PreparedAttempt | None:
     """Lock the invoice and record (or pick up) the attempt; None when no card is on file
-    (the attempt is then recorded as failed, which dunning counts)."""
+    (the attempt is then recorded as failed, which dunning counts).
+
+    A pending attempt keeps the card it was recorded with: its key may already be at
+    Stripe, and a replay must send exactly what was sent the first time.
+    """
     invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
     pending = (
         PaymentAttempt.objects.select_for_update()
@@ -89,6 +96,7 @@ def _prepare_attempt(
         .first()
     )
     customer = BillingCustomer.objects.filter(organization_id=invoice.buyer_id).first()
+    current_card = customer.default_payment_method_id if customer is not None else ""
     if pending is None:
         if _retire_unauthenticated(invoice=invoice, now=now):
             invoice.refresh_from_db()
@@ -104,12 +112,20 @@ def _prepare_attempt(
             amount_minor=invoice.amount_due_minor,
             currency=invoice.currency,
             off_session=off_session,
+            payment_method_id=current_card,
             created_at=now,
         )
         Invoice.objects.filter(pk=invoice.pk).update(
             payment_attempt_count=number, next_payment_attempt_at=None, updated_at=now
         )
-    if customer is None or not customer.has_payment_method:
+    elif not pending.payment_method_id and current_card:
+        # Recorded before attempts kept their card: the current one is the best guess, and
+        # from now on every replay of this key sends it.
+        PaymentAttempt.objects.filter(pk=pending.pk, payment_method_id="").update(
+            payment_method_id=current_card, updated_at=now
+        )
+        pending.payment_method_id = current_card
+    if customer is None or not pending.payment_method_id:
         PaymentAttempt.objects.filter(pk=pending.pk).update(
             status=AttemptStatus.FAILED,
             failure_code="no_payment_method",
@@ -122,7 +138,7 @@ def _prepare_attempt(
     return PreparedAttempt(
         attempt=pending,
         customer_id=customer.stripe_customer_id,
-        payment_method_id=customer.default_payment_method_id,
+        payment_method_id=pending.payment_method_id,
     )
 
 

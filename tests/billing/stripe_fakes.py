@@ -5,7 +5,8 @@ at ``/js.stripe.com/v3/``) on a free port in 8070-8079.
 
 ``StripeProxy`` forwards to it over real HTTP and adds what localstripe lacks and the
 tests need: Stripe's idempotency (a POST with an ``Idempotency-Key`` seen before gets the
-stored response, as Stripe does for 24 hours), a delay on the first response to a path
+stored response, as Stripe does for 24 hours, or a 400 ``idempotency_error`` when its
+parameters differ from the first request's), a delay on the first response to a path
 (the client times out and retries with the same key), and an optional fee on balance
 transactions (localstripe's are always fee-free). Nothing of ours is mocked.
 """
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import httpx
 
@@ -154,6 +156,25 @@ class ProxyBehaviour:
     # How many requests reached localstripe per (method, path prefix), for assertions.
     forwarded: list[tuple[str, str]] = field(default_factory=list)
     idempotent_replays: int = 0
+    # Keys re-sent with other parameters, refused with Stripe's ``idempotency_error``.
+    idempotency_conflicts: list[str] = field(default_factory=list)
+
+
+def request_fingerprint(method: str, path: str, body: bytes) -> str:
+    """What Stripe compares when a key comes back: the request and its parameters (the
+    form fields in any order; headers such as the SDK's retry count do not count)."""
+    fields = sorted(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
+    return hashlib.sha256(json.dumps([method, path, fields]).encode()).hexdigest()
+
+
+def idempotency_error(key: str) -> bytes:
+    """Stripe's answer to a key replayed with parameters other than its first request's."""
+    message = (
+        "Keys for idempotent requests can only be used with the same parameters they were "
+        f"first used with. Try using a key other than '{key}' if you meant to execute a "
+        "different request."
+    )
+    return json.dumps({"error": {"type": "idempotency_error", "message": message}}).encode()
 
 
 class StripeProxy:
@@ -162,7 +183,8 @@ class StripeProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.behaviour = ProxyBehaviour()
-        self._responses: dict[str, tuple[int, bytes]] = {}
+        # Per key: the first request's fingerprint and Stripe's answer to it.
+        self._responses: dict[str, tuple[str, int, bytes]] = {}
         self._in_flight: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -239,6 +261,7 @@ class StripeProxy:
                     cache_key = hashlib.sha256(
                         (headers.get("Authorization", "") + key).encode()
                     ).hexdigest()
+                    fingerprint = request_fingerprint(self.command, self.path, body)
                     with proxy._lock:
                         stored = proxy._responses.get(cache_key)
                         waiting = proxy._in_flight.get(cache_key)
@@ -247,13 +270,16 @@ class StripeProxy:
                     if stored is None and waiting is not None:
                         waiting.wait(timeout=60)
                         stored = proxy._responses.get(cache_key)
-                    if stored is not None:
+                    if stored is not None and stored[0] != fingerprint:
+                        proxy.behaviour.idempotency_conflicts.append(key)
+                        status, content = 400, idempotency_error(key)
+                    elif stored is not None:
                         proxy.behaviour.idempotent_replays += 1
-                        status, content = stored
+                        _first, status, content = stored
                     else:
                         status, content = proxy._forward(self.command, self.path, headers, body)
                         with proxy._lock:
-                            proxy._responses[cache_key] = (status, content)
+                            proxy._responses[cache_key] = (fingerprint, status, content)
                             proxy._in_flight.pop(cache_key).set()
                 if delay:
                     time.sleep(delay)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from billing import ledger, payments
+from billing import customers, dunning, ledger, payments
 from billing.models import Account, AttemptStatus, PaymentAttempt, PaymentStatus
+from billing.stripe_gateway import StripeUnavailable
 from tests.billing.conftest import finalized_invoice_for, save_card
 
 pytestmark = pytest.mark.django_db
@@ -178,3 +179,164 @@ def test_no_card_counts_as_a_failed_attempt(buyer_org, buyer_owner):
     invoice.refresh_from_db()
     assert (attempt.status, attempt.failure_code) == (AttemptStatus.FAILED, "no_payment_method")
     assert invoice.payment_status == PaymentStatus.FAILED
+
+
+def _buyer_saves_another_card(*, organization, actor, localstripe, number: str) -> str:
+    """The card page's flow: a SetupIntent, confirmed by Stripe.js, then saved as default."""
+    setup = customers.card_setup_start(organization=organization)
+    localstripe.confirm_setup_intent(
+        setup_intent_id=setup.id, client_secret=setup.client_secret, card=number
+    )
+    customer = customers.card_setup_complete(
+        organization=organization, setup_intent_id=setup.id, actor=actor
+    )
+    return customer.default_payment_method_id
+
+
+def _lose_the_answer_to_the_first_charge(*, invoice, stripe_proxy, settings) -> PaymentAttempt:
+    """Stripe makes the PaymentIntent, but its answer never reaches us: attempt 1 stays
+    pending with its key, as after a crash or a timeout past the SDK's retries."""
+    settings.STRIPE_READ_TIMEOUT_SECONDS = 1
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    stripe_proxy.behaviour.delay_first = {"/v1/payment_intents": 2.5}
+    with pytest.raises(StripeUnavailable):
+        payments.charge_invoice(invoice_id=invoice.pk)
+    settings.STRIPE_READ_TIMEOUT_SECONDS = 10
+    settings.STRIPE_MAX_NETWORK_RETRIES = 2
+    pending = PaymentAttempt.objects.get(invoice=invoice)
+    assert (pending.attempt_number, pending.status) == (1, AttemptStatus.PENDING)
+    return pending
+
+
+def test_pending_attempt_is_replayed_with_its_own_card_after_the_buyer_changes_card(
+    buyer_org, buyer_owner, localstripe, stripe_proxy, settings
+):
+    customer = save_card(buyer_org, localstripe, number="4242424242424242")
+    first_card = customer.default_payment_method_id
+    invoice = finalized_invoice_for(buyer_org, total_minor=7_700)
+    pending = _lose_the_answer_to_the_first_charge(
+        invoice=invoice, stripe_proxy=stripe_proxy, settings=settings
+    )
+    new_card = _buyer_saves_another_card(
+        organization=buyer_org,
+        actor=buyer_owner,
+        localstripe=localstripe,
+        number="5555555555554444",
+    )
+    assert new_card.startswith("pm_") and new_card != first_card
+
+    # The next charging run replays attempt 1: same key, so the same card.
+    attempt = payments.charge_invoice(invoice_id=invoice.pk)
+
+    assert stripe_proxy.behaviour.idempotency_conflicts == []
+    assert stripe_proxy.behaviour.idempotent_replays == 1  # Stripe answered from its store
+    creates = [
+        p for m, p in stripe_proxy.behaviour.forwarded if m == "POST" and p == "/v1/payment_intents"
+    ]
+    assert len(creates) == 1
+    assert (attempt.pk, attempt.idempotency_key, attempt.status, attempt.payment_method_id) == (
+        pending.pk,
+        f"invoice-{invoice.pk}-attempt-1",
+        AttemptStatus.SUCCEEDED,
+        first_card,
+    )
+    intents = localstripe.payment_intents_of(customer.stripe_customer_id)
+    assert [(i["amount"], i["status"], i["payment_method"]) for i in intents] == [
+        (7_700, "succeeded", first_card)
+    ]
+    assert [
+        (c["amount"], c["paid"]) for c in localstripe.charges_of(customer.stripe_customer_id)
+    ] == [(7_700, True)]
+    invoice.refresh_from_db()
+    assert (
+        invoice.payment_status,
+        invoice.amount_paid_minor,
+        invoice.amount_due_minor,
+        invoice.payment_attempt_count,
+    ) == (PaymentStatus.PAID, 7_700, 0, 1)
+    assert list(
+        PaymentAttempt.objects.filter(invoice=invoice).values_list(
+            "attempt_number", "status", "amount_minor", "payment_method_id"
+        )
+    ) == [(1, AttemptStatus.SUCCEEDED, 7_700, first_card)]
+    assert ledger.receivable_of(organization=buyer_org, currency="USD") == 0
+    # Paid once: a further run charges nothing, on either card.
+    assert payments.charge_invoice(invoice_id=invoice.pk) is None
+    assert len(localstripe.payment_intents_of(customer.stripe_customer_id)) == 1
+
+
+def test_old_card_declines_its_own_attempt_and_the_next_attempt_charges_the_new_card(
+    buyer_org, buyer_owner, localstripe, stripe_proxy, settings
+):
+    customer = save_card(buyer_org, localstripe, number="4000000000000341")  # declines
+    first_card = customer.default_payment_method_id
+    invoice = finalized_invoice_for(buyer_org, total_minor=6_600)
+    _lose_the_answer_to_the_first_charge(
+        invoice=invoice, stripe_proxy=stripe_proxy, settings=settings
+    )
+    new_card = _buyer_saves_another_card(
+        organization=buyer_org,
+        actor=buyer_owner,
+        localstripe=localstripe,
+        number="4242424242424242",
+    )
+
+    # Attempt 1 is resolved as Stripe decided it, with its own card …
+    replayed = payments.charge_invoice(invoice_id=invoice.pk)
+    assert (replayed.attempt_number, replayed.status, replayed.failure_code) == (
+        1,
+        AttemptStatus.FAILED,
+        "card_declined",
+    )
+    invoice.refresh_from_db()
+    assert (invoice.payment_status, invoice.amount_paid_minor) == (PaymentStatus.FAILED, 0)
+    # … and dunning's retry is a new attempt, with a new key, on the new card.
+    assert dunning.run_due_retries(now=invoice.next_payment_attempt_at) == 1
+
+    assert stripe_proxy.behaviour.idempotency_conflicts == []
+    assert list(
+        PaymentAttempt.objects.filter(invoice=invoice).values_list(
+            "attempt_number", "idempotency_key", "status", "amount_minor", "payment_method_id"
+        )
+    ) == [
+        (1, f"invoice-{invoice.pk}-attempt-1", AttemptStatus.FAILED, 6_600, first_card),
+        (2, f"invoice-{invoice.pk}-attempt-2", AttemptStatus.SUCCEEDED, 6_600, new_card),
+    ]
+    intents = sorted(
+        localstripe.payment_intents_of(customer.stripe_customer_id), key=lambda i: i["created"]
+    )
+    assert [(i["amount"], i["status"], i["payment_method"]) for i in intents] == [
+        (6_600, "requires_payment_method", first_card),
+        (6_600, "succeeded", new_card),
+    ]
+    invoice.refresh_from_db()
+    assert (invoice.payment_status, invoice.amount_paid_minor, invoice.amount_due_minor) == (
+        PaymentStatus.PAID,
+        6_600,
+        0,
+    )
+    assert ledger.receivable_of(organization=buyer_org, currency="USD") == 0
+
+
+def test_pending_attempt_recorded_before_cards_were_kept_takes_the_current_card_once(
+    buyer_org, buyer_owner, localstripe, stripe_proxy, settings
+):
+    customer = save_card(buyer_org, localstripe)
+    invoice = finalized_invoice_for(buyer_org, total_minor=3_300)
+    pending = _lose_the_answer_to_the_first_charge(
+        invoice=invoice, stripe_proxy=stripe_proxy, settings=settings
+    )
+    PaymentAttempt.objects.filter(pk=pending.pk).update(payment_method_id="")  # an old row
+
+    attempt = payments.charge_invoice(invoice_id=invoice.pk)
+
+    assert (attempt.pk, attempt.status, attempt.payment_method_id) == (
+        pending.pk,
+        AttemptStatus.SUCCEEDED,
+        customer.default_payment_method_id,
+    )
+    assert stripe_proxy.behaviour.idempotency_conflicts == []
+    intents = localstripe.payment_intents_of(customer.stripe_customer_id)
+    assert [(i["amount"], i["status"]) for i in intents] == [(3_300, "succeeded")]
+    invoice.refresh_from_db()
+    assert (invoice.payment_status, invoice.amount_paid_minor) == (PaymentStatus.PAID, 3_300)
