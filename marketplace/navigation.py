@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.http import HttpRequest
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, get_script_prefix, reverse
 
 from marketplace.tenancy import current_organization
 
@@ -73,6 +73,21 @@ def _is_active(url: str, path: str) -> bool:
     return path == url or (url != "/" and path.startswith(url))
 
 
+# (script prefix, URL name) -> path, or None when the name does not resolve: the URL
+# configuration does not change while a process runs, and every page renders the menu.
+_URLS: dict[tuple[str, str], str | None] = {}
+
+
+def _url(url_name: str) -> str | None:
+    key = (get_script_prefix(), url_name)
+    if key not in _URLS:
+        try:
+            _URLS[key] = reverse(url_name)
+        except NoReverseMatch:
+            _URLS[key] = None
+    return _URLS[key]
+
+
 def build_navigation(request: HttpRequest) -> list[NavLink]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
@@ -84,9 +99,8 @@ def build_navigation(request: HttpRequest) -> list[NavLink]:
     for entry in NAVIGATION:
         if not _visible(entry, is_buyer=is_buyer, is_partner=is_partner, is_staff=user.is_staff):
             continue
-        try:
-            url = reverse(entry.url_name)
-        except NoReverseMatch:
+        url = _url(entry.url_name)
+        if url is None:
             continue  # that part of the product has not shipped yet
         resolved.append((entry, url))
 

@@ -32,19 +32,33 @@ M = TypeVar("M", bound=Model)
 
 
 def memberships_of(user: Any) -> QuerySet[Membership]:
+    """A user's memberships with their organizations, by organization name."""
     if not user.is_authenticated:
         return Membership.objects.none()
-    return Membership.objects.filter(user=user).select_related("organization")
+    return (
+        Membership.objects.filter(user=user)
+        .select_related("organization")
+        .order_by("organization__name", "pk")
+    )
+
+
+def request_memberships(request: HttpRequest) -> list[Membership]:
+    """The signed-in user's memberships (``memberships_of``), read once per request: the
+    current organization and the switcher both use them."""
+    cached = getattr(request, _MEMBERSHIPS_ATTR, None)
+    if cached is None:
+        cached = list(memberships_of(request.user))
+        setattr(request, _MEMBERSHIPS_ATTR, cached)
+    return cached
 
 
 def _resolve_membership(request: HttpRequest) -> Membership | None:
-    memberships = memberships_of(request.user)
+    memberships = request_memberships(request)
     wanted = request.session.get(SESSION_KEY)
-    if wanted is not None:
-        chosen = memberships.filter(organization_id=wanted).first()
-        if chosen is not None:
-            return chosen
-    chosen = memberships.order_by("created_at", "pk").first()
+    for membership in memberships:
+        if membership.organization_id == wanted:
+            return membership
+    chosen = min(memberships, key=lambda m: (m.created_at, m.pk), default=None)
     if chosen is not None:
         request.session[SESSION_KEY] = chosen.organization_id
     return chosen
@@ -52,6 +66,7 @@ def _resolve_membership(request: HttpRequest) -> Membership | None:
 
 _UNSET = object()
 _CACHE_ATTR = "_hashgrid_membership"
+_MEMBERSHIPS_ATTR = "_hashgrid_memberships"
 
 
 class CurrentOrganizationMiddleware:
@@ -66,6 +81,7 @@ class CurrentOrganizationMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         setattr(request, _CACHE_ATTR, _UNSET)
+        setattr(request, _MEMBERSHIPS_ATTR, None)
         return self.get_response(request)
 
 
@@ -86,6 +102,7 @@ def switch_organization(request: HttpRequest, organization: Organization) -> Non
     """Make ``organization`` current. The caller has checked the membership exists."""
     request.session[SESSION_KEY] = organization.pk
     setattr(request, _CACHE_ATTR, _UNSET)
+    setattr(request, _MEMBERSHIPS_ATTR, None)
 
 
 def organization_context(request: HttpRequest) -> dict[str, Any]:
@@ -95,7 +112,7 @@ def organization_context(request: HttpRequest) -> dict[str, Any]:
     return {
         "current_membership": current_membership(request),
         "current_organization": current_organization(request),
-        "user_memberships": memberships_of(request.user),
+        "user_memberships": request_memberships(request),
     }
 
 
