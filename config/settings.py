@@ -112,6 +112,27 @@ DATABASES = {
     )
 }
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+# The cache: search results (``marketplace.search_cache``), allauth's rate limits and the
+# enrollment throttle. ``CACHE_URL`` (``redis://host:6379/1``) shares one Redis between
+# every web process, which production wants (limits hold across workers); without it
+# each process keeps its own in memory.
+_CACHE_URL = env_str("CACHE_URL", "")
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _CACHE_URL,
+            "KEY_PREFIX": "hashgrid",
+        }
+        if _CACHE_URL
+        else {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "hashgrid",
+            "OPTIONS": {"MAX_ENTRIES": 2000},
+        }
+    )
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "marketplace.User"

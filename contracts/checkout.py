@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -247,8 +248,11 @@ def _insert_with_default_sla(contract: Contract) -> bool:
     ]
     policies = SlaPolicy._meta.db_table
     default_policy = f"(SELECT id FROM {policies} WHERE is_default ORDER BY id LIMIT 1)"  # noqa: S608
-    columns, placeholders, params = [], [], []
+    columns: list[str] = []
+    placeholders: list[str] = []
+    params: list[Any] = []
     for field, value in zip(fields, values, strict=True):
+        assert field.column is not None  # concrete fields have a column
         columns.append(connection.ops.quote_name(field.column))
         if field.name == "sla_policy" and value is None:
             placeholders.append(default_policy)

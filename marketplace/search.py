@@ -6,10 +6,11 @@ result shows is an annotation, never a per-row query.
 
 - ``free_gpus``: devices of the offer's site and GPU model, on non-retired nodes, with no
   allocation overlapping the requested window, capped at what the offer lists. Counted
-  for every pool in one set-based query first (``contracts.selectors.free_gpus_by_pool``)
-  and handed to the offer query as a JSON object keyed ``"site:model"``: a correlated
-  count per offer probed the allocation index once per device of every pool (40,000
-  probes, twice, at ten times the demo).
+  for every pool in one set-based query first (``contracts.selectors.free_gpus_by_pool``,
+  cached per window until the inventory changes: ``marketplace.search_cache``) and
+  handed to the offer query as a JSON object keyed ``"site:model"``: a correlated count
+  per offer probed the allocation index once per device of every pool (40,000 probes,
+  twice, at ten times the demo).
 - ``price_per_gpu_hour``: the reserved rate for the requested term.
 - ``availability_percent``: observed-available GPU-minutes over the last 30 days out of
   the minutes the pool's GPUs existed (``capacity.metering.pool_availability``: the
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.apps import apps
@@ -36,6 +37,7 @@ from capacity.models import Offer
 from contracts.models import TERM_MONTHS
 from contracts.selectors import free_gpus_by_pool
 from contracts.terms import add_months
+from marketplace import search_cache
 
 SORTS = {
     "price": ("price_per_gpu_hour", "-free_gpus", "pk"),
@@ -65,8 +67,17 @@ class SearchFilters:
     sort: str = DEFAULT_SORT
 
     def window(self, now: datetime) -> tuple[datetime, datetime]:
-        start = self.starts_at or now
+        """``[start, end)`` of the term. No start = the next whole minute: what the result
+        links carry to the offer page (to the minute), and one window per minute for the
+        cache."""
+        start = self.starts_at or next_minute(now)
         return start, add_months(start, self.term_months)
+
+
+def next_minute(moment: datetime) -> datetime:
+    """``moment`` rounded up to a whole minute."""
+    floor = moment.replace(second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(minutes=1)
 
 
 def _price_for_term(term_months: int) -> F:
@@ -84,7 +95,11 @@ def _availability_expression(now: datetime) -> RawSQL | Value:
 
 def _free_gpus_expression(*, start: datetime, end: datetime, gpu_model_id: int | None) -> RawSQL:
     """Free GPUs of an offer's pool over ``[start, end)``, as SQL (see module docstring)."""
-    free = free_gpus_by_pool(start=start, end=end, gpu_model_id=gpu_model_id)
+    free = search_cache.cached(
+        "free-gpus",
+        (start.isoformat(), end.isoformat(), gpu_model_id),
+        lambda: free_gpus_by_pool(start=start, end=end, gpu_model_id=gpu_model_id),
+    )
     by_pool = json.dumps({f"{site}:{model}": count for (site, model), count in free.items()})
     offers = Offer._meta.db_table
     sql = (

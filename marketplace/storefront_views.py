@@ -8,15 +8,18 @@ organization; confirming needs an operator role (owner, admin, member).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.http import urlencode
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 
 from capacity.forms import add_service_errors
@@ -24,6 +27,7 @@ from capacity.models import Offer
 from contracts import checkout
 from contracts.money import minor_to_major
 from contracts.payment_methods import buyer_has_payment_method
+from marketplace import search_cache
 from marketplace.models import OPERATOR_ROLES
 from marketplace.search import offer_search
 from marketplace.storefront_forms import ReservationForm, SearchForm
@@ -43,30 +47,47 @@ def _default_start() -> str:
 @buyer_member
 @require_http_methods(["GET"])
 def search(request: HttpRequest) -> HttpResponse:
-    form = SearchForm(request.GET or None)
-    filters = form.filters()
-    offers = offer_search(filters=filters)
-    page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
-    start, end = filters.window(timezone.now())
-    # What each result's "View" link carries to the offer page, built once for the page.
-    detail_params: dict[str, int | str] = {
-        "gpu_count": filters.gpu_count or 1,
-        "term_months": filters.term_months,
-        "starts_at": (filters.starts_at or start).strftime("%Y-%m-%dT%H:%M"),
-    }
-    detail_query = urlencode(detail_params)
+    """Offers matching the filters. The form and its results are one fragment that depends
+    only on the query and the inventory, cached until a commit changes the inventory
+    (``marketplace.search_cache``); the minute is part of the key because an empty start
+    means "now"."""
+    now = timezone.now()
+    query = (sorted(request.GET.lists()), now.replace(second=0, microsecond=0).isoformat())
+    page = search_cache.cached("page", query, lambda: _search_fragment(request, now))
     return render(
         request,
         "marketplace/storefront/search.html",
         {
+            "results": mark_safe(page["html"]),  # noqa: S308 (rendered by our template)
+            "window_start": page["window_start"],
+            "window_end": page["window_end"],
+        },
+    )
+
+
+def _search_fragment(request: HttpRequest, now: datetime) -> dict[str, Any]:
+    form = SearchForm(request.GET or None)
+    filters = form.filters()
+    offers = offer_search(filters=filters, now=now)
+    page = Paginator(offers, PAGE_SIZE).get_page(request.GET.get("page"))
+    start, end = filters.window(now)
+    # What each result's "View" link carries to the offer page, built once for the page.
+    detail_params: dict[str, int | str] = {
+        "gpu_count": filters.gpu_count or 1,
+        "term_months": filters.term_months,
+        "starts_at": start.strftime("%Y-%m-%dT%H:%M"),
+    }
+    html = render_to_string(
+        "marketplace/storefront/_search_results.html",
+        {
             "form": form,
             "page_obj": page,
             "filters": filters,
-            "window_start": start,
-            "window_end": end,
-            "detail_query": detail_query,
+            "detail_query": urlencode(detail_params),
         },
+        request=request,
     )
+    return {"html": str(html), "window_start": start, "window_end": end}
 
 
 @buyer_member

@@ -52,6 +52,7 @@ def test_bench_web_small_run() -> None:
     assert set(result["endpoints"]) == {
         "trivial",
         "search",
+        "search_uncached",
         "search_filtered",
         "dashboard",
         "partner_nodes",

@@ -20,6 +20,12 @@ object.
    ``--concurrency`` in flight (httpx, one keep-alive connection each), signed in with a
    session created in the database (the bench organization's owner).
 
+Endpoints: the trivial view; ``search`` (the marketplace's landing query, served from
+the search cache after its first computation per worker and minute:
+``marketplace.search_cache``); ``search_uncached`` (a different start on every request,
+so every one computes its page from the database); a filtered search; the buyer
+dashboard; the partner's node list.
+
 Per endpoint: ``p50_ms``/``p95_ms`` of the server time (``Server-Timing``: the Django
 request inside the worker), ``client_p50_ms``/``client_p95_ms`` as the client saw it, and
 ``rps`` (requests / wall-clock seconds). ``search_rps_ratio`` = search rps / trivial rps.
@@ -28,6 +34,7 @@ request inside the worker), ``client_p50_ms``/``client_p95_ms`` as the client sa
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -35,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -126,9 +134,22 @@ class Command(BaseCommand):
             .values_list("gpu_model_id", flat=True)
             .first()
         )
-        endpoints = {
+        tomorrow = (timezone.now() + timedelta(days=1)).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
+
+        minutes = itertools.count()
+
+        def uncached_search() -> str:
+            # A start one minute later on every request (warm-up included): every request
+            # misses both search caches and computes the page from the database.
+            start = tomorrow + timedelta(minutes=next(minutes))
+            return f"/marketplace/?starts_at={start:%Y-%m-%dT%H:%M}"
+
+        endpoints: dict[str, str | Callable[[], str]] = {
             "trivial": "/bench/trivial",
             "search": "/marketplace/",
+            "search_uncached": uncached_search,
             "search_filtered": (
                 f"/marketplace/?gpu_model={gpu_model_id}&gpu_count=8&term_months=3"
                 "&sort=availability"
@@ -549,7 +570,7 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
 async def _drive(
     *,
     base_url: str,
-    endpoints: dict[str, str],
+    endpoints: dict[str, str | Callable[[], str]],
     cookie: str,
     requests: int,
     warmup: int,
@@ -570,7 +591,7 @@ async def _drive(
             server_ms, client_ms = await _burst(client, url, requests, concurrency)
             wall = time.perf_counter() - started
             results[name] = {
-                "url": url,
+                "url": url if isinstance(url, str) else url(),
                 "p50_ms": round(statistics.median(server_ms), 2),
                 "p95_ms": round(_percentile(server_ms, 95), 2),
                 "client_p50_ms": round(statistics.median(client_ms), 2),
@@ -581,8 +602,9 @@ async def _drive(
 
 
 async def _burst(
-    client: httpx.AsyncClient, url: str, count: int, concurrency: int
+    client: httpx.AsyncClient, url: str | Callable[[], str], count: int, concurrency: int
 ) -> tuple[list[float], list[float]]:
+    """``count`` GETs of ``url`` (or of a new ``url()`` for every request)."""
     server_ms: list[float] = []
     client_ms: list[float] = []
     remaining = count
@@ -592,7 +614,7 @@ async def _burst(
         while remaining > 0:
             remaining -= 1
             started = time.perf_counter()
-            response = await client.get(url)
+            response = await client.get(url if isinstance(url, str) else url())
             client_ms.append((time.perf_counter() - started) * 1000)
             if response.status_code != 200:
                 raise CommandError(f"GET {url} answered {response.status_code}")
