@@ -8,7 +8,7 @@ every figure is zero. Energy: 1 kWh = 3.6e9 mJ.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,7 +19,7 @@ from django.db.models.functions import Trunc
 
 from capacity.models import Node
 from contracts.models import Allocation, Contract, ContractLine, LineApiKey, LineKind
-from contracts.money import busy_gpu_charge, hours_between, round_money, token_charge
+from contracts.money import busy_gpu_charge, reserved_charge, round_money, token_charge
 
 MJ_PER_KWH = Decimal(3_600_000_000)
 BUCKETS = ("hour", "day")
@@ -171,11 +171,13 @@ def month_to_date(*, contracts: list[Contract], since: datetime, until: datetime
         .select_related("offer__site", "offer__gpu_model", "inference_product")
         .order_by("contract_id", "pk")
     )
-    allocations = defaultdict(list)
-    for allocation in Allocation.objects.filter(
+    # Held GPUs per line and period: a line's GPUs usually share one period, so the cost
+    # is computed once per period, not once per GPU.
+    held: dict[int, Counter[tuple[datetime, datetime]]] = defaultdict(Counter)
+    for held_line_id, period in Allocation.objects.filter(
         line__in=lines, period__overlap=(since, until)
-    ).only("line_id", "period"):
-        allocations[allocation.line_id].append(allocation.period)
+    ).values_list("line_id", "period"):
+        held[held_line_id][(period.lower, period.upper)] += 1
     keyed_by_line_day: dict[tuple[int, datetime], dict] = {}
     if metering_installed():
         keyed = (
@@ -232,10 +234,15 @@ def month_to_date(*, contracts: list[Contract], since: datetime, until: datetime
             day_end = min(day + timedelta(days=1), until)
             day_exact = Decimal(0)
             if line.kind == LineKind.RESERVED:
-                for period in allocations.get(line.pk, ()):
-                    start, end = max(period.lower, day), min(period.upper, day_end)
+                for (lower, upper), gpus in held.get(line.pk, {}).items():
+                    start, end = max(lower, day), min(upper, day_end)
                     if end > start:
-                        day_exact += hours_between(start, end) * line.price_per_gpu_hour  # type: ignore[operator]
+                        day_exact += reserved_charge(
+                            gpu_count=gpus,
+                            start=start,
+                            end=end,
+                            rate=line.price_per_gpu_hour,  # type: ignore[arg-type]
+                        )
             else:
                 usage = keyed_by_line_day.get((line.pk, day))
                 if usage and line.kind == LineKind.ON_DEMAND_GPU:

@@ -115,6 +115,7 @@ def test_entries_whose_url_does_not_exist_yet_are_skipped(monkeypatch, buyer_own
         return f"/{name}/"
 
     monkeypatch.setattr(navigation, "reverse", reverse)
+    monkeypatch.setattr(navigation, "_URLS", {})  # what the process resolved so far
     request = RequestFactory().get("/")
     request.user = buyer_owner
     request.session = {}
