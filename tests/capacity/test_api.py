@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import time_machine
 from django.utils import timezone
 
 from capacity.models import (
@@ -103,8 +104,11 @@ def test_windows_create_list_cancel(partner_api, node):
     assert overlap.status_code == 400
     assert list(overlap.json()) == ["start"]
     assert partner_api.get(f"/api/v1/nodes/{node.pk}/windows").json()["count"] == 1
-    assert partner_api.delete(f"/api/v1/windows/{created.json()['id']}").status_code == 204
-    assert NodeWindow.objects.get().cancelled_at is not None
+    cancelled_at = timezone.now()
+    with time_machine.travel(cancelled_at, tick=False):
+        deleted = partner_api.delete(f"/api/v1/windows/{created.json()['id']}")
+    assert deleted.status_code == 204
+    assert NodeWindow.objects.get().cancelled_at == cancelled_at
 
 
 @pytest.mark.django_db

@@ -6,6 +6,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -157,10 +158,12 @@ def test_retire_clears_the_token_and_revokes_codes(site):
         cpu_cores=8,
         ram_gib=64,
     )
-    node = services.node_retire(node=created.node, actor=None)
+    retired_at = timezone.now()
+    with time_machine.travel(retired_at, tick=False):
+        node = services.node_retire(node=created.node, actor=None)
     assert node.status == NodeStatus.RETIRED
     assert node.poll_token_ciphertext == ""
-    assert EnrollmentCode.objects.get(node=node).revoked_at is not None
+    assert EnrollmentCode.objects.get(node=node).revoked_at == retired_at
     with pytest.raises(ValidationError) as caught:
         services.node_retire(node=node, actor=None)
     assert caught.value.messages == ["This node is already retired."]

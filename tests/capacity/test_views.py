@@ -6,6 +6,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.urls import reverse
 from django.utils import timezone
 
@@ -135,9 +136,11 @@ def test_window_create_refusal_and_success(partner_client, node):
 @pytest.mark.django_db
 def test_retire_and_cancel_and_deactivate_via_confirm_pages(partner_client, node):
     window = NodeWindowFactory(node=node)
-    response = partner_client.post(reverse("capacity:window_cancel", args=[window.pk]))
+    cancelled_at = timezone.now()
+    with time_machine.travel(cancelled_at, tick=False):
+        response = partner_client.post(reverse("capacity:window_cancel", args=[window.pk]))
     assert response.status_code == 302
-    assert NodeWindow.objects.get(pk=window.pk).cancelled_at is not None
+    assert NodeWindow.objects.get(pk=window.pk).cancelled_at == cancelled_at
     assert partner_client.get(reverse("capacity:node_retire", args=[node.pk])).status_code == 200
     partner_client.post(reverse("capacity:node_retire", args=[node.pk]))
     assert Node.objects.get(pk=node.pk).status == NodeStatus.RETIRED

@@ -40,19 +40,19 @@ def test_readings_delta_handles_each_counter_on_its_own() -> None:
 def test_deltas_add_up_to_true_usage_whatever_the_resets(
     start: int, windows: list[tuple[int, bool]]
 ) -> None:
-    """A reset at the start of a window loses nothing as long as the window used something
-    or the counter was above zero; deltas are never negative."""
-    reading, total_delta = start, 0
+    """A reset at the start of a window loses nothing unless the window ends at or above
+    the old reading; deltas are never negative (each is one of two exact values below)."""
+    reading, total_delta, unseen = start, 0, 0
     for usage, reset in windows:
         previous = reading
         reading = (0 if reset else reading) + usage
         delta = counter_delta(previous, reading)
-        assert delta >= 0
-        # A reset whose window ends above the old reading cannot be seen; then the
-        # delta is the growth, which undercounts by at most the old reading.
+        # A reset whose window ends at or above the old reading cannot be seen; then the
+        # delta is the growth, which undercounts by exactly the old reading.
         if reset and reading >= previous:
             assert delta == reading - previous
+            unseen += previous
         else:
             assert delta == usage
         total_delta += delta
-    assert total_delta <= sum(usage for usage, _ in windows)
+    assert total_delta == sum(usage for usage, _ in windows) - unseen

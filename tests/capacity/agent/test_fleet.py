@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from capacity.agent.fleet import fleet_poll_token
+from capacity.agent.fleet import fleet_node_id, fleet_poll_token
+from capacity.agent.simulator import scheduled_resets
 from tests.capacity.agent.conftest import Launcher, Process
 from tests.capacity.agent.verification import (
     GENESIS,
@@ -168,11 +169,27 @@ def test_restart_fault_changes_boot_id_and_keeps_the_chain(fleet: Process) -> No
     check_chain(page["records"], prev_hash=records[-1]["hash"], first_seq=len(records) + 1)
 
 
+def _expected_counter_resets(index: int, windows: int, *, forced_at: int | None = None) -> int:
+    """GPU-windows among the first ``windows`` of node ``index`` whose counters restart:
+    those the seed schedules, and every GPU in the window a ``counter_reset`` fault hit."""
+    node_key = fleet_node_id(SEED, index)
+    resets = 0
+    for ordinal in range(windows):
+        for gpu_index in range(GPUS):
+            scheduled = scheduled_resets(
+                seed=SEED, node_key=node_key, gpu_index=gpu_index, ordinal=ordinal
+            )
+            resets += ordinal == forced_at or scheduled.energy or scheduled.tokens
+    return resets
+
+
 def test_counter_reset_fault_keeps_totals_exact(fleet: Process) -> None:
-    index = 9
+    # Node 44: its seed schedules no reset in windows 300-356, so whichever of them the
+    # fault lands in, every GPU's reset there is the fault's own.
+    index = 44
     client, public_key = _client(index), _info(fleet, index)["public_key"]
     truth_url = f"{_node_url(fleet, index)}/v1/_sim/truth"
-    resets_before = signed_json(client.get(truth_url), public_key)["total"]["counter_resets"]
+    before = signed_json(client.get(truth_url), public_key)
     _fault(fleet, {"nodes": [index], "fault": "counter_reset"})
     time.sleep(1.1)
 
@@ -182,7 +199,14 @@ def test_counter_reset_fault_keeps_totals_exact(fleet: Process) -> None:
     )
     records = records[: truth["head_seq"]]
 
-    assert truth["total"]["counter_resets"] >= resets_before + GPUS
+    windows_before, windows_after = before["head_seq"] // GPUS, truth["head_seq"] // GPUS
+    assert before["total"]["counter_resets"] == _expected_counter_resets(index, windows_before)
+    # The fault hits the first window not yet done when it arrives: one of these.
+    expected = {
+        _expected_counter_resets(index, windows_after, forced_at=ordinal)
+        for ordinal in range(windows_before, windows_after)
+    }
+    assert expected == {truth["total"]["counter_resets"]}
     assert sum_records(records) == {k: truth["total"][k] for k in sum_records([])}
 
 

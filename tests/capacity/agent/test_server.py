@@ -1,7 +1,9 @@
 """The agent as the platform sees it: a subprocess spoken to over real HTTP.
 
 Everything is checked from the outside with ``verification`` (``cryptography`` and
-``hashlib`` directly), never with the agent's own helpers.
+``hashlib`` directly), never with the agent's own helpers. Expected usage comes from the
+simulator's pure ``window_activity`` and the reset schedule its seed fixes: that is the
+ground truth a correct agent must report, whatever the clock.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from capacity.agent.simulator import simulated_gpus, window_activity
 from tests.capacity.agent.conftest import Launcher, Process
 from tests.capacity.agent.verification import (
     GENESIS,
@@ -149,7 +152,9 @@ def test_usage_chain_and_totals_match_the_ground_truth(
         4_914,
         21,
     )
-    assert checked["truth"]["total"]["counter_resets"] > 0  # the seed schedules some
+    # Seed 7 schedules 33 resets in the 600 backfilled windows (the last in window 555)
+    # and the next in window 609, at least nine minutes after start-up: none in this module.
+    assert checked["truth"]["total"]["counter_resets"] == 33
 
 
 def test_pages_follow_after_and_limit(steady_agent: Process, client: httpx.Client) -> None:
@@ -166,9 +171,12 @@ def test_pages_follow_after_and_limit(steady_agent: Process, client: httpx.Clien
             ),
             info["public_key"],
         )
-        assert len(page["records"]) == 7 or len(small_pages) + 7 > 100
+        assert [r["seq"] for r in page["records"]] == list(
+            range(len(small_pages) + 1, len(small_pages) + 8)
+        )
         small_pages.extend(page["records"])
 
+    assert len(small_pages) == 105
     assert small_pages[:100] == whole["records"]
     assert sorted(whole) == ["head_hash", "head_seq", "journal_epoch", "records"]
     assert whole["journal_epoch"] == info["journal_epoch"]
@@ -330,8 +338,27 @@ def test_injected_counter_reset_gives_no_negative_delta_and_exact_totals(
     _wait_for_head(client, agent, head_before + 4)
 
     checked = _check_usage_against_truth(client, agent)
-    assert checked["truth"]["total"]["counter_resets"] >= resets_before + 2
-    assert all(record["energy_mj"] > 0 for record in checked["records"])
+    # In windows 0-38 seed 7 schedules one reset: GPU 0's energy counter in window 2, one
+    # of the five backfilled. The injected reset restarts both GPUs' counters in the next
+    # window (each of them below its old reading, so seen at once), whichever window that is.
+    assert resets_before == 1
+    assert checked["truth"]["total"]["counter_resets"] == 3
+    # Every record is the window's true usage: the reset cost nothing and added nothing.
+    gpus = simulated_gpus(seed=7, node_key="sim-7", count=2, model="h100")
+    true_usage = [
+        window_activity(
+            seed=7,
+            node_key="sim-7",
+            gpu=gpus[(seq - 1) % 2],
+            ordinal=(seq - 1) // 2,
+            window_ms=1000,
+        )
+        for seq in range(1, len(checked["records"]) + 1)
+    ]
+    assert [
+        (r["busy_ms"], r["energy_mj"], r["input_tokens"], r["output_tokens"], r["requests"])
+        for r in checked["records"]
+    ] == [(a.busy_ms, a.energy_mj, a.input_tokens, a.output_tokens, a.requests) for a in true_usage]
 
 
 def test_speed_compresses_generation_but_never_passes_real_time(

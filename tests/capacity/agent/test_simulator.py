@@ -3,6 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from capacity.agent.counters import CounterReadings
 from capacity.agent.simulator import (
     GPU_MODELS,
     SimClock,
@@ -76,8 +77,12 @@ def test_forced_counter_reset_restarts_counters_from_the_window_usage() -> None:
     (window,) = node.run_window(0)
 
     assert window.counter_reset is True
-    assert window.readings.energy_mj == window.activity.energy_mj
-    assert window.readings.input_tokens == window.activity.input_tokens
+    assert window.readings == CounterReadings(
+        energy_mj=window.activity.energy_mj,
+        input_tokens=window.activity.input_tokens,
+        output_tokens=window.activity.output_tokens,
+        requests=window.activity.requests,
+    )
 
 
 def test_sim_clock_catches_up_at_speed_and_never_passes_real_time() -> None:
