@@ -9,8 +9,10 @@
    attempt);
 2. outside any transaction, ask Stripe for an off-session PaymentIntent with that key;
    on a timeout the SDK retries with the same key and Stripe answers with the
-   PaymentIntent it already made; if it still fails, the task retries later, again with
-   the same key;
+   PaymentIntent it already made; if it still fails, the task retries later: a pending
+   attempt picked up again is first looked up at Stripe by its id in the PaymentIntent's
+   metadata (Stripe forgets keys after about a day, so a late replay alone could charge
+   twice), and sent again with the same key only when Stripe has none;
 3. apply what Stripe answered (``apply_payment_intent``).
 
 ``apply_payment_intent`` is the one place an attempt's outcome is recorded, whether it
@@ -22,7 +24,7 @@ no-op the second time, so webhooks may come twice and in any order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 
 from django.core.exceptions import ValidationError
@@ -51,6 +53,10 @@ CHARGEABLE = (
 )
 
 
+# Clock skew allowed between our attempt's timestamp and Stripe's ``created``.
+REPLAY_LOOKUP_MARGIN = timedelta(minutes=10)
+
+
 class NothingToCharge(Exception):
     """The invoice is paid, not finalized, or owes nothing."""
 
@@ -76,6 +82,8 @@ class PreparedAttempt:
     attempt: PaymentAttempt
     customer_id: str
     payment_method_id: str
+    # A pending attempt picked up again: it may already be at Stripe.
+    is_replay: bool
 
 
 @transaction.atomic
@@ -95,6 +103,7 @@ def _prepare_attempt(
         .order_by("-attempt_number")
         .first()
     )
+    is_replay = pending is not None
     customer = BillingCustomer.objects.filter(organization_id=invoice.buyer_id).first()
     current_card = customer.default_payment_method_id if customer is not None else ""
     if pending is None:
@@ -139,6 +148,7 @@ def _prepare_attempt(
         attempt=pending,
         customer_id=customer.stripe_customer_id,
         payment_method_id=pending.payment_method_id,
+        is_replay=is_replay,
     )
 
 
@@ -190,6 +200,16 @@ def charge_invoice(
     if prepared is None:
         return None
     attempt = prepared.attempt
+    if prepared.is_replay:
+        # Its key may be older than Stripe's idempotency window (about a day): find what
+        # the first send made before sending again, so a late replay cannot charge twice.
+        existing = stripe_gateway.find_payment_intent(
+            customer_id=prepared.customer_id,
+            attempt_id=attempt.pk,
+            created_since=attempt.created_at - REPLAY_LOOKUP_MARGIN,
+        )
+        if existing is not None:
+            return apply_payment_intent(intent=existing, now=now) or attempt
     try:
         intent = stripe_gateway.create_payment_intent(
             customer_id=prepared.customer_id,

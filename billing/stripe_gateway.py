@@ -392,6 +392,30 @@ def retrieve_payment_intent(payment_intent_id: str) -> PaymentIntentView:
     return _payment_intent_view(intent)
 
 
+def find_payment_intent(
+    *, customer_id: str, attempt_id: int, created_since: datetime
+) -> PaymentIntentView | None:
+    """The PaymentIntent made for our attempt ``attempt_id`` (its ``metadata``), if Stripe
+    has one: the customer's PaymentIntents created since ``created_since``, newest first.
+
+    Stripe keeps idempotency keys for about a day: an attempt whose answer was lost must be
+    looked up before it is sent again, or a late replay would charge the card twice.
+    """
+    params: dict[str, Any] = {
+        "customer": customer_id,
+        "created": {"gte": int(created_since.timestamp())},
+        "limit": 100,
+    }
+    try:
+        page = _client().v1.payment_intents.list(params)  # type: ignore[arg-type]
+        for intent in page.auto_paging_iter():
+            if _metadata(intent).get("attempt_id") == str(attempt_id):
+                return _payment_intent_view(intent)
+    except stripe.StripeError as error:
+        raise _translate(error) from error
+    return None
+
+
 def cancel_payment_intent(payment_intent_id: str) -> PaymentIntentView:
     """Cancel a PaymentIntent nobody authenticated. Stripe refuses (400) once it succeeded."""
     try:

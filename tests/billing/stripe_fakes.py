@@ -6,7 +6,8 @@ at ``/js.stripe.com/v3/``) on a free port in 8070-8079.
 ``StripeProxy`` forwards to it over real HTTP and adds what localstripe lacks and the
 tests need: Stripe's idempotency (a POST with an ``Idempotency-Key`` seen before gets the
 stored response, as Stripe does for 24 hours, or a 400 ``idempotency_error`` when its
-parameters differ from the first request's), a delay on the first response to a path
+parameters differ from the first request's; ``forget_keys`` is the 24 hours passing),
+the ``customer`` and ``created`` filters of the PaymentIntent list, a delay on the first response to a path
 (the client times out and retries with the same key), and an optional fee on balance
 transactions (localstripe's are always fee-free). Nothing of ours is mocked.
 """
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 
@@ -206,6 +207,32 @@ class StripeProxy:
     def reset(self) -> None:
         self.behaviour = ProxyBehaviour()
 
+    def forget_keys(self) -> None:
+        """What Stripe does to idempotency keys after about 24 hours: drop them all."""
+        with self._lock:
+            self._responses.clear()
+
+    def _list_payment_intents(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        """``GET /v1/payment_intents`` with Stripe's documented ``customer`` and
+        ``created[gte]`` filters, which localstripe's list does not take: forwarded
+        without them, applied to the answer."""
+        query = dict(parse_qsl(urlsplit(path).query))
+        customer = query.pop("customer", None)
+        created_gte = query.pop("created[gte]", None)
+        status, content = self._forward(
+            "GET", f"/v1/payment_intents?{urlencode(query)}", headers, b""
+        )
+        if status != 200:
+            return status, content
+        data = json.loads(content)
+        data["data"] = [
+            intent
+            for intent in data["data"]
+            if (customer is None or intent.get("customer") == customer)
+            and (created_gte is None or intent.get("created", 0) >= int(created_gte))
+        ]
+        return status, json.dumps(data).encode()
+
     def _forward(
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, bytes]:
@@ -255,7 +282,9 @@ class StripeProxy:
                         if self.path.startswith(prefix):
                             delay = seconds
                             del proxy.behaviour.delay_first[prefix]
-                if key is None:
+                if self.command == "GET" and self.path.startswith("/v1/payment_intents?"):
+                    status, content = proxy._list_payment_intents(self.path, headers)
+                elif key is None:
                     status, content = proxy._forward(self.command, self.path, headers, body)
                 else:
                     cache_key = hashlib.sha256(

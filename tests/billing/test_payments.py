@@ -151,7 +151,7 @@ def test_timeout_is_retried_with_the_same_key_and_charges_once(
 
 
 def test_stripe_unreachable_leaves_the_attempt_pending_and_the_retry_reuses_its_key(
-    buyer_org, buyer_owner, localstripe, settings
+    buyer_org, buyer_owner, localstripe, stripe_proxy, settings
 ):
     customer = save_card(buyer_org, localstripe)
     invoice = finalized_invoice_for(buyer_org, total_minor=5_000)
@@ -163,9 +163,7 @@ def test_stripe_unreachable_leaves_the_attempt_pending_and_the_retry_reuses_its_
         payments.charge_invoice(invoice_id=invoice.pk)
     pending = PaymentAttempt.objects.get(invoice=invoice)
     assert pending.status == AttemptStatus.PENDING
-    from tests.billing.stripe_fakes import LocalStripe  # noqa: F401
-
-    settings.STRIPE_API_BASE = localstripe.url
+    settings.STRIPE_API_BASE = stripe_proxy.url  # Stripe is back
     attempt = payments.charge_invoice(invoice_id=invoice.pk)
     assert (attempt.pk, attempt.idempotency_key) == (pending.pk, f"invoice-{invoice.pk}-attempt-1")
     assert attempt.status == AttemptStatus.SUCCEEDED
@@ -225,11 +223,12 @@ def test_pending_attempt_is_replayed_with_its_own_card_after_the_buyer_changes_c
     )
     assert new_card.startswith("pm_") and new_card != first_card
 
-    # The next charging run replays attempt 1: same key, so the same card.
+    # The next charging run picks attempt 1 up: Stripe has its PaymentIntent (found by the
+    # attempt id in its metadata), made with the first card; nothing is sent again.
     attempt = payments.charge_invoice(invoice_id=invoice.pk)
 
     assert stripe_proxy.behaviour.idempotency_conflicts == []
-    assert stripe_proxy.behaviour.idempotent_replays == 1  # Stripe answered from its store
+    assert stripe_proxy.behaviour.idempotent_replays == 0
     creates = [
         p for m, p in stripe_proxy.behaviour.forwarded if m == "POST" and p == "/v1/payment_intents"
     ]
@@ -263,6 +262,46 @@ def test_pending_attempt_is_replayed_with_its_own_card_after_the_buyer_changes_c
     # Paid once: a further run charges nothing, on either card.
     assert payments.charge_invoice(invoice_id=invoice.pk) is None
     assert len(localstripe.payment_intents_of(customer.stripe_customer_id)) == 1
+
+
+def test_a_lost_answer_replayed_after_stripe_forgot_the_key_is_found_not_charged_again(
+    buyer_org, localstripe, stripe_proxy, settings
+):
+    customer = save_card(buyer_org, localstripe, number="4242424242424242")
+    invoice = finalized_invoice_for(buyer_org, total_minor=9_900)
+    pending = _lose_the_answer_to_the_first_charge(
+        invoice=invoice, stripe_proxy=stripe_proxy, settings=settings
+    )
+    # A day passes before the next charging run: Stripe no longer knows the key, so
+    # sending it again would make a second PaymentIntent and charge the card twice.
+    stripe_proxy.forget_keys()
+
+    attempt = payments.charge_invoice(invoice_id=invoice.pk)
+
+    creates = [
+        p for m, p in stripe_proxy.behaviour.forwarded if m == "POST" and p == "/v1/payment_intents"
+    ]
+    assert len(creates) == 1  # the first send only
+    intents = localstripe.payment_intents_of(customer.stripe_customer_id)
+    assert [(i["id"], i["amount"], i["status"]) for i in intents] == [
+        (attempt.stripe_payment_intent_id, 9_900, "succeeded")
+    ]
+    assert [
+        (c["amount"], c["paid"]) for c in localstripe.charges_of(customer.stripe_customer_id)
+    ] == [(9_900, True)]
+    assert (attempt.pk, attempt.status, attempt.amount_minor) == (
+        pending.pk,
+        AttemptStatus.SUCCEEDED,
+        9_900,
+    )
+    invoice.refresh_from_db()
+    assert (
+        invoice.payment_status,
+        invoice.amount_paid_minor,
+        invoice.amount_due_minor,
+        invoice.payment_attempt_count,
+    ) == (PaymentStatus.PAID, 9_900, 0, 1)
+    assert ledger.receivable_of(organization=buyer_org, currency="USD") == 0
 
 
 def test_old_card_declines_its_own_attempt_and_the_next_attempt_charges_the_new_card(
