@@ -239,9 +239,10 @@ def open_contract_for_update(
 
 
 def _insert_with_default_sla(contract: Contract) -> bool:
-    """``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` of the unsaved ``contract`` with
-    the default SLA policy, in one round trip. Sets ``contract.pk`` and returns True when
-    inserted; False when a constraint (another open contract) stopped it."""
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of the unsaved ``contract`` with the
+    default SLA policy, in one round trip. Sets ``contract.pk`` and ``sla_policy_id`` as
+    stored and returns True when inserted; False when a constraint (another open
+    contract) stopped it."""
     fields = [field for field in Contract._meta.concrete_fields if not field.primary_key]
     values = [
         field.get_db_prep_save(field.pre_save(contract, True), connection) for field in fields
@@ -262,15 +263,16 @@ def _insert_with_default_sla(contract: Contract) -> bool:
     # Names come from model metadata; every value is a parameter.
     sql = (
         f"INSERT INTO {Contract._meta.db_table} ({', '.join(columns)}) "  # noqa: S608
-        f"VALUES ({', '.join(placeholders)}) ON CONFLICT DO NOTHING RETURNING id"
+        f"VALUES ({', '.join(placeholders)}) ON CONFLICT DO NOTHING RETURNING id, sla_policy_id"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return False
-    contract.pk = row[0]
+    contract.pk, contract.sla_policy_id = row
     contract._state.adding = False
+    contract._state.db = connection.alias
     return True
 
 

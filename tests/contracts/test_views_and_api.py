@@ -136,6 +136,11 @@ def test_api_reserve_quote_and_read(offer, buyer_owner, start):
     assert created.json()["allocated_gpus"] == 3
     assert created.json()["quote"]["total_minor"] == quote.json()["total_minor"]
     contract_id = created.json()["contract"]["id"]
+    # The new contract as checkout answers it is the contract as stored: signed, active,
+    # on the default SLA policy.
+    stored = client.get(reverse("api_contract", args=[contract_id])).json()
+    assert created.json()["contract"] == stored
+    assert (stored["state"], stored["sla_target_percent"]) == ("active", "99.50")
     lines = client.get(reverse("api_contract_lines", args=[contract_id])).json()
     assert [line["kind"] for line in lines["results"]] == ["reserved"]
     allocations = client.get(reverse("api_contract_allocations", args=[contract_id])).json()
