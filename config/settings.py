@@ -113,10 +113,11 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
-# The cache: search results (``marketplace.search_cache``), allauth's rate limits and the
-# enrollment throttle. ``CACHE_URL`` (``redis://host:6379/1``) shares one Redis between
-# every web process, which production wants (limits hold across workers); without it
-# each process keeps its own in memory.
+# Caches. ``default``: allauth's rate limits and the enrollment throttle. ``CACHE_URL``
+# (``redis://host:6379/1``) shares one Redis between every web process, which production
+# wants (limits hold across workers); without it each process keeps its own in memory.
+# ``search``: search results (``marketplace.search_cache``), always each process's own
+# memory and bounded, so clients cannot grow it or evict the limits.
 _CACHE_URL = env_str("CACHE_URL", "")
 CACHES = {
     "default": (
@@ -129,10 +130,15 @@ CACHES = {
         else {
             "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
             "LOCATION": "hashgrid",
-            "OPTIONS": {"MAX_ENTRIES": 2000},
         }
-    )
+    ),
+    "search": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "hashgrid-search",
+        "OPTIONS": {"MAX_ENTRIES": env_int("SEARCH_CACHE_ENTRIES", 1000, minimum=10)},
+    },
 }
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "marketplace.User"

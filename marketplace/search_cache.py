@@ -15,22 +15,29 @@ Two rules keep it exact:
   clock rather than with a commit: a pool's 30-day availability is evaluated live when
   its stored figure is older than ``FRESH_FOR`` (a stopped beat).
 
-The cache is Django's default cache: per process (local memory) unless ``CACHE_URL``
-names a Redis server shared by the web workers (``docs/operations.md``).
+The cache is Django's ``search`` cache: each process's own memory, bounded
+(``SEARCH_CACHE_ENTRIES``), so no query string, however many a client invents, can grow
+it or push out the rate limits kept in the ``default`` cache. A cache that fails is
+bypassed: search computes its page, as it would on a miss.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from django.core.cache import cache
+from django.core.cache import caches
 from django.db import connection
 
 from marketplace.models import InventoryVersion
 
 CACHE_SECONDS = 60
+# Part of every key: bump it when what a cached value holds changes shape.
+FORMAT = 1
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -56,9 +63,17 @@ def cached(namespace: str, parts: object, compute: Callable[[], T]) -> T:
     if version is None:
         return compute()
     digest = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
-    key = f"search:{namespace}:{version}:{digest}"
-    value = cache.get(key)
+    key = f"search:{FORMAT}:{connection.settings_dict['NAME']}:{namespace}:{version}:{digest}"
+    cache = caches["search"]
+    try:
+        value = cache.get(key)
+    except Exception:  # a cache that fails is a miss, never a failed search
+        logger.warning("search cache unavailable", exc_info=True)
+        return compute()
     if value is None:
         value = compute()
-        cache.set(key, value, CACHE_SECONDS)
+        try:
+            cache.set(key, value, CACHE_SECONDS)
+        except Exception:
+            logger.warning("search cache unavailable", exc_info=True)
     return value

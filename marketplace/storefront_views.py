@@ -29,11 +29,13 @@ from contracts.money import minor_to_major
 from contracts.payment_methods import buyer_has_payment_method
 from marketplace import search_cache
 from marketplace.models import OPERATOR_ROLES
-from marketplace.search import offer_search
+from marketplace.search import next_minute, offer_search
 from marketplace.storefront_forms import ReservationForm, SearchForm
 from marketplace.tenancy import current_membership, current_organization, org_required
 
 PAGE_SIZE = 20
+# What the search form and its pagination send; other query strings are not cached.
+SEARCH_PARAMETERS = frozenset(SearchForm.base_fields) | {"page"}
 
 buyer_member = org_required(buyer=True)
 buyer_operator = org_required(OPERATOR_ROLES, buyer=True)
@@ -49,11 +51,14 @@ def _default_start() -> str:
 def search(request: HttpRequest) -> HttpResponse:
     """Offers matching the filters. The form and its results are one fragment that depends
     only on the query and the inventory, cached until a commit changes the inventory
-    (``marketplace.search_cache``); the minute is part of the key because an empty start
-    means "now"."""
+    (``marketplace.search_cache``); the window's default start (the next whole minute) is
+    part of the key because an empty start means "now"."""
     now = timezone.now()
-    query = (sorted(request.GET.lists()), now.replace(second=0, microsecond=0).isoformat())
-    page = search_cache.cached("page", query, lambda: _search_fragment(request, now))
+    if set(request.GET) <= SEARCH_PARAMETERS:
+        query = (sorted(request.GET.lists()), next_minute(now).isoformat())
+        page = search_cache.cached("page", query, lambda: _search_fragment(request, now))
+    else:
+        page = _search_fragment(request, now)  # parameters no form sends: never cached
     return render(
         request,
         "marketplace/storefront/search.html",

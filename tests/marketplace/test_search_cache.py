@@ -68,6 +68,13 @@ def test_every_committed_inventory_change_moves_the_version_once(pool):
     node.save(update_fields=["last_poll_at", "gpu_utilization_pct"])
     assert version() == before
 
+    # Health changes (metering): search counts the node's GPUs the same either way.
+    node.status = NodeStatus.UNREACHABLE
+    node.save(update_fields=["status"])
+    node.status = NodeStatus.DEGRADED
+    node.save(update_fields=["status"])
+    assert version() == before
+
     node.status = NodeStatus.RETIRED
     node.save(update_fields=["status"])
     after_status = version()
@@ -163,3 +170,30 @@ def test_the_cache_is_used_only_outside_transactions(pool):
     with transaction.atomic():
         assert search_cache.cached("test", ("a",), compute) == 42
     assert len(computed) == 2
+
+
+def test_query_strings_the_form_never_sends_are_computed_not_cached(
+    pool, buyer_client, django_assert_num_queries
+):
+    url = reverse("marketplace:search")
+    assert free_cell(buyer_client.get(url, {"utm": "x"})) == "8 of 8"
+    # The whole page again, not the 4 queries of a cached one: session, user, memberships,
+    # the version (free GPUs per window are still cached), the form's model choices, the
+    # count and the page.
+    with django_assert_num_queries(7):
+        again = buyer_client.get(url, {"utm": "x"})
+    assert free_cell(again) == "8 of 8"
+
+
+def test_a_failing_search_cache_is_bypassed(pool, buyer_client, settings):
+    settings.CACHES = {
+        **settings.CACHES,
+        # Nothing listens on port 9: every cache call fails.
+        "search": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:9/0",
+        },
+    }
+    response = buyer_client.get(reverse("marketplace:search"))
+    assert response.status_code == 200
+    assert free_cell(response) == "8 of 8"
