@@ -9,6 +9,7 @@ attempt in flight), so running it twice changes nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -19,9 +20,11 @@ from billing import invoices, payments
 from billing.models import Invoice, InvoiceStatus, PaymentStatus
 from billing.periods import finalizable_at, month_bounds, month_of, previous_month
 from billing.settlement.statements import DraftResult, draft_statements
-from billing.stripe_gateway import StripeNotConfigured, StripeUnavailable
+from billing.stripe_gateway import StripeGatewayError, StripeNotConfigured, StripeUnavailable
 
 Progress = Callable[[str, int, int], None]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,6 +83,11 @@ def _charge(*, result: CloseResult, month: date, now: datetime, progress: Progre
         try:
             attempt = payments.charge_invoice(invoice_id=invoice_id, now=now)
         except (StripeUnavailable, StripeNotConfigured):
+            result.charge_deferred += 1
+        except StripeGatewayError:
+            # Not a refusal (those are failed attempts): the attempt stays pending with
+            # its key for the next run; the other invoices are still charged.
+            logger.exception("charging invoice %s failed; left for the next run", invoice_id)
             result.charge_deferred += 1
         else:
             if attempt is not None and attempt.status == "succeeded":

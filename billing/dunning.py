@@ -14,6 +14,7 @@ resumes it (``payments.resume_if_settled``).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
@@ -30,6 +31,8 @@ from contracts.models import Contract, ContractState
 DEFAULT_RETRY_DAYS = (3, 5, 7)
 # When Stripe cannot be reached, the same attempt is tried again this much later.
 UNAVAILABLE_RETRY_DELAY = timedelta(hours=1)
+
+logger = logging.getLogger(__name__)
 
 
 def retry_days() -> tuple[int, ...]:
@@ -110,7 +113,7 @@ def run_due_retries(
 ) -> int:
     """Charge every invoice whose retry is due; returns how many were tried."""
     from billing import payments
-    from billing.stripe_gateway import StripeUnavailable
+    from billing.stripe_gateway import StripeGatewayError, StripeUnavailable
 
     now = now or timezone.now()
     charge = charge or payments.charge_invoice
@@ -118,9 +121,12 @@ def run_due_retries(
     for invoice_id in due:
         try:
             charge(invoice_id=invoice_id, now=now)
-        except StripeUnavailable:
-            # Stripe did not answer: the attempt stays pending with its key; try again
-            # later (same key, so never a second charge).
+        except StripeGatewayError as error:
+            # Stripe did not answer (or answered what no retry of ours should get): the
+            # attempt stays pending with its key; try again later (same key, so never a
+            # second charge). One invoice never stops the others' retries.
+            if not isinstance(error, StripeUnavailable):
+                logger.exception("charging invoice %s failed; retrying later", invoice_id)
             Invoice.objects.filter(pk=invoice_id).update(
                 next_payment_attempt_at=now + UNAVAILABLE_RETRY_DELAY
             )

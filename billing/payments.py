@@ -224,9 +224,13 @@ def charge_invoice(
             },
             off_session=attempt.off_session,
         )
-    except stripe_gateway.CardRejected as error:
-        # Refused before any PaymentIntent existed (e.g. the card was removed at Stripe).
-        _record_rejection(attempt=attempt, code=error.code, message=str(error), now=now)
+    except stripe_gateway.StripeRequestRejected as error:
+        # Refused before any PaymentIntent existed (a declined card, a card removed at
+        # Stripe, a customer Stripe no longer has): a failed attempt, which dunning counts
+        # and retries. (``IdempotencyConflict`` is not a refusal and propagates.)
+        _record_rejection(
+            attempt=attempt, code=error.code or "request_rejected", message=str(error), now=now
+        )
         attempt.refresh_from_db()
         return attempt
     return apply_payment_intent(intent=intent, now=now) or attempt

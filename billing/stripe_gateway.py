@@ -59,6 +59,12 @@ class CardRejected(StripeRequestRejected):
     """The card was declined or could not be set up."""
 
 
+class IdempotencyConflict(StripeGatewayError):
+    """Stripe refused a key sent again with other parameters. The key's first request may
+    have done its work (charged, transferred): its outcome is unknown, so this is never
+    taken for a refusal. Our keys always carry the same parameters; seeing this is a bug."""
+
+
 class WebhookSignatureInvalid(StripeGatewayError):
     """The webhook's signature does not match its raw body (or it is stale or missing)."""
 
@@ -188,6 +194,8 @@ def _translate(error: stripe.StripeError) -> StripeGatewayError:
         return CardRejected(
             error.user_message or str(error), code=error.code or "card_declined", status=402
         )
+    if isinstance(error, stripe.IdempotencyError):
+        return IdempotencyConflict(str(error))
     if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError):
         return StripeUnavailable(str(error))
     if isinstance(error, stripe.AuthenticationError | stripe.PermissionError):

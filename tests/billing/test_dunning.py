@@ -9,7 +9,7 @@ import pytest
 import time_machine
 
 from billing import dunning, payments
-from billing.models import PaymentAttempt, PaymentStatus
+from billing.models import BillingCustomer, PaymentAttempt, PaymentStatus
 from contracts.models import ContractState
 from tests.billing.conftest import finalized_invoice_for, save_card
 
@@ -60,3 +60,51 @@ def test_retries_then_suspends_then_payment_resumes(
     contract.refresh_from_db()
     assert invoice.payment_status == PaymentStatus.PAID
     assert contract.state == ContractState.ACTIVE
+
+
+def test_a_request_stripe_refuses_fails_its_attempt_and_the_other_retries_still_run(
+    buyer_org, other_org, localstripe
+):
+    """A card removed at Stripe makes Stripe refuse the charge request itself (no
+    PaymentIntent): that attempt fails and is rescheduled, and the next invoice due in the
+    same run is still charged."""
+    save_card(buyer_org, localstripe, number="4000000000000341")  # declines
+    save_card(other_org, localstripe, number="4000000000000341")
+    gone = finalized_invoice_for(buyer_org, total_minor=4_400)
+    paid = finalized_invoice_for(other_org, total_minor=5_500)
+    with time_machine.travel(START, tick=False):
+        for invoice in (gone, paid):
+            assert payments.charge_invoice(invoice_id=invoice.pk).status == "failed"
+    # Before the retry: the first buyer's card no longer exists at Stripe; the second
+    # buyer saves a card that works.
+    BillingCustomer.objects.filter(organization=buyer_org).update(
+        default_payment_method_id="pm_removed_at_stripe"
+    )
+    save_card(other_org, localstripe)
+    retry_at = START + timedelta(days=3)
+
+    with time_machine.travel(retry_at, tick=False):
+        assert dunning.run_due_retries() == 2
+
+    refused = PaymentAttempt.objects.get(invoice=gone, attempt_number=2)
+    # localstripe's 404 carries no error code (Stripe's says "resource_missing"): ours
+    # records the refusal under its own.
+    assert (refused.status, refused.failure_code, refused.stripe_payment_intent_id) == (
+        "failed",
+        "request_rejected",
+        None,
+    )
+    gone.refresh_from_db()
+    assert (gone.payment_status, gone.amount_paid_minor, gone.next_payment_attempt_at) == (
+        PaymentStatus.FAILED,
+        0,
+        retry_at + timedelta(days=5),
+    )
+    charged = PaymentAttempt.objects.get(invoice=paid, attempt_number=2)
+    assert (charged.status, charged.amount_minor) == ("succeeded", 5_500)
+    paid.refresh_from_db()
+    assert (paid.payment_status, paid.amount_paid_minor, paid.amount_due_minor) == (
+        PaymentStatus.PAID,
+        5_500,
+        0,
+    )

@@ -379,3 +379,32 @@ def test_pending_attempt_recorded_before_cards_were_kept_takes_the_current_card_
     assert [(i["amount"], i["status"]) for i in intents] == [(3_300, "succeeded")]
     invoice.refresh_from_db()
     assert (invoice.payment_status, invoice.amount_paid_minor) == (PaymentStatus.PAID, 3_300)
+
+
+def test_a_key_sent_again_with_other_parameters_is_a_conflict_not_a_refusal(
+    buyer_org, localstripe, stripe_proxy
+):
+    """Stripe's idempotency_error means the key's first request may have charged: the
+    gateway says so (``IdempotencyConflict``) instead of a refusal, which charging would
+    record as a failed attempt and retry under a new key."""
+    from billing import stripe_gateway
+
+    customer = save_card(buyer_org, localstripe)
+    request = {
+        "customer_id": customer.stripe_customer_id,
+        "payment_method_id": customer.default_payment_method_id,
+        "currency": "USD",
+        "idempotency_key": "test-conflict-1",
+        "metadata": {"attempt_id": "0"},
+        "off_session": True,
+    }
+    first = stripe_gateway.create_payment_intent(amount_minor=1_000, **request)
+    assert (first.status, first.amount_minor) == ("succeeded", 1_000)
+
+    with pytest.raises(stripe_gateway.IdempotencyConflict) as caught:
+        stripe_gateway.create_payment_intent(amount_minor=2_000, **request)
+
+    assert not isinstance(caught.value, stripe_gateway.StripeRequestRejected)
+    assert stripe_proxy.behaviour.idempotency_conflicts == ["test-conflict-1"]
+    intents = localstripe.payment_intents_of(customer.stripe_customer_id)
+    assert [(i["amount"], i["status"]) for i in intents] == [(1_000, "succeeded")]

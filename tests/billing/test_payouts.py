@@ -179,7 +179,10 @@ def test_a_transfer_made_long_ago_is_found_not_sent_again(
     assert posts == [pending.idempotency_key]
 
 
-def test_same_key_with_different_parameters_is_refused_by_stripe(partner_org, connect_fake):
+def test_same_key_with_different_parameters_is_a_conflict_not_a_refusal(partner_org, connect_fake):
+    """Stripe refuses the second request, but the first one transferred: the gateway says
+    "conflict" (outcome of the key unknown), never "refused", which payouts would record
+    as a failed attempt and send again under a new key."""
     account = onboard(partner_org, connect_fake)
     arguments = {
         "destination": account.stripe_account_id,
@@ -189,10 +192,10 @@ def test_same_key_with_different_parameters_is_refused_by_stripe(partner_org, co
         "metadata": {},
     }
     stripe_gateway.create_transfer(amount_minor=100, **arguments)
-    with pytest.raises(stripe_gateway.StripeRequestRejected) as refused:
+    with pytest.raises(stripe_gateway.IdempotencyConflict) as conflict:
         stripe_gateway.create_transfer(amount_minor=200, **arguments)
-    assert refused.value.status == 400
-    assert len(connect_fake.transfers_to(account.stripe_account_id)) == 1
+    assert not isinstance(conflict.value, stripe_gateway.StripeRequestRejected)
+    assert [t["amount"] for t in connect_fake.transfers_to(account.stripe_account_id)] == [100]
 
 
 def test_no_payout_without_onboarding_and_a_refusal_fails_the_attempt(
