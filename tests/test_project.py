@@ -61,8 +61,8 @@ def test_healthz_is_503_when_the_broker_is_down(client, settings) -> None:
     assert response.json() == {"status": "unavailable", "database": "ok", "broker": "down"}
 
 
-def test_production_settings_pass_check_deploy(tmp_path) -> None:
-    env = {
+def _production_environment() -> dict[str, str]:
+    return {
         **os.environ,
         "HASHGRID_ENV": "production",
         "DJANGO_SECRET_KEY": "x" * 20 + "-production-test-key-" + "y" * 30,
@@ -71,10 +71,14 @@ def test_production_settings_pass_check_deploy(tmp_path) -> None:
             "DATABASE_URL", "postgres://postgres@127.0.0.1:54329/hashgrid"
         ),
         "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "CACHE_URL": "redis://127.0.0.1:6379/1",
         "STRIPE_SECRET_KEY": "sk_test_placeholder",
         "DJANGO_SETTINGS_MODULE": "config.settings",
     }
-    result = subprocess.run(
+
+
+def _check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=Path(__file__).resolve().parent.parent,
         env=env,
@@ -82,8 +86,19 @@ def test_production_settings_pass_check_deploy(tmp_path) -> None:
         text=True,
         timeout=120,
     )
+
+
+def test_production_settings_pass_check_deploy() -> None:
+    result = _check_deploy(_production_environment())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+def test_check_deploy_warns_when_rate_limits_would_be_per_process() -> None:
+    env = {k: v for k, v in _production_environment().items() if k != "CACHE_URL"}
+    result = _check_deploy(env)
+    assert result.returncode == 1
+    assert "?: (hashgrid.W001) The default cache is each process's own memory" in result.stderr
 
 
 def test_production_refuses_to_start_without_a_secret_key() -> None:

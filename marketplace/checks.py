@@ -1,0 +1,30 @@
+"""Deployment checks of our own, run by ``manage.py check --deploy``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Tags, Warning, register
+
+PER_PROCESS_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+
+
+@register(Tags.security, deploy=True)
+def shared_default_cache(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Login rate limits (allauth) and the agent enrollment throttle live in the default
+    cache: kept per process, they do not hold across web workers."""
+    if settings.CACHES["default"]["BACKEND"] in PER_PROCESS_CACHES:
+        return [
+            Warning(
+                "The default cache is each process's own memory: login rate limits and the "
+                "agent enrollment throttle do not hold across web workers.",
+                hint="Set CACHE_URL to a Redis database shared by the web processes "
+                "(docs/operations.md).",
+                id="hashgrid.W001",
+            )
+        ]
+    return []
