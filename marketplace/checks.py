@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Tags, Warning, register
@@ -17,7 +17,8 @@ PER_PROCESS_CACHES = (
 def shared_default_cache(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     """Login rate limits (allauth) and the agent enrollment throttle live in the default
     cache: kept per process, they do not hold across web workers."""
-    if settings.CACHES["default"]["BACKEND"] in PER_PROCESS_CACHES:
+    default = cast(dict[str, Any], settings.CACHES["default"])
+    if default["BACKEND"] in PER_PROCESS_CACHES:
         return [
             Warning(
                 "The default cache is each process's own memory: login rate limits and the "
