@@ -49,51 +49,62 @@ def _tables() -> dict[str, str]:
     }
 
 
-_ALLOCATIONS_SQL = """
-UPDATE {usage} AS r SET allocation_id = a.id
-FROM {allocation} AS a
-WHERE r.id IN ({ids})
-  AND r.allocation_id IS NULL
-  AND r.workload_kind = 'allocation'
-  AND a.gpu_device_id = r.gpu_id
-  AND a.period @> r.window_start
-"""
-
-_INFERENCE_KEYS_SQL = """
-UPDATE {usage} AS r SET api_key_id = k.id
-FROM {api_key} AS k
-JOIN {link} AS l ON l.api_key_id = k.id
-JOIN {line} AS cl ON cl.id = l.line_id AND cl.kind = 'inference'
-JOIN {contract} AS c ON c.id = cl.contract_id AND c.state = 'active'
-JOIN {product} AS p ON p.id = cl.inference_product_id
-WHERE r.id IN ({ids})
-  AND r.api_key_id IS NULL
-  AND r.workload_kind = 'inference'
-  AND r.workload_ref = p.slug || '@' || k.prefix
-  AND k.created_at <= r.window_start
-  AND (k.revoked_at IS NULL OR k.revoked_at > r.window_start)
-  AND (cl.ended_at IS NULL OR cl.ended_at > r.window_start)
-"""
-
-_GPU_KEYS_SQL = """
-UPDATE {usage} AS r SET api_key_id = k.id
-FROM {api_key} AS k
-JOIN {link} AS l ON l.api_key_id = k.id
-JOIN {line} AS cl ON cl.id = l.line_id AND cl.kind = 'on_demand_gpu'
-JOIN {contract} AS c ON c.id = cl.contract_id AND c.state = 'active'
-JOIN {offer} AS o ON o.id = cl.offer_id
-WHERE r.id IN ({ids})
-  AND r.api_key_id IS NULL
-  AND r.allocation_id IS NULL
-  AND r.workload_kind = 'allocation'
-  AND r.workload_ref = 'gpu@' || k.prefix
-  AND k.created_at <= r.window_start
-  AND (k.revoked_at IS NULL OR k.revoked_at > r.window_start)
-  AND (cl.ended_at IS NULL OR cl.ended_at > r.window_start)
-  AND EXISTS (
-    SELECT 1 FROM {gpu} AS g JOIN {node} AS n ON n.id = g.node_id
-    WHERE g.id = r.gpu_id AND n.site_id = o.site_id AND n.gpu_model_id = o.gpu_model_id
-  )
+# One statement for the three rules (one plan, one round trip per batch of records):
+# reserved work by allocation first, so GPU time inside a reservation is never billed as
+# on demand; then inference and on-demand GPU time by the API key in the ref.
+_ATTRIBUTE_SQL = """
+WITH candidate AS MATERIALIZED (
+  SELECT r.id, r.gpu_id, r.window_start, r.workload_kind, r.workload_ref
+  FROM {usage} AS r
+  WHERE r.id IN ({ids}) AND r.allocation_id IS NULL AND r.api_key_id IS NULL
+    AND r.workload_kind IN ('allocation', 'inference')
+), by_allocation AS (
+  SELECT r.id, a.id AS allocation_id
+  FROM candidate AS r
+  JOIN {allocation} AS a ON a.gpu_device_id = r.gpu_id AND a.period @> r.window_start
+  WHERE r.workload_kind = 'allocation'
+), key_in_force AS (
+  SELECT k.id, k.prefix, k.created_at, k.revoked_at, cl.kind, cl.ended_at,
+         cl.inference_product_id, cl.offer_id
+  FROM {api_key} AS k
+  JOIN {link} AS l ON l.api_key_id = k.id
+  JOIN {line} AS cl ON cl.id = l.line_id AND cl.kind IN ('inference', 'on_demand_gpu')
+  JOIN {contract} AS c ON c.id = cl.contract_id AND c.state = 'active'
+), by_inference_key AS (
+  SELECT r.id, k.id AS api_key_id
+  FROM candidate AS r
+  JOIN {product} AS p ON r.workload_ref LIKE p.slug || '@%%'
+  JOIN key_in_force AS k
+    ON k.kind = 'inference' AND k.inference_product_id = p.id
+   AND r.workload_ref = p.slug || '@' || k.prefix
+  WHERE r.workload_kind = 'inference'
+    AND k.created_at <= r.window_start
+    AND (k.revoked_at IS NULL OR k.revoked_at > r.window_start)
+    AND (k.ended_at IS NULL OR k.ended_at > r.window_start)
+), by_gpu_key AS (
+  SELECT r.id, k.id AS api_key_id
+  FROM candidate AS r
+  JOIN key_in_force AS k
+    ON k.kind = 'on_demand_gpu' AND r.workload_ref = 'gpu@' || k.prefix
+  JOIN {offer} AS o ON o.id = k.offer_id
+  WHERE r.workload_kind = 'allocation'
+    AND k.created_at <= r.window_start
+    AND (k.revoked_at IS NULL OR k.revoked_at > r.window_start)
+    AND (k.ended_at IS NULL OR k.ended_at > r.window_start)
+    AND NOT EXISTS (SELECT 1 FROM by_allocation AS b WHERE b.id = r.id)
+    AND EXISTS (
+      SELECT 1 FROM {gpu} AS g JOIN {node} AS n ON n.id = g.node_id
+      WHERE g.id = r.gpu_id AND n.site_id = o.site_id AND n.gpu_model_id = o.gpu_model_id
+    )
+), matched AS (
+  SELECT id, allocation_id, NULL::bigint AS api_key_id FROM by_allocation
+  UNION ALL SELECT id, NULL, api_key_id FROM by_inference_key
+  UNION ALL SELECT id, NULL, api_key_id FROM by_gpu_key
+)
+UPDATE {usage} AS r
+SET allocation_id = m.allocation_id, api_key_id = m.api_key_id
+FROM matched AS m
+WHERE r.id = m.id
 """
 
 
@@ -103,13 +114,9 @@ def attribute_usage_records(*, records: QuerySet) -> int:  # type: ignore[type-a
     Allocations first, so GPU time inside a reservation is never billed as on demand.
     """
     ids_sql, ids_params = records.order_by().values("pk").query.sql_with_params()
-    tables = _tables()
-    changed = 0
     with connection.cursor() as cursor:
-        for statement in (_ALLOCATIONS_SQL, _INFERENCE_KEYS_SQL, _GPU_KEYS_SQL):
-            cursor.execute(statement.format(ids=ids_sql, **tables), ids_params)
-            changed += cursor.rowcount
-    return changed
+        cursor.execute(_ATTRIBUTE_SQL.format(ids=ids_sql, **_tables()), ids_params)
+        return cursor.rowcount
 
 
 def workload_ref_for_key(*, api_key: ApiKey, product_slug: str | None) -> str:

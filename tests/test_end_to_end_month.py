@@ -9,14 +9,16 @@ the current one: the sweep ingests the fleet's last half hour, and the clock mov
 Metering runs in-process (``sweep`` enqueues straight into ``batch.poll_and_store``),
 over HTTP to the fleet: the worker itself is what tests/capacity/metering tests.
 
-The fleet reports inference by product, not by API key (per-key attribution is the
-inference gateway's job, which does not exist yet), so the buyer's token usage is
-added to the hourly rollup the way ingest does (``add_usage``), under the key's ref.
+The buyer's API key calls the fleet's inference servers (``--inference-client
+<product>@<key prefix>``, as behind the platform's inference gateway): the tokens billed
+are the ones the fleet reported and metering attributed to the key, and the expected
+amounts come from the simulator's ground truth, computed apart from the platform.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from io import StringIO
@@ -25,7 +27,7 @@ from pathlib import Path
 import pytest
 import time_machine
 from django.core.management import call_command
-from django.db.models import Sum
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from billing.closing import close_period
@@ -47,7 +49,7 @@ from billing.settlement.agreements import agreement_create
 from billing.settlement.payouts import statement_pay
 from billing.settlement.statements import statement_approve
 from capacity.metering import batch, sweep
-from capacity.metering.models import NodePollState
+from capacity.metering.models import NodePollState, UsageRecord
 from capacity.metering.selectors import rollup_totals, usage_totals
 from capacity.metering.simulated_fleet import (
     FleetProcess,
@@ -59,7 +61,6 @@ from contracts.checkout import reservation_checkout
 from contracts.models import InferenceProduct
 from contracts.on_demand import line_api_key_create, on_demand_enable
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
-    add_usage,
     connect_fake,
     connect_settings,
     localstripe,
@@ -77,7 +78,6 @@ FLEET_NODES = 4
 RESERVED_GPUS = 8
 RESERVED_RATE = D("2.1000")
 INPUT_PRICE, OUTPUT_PRICE = D("0.2000"), D("0.6000")
-INPUT_TOKENS, OUTPUT_TOKENS = 1_234_567_890, 345_678_901
 SHARES = {RevenueKind.RESERVED: D("0.8000"), RevenueKind.INFERENCE: D("0.7000")}
 
 
@@ -85,8 +85,8 @@ def cents(amount: Decimal) -> int:
     return int((amount * 100).quantize(D("1"), rounding=ROUND_HALF_UP))
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetProcess]:
+@contextmanager
+def running_fleet(tmp_path: Path, *, inference_clients: tuple[str, ...]) -> Iterator[FleetProcess]:
     process = FleetProcess(
         nodes=FLEET_NODES,
         port=FLEET_PORT,
@@ -95,6 +95,7 @@ def fleet(tmp_path: Path) -> Iterator[FleetProcess]:
         window_seconds=60,
         backfill_windows=30,
         state_dir=tmp_path / "fleet",
+        inference_clients=inference_clients,
     )
     with process:
         yield process
@@ -113,7 +114,7 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
     buyer_org,
     buyer_owner,
     partner_org,
-    fleet,
+    tmp_path,
     localstripe,  # noqa: F811 (fixtures imported above)
     connect_fake,  # noqa: F811 (fixtures imported above)
     django_capture_on_commit_callbacks,
@@ -147,23 +148,6 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
     llama.nodes.set({device.node for device in devices})
     save_card(buyer_org, localstripe)
 
-    # -- the fleet produces usage; a sweep ingests it, exactly --------------------------
-    fleet_node_ids = register_fleet_nodes(organization=partner_org, fleet=fleet)
-    nodes = range(len(fleet_node_ids))
-    heads_before = fetch_truth(fleet, nodes).head_seqs
-    with django_capture_on_commit_callbacks(execute=True):
-        _sweep_in_process(timezone.now())
-    heads_after = fetch_truth(fleet, nodes).head_seqs
-    cursors = dict(NodePollState.objects.values_list("node_id", "last_seq"))
-    last_seqs = {index: cursors[node_id] for index, node_id in enumerate(fleet_node_ids)}
-    # The sweep followed every agent to its head: at least what each held when the sweep
-    # began, at most what it holds now (a minute may end while the sweep runs).
-    for index in nodes:
-        assert heads_before[index] <= last_seqs[index] <= heads_after[index], (index, last_seqs)
-    stored = usage_totals(node_ids=fleet_node_ids)
-    assert stored == expected_totals(fleet, last_seqs)
-    assert rollup_totals(node_ids=fleet_node_ids) == stored
-
     # -- before the month: reserve 8 GPUs from the 15th, enable inference, a key ----------
     reserved_from = month_start + timedelta(days=14)
     with time_machine.travel(month_start - timedelta(days=3), tick=False):
@@ -183,21 +167,48 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
         since=reserved_from.date(),
         until=month_end.date(),
     )
+
+    # -- the fleet produces usage (the key calls its inference servers); a sweep ingests
+    # it, exactly, and attributes the key's inference to it ------------------------------
     ref = f"{llama.slug}@{api_key.prefix}"
-    add_usage(
-        gpu=devices[0],
-        hour=month_start + timedelta(days=16),
-        kind="inference",
-        ref=ref,
-        input_tokens=INPUT_TOKENS,
+    with running_fleet(tmp_path, inference_clients=(ref,)) as fleet:
+        fleet_node_ids = register_fleet_nodes(organization=partner_org, fleet=fleet)
+        nodes = range(len(fleet_node_ids))
+        heads_before = fetch_truth(fleet, nodes).head_seqs
+        with django_capture_on_commit_callbacks(execute=True):
+            _sweep_in_process(timezone.now())
+        heads_after = fetch_truth(fleet, nodes).head_seqs
+        cursors = dict(NodePollState.objects.values_list("node_id", "last_seq"))
+        last_seqs = {index: cursors[node_id] for index, node_id in enumerate(fleet_node_ids)}
+        # The sweep followed every agent to its head: at least what each held when the
+        # sweep began, at most what it holds now (a minute may end while the sweep runs).
+        for index in nodes:
+            assert heads_before[index] <= last_seqs[index] <= heads_after[index], (
+                index,
+                last_seqs,
+            )
+        stored = usage_totals(node_ids=fleet_node_ids)
+        assert stored == expected_totals(fleet, last_seqs)
+        assert rollup_totals(node_ids=fleet_node_ids) == stored
+        keyed = expected_totals(fleet, last_seqs, ref=ref)
+        # What this month's invoice bills: the key's windows from the month's start (the
+        # fleet's last half hour may begin in the previous month).
+        billed = expected_totals(
+            fleet, last_seqs, ref=ref, since_ms=int(month_start.timestamp() * 1000)
+        )
+    assert keyed["records"] > 0 and keyed["input_tokens"] > 0
+    attributed = UsageRecord.objects.filter(api_key_id=api_key.pk).aggregate(
+        records=Count("pk"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens")
     )
-    add_usage(
-        gpu=devices[5],
-        hour=month_start + timedelta(days=17, hours=3),
-        kind="inference",
-        ref=ref,
-        output_tokens=OUTPUT_TOKENS,
-    )
+    assert attributed == {
+        "records": keyed["records"],
+        "input_tokens": keyed["input_tokens"],
+        "output_tokens": keyed["output_tokens"],
+    }
+    # Every inference window the fleet reported was the key's, so all are attributed.
+    assert not UsageRecord.objects.filter(
+        workload_kind="inference", api_key_id__isnull=True
+    ).exists()
 
     # -- the month ends: close it (draft, finalize after grace, charge, statements) -------
     with time_machine.travel(finalizable_at(month) + timedelta(hours=1), tick=False):
@@ -206,13 +217,13 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
     invoice = Invoice.objects.get(contract=reserved.contract, month=month)
     lines = {line.kind: line.amount_minor for line in invoice.lines.all()}
     reserved_hours = D((month_end - reserved_from).total_seconds()) / 3600
-    assert lines == {
+    expected_lines = {
         LineKind.RESERVED: cents(RESERVED_GPUS * reserved_hours * RESERVED_RATE),
-        LineKind.INFERENCE_INPUT: cents(D(INPUT_TOKENS) / 1_000_000 * INPUT_PRICE),
-        LineKind.INFERENCE_OUTPUT: cents(D(OUTPUT_TOKENS) / 1_000_000 * OUTPUT_PRICE),
+        LineKind.INFERENCE_INPUT: cents(D(billed["input_tokens"]) / 1_000_000 * INPUT_PRICE),
+        LineKind.INFERENCE_OUTPUT: cents(D(billed["output_tokens"]) / 1_000_000 * OUTPUT_PRICE),
     }
-    assert lines[LineKind.INFERENCE_INPUT] == 24_691  # 1,234.56789 M x $0.20 = $246.91
-    assert lines[LineKind.INFERENCE_OUTPUT] == 20_741  # 345.678901 M x $0.60 = $207.41
+    # A line of no tokens is not invoiced (only when this runs in a month's first minutes).
+    assert lines == {kind: amount for kind, amount in expected_lines.items() if amount}
     assert (invoice.status, invoice.payment_status) == (
         InvoiceStatus.FINALIZED,
         PaymentStatus.PAID,

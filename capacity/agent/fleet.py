@@ -25,6 +25,10 @@ hands out tokens from the platform instead, so ``POST /n/<i>/_admin/token`` with
 ``{"poll_token_sha256": "<64 hex>"}`` replaces node ``i``'s token (kept in
 ``tokens.json`` under ``--state-dir``).
 
+Inference: with ``--inference-client <product>@<key prefix>`` (repeatable) inference
+windows are reported as work for those API keys, as behind the platform's inference
+gateway; without it, by product only.
+
 Faults: ``POST /_admin/faults`` with ``{"nodes": [i, ...], "fault": ..., ...}`` (or
 ``"node": i``) injects the faults described in ``capacity.agent.faults``; ``GET
 /_admin/fleet`` describes the fleet. Admin endpoints answer loopback clients only.
@@ -127,6 +131,9 @@ class FleetConfig:
     origin_window: int
     clock: SimClock
     state_dir: Path | None = None
+    # Who calls the nodes' inference servers (``"<product>@<key prefix>"``); empty: refs
+    # name products only (``simulator.window_activity``).
+    inference_clients: tuple[str, ...] = ()
     # Poll token hashes set through the admin endpoint, by node index.
     token_overrides: dict[int, str] = field(default_factory=dict)
 
@@ -184,6 +191,7 @@ class FleetNode:
             gpu=gpu,
             ordinal=ordinal,
             window_ms=self.config.window_ms,
+            inference_clients=self.config.inference_clients,
         )
 
     def _counter_reset(self, gpu: SimulatedGpu, ordinal: int) -> bool:
@@ -463,6 +471,8 @@ def load_config(args: argparse.Namespace, real_now_ms: int) -> FleetConfig:
         "gpus_per_node": args.gpus_per_node,
         "window_seconds": args.window_seconds,
         "gpu_model": args.gpu_model,
+        # Records are computed from these too: a resumed timeline must keep them.
+        "inference_clients": list(args.inference_client),
     }
     token_overrides: dict[int, str] = {}
     state_dir: Path | None = args.state_dir
@@ -470,7 +480,7 @@ def load_config(args: argparse.Namespace, real_now_ms: int) -> FleetConfig:
         state_dir.mkdir(parents=True, exist_ok=True)
         fleet_file = state_dir / "fleet.json"
         if fleet_file.exists():
-            saved = json.loads(fleet_file.read_text())
+            saved = {"inference_clients": [], **json.loads(fleet_file.read_text())}
             if {key: saved.get(key) for key in settings} != settings:
                 raise SystemExit(f"error: {fleet_file} was written for {saved}, not {settings}")
             origin_window = int(saved["origin_window"])
@@ -494,6 +504,7 @@ def load_config(args: argparse.Namespace, real_now_ms: int) -> FleetConfig:
         origin_window=origin_window,
         clock=clock,
         state_dir=state_dir,
+        inference_clients=tuple(args.inference_client),
         token_overrides=token_overrides,
     )
 
@@ -515,7 +526,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speed", type=positive_int, default=None)
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--token-prefix", default="fleet")
+    parser.add_argument(
+        "--inference-client",
+        type=inference_client,
+        action="append",
+        default=[],
+        metavar="PRODUCT@KEY_PREFIX",
+        help="an API key calling the nodes' inference servers (repeatable): inference is "
+        "then reported as '<product>@<key prefix>', which the platform bills to the key",
+    )
     return parser
+
+
+def inference_client(value: str) -> str:
+    product, separator, prefix = value.partition("@")
+    if not (product and separator and prefix) or "@" in prefix:
+        raise argparse.ArgumentTypeError(f"expected PRODUCT@KEY_PREFIX, got {value!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

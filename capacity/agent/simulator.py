@@ -118,12 +118,23 @@ class WindowActivity:
 
 
 def window_activity(
-    *, seed: int, node_key: str, gpu: SimulatedGpu, ordinal: int, window_ms: int
+    *,
+    seed: int,
+    node_key: str,
+    gpu: SimulatedGpu,
+    ordinal: int,
+    window_ms: int,
+    inference_clients: tuple[str, ...] = (),
 ) -> WindowActivity:
     """The GPU's activity in its ``ordinal``-th window; never above the model's max power.
 
     Energy is idle power over the whole window plus the busy share of the headroom to
     max power, so ``energy_mj <= max_power_w * window_ms`` always holds (W x ms = mJ).
+
+    Inference is reported by product (``ref`` = a product slug) unless
+    ``inference_clients`` names who calls: ``"<product slug>@<API key prefix>"`` refs, as
+    an inference server behind the platform's gateway reports them; each inference block
+    then serves one of them.
     """
     block = ordinal // WINDOWS_PER_BLOCK
     kind_draw, ref_draw, *_ = _draws(seed, node_key, gpu.index, "block", block)
@@ -137,7 +148,8 @@ def window_activity(
         busy_ms = window_ms * _between(busy_draw, 55, 100) // 100
         intensity_pct = _between(power_draw, 60, 100)
     elif share < 80:
-        kind, ref = "inference", INFERENCE_PRODUCTS[ref_draw % len(INFERENCE_PRODUCTS)]
+        callers = inference_clients or INFERENCE_PRODUCTS
+        kind, ref = "inference", callers[ref_draw % len(callers)]
         busy_ms = window_ms * _between(busy_draw, 10, 95) // 100
         intensity_pct = _between(power_draw, 40, 90)
     else:

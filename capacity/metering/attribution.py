@@ -9,16 +9,17 @@ Every stored ``UsageRecord`` carries what the agent said it was doing
   constraint guarantees at most one). The agent's ``ref`` is informative only: the
   partner controls the agent, so the platform's own allocation table decides.
 - ``api_key_id``: for ``workload_kind = 'inference'``, the organization ``ApiKey`` whose
-  calls the GPU served. Agents report the inference *product* as ``ref``; per-key
-  attribution comes from the inference gateway's request log once it exists.
+  calls the GPU served: an inference server behind the platform's gateway reports
+  ``ref = "<product slug>@<key prefix>"`` (a ref naming only a product bills nobody).
 
 ``idle`` records bill nobody and stay unattributed; so does anything that matches no
 allocation (it is then on-demand GPU time, or a partner's own use).
 
 The contracts app fills it in (``contracts.attribution``: one ``UPDATE … FROM`` per kind,
 over the given records, idempotent: only rows still null are touched) by registering
-itself here at start-up; rating calls it before a period closes and ``tasks`` after each
-batch.
+itself here at start-up; every metering batch calls it for the records it stored
+(``batch._attribute_stored``). Rating reads the hourly rollups by the same refs and does
+not depend on these columns; the buyer's usage pages do.
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ class FleetProcess:
     backfill_windows: int = 0
     state_dir: Path | None = None
     host: str = "127.0.0.1"
+    inference_clients: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -86,6 +87,7 @@ class FleetProcess:
         ]
         if self.state_dir is not None:
             command.append(f"--state-dir={self.state_dir}")
+        command += [f"--inference-client={client}" for client in self.inference_clients]
         self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
         )
@@ -265,8 +267,16 @@ def fetch_truth(
     return FleetTruth(totals=totals, head_seqs=head_seqs, epochs=epochs)
 
 
-def expected_totals(fleet: FleetProcess, last_seqs: dict[int, int]) -> dict[str, int]:
-    """Ground truth of records ``1..last_seqs[i]`` of each fleet node ``i``.
+def expected_totals(
+    fleet: FleetProcess,
+    last_seqs: dict[int, int],
+    *,
+    ref: str | None = None,
+    since_ms: int | None = None,
+) -> dict[str, int]:
+    """Ground truth of records ``1..last_seqs[i]`` of each fleet node ``i`` (only those of
+    workload ``ref`` and of windows starting at or after Unix ms ``since_ms`` when given;
+    the latter needs the fleet's ``origin_window``, read from the running fleet).
 
     The fleet's records are a pure function of ``(seed, node, gpu, window)``: record
     ``seq`` is GPU ``(seq-1) % G`` in window ``(seq-1) // G``, and a counter reset never
@@ -276,6 +286,7 @@ def expected_totals(fleet: FleetProcess, last_seqs: dict[int, int]) -> dict[str,
     """
     totals = dict.fromkeys((*TRUTH_QUANTITIES, "records"), 0)
     window_ms = fleet.window_seconds * 1000
+    origin_window = int(fleet.describe()["origin_window"]) if since_ms is not None else 0  # type: ignore[call-overload]
     for index, last_seq in last_seqs.items():
         node_key = fleet_node_id(fleet.seed, index)
         model = fleet_gpu_model(fleet.seed, index, fleet.gpu_model)
@@ -284,13 +295,18 @@ def expected_totals(fleet: FleetProcess, last_seqs: dict[int, int]) -> dict[str,
         )
         for seq in range(1, last_seq + 1):
             ordinal, gpu_index = divmod(seq - 1, fleet.gpus_per_node)
+            if since_ms is not None and (origin_window + ordinal) * window_ms < since_ms:
+                continue
             activity = window_activity(
                 seed=fleet.seed,
                 node_key=node_key,
                 gpu=gpus[gpu_index],
                 ordinal=ordinal,
                 window_ms=window_ms,
+                inference_clients=fleet.inference_clients,
             )
+            if ref is not None and activity.ref != ref:
+                continue
             for name in TRUTH_QUANTITIES:
                 totals[name] += getattr(activity, name)
             totals["records"] += 1

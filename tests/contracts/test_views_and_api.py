@@ -239,6 +239,38 @@ def test_attribution_and_revoked_keys(reservation, inference_line, buyer_owner, 
     assert attribute_records(records=UsageRecord.objects.all()) == 0
 
 
+def test_on_demand_gpu_time_is_attributed_to_its_key_but_never_inside_a_reservation(
+    reservation, offer, buyer_org, buyer_owner, devices
+):
+    UsageRecord = apps.get_model("metering", "UsageRecord")
+    line = on_demand.on_demand_enable(buyer=buyer_org, actor=buyer_owner, offer=offer)
+    api_key, _secret = on_demand.line_api_key_create(line=line, name="jobs", actor=buyer_owner)
+    ref = workload_ref_for_key(api_key=api_key, product_slug=None)
+    assert ref == f"gpu@{api_key.prefix}"
+    held = {a.gpu_device_id for a in reservation.allocations}
+    free_gpu = next(d for d in devices if d.pk not in held)
+    reserved_gpu = next(d for d in devices if d.pk in held)
+    inside = reservation.line.starts_at + timedelta(minutes=1)
+    on_demand_work = _record(gpu=free_gpu, kind="allocation", ref=ref, start=inside, seq=1)
+    # The same ref on a reserved GPU during its reservation: the reservation's, not the key's.
+    in_reservation = _record(gpu=reserved_gpu, kind="allocation", ref=ref, start=inside, seq=2)
+    stranger = _record(gpu=free_gpu, kind="allocation", ref="gpu@nobody00", start=inside, seq=3)
+
+    assert attribute_usage_records(records=UsageRecord.objects.all()) == 2
+    assert attribute_usage_records(records=UsageRecord.objects.all()) == 0  # idempotent
+
+    rows = {
+        r.seq: (r.allocation_id, r.api_key_id)
+        for r in UsageRecord.objects.filter(
+            pk__in=[on_demand_work.pk, in_reservation.pk, stranger.pk]
+        )
+    }
+    reserved_allocation = next(
+        a for a in reservation.allocations if a.gpu_device_id == reserved_gpu.pk
+    )
+    assert rows == {1: (None, api_key.pk), 2: (reserved_allocation.pk, None), 3: (None, None)}
+
+
 def test_usage_api_json_and_csv(reservation, inference_line, buyer_owner, devices):
     if not apps.is_installed("capacity.metering"):
         pytest.fail("Run with --ds=tests.metering_settings (metering installed)", pytrace=False)

@@ -1,0 +1,159 @@
+"""Metering attributes what it stores: over real HTTP from the fleet simulator, a sweep's
+records of a reserved GPU go to the allocation holding it, and the inference the buyer's
+API key called goes to the key; what nobody bought stays unattributed. Expected values
+come from the simulator's pure functions, apart from the platform."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from capacity.agent.fleet import fleet_gpu_model, fleet_node_id
+from capacity.agent.simulator import simulated_gpus, window_activity
+from capacity.metering import batch, sweep
+from capacity.metering.models import NodePollState, UsageRecord
+from capacity.metering.simulated_fleet import FleetProcess, register_fleet_nodes
+from capacity.models import GpuDevice, Node
+from contracts.checkout import reservation_checkout
+from contracts.models import InferenceProduct
+from contracts.on_demand import line_api_key_create, on_demand_enable
+from tests.billing.stripe_fakes import free_port
+from tests.factories import OfferFactory
+
+pytestmark = pytest.mark.django_db
+GPUS = 2
+BACKFILL = 30
+# A seed whose node runs reserved work on GPU 0 for the whole half hour and inference on
+# GPU 1 (``simulator.window_activity`` is a pure function of it).
+SEED = 52
+
+
+@pytest.fixture(autouse=True)
+def payment_method(settings):
+    settings.CONTRACTS_ASSUME_PAYMENT_METHOD = True
+
+
+@pytest.fixture
+def product() -> InferenceProduct:
+    return InferenceProduct.objects.create(
+        slug="fleet-llama",
+        name="Fleet Llama",
+        input_price_per_million_tokens=Decimal("0.2000"),
+        output_price_per_million_tokens=Decimal("0.6000"),
+    )
+
+
+@pytest.fixture
+def api_key(buyer_org, buyer_owner, product):
+    """The buyer's inference key, created before the fleet's half hour of backfill."""
+    line = on_demand_enable(buyer=buyer_org, actor=buyer_owner, inference_product=product)
+    key, _secret = line_api_key_create(line=line, name="prod", actor=buyer_owner)
+    type(key).objects.filter(pk=key.pk).update(created_at=timezone.now() - timedelta(hours=2))
+    key.refresh_from_db()
+    return key
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, product, api_key) -> Iterator[FleetProcess]:
+    process = FleetProcess(
+        nodes=1,
+        port=free_port(),
+        seed=SEED,
+        gpus_per_node=GPUS,
+        window_seconds=60,
+        backfill_windows=BACKFILL,
+        state_dir=tmp_path / "fleet",
+        inference_clients=(f"{product.slug}@{api_key.prefix}",),
+    )
+    with process:
+        yield process
+
+
+def _sweep(now: datetime) -> None:
+    def enqueue(node_ids: list[int]) -> None:
+        batch.poll_and_store(node_ids, now=now, interval_seconds=60)
+
+    sweep.sweep(now=now, interval_seconds=60, enqueue=enqueue, batch_size=10)
+
+
+def test_a_sweep_attributes_reserved_windows_and_keyed_inference(
+    fleet, partner_org, buyer_org, api_key, django_capture_on_commit_callbacks
+):
+    (node_id,) = register_fleet_nodes(organization=partner_org, fleet=fleet)
+    node = Node.objects.get(pk=node_id)
+    OfferFactory(
+        site=node.site,
+        gpu_model=node.gpu_model,
+        gpu_count=GPUS,
+        available_from=timezone.now() - timedelta(days=1),
+    )
+    # The buyer reserves one GPU from ten minutes ago (checkout's grace for "now").
+    held_from = (timezone.now() - timedelta(minutes=10)).replace(second=0, microsecond=0)
+    reserved = reservation_checkout(
+        buyer=buyer_org,
+        offer=node.site.offers.get(),
+        gpu_count=1,
+        starts_at=held_from,
+        term_months=1,
+        actor=None,
+    )
+    (allocation,) = reserved.allocations
+
+    with django_capture_on_commit_callbacks(execute=True):
+        _sweep(timezone.now())
+
+    # The truth, from the simulator's pure function: records 1..last_seq of the node.
+    last_seq = NodePollState.objects.get(node_id=node_id).last_seq
+    assert last_seq >= BACKFILL * GPUS
+    origin_window = int(fleet.describe()["origin_window"])
+    key = fleet_node_id(SEED, 0)
+    gpus = simulated_gpus(
+        seed=SEED, node_key=key, count=GPUS, model=fleet_gpu_model(SEED, 0, "h100")
+    )
+    device_of = dict(GpuDevice.objects.filter(node_id=node_id).values_list("index", "pk"))
+    expected_allocated, expected_keyed, before_the_reservation = [], [], []
+    for seq in range(1, last_seq + 1):
+        ordinal, index = divmod(seq - 1, GPUS)
+        activity = window_activity(
+            seed=SEED,
+            node_key=key,
+            gpu=gpus[index],
+            ordinal=ordinal,
+            window_ms=60_000,
+            inference_clients=fleet.inference_clients,
+        )
+        start = datetime.fromtimestamp((origin_window + ordinal) * 60, tz=UTC)
+        held = device_of[index] == allocation.gpu_device_id and start >= held_from
+        if activity.kind == "allocation" and held:
+            expected_allocated.append(seq)
+        elif activity.kind == "allocation" and device_of[index] == allocation.gpu_device_id:
+            before_the_reservation.append(seq)
+        if activity.kind == "inference":
+            assert activity.ref == f"fleet-llama@{api_key.prefix}"
+            expected_keyed.append(seq)
+
+    stored = UsageRecord.objects.filter(node_id=node_id)
+    assert stored.count() == last_seq
+    assert (
+        sorted(stored.filter(allocation_id=allocation.pk).values_list("seq", flat=True))
+        == expected_allocated
+    )
+    assert sorted(stored.filter(api_key_id=api_key.pk).values_list("seq", flat=True)) == (
+        expected_keyed
+    )
+    assert len(expected_allocated) >= 10 and len(before_the_reservation) >= 19
+    assert len(expected_keyed) >= 10
+    # The GPU's work before the reservation began bills nobody.
+    assert stored.filter(seq__in=before_the_reservation, allocation_id__isnull=True).count() == (
+        len(before_the_reservation)
+    )
+    # Nothing else is billed to anyone: the rest is idle or a partner's own use.
+    assert (
+        stored.exclude(seq__in=expected_allocated).filter(allocation_id__isnull=False).count() == 0
+    )
+    assert stored.exclude(seq__in=expected_keyed).filter(api_key_id__isnull=False).count() == 0
