@@ -16,7 +16,7 @@ from datetime import date, datetime
 
 from django.utils import timezone
 
-from billing import invoices, payments
+from billing import dunning, invoices, payments
 from billing.models import Invoice, InvoiceStatus, PaymentStatus
 from billing.periods import finalizable_at, month_bounds, month_of, previous_month
 from billing.settlement.statements import DraftResult, draft_statements
@@ -82,12 +82,13 @@ def _charge(*, result: CloseResult, month: date, now: datetime, progress: Progre
     for done, invoice_id in enumerate(due, start=1):
         try:
             attempt = payments.charge_invoice(invoice_id=invoice_id, now=now)
-        except (StripeUnavailable, StripeNotConfigured):
-            result.charge_deferred += 1
-        except StripeGatewayError:
-            # Not a refusal (those are failed attempts): the attempt stays pending with
-            # its key for the next run; the other invoices are still charged.
-            logger.exception("charging invoice %s failed; left for the next run", invoice_id)
+        except StripeGatewayError as error:
+            # No answer, or not a refusal (refusals are failed attempts): the attempt stays
+            # pending with its key and dunning sends it again later (same key, so never a
+            # second charge); the other invoices are still charged.
+            if not isinstance(error, StripeUnavailable | StripeNotConfigured):
+                logger.exception("charging invoice %s failed; retrying later", invoice_id)
+            dunning.retry_later(invoice_id=invoice_id, now=now)
             result.charge_deferred += 1
         else:
             if attempt is not None and attempt.status == "succeeded":

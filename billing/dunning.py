@@ -97,11 +97,26 @@ def after_failed_attempt(
     transaction.on_commit(partial(emails.send_contract_suspended, invoice_id=invoice.pk))
 
 
+def retry_later(*, invoice_id: int, now: datetime) -> None:
+    """Stripe did not answer a charge (or answered what no retry of ours should get): its
+    attempt stays pending with its key; send it again after ``UNAVAILABLE_RETRY_DELAY``."""
+    Invoice.objects.filter(pk=invoice_id).update(
+        next_payment_attempt_at=now + UNAVAILABLE_RETRY_DELAY
+    )
+
+
 def due_retries(*, now: datetime) -> list[int]:
+    """Invoices whose next attempt is due: a retry after a failure or a needed
+    authentication, or a first charge Stripe did not answer (unpaid, rescheduled by
+    ``retry_later``)."""
     return list(
         Invoice.objects.filter(
             next_payment_attempt_at__lte=now,
-            payment_status__in=(PaymentStatus.FAILED, PaymentStatus.REQUIRES_ACTION),
+            payment_status__in=(
+                PaymentStatus.FAILED,
+                PaymentStatus.REQUIRES_ACTION,
+                PaymentStatus.UNPAID,
+            ),
         )
         .order_by("next_payment_attempt_at", "pk")
         .values_list("pk", flat=True)
@@ -122,12 +137,8 @@ def run_due_retries(
         try:
             charge(invoice_id=invoice_id, now=now)
         except StripeGatewayError as error:
-            # Stripe did not answer (or answered what no retry of ours should get): the
-            # attempt stays pending with its key; try again later (same key, so never a
-            # second charge). One invoice never stops the others' retries.
+            # One invoice never stops the others' retries.
             if not isinstance(error, StripeUnavailable):
                 logger.exception("charging invoice %s failed; retrying later", invoice_id)
-            Invoice.objects.filter(pk=invoice_id).update(
-                next_payment_attempt_at=now + UNAVAILABLE_RETRY_DELAY
-            )
+            retry_later(invoice_id=invoice_id, now=now)
     return len(due)

@@ -225,6 +225,8 @@ def charge_invoice(
             off_session=attempt.off_session,
         )
     except stripe_gateway.StripeRequestRejected as error:
+        if not _refuses_the_card(error):
+            raise  # our request was wrong: an error for operators, not the buyer's decline
         # Refused before any PaymentIntent existed (a declined card, a card removed at
         # Stripe, a customer Stripe no longer has): a failed attempt, which dunning counts
         # and retries. (``IdempotencyConflict`` is not a refusal and propagates.)
@@ -234,6 +236,13 @@ def charge_invoice(
         attempt.refresh_from_db()
         return attempt
     return apply_payment_intent(intent=intent, now=now) or attempt
+
+
+def _refuses_the_card(error: stripe_gateway.StripeRequestRejected) -> bool:
+    """A refusal that is about the buyer's card or customer (a decline, 402, or a card or
+    customer Stripe no longer has, 404): the attempt failed. Any other 4xx (a bad
+    parameter, an amount below Stripe's minimum) is our error, not the buyer's."""
+    return isinstance(error, stripe_gateway.CardRejected) or error.status in (402, 404)
 
 
 def _settlement_of(

@@ -312,6 +312,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "billing: dunning": {"task": "billing.tasks.run_dunning", "schedule": 3600},
     "contracts: roll over ended terms": {"task": "contracts.tasks.roll_over", "schedule": 3600},
+    "metering: attribute usage to allocations and API keys": {
+        "task": "capacity.metering.tasks.attribute_usage",
+        "schedule": 60,
+    },
     "metering: pool availability for search": {
         "task": "capacity.metering.tasks.refresh_pool_availability",
         "schedule": 300,

@@ -49,6 +49,7 @@ from billing.settlement.agreements import agreement_create
 from billing.settlement.payouts import statement_pay
 from billing.settlement.statements import statement_approve
 from capacity.metering import batch, sweep
+from capacity.metering.attribution import attribute_new_records
 from capacity.metering.models import NodePollState, UsageRecord
 from capacity.metering.selectors import rollup_totals, usage_totals
 from capacity.metering.simulated_fleet import (
@@ -69,11 +70,11 @@ from tests.billing.conftest import (  # noqa: F401 (fixtures)
     stripe_settings,
 )
 from tests.billing.settlement_builders import observe_available, onboard
+from tests.billing.stripe_fakes import free_port
 from tests.factories import OfferFactory, SiteFactory, gpu_pool
 
 pytestmark = pytest.mark.django_db
 D = Decimal
-FLEET_PORT = 9401
 FLEET_NODES = 4
 RESERVED_GPUS = 8
 RESERVED_RATE = D("2.1000")
@@ -89,7 +90,7 @@ def cents(amount: Decimal) -> int:
 def running_fleet(tmp_path: Path, *, inference_clients: tuple[str, ...]) -> Iterator[FleetProcess]:
     process = FleetProcess(
         nodes=FLEET_NODES,
-        port=FLEET_PORT,
+        port=free_port(),
         seed=2026,
         gpus_per_node=2,
         window_seconds=60,
@@ -178,6 +179,7 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
         with django_capture_on_commit_callbacks(execute=True):
             _sweep_in_process(timezone.now())
         heads_after = fetch_truth(fleet, nodes).head_seqs
+        attribute_new_records()  # what beat runs every minute
         cursors = dict(NodePollState.objects.values_list("node_id", "last_seq"))
         last_seqs = {index: cursors[node_id] for index, node_id in enumerate(fleet_node_ids)}
         # The sweep followed every agent to its head: at least what each held when the
@@ -191,10 +193,14 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
         assert stored == expected_totals(fleet, last_seqs)
         assert rollup_totals(node_ids=fleet_node_ids) == stored
         keyed = expected_totals(fleet, last_seqs, ref=ref)
-        # What this month's invoice bills: the key's windows from the month's start (the
-        # fleet's last half hour may begin in the previous month).
+        # What this month's invoice bills: the key's windows inside the month (the fleet's
+        # last half hour may begin in the previous month or reach into the next).
         billed = expected_totals(
-            fleet, last_seqs, ref=ref, since_ms=int(month_start.timestamp() * 1000)
+            fleet,
+            last_seqs,
+            ref=ref,
+            since_ms=int(month_start.timestamp() * 1000),
+            until_ms=int(month_end.timestamp() * 1000),
         )
     assert keyed["records"] > 0 and keyed["input_tokens"] > 0
     attributed = UsageRecord.objects.filter(api_key_id=api_key.pk).aggregate(

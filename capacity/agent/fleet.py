@@ -538,10 +538,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a platform accepts as a workload ref (metering quarantines a longer one).
+MAX_REF_LENGTH = 128
+_CLIENT_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def inference_client(value: str) -> str:
+    """``--inference-client``: ``<product slug>@<key prefix>``, letters, digits, ``.``,
+    ``_`` and ``-`` on each side, at most ``MAX_REF_LENGTH`` characters in all."""
     product, separator, prefix = value.partition("@")
-    if not (product and separator and prefix) or "@" in prefix:
-        raise argparse.ArgumentTypeError(f"expected PRODUCT@KEY_PREFIX, got {value!r}")
+    if not (
+        separator
+        and _CLIENT_PART.fullmatch(product)
+        and _CLIENT_PART.fullmatch(prefix)
+        and len(value) <= MAX_REF_LENGTH
+    ):
+        raise argparse.ArgumentTypeError(
+            f"expected PRODUCT@KEY_PREFIX (letters, digits, '.', '_', '-'; at most "
+            f"{MAX_REF_LENGTH} characters), got {value!r}"
+        )
     return value
 
 

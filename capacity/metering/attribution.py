@@ -15,20 +15,33 @@ Every stored ``UsageRecord`` carries what the agent said it was doing
 ``idle`` records bill nobody and stay unattributed; so does anything that matches no
 allocation (it is then on-demand GPU time, or a partner's own use).
 
-The contracts app fills it in (``contracts.attribution``: one ``UPDATE … FROM`` per kind,
+The contracts app fills it in (``contracts.attribution``: one ``UPDATE … FROM`` for every kind,
 over the given records, idempotent: only rows still null are touched) by registering
-itself here at start-up; every metering batch calls it for the records it stored
-(``batch._attribute_stored``). Rating reads the hourly rollups by the same refs and does
-not depend on these columns; the buyer's usage pages do.
+itself here at start-up. ``attribute_new_records`` (beat, every minute) runs it over the
+records stored since its last run, by id, with a cursor advanced in the same transaction:
+whatever happened to a batch (a retry, a killed worker, a crash after its commit), its
+records are attributed by the next run, and a first run attributes everything stored
+before. Rating reads the hourly rollups by the same refs and does not depend on these
+columns; the buyer's usage pages do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.db.models import QuerySet
+from django.db import transaction
+from django.db.models import Max, QuerySet
 
-from capacity.metering.models import UsageRecord
+from capacity.metering.models import AttributionCursor, UsageRecord
+
+# Workload kinds someone may be billed for (idle windows bill nobody).
+BILLABLE_KINDS = ("allocation", "inference")
+# Ids below the cursor scanned again on every run: an ingest transaction that took its ids
+# before a later one but committed after it is still seen (ingest statements last
+# milliseconds; this is about a minute of a 100,000-GPU fleet).
+OVERLAP_IDS = 100_000
+# Ids per attribution statement.
+CHUNK_IDS = 200_000
 
 # The attributor registered by contracts (``ContractsConfig.ready``); metering never
 # imports contracts. ``None``: no contracts app, nothing to attribute.
@@ -50,3 +63,29 @@ def attribute_records(*, records: QuerySet[UsageRecord]) -> int:
     if _attributor is None:
         return 0
     return _attributor(records=records)
+
+
+def attribute_new_records(*, overlap: int = OVERLAP_IDS, chunk: int = CHUNK_IDS) -> int:
+    """Attribute the billable records stored since the last run (and ``overlap`` ids
+    before it); advance the cursor; return how many records were attributed. Concurrent
+    runs wait for each other (the cursor row is locked)."""
+    with transaction.atomic():
+        cursor, _ = AttributionCursor.objects.select_for_update().get_or_create(pk=1)
+        high = UsageRecord.objects.aggregate(high=Max("pk"))["high"] or 0
+        low = max(0, cursor.last_id - overlap)
+        attributed = 0
+        while low < high:
+            upper = min(low + chunk, high)
+            attributed += attribute_records(
+                records=UsageRecord.objects.filter(
+                    pk__gt=low,
+                    pk__lte=upper,
+                    workload_kind__in=BILLABLE_KINDS,
+                    allocation_id__isnull=True,
+                    api_key_id__isnull=True,
+                )
+            )
+            low = upper
+        cursor.last_id = max(cursor.last_id, high)
+        cursor.save(update_fields=["last_id", "updated_at"])
+    return attributed

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from capacity.metering import attribution, health, ingest
-from capacity.metering.models import NodePollState, UsageRecord
+from capacity.metering import health, ingest
+from capacity.metering.models import NodePollState
 from capacity.metering.polling import (
     DEFAULT_CONCURRENCY,
     PollOutcome,
@@ -47,12 +47,6 @@ class BatchResult:
     quarantined: int = 0
     # Pages another poll had already stored (the cursor had moved on).
     skipped_pages: int = 0
-    # Stored records attributed to an allocation or an API key.
-    attributed: int = 0
-
-
-# Workload kinds someone may be billed for (idle windows bill nobody).
-BILLABLE_KINDS = ("allocation", "inference")
 
 
 def load_targets(
@@ -169,7 +163,6 @@ def poll_and_store(
             max_group=ingest.MAX_GROUP_PAGES,
         ):
             _store_outcomes(outcomes, now=now, next_poll_at=next_poll_at, result=result)
-            result.attributed += _attribute_stored(outcomes, now=now)
             for outcome in outcomes:
                 result.polled += 1
                 if not outcome.succeeded:
@@ -180,31 +173,6 @@ def poll_and_store(
                     interval_seconds=interval_seconds,
                 )
     return result
-
-
-def _attribute_stored(outcomes: Sequence[PollOutcome], *, now: datetime) -> int:
-    """Attribute the billable records these outcomes stored at ``now`` to allocations and
-    API keys (``attribution.attribute_records``: the contracts app's rules). Found by the
-    (GPU, window start) index from the pages' own GPUs and earliest window, then by the
-    receipt time: records another poll stored are that poll's to attribute."""
-    gpu_ids: set[int] = set()
-    earliest: datetime | None = None
-    for outcome in outcomes:
-        for page in outcome.pages:
-            for record in page.accepted:
-                if record.workload_kind in BILLABLE_KINDS:
-                    gpu_ids.add(record.gpu_device_id)
-                    if earliest is None or record.window_start < earliest:
-                        earliest = record.window_start
-    if earliest is None:
-        return 0
-    records = UsageRecord.objects.filter(
-        gpu_id__in=gpu_ids,
-        window_start__gte=earliest,
-        received_at=now,
-        workload_kind__in=BILLABLE_KINDS,
-    )
-    return attribution.attribute_records(records=records)
 
 
 def _store_outcomes(

@@ -292,3 +292,18 @@ class PoolAvailability(models.Model):
 
     def __str__(self) -> str:
         return f"availability of site {self.site_id} / model {self.gpu_model_id}"
+
+
+class AttributionCursor(models.Model):
+    """How far (by ``UsageRecord`` id) attribution has run: one row, advanced in the same
+    transaction as the attribution it records (``attribution.attribute_new_records``)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    last_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="attribution_cursor_one_row")]
+
+    def __str__(self) -> str:
+        return f"attributed through usage record {self.last_id}"

@@ -273,10 +273,12 @@ def expected_totals(
     *,
     ref: str | None = None,
     since_ms: int | None = None,
+    until_ms: int | None = None,
 ) -> dict[str, int]:
     """Ground truth of records ``1..last_seqs[i]`` of each fleet node ``i`` (only those of
-    workload ``ref`` and of windows starting at or after Unix ms ``since_ms`` when given;
-    the latter needs the fleet's ``origin_window``, read from the running fleet).
+    workload ``ref`` and of windows starting in ``[since_ms, until_ms)`` (Unix ms) when
+    given; the window bounds need the fleet's ``origin_window``, read from the running
+    fleet).
 
     The fleet's records are a pure function of ``(seed, node, gpu, window)``: record
     ``seq`` is GPU ``(seq-1) % G`` in window ``(seq-1) // G``, and a counter reset never
@@ -286,7 +288,8 @@ def expected_totals(
     """
     totals = dict.fromkeys((*TRUTH_QUANTITIES, "records"), 0)
     window_ms = fleet.window_seconds * 1000
-    origin_window = int(fleet.describe()["origin_window"]) if since_ms is not None else 0  # type: ignore[call-overload]
+    bounded = since_ms is not None or until_ms is not None
+    origin_window = int(fleet.describe()["origin_window"]) if bounded else 0  # type: ignore[call-overload]
     for index, last_seq in last_seqs.items():
         node_key = fleet_node_id(fleet.seed, index)
         model = fleet_gpu_model(fleet.seed, index, fleet.gpu_model)
@@ -295,7 +298,10 @@ def expected_totals(
         )
         for seq in range(1, last_seq + 1):
             ordinal, gpu_index = divmod(seq - 1, fleet.gpus_per_node)
-            if since_ms is not None and (origin_window + ordinal) * window_ms < since_ms:
+            window_start_ms = (origin_window + ordinal) * window_ms
+            if since_ms is not None and window_start_ms < since_ms:
+                continue
+            if until_ms is not None and window_start_ms >= until_ms:
                 continue
             activity = window_activity(
                 seed=fleet.seed,

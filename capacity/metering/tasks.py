@@ -84,3 +84,14 @@ def refresh_pool_availability() -> int:
     stored = refresh(now=timezone.now())
     logger.info("pool availability: %d pools stored", stored)
     return stored
+
+
+@shared_task(name="capacity.metering.tasks.attribute_usage", ignore_result=True)
+def attribute_usage() -> int:
+    """Beat, every minute: attribute the usage records stored since the last run to the
+    allocations and API keys they bill (``attribution.attribute_new_records``)."""
+    from capacity.metering.attribution import attribute_new_records
+
+    attributed = attribute_new_records()
+    logger.info("attribution: %d usage records attributed", attributed)
+    return attributed

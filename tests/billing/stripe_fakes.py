@@ -159,6 +159,9 @@ class ProxyBehaviour:
     idempotent_replays: int = 0
     # Keys re-sent with other parameters, refused with Stripe's ``idempotency_error``.
     idempotency_conflicts: list[str] = field(default_factory=list)
+    # Path prefix → (status, Stripe error object): the next POST there is answered with
+    # that error instead of reaching localstripe (errors localstripe cannot produce).
+    refuse_next: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
 
 
 def request_fingerprint(method: str, path: str, body: bytes) -> str:
@@ -282,7 +285,15 @@ class StripeProxy:
                         if self.path.startswith(prefix):
                             delay = seconds
                             del proxy.behaviour.delay_first[prefix]
-                if self.command == "GET" and self.path.startswith("/v1/payment_intents?"):
+                refusal = None
+                if self.command == "POST":
+                    for prefix in list(proxy.behaviour.refuse_next):
+                        if self.path.startswith(prefix):
+                            refusal = proxy.behaviour.refuse_next.pop(prefix)
+                if refusal is not None:
+                    status, error = refusal
+                    content = json.dumps({"error": error}).encode()
+                elif self.command == "GET" and self.path.startswith("/v1/payment_intents?"):
                     status, content = proxy._list_payment_intents(self.path, headers)
                 elif key is None:
                     status, content = proxy._forward(self.command, self.path, headers, body)

@@ -1,6 +1,7 @@
-"""Metering attributes what it stores: over real HTTP from the fleet simulator, a sweep's
-records of a reserved GPU go to the allocation holding it, and the inference the buyer's
-API key called goes to the key; what nobody bought stays unattributed. Expected values
+"""Metering attributes what it stores: over real HTTP from the fleet simulator, a sweep
+stores the records and beat's attribution run gives the records of a reserved GPU to the
+allocation holding it and the inference the buyer's API key called to the key; what
+nobody bought stays unattributed. Expected values
 come from the simulator's pure functions, apart from the platform."""
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from django.utils import timezone
 from capacity.agent.fleet import fleet_gpu_model, fleet_node_id
 from capacity.agent.simulator import simulated_gpus, window_activity
 from capacity.metering import batch, sweep
-from capacity.metering.models import NodePollState, UsageRecord
+from capacity.metering.attribution import attribute_new_records
+from capacity.metering.models import AttributionCursor, NodePollState, UsageRecord
 from capacity.metering.simulated_fleet import FleetProcess, register_fleet_nodes
 from capacity.models import GpuDevice, Node
 from contracts.checkout import reservation_checkout
@@ -106,6 +108,10 @@ def test_a_sweep_attributes_reserved_windows_and_keyed_inference(
 
     with django_capture_on_commit_callbacks(execute=True):
         _sweep(timezone.now())
+    stored = UsageRecord.objects.filter(node_id=node_id)
+    # Stored; attributed by the next run of beat's attribution task, not by the batch.
+    assert not stored.filter(allocation_id__isnull=False).exists()
+    attributed = attribute_new_records()
 
     # The truth, from the simulator's pure function: records 1..last_seq of the node.
     last_seq = NodePollState.objects.get(node_id=node_id).last_seq
@@ -137,8 +143,11 @@ def test_a_sweep_attributes_reserved_windows_and_keyed_inference(
             assert activity.ref == f"fleet-llama@{api_key.prefix}"
             expected_keyed.append(seq)
 
-    stored = UsageRecord.objects.filter(node_id=node_id)
     assert stored.count() == last_seq
+    assert attributed == len(expected_allocated) + len(expected_keyed)
+    # Idempotent, and the cursor is at the last record.
+    assert attribute_new_records() == 0
+    assert AttributionCursor.objects.get().last_id == stored.order_by("-pk").first().pk
     assert (
         sorted(stored.filter(allocation_id=allocation.pk).values_list("seq", flat=True))
         == expected_allocated

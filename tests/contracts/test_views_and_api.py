@@ -271,6 +271,33 @@ def test_on_demand_gpu_time_is_attributed_to_its_key_but_never_inside_a_reservat
     assert rows == {1: (None, api_key.pk), 2: (reserved_allocation.pk, None), 3: (None, None)}
 
 
+def test_beat_attribution_catches_up_below_its_cursor_within_the_overlap(
+    inference_line, buyer_owner, devices
+):
+    from capacity.metering.attribution import attribute_new_records
+    from capacity.metering.models import AttributionCursor
+
+    api_key, _secret = on_demand.line_api_key_create(
+        line=inference_line, name="gw", actor=buyer_owner
+    )
+    ref = workload_ref_for_key(api_key=api_key, product_slug="llama-3.1-8b-instruct")
+    start = timezone.now() + timedelta(minutes=1)
+    late = _record(gpu=devices[6], kind="inference", ref=ref, start=start, tokens=10, seq=1)
+    # A run already moved past this id (its insert committed after that run's snapshot).
+    AttributionCursor.objects.create(pk=1, last_id=late.pk)
+
+    assert attribute_new_records(overlap=1) == 1
+    late.refresh_from_db()
+    assert late.api_key_id == api_key.pk
+    # Below the overlap nothing is scanned again.
+    missed = _record(gpu=devices[6], kind="inference", ref=ref, start=start, tokens=10, seq=2)
+    AttributionCursor.objects.filter(pk=1).update(last_id=missed.pk + 5)
+    assert attribute_new_records(overlap=5) == 0
+    missed.refresh_from_db()
+    assert missed.api_key_id is None
+    assert AttributionCursor.objects.get().last_id == missed.pk + 5
+
+
 def test_usage_api_json_and_csv(reservation, inference_line, buyer_owner, devices):
     if not apps.is_installed("capacity.metering"):
         pytest.fail("Run with --ds=tests.metering_settings (metering installed)", pytrace=False)

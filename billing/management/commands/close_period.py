@@ -51,7 +51,8 @@ class Command(BaseCommand):
             return
         self.stdout.write(
             f"finalized {result.finalized}; charged {result.charged}, failed "
-            f"{result.charge_failures}, deferred (Stripe unreachable) {result.charge_deferred}"
+            f"{result.charge_failures}, left pending for dunning to send again "
+            f"{result.charge_deferred}"
         )
         if result.statements is not None:
             statements = result.statements

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from capacity.agent.counters import CounterReadings
+from capacity.agent.fleet import build_parser
 from capacity.agent.simulator import (
     GPU_MODELS,
     SimClock,
@@ -94,3 +96,51 @@ def test_sim_clock_catches_up_at_speed_and_never_passes_real_time() -> None:
     assert clock.real_ms_when(1_600_000) == 2_010_000
     assert clock.real_ms_when(3_000_000) == 3_000_000
     assert SimClock(origin_ms=0, started_ms=5, speed=None).now_ms(123) == 123
+
+
+def test_inference_clients_change_only_who_the_inference_is_for():
+    """With clients, an inference window names one of them instead of a product; the
+    work itself (busy time, energy, tokens) is the same window for window."""
+    clients = ("llama-3.1-8b-instruct@abc1234", "qwen2.5-coder-32b-instruct@zz9")
+    gpu = simulated_gpus(seed=3, node_key="node-a", count=1, model="h100")[0]
+    seen = set()
+    for ordinal in range(400):
+        plain = window_activity(
+            seed=3, node_key="node-a", gpu=gpu, ordinal=ordinal, window_ms=60_000
+        )
+        keyed = window_activity(
+            seed=3,
+            node_key="node-a",
+            gpu=gpu,
+            ordinal=ordinal,
+            window_ms=60_000,
+            inference_clients=clients,
+        )
+        assert (keyed.kind, keyed.busy_ms, keyed.energy_mj, keyed.input_tokens) == (
+            plain.kind,
+            plain.busy_ms,
+            plain.energy_mj,
+            plain.input_tokens,
+        )
+        if plain.kind == "inference":
+            assert keyed.ref in clients
+            seen.add(keyed.ref)
+        else:
+            assert keyed.ref == plain.ref
+    assert seen == set(clients)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["llama", "@abc", "llama@", "llama@a@b", "llama 8b@abc", "x" * 120 + "@" + "y" * 8],
+)
+def test_fleet_refuses_a_malformed_inference_client(value):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--nodes", "1", "--port", "1", f"--inference-client={value}"])
+
+
+def test_fleet_takes_inference_clients():
+    args = build_parser().parse_args(
+        ["--nodes", "1", "--port", "1", "--inference-client", "llama-3.1-8b-instruct@k3y.9_-x"]
+    )
+    assert args.inference_client == ["llama-3.1-8b-instruct@k3y.9_-x"]
