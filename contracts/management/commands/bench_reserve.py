@@ -4,7 +4,8 @@ Builds a throw-away partner site with ``--gpus`` free GPUs listed by one offer a
 ``--buyers`` buyer organizations, starts one thread per buyer (each with its own database
 connection; spread over ``--processes`` forked worker processes, default 4, like several
 web workers) that checks out ``--gpus-each`` GPUs at the same instant, and prints one JSON
-object: allocated_gpus, overlaps, p50_ms, p95_ms (plus counts). Everything it created is
+object: allocated_gpus, overlaps, p50_ms, p95_ms (plus counts). Every buyer has a saved
+card on record (the payment-method check runs for real). Everything it created is
 deleted afterwards. Runs on the configured database (real PostgreSQL).
 """
 
@@ -17,9 +18,9 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.apps import apps
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
-from django.test import override_settings
 from django.utils import timezone
 
 from capacity.models import EnergySource, GpuDevice, GpuModel, Node, NodeStatus, Offer, Region, Site
@@ -52,14 +53,13 @@ class Command(BaseCommand):
         offer, buyers = self._build(tag=tag, gpus=options["gpus"], buyers=options["buyers"])
         try:
             started = time.perf_counter()
-            with override_settings(CONTRACTS_ASSUME_PAYMENT_METHOD=True):
-                result = race_checkouts(
-                    buyers=buyers,
-                    offer=offer,
-                    gpus_each=options["gpus_each"],
-                    processes=options["processes"],
-                    starts_at=timezone.now() + timedelta(minutes=1),
-                )
+            result = race_checkouts(
+                buyers=buyers,
+                offer=offer,
+                gpus_each=options["gpus_each"],
+                processes=options["processes"],
+                starts_at=timezone.now() + timedelta(minutes=1),
+            )
             wall_ms = (time.perf_counter() - started) * 1000
             figures = {
                 "buyers": len(buyers),
@@ -136,12 +136,26 @@ class Command(BaseCommand):
             Organization(name=f"{tag} buyer {n}", slug=f"{tag}-buyer-{n}", is_buyer=True)
             for n in range(buyers)
         )
+        # Each buyer has a saved card, as checkout requires (billing's customer record:
+        # the payment-method check reads it; nothing here talks to Stripe).
+        customers = apps.get_model("billing", "BillingCustomer")
+        customers.objects.bulk_create(
+            customers(
+                organization=organization,
+                stripe_customer_id=f"cus_{tag}_{n}",
+                default_payment_method_id=f"pm_{tag}_{n}",
+            )
+            for n, organization in enumerate(organizations)
+        )
         return offer, organizations
 
     @transaction.atomic
     def _clean(self, *, offer: Offer, buyers: list[Organization]) -> None:
         contracts = Contract.objects.filter(buyer__in=buyers)
         AuditEvent.objects.filter(organization__in=buyers).delete()
+        apps.get_model("billing", "BillingCustomer").objects.filter(
+            organization__in=buyers
+        ).delete()
         Allocation.objects.filter(line__contract__in=contracts).delete()
         ContractLine.objects.filter(contract__in=contracts).delete()
         contracts.delete()
