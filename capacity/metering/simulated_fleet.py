@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -32,7 +32,7 @@ from capacity.agent.fleet import (
     fleet_private_key,
 )
 from capacity.agent.protocol import public_key_b64
-from capacity.agent.simulator import simulated_gpus, window_activity
+from capacity.agent.simulator import WindowActivity, simulated_gpus, window_activity
 from capacity.metering.agent_http import AgentError, AgentHttp
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Site
 from config import crypto
@@ -63,6 +63,8 @@ class FleetProcess:
     host: str = "127.0.0.1"
     inference_clients: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    # The timeline's first window (Unix minutes for 60 s windows), read at start.
+    origin_window: int = field(default=0, init=False)
 
     @property
     def url(self) -> str:
@@ -96,7 +98,7 @@ class FleetProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"fleet simulator exited with {self.process.returncode}")
             try:
-                self.describe()
+                self.origin_window = int(self.describe()["origin_window"])  # type: ignore[call-overload]
                 return self
             except (OSError, urllib.error.URLError):
                 time.sleep(0.1)
@@ -267,29 +269,29 @@ def fetch_truth(
     return FleetTruth(totals=totals, head_seqs=head_seqs, epochs=epochs)
 
 
-def expected_totals(
-    fleet: FleetProcess,
-    last_seqs: dict[int, int],
-    *,
-    ref: str | None = None,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
-) -> dict[str, int]:
-    """Ground truth of records ``1..last_seqs[i]`` of each fleet node ``i`` (only those of
-    workload ``ref`` and of windows starting in ``[since_ms, until_ms)`` (Unix ms) when
-    given; the window bounds need the fleet's ``origin_window``, read from the running
-    fleet).
+@dataclass(frozen=True)
+class FleetRecord:
+    """One record a fleet node serves, as the simulator makes it."""
+
+    index: int  # the fleet node
+    seq: int
+    gpu_index: int
+    window_start_ms: int  # Unix ms
+    activity: WindowActivity
+
+
+def fleet_records(fleet: FleetProcess, last_seqs: dict[int, int]) -> Iterator[FleetRecord]:
+    """Records ``1..last_seqs[i]`` of each fleet node ``i``, computed here.
 
     The fleet's records are a pure function of ``(seed, node, gpu, window)``: record
-    ``seq`` is GPU ``(seq-1) % G`` in window ``(seq-1) // G``, and a counter reset never
-    changes what is reported (the agent reads the delta). So the truth at a cursor can
-    be computed here, whatever the clock did since, unlike ``/_sim/truth`` (always at
-    the head, which moves every window).
+    ``seq`` is GPU ``(seq-1) % G`` in window ``(seq-1) // G`` of the fleet's timeline, and
+    a counter reset never changes what is reported (the agent reads the delta). So the
+    truth at a cursor can be computed here, whatever the clock did since, unlike
+    ``/_sim/truth`` (always at the head, which moves every window); also after the fleet
+    stopped (its ``origin_window`` was read when it started).
     """
-    totals = dict.fromkeys((*TRUTH_QUANTITIES, "records"), 0)
     window_ms = fleet.window_seconds * 1000
-    bounded = since_ms is not None or until_ms is not None
-    origin_window = int(fleet.describe()["origin_window"]) if bounded else 0  # type: ignore[call-overload]
+    origin_window = fleet.origin_window
     for index, last_seq in last_seqs.items():
         node_key = fleet_node_id(fleet.seed, index)
         model = fleet_gpu_model(fleet.seed, index, fleet.gpu_model)
@@ -298,11 +300,6 @@ def expected_totals(
         )
         for seq in range(1, last_seq + 1):
             ordinal, gpu_index = divmod(seq - 1, fleet.gpus_per_node)
-            window_start_ms = (origin_window + ordinal) * window_ms
-            if since_ms is not None and window_start_ms < since_ms:
-                continue
-            if until_ms is not None and window_start_ms >= until_ms:
-                continue
             activity = window_activity(
                 seed=fleet.seed,
                 node_key=node_key,
@@ -311,9 +308,30 @@ def expected_totals(
                 window_ms=window_ms,
                 inference_clients=fleet.inference_clients,
             )
-            if ref is not None and activity.ref != ref:
-                continue
-            for name in TRUTH_QUANTITIES:
-                totals[name] += getattr(activity, name)
-            totals["records"] += 1
+            yield FleetRecord(
+                index, seq, gpu_index, (origin_window + ordinal) * window_ms, activity
+            )
+
+
+def expected_totals(
+    fleet: FleetProcess,
+    last_seqs: dict[int, int],
+    *,
+    ref: str | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> dict[str, int]:
+    """Ground truth of the records ``fleet_records`` computes (only those of workload
+    ``ref`` and of windows starting in ``[since_ms, until_ms)`` (Unix ms) when given)."""
+    totals = dict.fromkeys((*TRUTH_QUANTITIES, "records"), 0)
+    for record in fleet_records(fleet, last_seqs):
+        if since_ms is not None and record.window_start_ms < since_ms:
+            continue
+        if until_ms is not None and record.window_start_ms >= until_ms:
+            continue
+        if ref is not None and record.activity.ref != ref:
+            continue
+        for name in TRUTH_QUANTITIES:
+            totals[name] += getattr(record.activity, name)
+        totals["records"] += 1
     return totals

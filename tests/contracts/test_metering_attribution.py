@@ -7,19 +7,17 @@ come from the simulator's pure functions, apart from the platform."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
-from capacity.agent.fleet import fleet_gpu_model, fleet_node_id
-from capacity.agent.simulator import simulated_gpus, window_activity
 from capacity.metering import batch, sweep
 from capacity.metering.attribution import attribute_new_records
 from capacity.metering.models import AttributionCursor, NodePollState, UsageRecord
-from capacity.metering.simulated_fleet import FleetProcess, register_fleet_nodes
+from capacity.metering.simulated_fleet import FleetProcess, fleet_records, register_fleet_nodes
 from capacity.models import GpuDevice, Node
 from contracts.checkout import reservation_checkout
 from contracts.models import InferenceProduct
@@ -116,32 +114,19 @@ def test_a_sweep_attributes_reserved_windows_and_keyed_inference(
     # The truth, from the simulator's pure function: records 1..last_seq of the node.
     last_seq = NodePollState.objects.get(node_id=node_id).last_seq
     assert last_seq >= BACKFILL * GPUS
-    origin_window = int(fleet.describe()["origin_window"])
-    key = fleet_node_id(SEED, 0)
-    gpus = simulated_gpus(
-        seed=SEED, node_key=key, count=GPUS, model=fleet_gpu_model(SEED, 0, "h100")
-    )
     device_of = dict(GpuDevice.objects.filter(node_id=node_id).values_list("index", "pk"))
+    held_ms = int(held_from.timestamp() * 1000)
     expected_allocated, expected_keyed, before_the_reservation = [], [], []
-    for seq in range(1, last_seq + 1):
-        ordinal, index = divmod(seq - 1, GPUS)
-        activity = window_activity(
-            seed=SEED,
-            node_key=key,
-            gpu=gpus[index],
-            ordinal=ordinal,
-            window_ms=60_000,
-            inference_clients=fleet.inference_clients,
-        )
-        start = datetime.fromtimestamp((origin_window + ordinal) * 60, tz=UTC)
-        held = device_of[index] == allocation.gpu_device_id and start >= held_from
-        if activity.kind == "allocation" and held:
-            expected_allocated.append(seq)
-        elif activity.kind == "allocation" and device_of[index] == allocation.gpu_device_id:
-            before_the_reservation.append(seq)
-        if activity.kind == "inference":
-            assert activity.ref == f"fleet-llama@{api_key.prefix}"
-            expected_keyed.append(seq)
+    for record in fleet_records(fleet, {0: last_seq}):
+        on_the_reserved_gpu = device_of[record.gpu_index] == allocation.gpu_device_id
+        if record.activity.kind == "allocation" and on_the_reserved_gpu:
+            if record.window_start_ms >= held_ms:
+                expected_allocated.append(record.seq)
+            else:
+                before_the_reservation.append(record.seq)
+        if record.activity.kind == "inference":
+            assert record.activity.ref == f"fleet-llama@{api_key.prefix}"
+            expected_keyed.append(record.seq)
 
     assert stored.count() == last_seq
     assert attributed == len(expected_allocated) + len(expected_keyed)
