@@ -18,7 +18,9 @@ install: $(STAMP)
 run: install
 	$(BIN)/python -m config.devrun
 
+# Chromium and Redis come from Debian (devtools/provision.sh); everything else from pip.
 test: install
+	bash devtools/provision.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -217,7 +217,8 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
     ).exists()
 
     # -- the month ends: close it (draft, finalize after grace, charge, statements) -------
-    with time_machine.travel(finalizable_at(month) + timedelta(hours=1), tick=False):
+    closed_at = finalizable_at(month) + timedelta(hours=1)
+    with time_machine.travel(closed_at, tick=False):
         result = close_period(month=month)
     assert (result.finalized, result.charged, result.charge_failures) == (1, 1, 0)
     invoice = Invoice.objects.get(contract=reserved.contract, month=month)
@@ -235,7 +236,9 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
         PaymentStatus.PAID,
     )
     assert invoice.total_minor == sum(lines.values())
-    assert invoice.number == f"HG-{month.year}-000001"
+    # Numbers follow the finalization date: December's invoice is finalized in January.
+    assert invoice.finalized_at == closed_at
+    assert invoice.number == f"HG-{closed_at.year}-000001"
     intents = localstripe.payment_intents_of(buyer_org.billing_customer.stripe_customer_id)
     assert [intent["amount"] for intent in intents] == [invoice.total_minor]
 

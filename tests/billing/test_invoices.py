@@ -63,6 +63,24 @@ def test_finalizing_waits_for_the_grace_window_then_numbers_gap_free(contracts):
         assert finalize_invoices(month=OCTOBER).finalized == 0  # nothing left
 
 
+def test_a_december_invoice_is_numbered_in_the_year_it_is_finalized():
+    ContractFactory(
+        starts_at=datetime(2026, 12, 1, tzinfo=UTC),
+        activated_at=datetime(2026, 12, 1, tzinfo=UTC),
+        monthly_commitment_minor=10_000,
+    )
+    december = date(2026, 12, 1)
+    with time_machine.travel(datetime(2027, 1, 1, 0, 5, tzinfo=UTC), tick=False):
+        assert draft_invoices(month=december).created == 1
+    with time_machine.travel(datetime(2027, 1, 4, 0, 5, tzinfo=UTC), tick=False):
+        assert finalize_invoices(month=december).numbers == ["HG-2027-000001"]
+    invoice = Invoice.objects.get()
+    assert (invoice.month, invoice.finalized_at) == (
+        december,
+        datetime(2027, 1, 4, 0, 5, tzinfo=UTC),
+    )
+
+
 def test_numbers_continue_and_restart_each_year(contracts):
     with transaction.atomic():
         assert issue_numbers(series="HG", year=2026, count=2) == [
