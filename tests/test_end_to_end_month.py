@@ -73,7 +73,7 @@ from tests.billing.settlement_builders import observe_available, onboard
 from tests.billing.stripe_fakes import free_port
 from tests.factories import OfferFactory, SiteFactory, gpu_pool
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.calendar]
 D = Decimal
 FLEET_NODES = 4
 RESERVED_GPUS = 8
