@@ -36,7 +36,7 @@ from tests.factories import (
     gpu_pool,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.calendar]
 PASSWORD = "correct-horse-battery"
 
 

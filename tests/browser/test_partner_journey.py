@@ -21,7 +21,7 @@ from django.core.cache import cache
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
-from billing.models import SettlementStatement
+from billing.models import Payout, SettlementStatement
 from billing.settlement import payouts
 from billing.settlement.statements import statement_approve
 from capacity.models import Node
@@ -51,7 +51,7 @@ from tests.factories import (
     gpu_pool,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.calendar]
 
 EMAIL = "amara@andes-hash.example"
 PASSWORD = "flare-gas-and-4-l40s"
@@ -313,5 +313,6 @@ def test_partner_enrolls_a_node_plans_maintenance_and_reads_earnings_and_payout(
     snap(page, "13-earnings")
     page.get_by_role("link", name=statement.reference).click()
     expect(page.locator("[data-payout]")).to_have_text("$5,483.52")
-    expect(page.get_by_text(re.compile(r"transferred \d+ \w+ 2026"))).to_be_visible()
+    paid_at = Payout.objects.get(statement=statement).paid_at
+    expect(page.get_by_text(f"transferred {paid_at.day} {paid_at:%b %Y}")).to_be_visible()
     snap(page, "14-payout")

@@ -25,7 +25,7 @@ from contracts.on_demand import line_api_key_create, on_demand_enable
 from tests.billing.stripe_fakes import free_port
 from tests.factories import OfferFactory
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.calendar]
 GPUS = 2
 BACKFILL = 30
 # A seed whose node runs reserved work on GPU 0 for the whole half hour and inference on

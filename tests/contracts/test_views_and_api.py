@@ -19,6 +19,9 @@ from contracts.models import Contract, ContractState, InferenceProduct, LineApiK
 from marketplace import services as marketplace_services
 from tests.tenancy import assert_hidden_from
 
+# Reservations start minutes from now and usage lands in this hour: the calendar matters.
+pytestmark = pytest.mark.calendar
+
 
 def api_client(user) -> APIClient:
     client = APIClient()

@@ -23,7 +23,7 @@ from tests.factories import (
 )
 from tests.fixtures import client_for
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.calendar]
 
 TIMES = "\N{MULTIPLICATION SIGN}"  # between GPU count and model
 
