@@ -28,12 +28,7 @@ from billing.models.invoices import (
     PaymentStatus,
     RefundStatus,
 )
-from billing.models.ledger import (
-    Account,
-    EntryKind,
-    JournalEntry,
-    JournalLine,
-)
+from billing.models.ledger import Account, EntryKind, JournalEntry, JournalLine
 from billing.models.payments import (
     AttemptStatus,
     BillingCustomer,
