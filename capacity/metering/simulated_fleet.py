@@ -33,7 +33,7 @@ from capacity.agent.fleet import (
 )
 from capacity.agent.protocol import public_key_b64
 from capacity.agent.simulator import WindowActivity, simulated_gpus, window_activity
-from capacity.metering.agent_http import AgentError, AgentHttp
+from capacity.agent_client import AgentError, AgentHttp
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Site
 from config import crypto
 from marketplace.models import Organization
