@@ -35,5 +35,5 @@ typecheck: install
 	$(BIN)/mypy .
 
 clean:
-	-$(BIN)/python -m config.devdb stop
+	-$(BIN)/python -m devtools.devdb stop
 	rm -rf .run

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from config import devdb
+from devtools import devdb
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

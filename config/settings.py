@@ -52,6 +52,10 @@ INSTALLED_APPS = [
     "contracts",
     "billing",
 ]
+# Development tools (embedded database, dev runner, demo seeder, benchmarks): on top of
+# every app above, never installed in production.
+if not PRODUCTION:
+    INSTALLED_APPS.append("devtools")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -95,15 +99,21 @@ TEMPLATES = [
 ]
 
 
+# Development without DATABASE_URL: the embedded PostgreSQL server that `make run` and the
+# test bootstrap start at this URL (devtools/devdb.py runs it, data in .run/pgdata).
+EMBEDDED_DATABASE_URL = (
+    "postgres://postgres@127.0.0.1:"
+    f"{env_int('HASHGRID_EMBEDDED_PG_PORT', 54329, minimum=1)}/hashgrid"
+)
+
+
 def _database_url() -> str:
     url = env_str("DATABASE_URL", "")
     if url:
         return url
     if PRODUCTION:
         return env_str("DATABASE_URL")  # raises: production needs an explicit database
-    from config import devdb
-
-    return devdb.database_url()
+    return EMBEDDED_DATABASE_URL
 
 
 DATABASES = {

@@ -1,0 +1,11 @@
+"""What only development, demos and benchmarks use, kept out of the product apps.
+
+A Django app, installed outside production only (``config/settings.py``), that sits on
+top of every product app: it may import any of them, and nothing imports it but config's
+development wiring (the bench middleware and view under ``HASHGRID_BENCH_VIEWS``) and the
+tests.
+
+- ``devdb``: the embedded PostgreSQL server (``python -m devtools.devdb start|stop|…``).
+
+``provision.sh`` installs what pip cannot for ``make test`` (Chromium, Redis).
+"""
