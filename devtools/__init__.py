@@ -6,6 +6,7 @@ development wiring (the bench middleware and view under ``HASHGRID_BENCH_VIEWS``
 tests.
 
 - ``devdb``: the embedded PostgreSQL server (``python -m devtools.devdb start|stop|…``).
+- ``devrun``: ``make run`` (``python -m devtools.devrun``).
 
 ``provision.sh`` installs what pip cannot for ``make test`` (Chromium, Redis).
 """

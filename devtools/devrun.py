@@ -1,4 +1,4 @@
-"""`make run`: everything a demo needs, in the foreground, stopped by Ctrl-C.
+"""`make run` (``python -m devtools.devrun``): everything a demo needs, in the foreground, stopped by Ctrl-C.
 
 Starts the embedded PostgreSQL (unless DATABASE_URL is set), migrates, seeds the demo
 once, then runs the fleet simulator, a Celery worker with beat, and the web server. It
