@@ -7,6 +7,8 @@ tests.
 
 - ``devdb``: the embedded PostgreSQL server (``python -m devtools.devdb start|stop|…``).
 - ``devrun``: ``make run`` (``python -m devtools.devrun``).
+- ``demo``: the demo's people, organizations and fleet (``manage.py seed_demo``).
+- ``management/commands``: ``seed_demo``.
 
 ``provision.sh`` installs what pip cannot for ``make test`` (Chromium, Redis).
 """
