@@ -73,10 +73,10 @@ MIDDLEWARE = [
 ]
 
 # Bench-only: a Server-Timing header on every response and a trivial view at
-# /bench/trivial (config/bench.py), for ``manage.py bench_web``. Never in production.
+# /bench/trivial (devtools/bench.py), for ``manage.py bench_web``. Never in production.
 BENCH_VIEWS = env_bool("HASHGRID_BENCH_VIEWS", False)
 if BENCH_VIEWS:
-    MIDDLEWARE.insert(0, "config.bench.ServerTimingMiddleware")
+    MIDDLEWARE.insert(0, "devtools.bench.ServerTimingMiddleware")
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"

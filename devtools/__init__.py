@@ -8,7 +8,8 @@ tests.
 - ``devdb``: the embedded PostgreSQL server (``python -m devtools.devdb start|stop|…``).
 - ``devrun``: ``make run`` (``python -m devtools.devrun``).
 - ``demo``: the demo's people, organizations and fleet (``manage.py seed_demo``).
-- ``management/commands``: ``seed_demo``.
+- ``bench``: the bench-only middleware and view (``HASHGRID_BENCH_VIEWS=1``).
+- ``management/commands``: ``seed_demo``, ``bench_web``.
 
 ``provision.sh`` installs what pip cannot for ``make test`` (Chromium, Redis).
 """
