@@ -9,7 +9,8 @@ tests.
 - ``devrun``: ``make run`` (``python -m devtools.devrun``).
 - ``demo``: the demo's people, organizations and fleet (``manage.py seed_demo``).
 - ``bench``: the bench-only middleware and view (``HASHGRID_BENCH_VIEWS=1``).
-- ``management/commands``: ``seed_demo``, ``bench_web``.
+- ``simulated_fleet``: the fleet simulator as a test bench (``bench_metering``, tests).
+- ``management/commands``: ``seed_demo``, ``bench_web``, ``bench_metering``.
 
 ``provision.sh`` installs what pip cannot for ``make test`` (Chromium, Redis).
 """
