@@ -10,7 +10,9 @@ tests.
 - ``demo``: the demo's people, organizations and fleet (``manage.py seed_demo``).
 - ``bench``: the bench-only middleware and view (``HASHGRID_BENCH_VIEWS=1``).
 - ``simulated_fleet``: the fleet simulator as a test bench (``bench_metering``, tests).
-- ``management/commands``: ``seed_demo``, ``bench_web``, ``bench_metering``.
+- ``race``: concurrent checkouts on real PostgreSQL (``bench_reserve``, tests).
+- ``management/commands``: ``seed_demo``, ``bench_web``, ``bench_metering``,
+  ``bench_reserve``.
 
 ``provision.sh`` installs what pip cannot for ``make test`` (Chromium, Redis).
 """
