@@ -12,7 +12,7 @@ tests.
 - ``simulated_fleet``: the fleet simulator as a test bench (``bench_metering``, tests).
 - ``race``: concurrent checkouts on real PostgreSQL (``bench_reserve``, tests).
 - ``management/commands``: ``seed_demo``, ``bench_web``, ``bench_metering``,
-  ``bench_reserve``.
+  ``bench_reserve``, ``bench_close``.
 
 ``provision.sh`` installs what pip cannot for ``make test`` (Chromium, Redis).
 """
