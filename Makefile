@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/python -m config.devrun
+	$(BIN)/python -m devtools.devrun
 
 # Chromium and Redis come from Debian (devtools/provision.sh); everything else from pip.
 test: install
@@ -35,5 +35,5 @@ typecheck: install
 	$(BIN)/mypy .
 
 clean:
-	-$(BIN)/python -m config.devdb stop
+	-$(BIN)/python -m devtools.devdb stop
 	rm -rf .run

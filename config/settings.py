@@ -52,6 +52,10 @@ INSTALLED_APPS = [
     "contracts",
     "billing",
 ]
+# Development tools (embedded database, dev runner, demo seeder, benchmarks): on top of
+# every app above, never installed in production.
+if not PRODUCTION:
+    INSTALLED_APPS.append("devtools")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -69,10 +73,10 @@ MIDDLEWARE = [
 ]
 
 # Bench-only: a Server-Timing header on every response and a trivial view at
-# /bench/trivial (config/bench.py), for ``manage.py bench_web``. Never in production.
+# /bench/trivial (devtools/bench.py), for ``manage.py bench_web``. Never in production.
 BENCH_VIEWS = env_bool("HASHGRID_BENCH_VIEWS", False)
 if BENCH_VIEWS:
-    MIDDLEWARE.insert(0, "config.bench.ServerTimingMiddleware")
+    MIDDLEWARE.insert(0, "devtools.bench.ServerTimingMiddleware")
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -95,15 +99,21 @@ TEMPLATES = [
 ]
 
 
+# Development without DATABASE_URL: the embedded PostgreSQL server that `make run` and the
+# test bootstrap start at this URL (devtools/devdb.py runs it, data in .run/pgdata).
+EMBEDDED_DATABASE_URL = (
+    "postgres://postgres@127.0.0.1:"
+    f"{env_int('HASHGRID_EMBEDDED_PG_PORT', 54329, minimum=1)}/hashgrid"
+)
+
+
 def _database_url() -> str:
     url = env_str("DATABASE_URL", "")
     if url:
         return url
     if PRODUCTION:
         return env_str("DATABASE_URL")  # raises: production needs an explicit database
-    from config import devdb
-
-    return devdb.database_url()
+    return EMBEDDED_DATABASE_URL
 
 
 DATABASES = {
@@ -217,6 +227,8 @@ if not CELERY_BROKER_URL:
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # Exchange tables; kombu's default is ./control, outside .run and `make clean`.
+        "control_folder": str(_broker_dir / "control"),
     }
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True

@@ -4,7 +4,6 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from config import bench
 from marketplace import views as marketplace_views
 
 # Staff sign in through allauth (rate limits, MFA), never through the admin's own form.
@@ -29,4 +28,4 @@ urlpatterns = [
 ]
 
 if settings.BENCH_VIEWS:  # manage.py bench_web's baseline; off unless HASHGRID_BENCH_VIEWS=1
-    urlpatterns.append(path("bench/trivial", bench.trivial, name="bench-trivial"))
+    urlpatterns.append(path("bench/", include("devtools.urls")))

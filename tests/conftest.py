@@ -50,7 +50,7 @@ def _move_clock() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     _move_clock()
-    from config import devdb
+    from devtools import devdb
 
     if os.environ.get("DATABASE_URL"):
         devdb.ensure_database(os.environ["DATABASE_URL"])

@@ -52,15 +52,15 @@ from capacity.metering import batch, sweep
 from capacity.metering.attribution import attribute_new_records
 from capacity.metering.models import NodePollState, UsageRecord
 from capacity.metering.selectors import rollup_totals, usage_totals
-from capacity.metering.simulated_fleet import (
+from contracts.checkout import reservation_checkout
+from contracts.models import InferenceProduct
+from contracts.on_demand import line_api_key_create, on_demand_enable
+from devtools.simulated_fleet import (
     FleetProcess,
     expected_totals,
     fetch_truth,
     register_fleet_nodes,
 )
-from contracts.checkout import reservation_checkout
-from contracts.models import InferenceProduct
-from contracts.on_demand import line_api_key_create, on_demand_enable
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
     connect_fake,
     connect_settings,

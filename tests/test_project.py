@@ -130,6 +130,7 @@ def test_application_code_type_checks(tmp_path) -> None:
             "capacity",
             "contracts",
             "billing",
+            "devtools",
         ],
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,

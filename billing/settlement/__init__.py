@@ -6,7 +6,8 @@
   invoices become negative adjustments;
 - ``statements``: one statement per partner, month and currency; drafting, approval;
 - ``payouts``: Stripe Connect onboarding and the transfer of a statement's balance;
-- ``reconcile``: the month's proof that ledger, invoices, payments, statements, payouts
-  and Stripe agree;
 - ``selectors`` and ``views``: the partner's earnings pages.
+
+The month's proof that ledger, invoices, payments, statements, payouts and Stripe agree
+is ``billing.reconcile``: it reconciles all of billing, not settlement alone.
 """

@@ -1,8 +1,8 @@
 """Metering: poll every node agent, verify what it says, store each usage record once.
 
-Layout (modules named after what they do):
+Layout (modules named after what they do); HTTP to agents goes through capacity's one
+agent adapter, ``capacity.agent_client`` (``AgentHttp``, explicit timeouts):
 
-- ``agent_http``: the one adapter that speaks HTTP to agents (httpx, explicit timeouts).
 - ``validation``: pure checks of one usage record against the node's inventory.
 - ``polling``: async fetch of a node's pages and health; signature, chain, validation.
 - ``ingest``: one database statement per page: records, cursor, rollups, availability.

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from capacity.agent.protocol import GENESIS_PREV_HASH, verify_chain, verify_signature
-from capacity.metering.agent_http import AgentError, AgentHttp
+from capacity.agent_client import AgentError, AgentHttp
 from capacity.metering.availability import MinuteMask, minute_masks
 from capacity.metering.models import QuarantineReason
 from capacity.metering.validation import (

@@ -29,9 +29,9 @@ from billing.models import (
     SettlementStatement,
     StatementStatus,
 )
+from billing.reconcile import reconcile_month
 from billing.settlement import payouts
 from billing.settlement.agreements import agreement_create
-from billing.settlement.reconcile import reconcile_month
 from billing.settlement.statements import statement_approve
 from contracts.models import Contract, InferenceProduct
 from tests.billing.conftest import add_usage, inference_line_with_key, save_card

@@ -13,7 +13,7 @@ from django.utils import timezone
 from contracts import allocations as allocations_module
 from contracts.checkout import reservation_checkout
 from contracts.models import Allocation, ContractLine
-from contracts.race import overlapping_allocation_pairs, race_checkouts
+from devtools.race import overlapping_allocation_pairs, race_checkouts
 from tests.factories import OfferFactory, OrganizationFactory, SiteFactory, gpu_pool
 
 concurrent = pytest.mark.django_db(transaction=True)

@@ -17,11 +17,11 @@ from django.utils import timezone
 from capacity.metering import batch, sweep
 from capacity.metering.attribution import attribute_new_records
 from capacity.metering.models import AttributionCursor, NodePollState, UsageRecord
-from capacity.metering.simulated_fleet import FleetProcess, fleet_records, register_fleet_nodes
 from capacity.models import GpuDevice, Node
 from contracts.checkout import reservation_checkout
 from contracts.models import InferenceProduct
 from contracts.on_demand import line_api_key_create, on_demand_enable
+from devtools.simulated_fleet import FleetProcess, fleet_records, register_fleet_nodes
 from tests.billing.stripe_fakes import free_port
 from tests.factories import OfferFactory
 

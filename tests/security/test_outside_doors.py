@@ -20,8 +20,8 @@ from django.db.models import Model
 from billing.models import Invoice, JournalEntry, StripeEvent
 from capacity import services
 from capacity.agent.protocol import SIGNATURE_HEADER, encode_body, public_key_b64, sign_body
+from capacity.agent_client import MAX_BODY_BYTES
 from capacity.metering import batch
-from capacity.metering.agent_http import MAX_BODY_BYTES
 from capacity.metering.models import (
     HourlyUsage,
     NodePollState,

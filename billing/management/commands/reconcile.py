@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from billing.periods import parse_month
-from billing.settlement.reconcile import reconcile_month
+from billing.reconcile import reconcile_month
 
 
 class Command(BaseCommand):

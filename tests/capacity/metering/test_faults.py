@@ -30,7 +30,7 @@ from django.utils import timezone
 from capacity.metering import sweep
 from capacity.metering.models import NodePollState, QuarantinedRecord
 from capacity.metering.selectors import rollup_totals, usage_totals
-from capacity.metering.simulated_fleet import FleetProcess, fetch_truth, register_fleet_nodes
+from devtools.simulated_fleet import FleetProcess, fetch_truth, register_fleet_nodes
 from tests.factories import OrganizationFactory
 
 BROKER_URL = os.environ.get("METERING_TEST_BROKER_URL", "redis://127.0.0.1:6379/5")

@@ -14,7 +14,7 @@ object.
    The "bench" organization is buyer and partner: it owns a fifth of the sites (1,000
    nodes) and holds a contract of ten reserved lines (80 GPUs) and an inference line.
 2. Server: gunicorn, ``--workers`` sync workers on 127.0.0.1:``--port``, DEBUG off
-   (``DJANGO_DEBUG=0``), ``HASHGRID_BENCH_VIEWS=1`` (``config/bench.py``: a
+   (``DJANGO_DEBUG=0``), ``HASHGRID_BENCH_VIEWS=1`` (``devtools/bench.py``: a
    ``Server-Timing`` header and ``/bench/trivial``), the same database as this command.
 3. Load: for each endpoint, ``--warmup`` requests then ``--requests`` requests, at most
    ``--concurrency`` in flight (httpx, one keep-alive connection each), signed in with a
@@ -48,7 +48,6 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY
 from django.contrib.auth import SESSION_KEY as USER_SESSION_KEY
@@ -59,8 +58,18 @@ from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 from django.db.models import Sum
 from django.utils import timezone
 
+from capacity.metering.models import GpuAvailabilityDay, HourlyUsage
 from capacity.metering.pool_availability import refresh_pool_availability
-from capacity.models import EnergySource, GpuModel, Node, NodeStatus, Offer, Region, Site
+from capacity.models import (
+    EnergySource,
+    GpuDevice,
+    GpuModel,
+    Node,
+    NodeStatus,
+    Offer,
+    Region,
+    Site,
+)
 from contracts.models import (
     Allocation,
     Contract,
@@ -115,8 +124,6 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8121)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not apps.is_installed("capacity.metering"):
-            raise CommandError("bench_web needs the metering app (capacity.metering)")
         started = time.perf_counter()
         organization = Organization.objects.filter(slug=BENCH_SLUG).first()
         if organization is None:
@@ -202,8 +209,6 @@ class Command(BaseCommand):
 
 
 def data_sizes() -> dict[str, int]:
-    HourlyUsage = apps.get_model("metering", "HourlyUsage")
-    GpuAvailabilityDay = apps.get_model("metering", "GpuAvailabilityDay")
     bench = {"site__organization__slug__startswith": BENCH_SLUG}
     return {
         "nodes": Node.objects.filter(**bench).count(),
@@ -397,10 +402,8 @@ def generate(*, scale: float, log: Any = lambda text: None) -> Organization:
         )
         LineApiKey.objects.create(line=lines[-1], api_key=inference_key)
     gpus_of: dict[int, list[int]] = {}
-    for gpu_id, node_id in (
-        apps.get_model("capacity", "GpuDevice")
-        .objects.filter(node__in=line_nodes)
-        .values_list("pk", "node_id")
+    for gpu_id, node_id in GpuDevice.objects.filter(node__in=line_nodes).values_list(
+        "pk", "node_id"
     ):
         gpus_of.setdefault(node_id, []).append(gpu_id)
     Allocation.objects.bulk_create(
@@ -424,8 +427,8 @@ def generate(*, scale: float, log: Any = lambda text: None) -> Organization:
 
 
 def _usage(*, bench: Organization, now: Any, this_month: Any, log: Any) -> None:
-    hourly = apps.get_model("metering", "HourlyUsage")._meta.db_table
-    days = apps.get_model("metering", "GpuAvailabilityDay")._meta.db_table
+    hourly = HourlyUsage._meta.db_table
+    days = GpuAvailabilityDay._meta.db_table
     hour_now = now.replace(minute=0, second=0, microsecond=0)
     fleet_since = max(this_month, hour_now - timedelta(hours=FLEET_ROLLUP_HOURS))
     with connection.cursor() as cursor:

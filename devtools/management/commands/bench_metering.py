@@ -37,13 +37,13 @@ from capacity.metering.models import (
     UsageRecord,
 )
 from capacity.metering.selectors import rollup_totals, usage_totals
-from capacity.metering.simulated_fleet import (
+from capacity.models import Node, NodeStatus
+from devtools.simulated_fleet import (
     FleetProcess,
     expected_totals,
     fetch_truth,
     register_fleet_nodes,
 )
-from capacity.models import Node, NodeStatus
 from marketplace.models import Organization
 
 BENCH_ORGANIZATION_SLUG = "hashgrid-metering-bench"

@@ -18,14 +18,14 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.apps import apps
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from billing.models import BillingCustomer
 from capacity.models import EnergySource, GpuDevice, GpuModel, Node, NodeStatus, Offer, Region, Site
 from contracts.models import Allocation, Contract, ContractLine
-from contracts.race import overlapping_allocation_pairs, race_checkouts
+from devtools.race import overlapping_allocation_pairs, race_checkouts
 from marketplace.models import AuditEvent, Organization
 
 GPUS_PER_NODE = 8
@@ -138,9 +138,8 @@ class Command(BaseCommand):
         )
         # Each buyer has a saved card, as checkout requires (billing's customer record:
         # the payment-method check reads it; nothing here talks to Stripe).
-        customers = apps.get_model("billing", "BillingCustomer")
-        customers.objects.bulk_create(
-            customers(
+        BillingCustomer.objects.bulk_create(
+            BillingCustomer(
                 organization=organization,
                 stripe_customer_id=f"cus_{tag}_{n}",
                 default_payment_method_id=f"pm_{tag}_{n}",
@@ -153,9 +152,7 @@ class Command(BaseCommand):
     def _clean(self, *, offer: Offer, buyers: list[Organization]) -> None:
         contracts = Contract.objects.filter(buyer__in=buyers)
         AuditEvent.objects.filter(organization__in=buyers).delete()
-        apps.get_model("billing", "BillingCustomer").objects.filter(
-            organization__in=buyers
-        ).delete()
+        BillingCustomer.objects.filter(organization__in=buyers).delete()
         Allocation.objects.filter(line__contract__in=contracts).delete()
         ContractLine.objects.filter(contract__in=contracts).delete()
         contracts.delete()

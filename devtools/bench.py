@@ -3,9 +3,10 @@
 - ``ServerTimingMiddleware`` adds ``Server-Timing: app;dur=<ms>`` to every response: the
   time from the outermost middleware in to the response out, inside the gunicorn worker
   (no network, no client). ``manage.py bench_web`` reads it.
-- ``trivial``: a view that does nothing, the baseline throughput of the same server.
+- ``trivial``: a view that does nothing, the baseline throughput of the same server
+  (``/bench/trivial``, ``devtools/urls.py``).
 
-Never on in production: settings append them only under the flag.
+Never on in production: settings and config/urls.py add them only under the flag.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
@@ -33,6 +32,7 @@ from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 from billing.closing import close_period
 from billing.models import Invoice, InvoiceLine
 from billing.periods import month_bounds, parse_month
+from capacity.metering.models import GpuAvailabilityDay, HourlyUsage, UsageRecord
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Offer, Site
 from contracts.models import (
     Allocation,
@@ -63,8 +63,6 @@ class Command(BaseCommand):
         parser.add_argument("--keep", action="store_true", help="commit the generated data")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not apps.is_installed("capacity.metering"):
-            raise CommandError("bench_close needs the metering app (capacity.metering)")
         month = parse_month(options["month"])
         if Invoice.objects.filter(month=month).exists():
             raise CommandError(f"{month:%Y-%m} already has invoices; pick another --month")
@@ -100,7 +98,7 @@ class Command(BaseCommand):
         t0 = time.perf_counter()
         close = close_period(month=month, now=now, charge=False)
         seconds = time.perf_counter() - t0
-        usage_table = apps.get_model("metering", "UsageRecord")._meta.db_table
+        usage_table = UsageRecord._meta.db_table
         t0 = time.perf_counter()
         with connection.cursor() as cursor:
             cursor.execute(
@@ -300,8 +298,8 @@ class Command(BaseCommand):
         }
 
     def _usage(self, start: datetime, end: datetime, record_count: int, ids: dict[str, Any]) -> int:
-        usage = apps.get_model("metering", "UsageRecord")._meta.db_table
-        hourly = apps.get_model("metering", "HourlyUsage")._meta.db_table
+        usage = UsageRecord._meta.db_table
+        hourly = HourlyUsage._meta.db_table
         gpus = ids["usage_gpus"]
         with connection.cursor() as cursor:
             cursor.execute(
@@ -361,7 +359,7 @@ class Command(BaseCommand):
     def _availability(self, month: date, gpu_ids: list[int]) -> None:
         if not gpu_ids:
             return
-        table = apps.get_model("metering", "GpuAvailabilityDay")._meta.db_table
+        table = GpuAvailabilityDay._meta.db_table
         start, end = month_bounds(month)
         with connection.cursor() as cursor:
             cursor.execute(

@@ -36,7 +36,7 @@ from marketplace.models import Organization
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
-DEFAULT_NODE_COUNT = 24  # config.devrun starts the fleet with HASHGRID_DEMO_NODES=24
+DEFAULT_NODE_COUNT = 24  # devtools.devrun starts the fleet with HASHGRID_DEMO_NODES=24
 DEFAULT_GPU_MODEL = "H100 SXM 80GB"
 DEFAULT_GPU_COUNT = 8
 

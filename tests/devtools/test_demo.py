@@ -11,9 +11,9 @@ import time
 import httpx
 import pytest
 
-from capacity import demo
 from capacity.agent_client import fetch_info
 from capacity.models import GpuDevice, Node, NodeStatus, Offer, Site
+from devtools.demo import fleet as demo
 from marketplace.models import AuditEvent
 from tests.factories import OrganizationFactory
 

@@ -1,10 +1,8 @@
-"""REST API for buyers: search offers, quote, reserve; contracts, lines, allocations, usage.
+"""The buyers' API views: offer search, quotes and reservations; contracts, their lines,
+allocations and usage.
 
-Thin views: an input serializer parses, ``tenancy`` scopes (another tenant's contract is a
-404), a service or selector does the work, an output serializer renders. Buyer endpoints
-need a buyer organization (else 404, as the pages); reserving needs an operator role (an
-API key acts as a member). Money is returned both as integer minor units and as a
-decimal string in the contract's currency.
+Each view parses with an input serializer (``serializers``), checks the buyer's access,
+calls one service or selector and renders with an output serializer.
 """
 
 from __future__ import annotations
@@ -18,23 +16,29 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import (
-    OpenApiParameter,
-    OpenApiResponse,
-    extend_schema,
-    extend_schema_field,
-)
-from rest_framework import exceptions, permissions, renderers, serializers, status
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import exceptions, permissions, renderers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from capacity.models import Currency, EnergySource, GpuModel, Offer, Region
+from capacity.models import Offer
 from contracts import checkout, selectors, usage
 from contracts.allocations import CapacityUnavailable
-from contracts.models import TERM_MONTHS, Contract, ContractState, LineKind
-from contracts.money import minor_to_major
+from contracts.api.serializers import (
+    AllocationSerializer,
+    ContractSerializer,
+    LineSerializer,
+    OfferResultSerializer,
+    OfferSearchInputSerializer,
+    QuoteSerializer,
+    ReservationInputSerializer,
+    ReservationSerializer,
+    UsageBucketSerializer,
+    UsageInputSerializer,
+)
+from contracts.models import Contract
 from marketplace.api_support import paginated_response, refusal, required_organization
 from marketplace.models import OPERATOR_ROLES
 from marketplace.search import SearchFilters, offer_search
@@ -77,177 +81,6 @@ BUYER_PERMISSIONS = [permissions.IsAuthenticated, HasOrganization, BuyerAccess]
 BUYER_READ_PERMISSIONS = [permissions.IsAuthenticated, HasOrganization, BuyerOnly]
 _REFUSED = OpenApiResponse(description="Refused: the body names each field at fault and why.")
 _NOT_FOUND = OpenApiResponse(description="No such object in this organization.")
-
-
-# -- serializers -------------------------------------------------------------------------
-
-
-@extend_schema_field(
-    {"type": "string", "enum": LineKind.values, "description": "What a contract line buys."},
-    component_name="ContractLineKind",
-)
-class LineKindField(serializers.ChoiceField):
-    """Its own schema component: ``kind`` is also the name of capacity's window kinds."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(choices=LineKind.choices, **kwargs)
-
-
-class OfferSearchInputSerializer(serializers.Serializer):
-    gpu_model = serializers.PrimaryKeyRelatedField(queryset=GpuModel.objects.all(), required=False)
-    region = serializers.ChoiceField(choices=Region.choices, required=False)
-    country = serializers.CharField(min_length=2, max_length=2, required=False)
-    energy_source = serializers.ChoiceField(choices=EnergySource.choices, required=False)
-    gpu_count = serializers.IntegerField(
-        min_value=1, required=False, help_text="GPUs free over the window, at least."
-    )
-    starts_at = serializers.DateTimeField(required=False, help_text="Window start; default now.")
-    term_months = serializers.ChoiceField(choices=TERM_MONTHS, default=1)
-    max_price = serializers.DecimalField(
-        max_digits=10, decimal_places=4, required=False, help_text="Per GPU-hour for the term."
-    )
-    min_availability = serializers.DecimalField(
-        max_digits=5, decimal_places=2, required=False, help_text="Percent, 30 days."
-    )
-    sort = serializers.ChoiceField(
-        choices=["price", "-price", "availability", "free"], default="price"
-    )
-
-
-class OfferResultSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    site = serializers.CharField(source="site.name")
-    region = serializers.ChoiceField(choices=Region.choices, source="site.region")
-    country = serializers.CharField(source="site.country")
-    energy_source = serializers.ChoiceField(
-        choices=EnergySource.choices, source="site.energy_source"
-    )
-    gpu_model = serializers.CharField(source="gpu_model.name")
-    gpu_count = serializers.IntegerField(help_text="GPUs the offer lists.")
-    free_gpus = serializers.IntegerField(help_text="GPUs free over the requested window.")
-    price_per_gpu_hour = serializers.DecimalField(
-        max_digits=10, decimal_places=4, help_text="Reserved, for the requested term."
-    )
-    on_demand_price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4)
-    availability_percent = serializers.DecimalField(
-        max_digits=5,
-        decimal_places=2,
-        allow_null=True,
-        help_text="Measured over 30 days; null until measured.",
-    )
-    currency = serializers.ChoiceField(choices=Currency.choices)
-
-
-class ReservationInputSerializer(serializers.Serializer):
-    offer = serializers.IntegerField(
-        required=False, help_text="An offer id; or give gpu_model (and region) for the best offer."
-    )
-    gpu_model = serializers.PrimaryKeyRelatedField(queryset=GpuModel.objects.all(), required=False)
-    region = serializers.ChoiceField(choices=Region.choices, required=False)
-    gpu_count = serializers.IntegerField(min_value=1)
-    starts_at = serializers.DateTimeField()
-    term_months = serializers.ChoiceField(choices=TERM_MONTHS)
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if not attrs.get("offer") and not attrs.get("gpu_model"):
-            raise serializers.ValidationError("Give an offer, or a gpu_model for the best offer.")
-        return attrs
-
-
-class QuoteSerializer(serializers.Serializer):
-    offer = serializers.IntegerField(source="offer.pk")
-    gpu_count = serializers.IntegerField()
-    term_months = serializers.IntegerField()
-    starts_at = serializers.DateTimeField()
-    ends_at = serializers.DateTimeField()
-    price_per_gpu_hour = serializers.DecimalField(max_digits=12, decimal_places=4)
-    hours_per_gpu = serializers.DecimalField(max_digits=14, decimal_places=6)
-    total_minor = serializers.IntegerField(help_text="Whole term, minor units (cents).")
-    total = serializers.SerializerMethodField()
-    monthly_average_minor = serializers.IntegerField()
-    currency = serializers.ChoiceField(choices=Currency.choices)
-    free_gpus = serializers.IntegerField()
-
-    def get_total(self, quote: checkout.Quote) -> str:
-        return str(minor_to_major(quote.total_minor))
-
-
-class ContractSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    reference = serializers.CharField()
-    state = serializers.ChoiceField(choices=ContractState.choices)
-    currency = serializers.ChoiceField(choices=Currency.choices)
-    starts_at = serializers.DateTimeField()
-    term_months = serializers.IntegerField()
-    term_ends_at = serializers.DateTimeField()
-    auto_renew = serializers.BooleanField()
-    cancel_at_term_end = serializers.BooleanField()
-    monthly_commitment_minor = serializers.IntegerField()
-    early_termination_fee_percent = serializers.DecimalField(max_digits=5, decimal_places=2)
-    early_termination_fee_minor = serializers.IntegerField()
-    sla_target_percent = serializers.DecimalField(
-        max_digits=5,
-        decimal_places=2,
-        source="sla_policy.target_percent",
-        allow_null=True,
-        default=None,
-    )
-    created_at = serializers.DateTimeField()
-
-
-class LineSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    kind = LineKindField()
-    offer = serializers.IntegerField(source="offer_id", allow_null=True)
-    inference_product = serializers.CharField(
-        source="inference_product.slug", allow_null=True, default=None
-    )
-    gpu_count = serializers.IntegerField()
-    term_months = serializers.IntegerField(allow_null=True)
-    price_per_gpu_hour = serializers.DecimalField(max_digits=12, decimal_places=4, allow_null=True)
-    input_price_per_million_tokens = serializers.DecimalField(
-        max_digits=12, decimal_places=4, allow_null=True
-    )
-    output_price_per_million_tokens = serializers.DecimalField(
-        max_digits=12, decimal_places=4, allow_null=True
-    )
-    starts_at = serializers.DateTimeField()
-    ends_at = serializers.DateTimeField(allow_null=True)
-    ended_at = serializers.DateTimeField(allow_null=True)
-
-
-class AllocationSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    line = serializers.IntegerField(source="line_id")
-    gpu_uuid = serializers.CharField(source="gpu_device.uuid")
-    node = serializers.CharField(source="gpu_device.node.name")
-    site = serializers.CharField(source="gpu_device.node.site.name")
-    starts_at = serializers.DateTimeField(source="period.lower")
-    ends_at = serializers.DateTimeField(source="period.upper")
-
-
-class ReservationSerializer(serializers.Serializer):
-    contract = ContractSerializer()
-    line = LineSerializer()
-    quote = QuoteSerializer()
-    allocated_gpus = serializers.IntegerField()
-
-
-class UsageBucketSerializer(serializers.Serializer):
-    start = serializers.DateTimeField()
-    busy_ms = serializers.IntegerField()
-    energy_mj = serializers.IntegerField()
-    input_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField()
-    requests = serializers.IntegerField()
-
-
-class UsageInputSerializer(serializers.Serializer):
-    bucket = serializers.ChoiceField(choices=usage.BUCKETS, default="day")
-    since = serializers.DateTimeField(
-        required=False, help_text="Default: 30 days (day) or 48 hours (hour) ago."
-    )
-    until = serializers.DateTimeField(required=False, help_text="Default: now.")
 
 
 # -- marketplace -------------------------------------------------------------------------

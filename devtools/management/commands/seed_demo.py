@@ -2,16 +2,13 @@
 
 from django.core.management.base import BaseCommand
 
-from capacity import demo as capacity_demo
-from marketplace import demo
+from devtools.demo import fleet, people
 
 
 class Command(BaseCommand):
     help = "Create demo organizations, users, sites and nodes (idempotent)."
 
     def handle(self, *args: object, **options: object) -> None:
-        organizations = demo.seed_people()
-        capacity_demo.seed_fleet(
-            [organizations["partner"], capacity_demo.second_partner()], out=self.stdout
-        )
+        organizations = people.seed_people()
+        fleet.seed_fleet([organizations["partner"], fleet.second_partner()], out=self.stdout)
         self.stdout.write(self.style.SUCCESS("demo data ready"))

@@ -1,0 +1,30 @@
+"""REST API for buyers: search offers, quote, reserve; contracts, lines, allocations, usage.
+
+Thin views: an input serializer parses, ``tenancy`` scopes (another tenant's contract is a
+404), a service or selector does the work, an output serializer renders. Buyer endpoints
+need a buyer organization (else 404, as the pages); reserving needs an operator role (an
+API key acts as a member). Money is returned both as integer minor units and as a
+decimal string in the contract's currency.
+"""
+
+from contracts.api.views import (
+    ContractAllocationListApi,
+    ContractDetailApi,
+    ContractLineListApi,
+    ContractListApi,
+    ContractUsageApi,
+    OfferSearchApi,
+    QuoteApi,
+    ReservationCreateApi,
+)
+
+__all__ = [
+    "ContractAllocationListApi",
+    "ContractDetailApi",
+    "ContractLineListApi",
+    "ContractListApi",
+    "ContractUsageApi",
+    "OfferSearchApi",
+    "QuoteApi",
+    "ReservationCreateApi",
+]
