@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -132,13 +133,17 @@ def use(
 
 
 def observe(
-    gpu: GpuDevice, *, since: date, until: date, down: dict[date, range] | None = None
+    gpu: GpuDevice,
+    *,
+    since: date,
+    until: date,
+    down: Mapping[date, Container[int]] | None = None,
 ) -> None:
     """The GPU observed available every minute of the days ``[since, until)``, except the
     minutes of the day in ``down``."""
     rows, day = [], since
     while day < until:
-        missing = (down or {}).get(day, range(0))
+        missing = (down or {}).get(day, ())
         bits = "".join("0" if minute in missing else "1" for minute in range(1440))
         rows.append(GpuAvailabilityDay(gpu=gpu, day=day, minutes=bits))
         day += timedelta(days=1)
