@@ -131,6 +131,11 @@ def reserved_gpu_seconds(
     request, per node and per UTC hour or day. Zero figures are left out."""
     unit = _bucket_unit(bucket)
     scope, params = _scope(contract_ids, line_ids)
+    nodes = (
+        f"\n        JOIN {GpuDevice._meta.db_table} AS g ON g.id = a.gpu_device_id"
+        if by_node
+        else ""
+    )
     # Inside a bucket the held range is cut at the bucket's bounds too.
     lower, upper, buckets = "%(start)s", "%(end)s", ""
     if unit is not None:
@@ -146,8 +151,7 @@ def reserved_gpu_seconds(
                sum(extract(epoch FROM least(upper(a.period), {upper})
                                       - greatest(lower(a.period), {lower})))
         FROM {Allocation._meta.db_table} AS a
-        JOIN {ContractLine._meta.db_table} AS cl ON cl.id = a.line_id
-        JOIN {GpuDevice._meta.db_table} AS g ON g.id = a.gpu_device_id{buckets}
+        JOIN {ContractLine._meta.db_table} AS cl ON cl.id = a.line_id{nodes}{buckets}
         WHERE a.period && tstzrange(%(start)s, %(end)s, '[)'){scope}
         GROUP BY 1, 2, 3
     """  # noqa: S608 (table names from model metadata, units from BUCKETS)
