@@ -31,6 +31,7 @@ from tests.contracts.usage_builders import (
     active_contract,
     gpu_line,
     inference_line,
+    inference_product,
     key_for,
     observe,
     reserved_line,
@@ -50,12 +51,7 @@ def at(day: int, hour: int = 0, minute: int = 0) -> datetime:
 
 @pytest.fixture
 def product() -> InferenceProduct:
-    return InferenceProduct.objects.create(
-        slug="llama-worked",
-        name="Llama worked",
-        input_price_per_million_tokens=D("0.2000"),
-        output_price_per_million_tokens=D("0.6000"),
-    )
+    return inference_product("llama-worked")
 
 
 @pytest.fixture

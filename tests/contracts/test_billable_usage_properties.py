@@ -24,12 +24,13 @@ from hypothesis import strategies as st
 from billing.invoices import draft_invoices, finalize_invoices
 from billing.models import Attribution, Invoice, PaymentStatus
 from billing.settlement.attribution import attribute_paid_invoices
-from contracts.models import ContractLine, InferenceProduct
+from contracts.models import ContractLine
 from contracts.usage import month_to_date
 from tests.contracts.usage_builders import (
     active_contract,
     gpu_line,
     inference_line,
+    inference_product,
     key_for,
     observe,
     reserved_line,
@@ -186,12 +187,7 @@ def test_invoice_settlement_and_dashboard_agree_to_the_cent(month, partner_org):
     site = SiteFactory(organization=partner_org)
     devices = gpu_pool(site=site, gpus=GPUS, per_node=3)
     offer = OfferFactory(site=site, gpu_count=GPUS)
-    product = InferenceProduct.objects.create(
-        slug=f"property-llm-{next(_slugs)}",
-        name="Property LLM",
-        input_price_per_million_tokens=Decimal("1"),
-        output_price_per_million_tokens=Decimal("1"),
-    )
+    product = inference_product(f"property-llm-{next(_slugs)}")
     down: dict[int, dict[date, set[int]]] = defaultdict(dict)
     for gpu, day, first, minutes in outage_specs:
         _go_down(down, gpu, day * 1440 + first, minutes)

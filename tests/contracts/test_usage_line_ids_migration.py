@@ -13,11 +13,12 @@ from django.db.migrations.executor import MigrationExecutor
 from capacity.metering.models import HourlyUsage, UsageRecord
 from contracts.attribution import workload_ref_for_key
 from contracts.billable_usage import MeteredQuantities, UsageKey, metered_quantities
-from contracts.models import Allocation, InferenceProduct
+from contracts.models import Allocation
 from tests.contracts.usage_builders import (
     active_contract,
     gpu_line,
     inference_line,
+    inference_product,
     key_for,
     reserved_line,
 )
@@ -45,12 +46,7 @@ def test_stored_usage_gets_the_lines_rating_used_to_find_by_ref(
 
     since = datetime(2026, 9, 1, tzinfo=UTC)
     contract = active_contract(buyer=buyer_org, since=since)
-    product = InferenceProduct.objects.create(
-        slug="migrated-llm",
-        name="Migrated",
-        input_price_per_million_tokens=1,
-        output_price_per_million_tokens=1,
-    )
+    product = inference_product("migrated-llm")
     tokens_line = inference_line(contract=contract, product=product, since=since)
     tokens_key = key_for(tokens_line, created_at=since, revoked_at=HOUR + timedelta(days=1))
     busy_line = gpu_line(contract=contract, offer=offer, since=since)

@@ -27,6 +27,16 @@ from tests.factories import ApiKeyFactory, ContractFactory, stored_usage
 FULL_DAY = "1" * 1440
 
 
+def inference_product(slug: str) -> InferenceProduct:
+    """A product at $0.20 / $0.60 per million input / output tokens (lines set their own)."""
+    return InferenceProduct.objects.create(
+        slug=slug,
+        name=slug.replace("-", " ").capitalize(),
+        input_price_per_million_tokens=Decimal("0.2000"),
+        output_price_per_million_tokens=Decimal("0.6000"),
+    )
+
+
 def active_contract(*, buyer: Organization | None = None, since: datetime) -> Contract:
     """An active contract, activated at ``since``, running for a year."""
     extra = {"buyer": buyer} if buyer is not None else {}
