@@ -97,7 +97,8 @@ class UsageRecordQuerySet(TenantQuerySet):
 class UsageRecord(models.Model):
     """One verified, valid agent record: one GPU over one window (at most 60 s).
 
-    Billable input for rating; the hourly rollups below are what reports read.
+    The proof of what was used; rating, settlement and reports read the hourly rollups
+    below (on-demand rows stamped with their contract line by attribution).
     """
 
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="usage_records")
