@@ -1,4 +1,4 @@
-from django.apps import AppConfig, apps
+from django.apps import AppConfig
 
 
 class ContractsConfig(AppConfig):
@@ -20,8 +20,7 @@ class ContractsConfig(AppConfig):
         capacity_selectors.register_future_allocation_check(
             lambda node: selectors.node_has_future_allocations(node_id=node.pk, now=timezone.now())
         )
-        if apps.is_installed("capacity.metering"):
-            from capacity.metering import attribution as metering_attribution
-            from contracts.attribution import attribute_usage_records
+        from capacity.metering import attribution as metering_attribution
+        from contracts.attribution import attribute_usage_records
 
-            metering_attribution.register_attributor(attribute_usage_records)
+        metering_attribution.register_attributor(attribute_usage_records)

@@ -1,121 +1,134 @@
-"""Attribution: which allocation or API key each metered usage record bills to.
+"""Attribution: which contract line each metered usage record, and each rollup hour of
+on-demand work, belongs to. By ids, decided once.
 
-Fills ``allocation_id`` and ``api_key_id`` of metering's ``UsageRecord`` rows (the seam
-``capacity.metering.attribution.attribute_records`` calls this through the hook that
-``ContractsConfig.ready`` registers; capacity never imports contracts). Idempotent: only
-rows still null are touched, so running it twice changes nothing.
+The seam ``capacity.metering.attribution.attribute_records`` calls this through the hook
+``ContractsConfig.ready`` registers (capacity never imports contracts). One statement per
+batch of records fills, where still null:
 
-- Reserved work (``workload_kind = 'allocation'``): the allocation whose GPU is the
-  record's and whose period contains the record's window start. The agent's ``ref`` is
-  informative only; our allocation table decides (the exclusion constraint guarantees at
-  most one match).
-- On-demand work is billed by API key. The inference gateway passes the calling key's
-  display prefix to the node, which reports ``ref = "<product slug>@<key prefix>"`` for
-  inference and ``"gpu@<key prefix>"`` for on-demand GPU time. A record is attributed to
-  the key only if the key is linked to a line of that kind (and product, or offer site
-  and GPU model) on an active contract, was created before the window and was not revoked
-  before it: **a revoked key stops being attributed** from its revocation on.
+- on the records (``UsageRecord``): ``allocation_id`` and ``line_id`` for reserved work,
+  the allocation whose GPU is the record's and whose period contains the record's window
+  start (the agent's ``ref`` is informative only; our allocation table decides, and the
+  exclusion constraint guarantees at most one match); otherwise ``api_key_id`` and
+  ``line_id`` of the key the ``ref`` names;
+- on the hourly rollups those records were added to (``HourlyUsage``): ``api_key_id`` and
+  ``line_id`` of the key the ``ref`` names.
+
+The inference gateway passes the calling key's display prefix to the node, which reports
+``ref = "<product slug>@<key prefix>"`` for inference and ``"gpu@<key prefix>"`` for
+on-demand GPU time. That ref is resolved to a key here and nowhere else: the key with
+that prefix linked to a line of the matching kind (inference: of that product; on-demand
+GPU: of an offer at the GPU's site and of its GPU model). A ref that names no such key,
+or more than one, is nobody's. The answer depends only on the GPU and the ref, never on
+the time, so every record of a rollup row gets the row's line and a stamped row stays
+right as later records add to it. *Whether* the line pays for an hour (the key and the
+line in force, no reservation holding the GPU) is the rule of
+``contracts.billable_usage``, applied when usage is read.
+
+Idempotent: only rows still unattributed are touched, so running it twice changes nothing.
 """
 
 from __future__ import annotations
 
-from django.apps import apps
 from django.db import connection
 from django.db.models import QuerySet
 
-from contracts.models import Allocation, Contract, ContractLine, LineApiKey
+from capacity.metering.models import HourlyUsage, UsageRecord
+from capacity.models import GpuDevice, Node, Offer
+from contracts.models import Allocation, ContractLine, InferenceProduct, LineApiKey
 from marketplace.models import ApiKey
 
 KEY_SEPARATOR = "@"
 ON_DEMAND_GPU_REF = "gpu"
 
+# (GPU, workload kind, ref) → the one key (and its line) the ref names, from ``named``.
+# The only place a ref is read.
+RESOLVE_REFS_SQL = """
+  SELECT n.gpu_id, n.workload_kind, n.workload_ref,
+         min(k.id) AS api_key_id, min(cl.id) AS line_id
+  FROM named AS n
+  JOIN {gpu} AS g ON g.id = n.gpu_id
+  JOIN {node} AS nd ON nd.id = g.node_id
+  JOIN {api_key} AS k ON k.prefix = substr(n.workload_ref, strpos(n.workload_ref, '@') + 1)
+  JOIN {link} AS l ON l.api_key_id = k.id
+  JOIN {line} AS cl ON cl.id = l.line_id
+  LEFT JOIN {product} AS p ON p.id = cl.inference_product_id
+  LEFT JOIN {offer} AS o ON o.id = cl.offer_id
+  WHERE CASE n.workload_kind
+    WHEN 'inference' THEN cl.kind = 'inference'
+      AND p.slug = left(n.workload_ref, strpos(n.workload_ref, '@') - 1)
+    WHEN 'allocation' THEN cl.kind = 'on_demand_gpu'
+      AND left(n.workload_ref, strpos(n.workload_ref, '@') - 1) = 'gpu'
+      AND o.site_id = nd.site_id AND o.gpu_model_id = nd.gpu_model_id
+  END
+  GROUP BY n.gpu_id, n.workload_kind, n.workload_ref
+  HAVING count(*) = 1
+"""
 
-def _tables() -> dict[str, str]:
-    usage = apps.get_model("metering", "UsageRecord")
-    gpu = apps.get_model("capacity", "GpuDevice")
-    node = apps.get_model("capacity", "Node")
-    offer = apps.get_model("capacity", "Offer")
-    return {
-        "usage": usage._meta.db_table,
-        "allocation": Allocation._meta.db_table,
-        "link": LineApiKey._meta.db_table,
-        "line": ContractLine._meta.db_table,
-        "contract": Contract._meta.db_table,
-        "api_key": ApiKey._meta.db_table,
-        "product": ContractLine._meta.get_field("inference_product").related_model._meta.db_table,
-        "gpu": gpu._meta.db_table,
-        "node": node._meta.db_table,
-        "offer": offer._meta.db_table,
-    }
-
-
-# One statement for the three rules (one plan, one round trip per batch of records):
-# reserved work by allocation first, so GPU time inside a reservation is never billed as
-# on demand; then inference and on-demand GPU time by the API key in the ref.
 _ATTRIBUTE_SQL = """
 WITH candidate AS MATERIALIZED (
   SELECT r.id, r.gpu_id, r.window_start, r.workload_kind, r.workload_ref
   FROM {usage} AS r
-  WHERE r.id IN ({ids}) AND r.allocation_id IS NULL AND r.api_key_id IS NULL
+  WHERE r.id IN ({ids}) AND r.line_id IS NULL
     AND r.workload_kind IN ('allocation', 'inference')
 ), by_allocation AS (
-  SELECT r.id, a.id AS allocation_id
+  SELECT r.id, a.id AS allocation_id, a.line_id
   FROM candidate AS r
   JOIN {allocation} AS a ON a.gpu_device_id = r.gpu_id AND a.period @> r.window_start
   WHERE r.workload_kind = 'allocation'
-), key_in_force AS (
-  SELECT k.id, k.prefix, k.created_at, k.revoked_at, cl.kind, cl.ended_at,
-         cl.inference_product_id, cl.offer_id
-  FROM {api_key} AS k
-  JOIN {link} AS l ON l.api_key_id = k.id
-  JOIN {line} AS cl ON cl.id = l.line_id AND cl.kind IN ('inference', 'on_demand_gpu')
-  JOIN {contract} AS c ON c.id = cl.contract_id AND c.state = 'active'
-), by_inference_key AS (
-  SELECT r.id, k.id AS api_key_id
-  FROM candidate AS r
-  JOIN {product} AS p ON r.workload_ref LIKE p.slug || '@%%'
-  JOIN key_in_force AS k
-    ON k.kind = 'inference' AND k.inference_product_id = p.id
-   AND r.workload_ref = p.slug || '@' || k.prefix
-  WHERE r.workload_kind = 'inference'
-    AND k.created_at <= r.window_start
-    AND (k.revoked_at IS NULL OR k.revoked_at > r.window_start)
-    AND (k.ended_at IS NULL OR k.ended_at > r.window_start)
-), by_gpu_key AS (
-  SELECT r.id, k.id AS api_key_id
-  FROM candidate AS r
-  JOIN key_in_force AS k
-    ON k.kind = 'on_demand_gpu' AND r.workload_ref = 'gpu@' || k.prefix
-  JOIN {offer} AS o ON o.id = k.offer_id
-  WHERE r.workload_kind = 'allocation'
-    AND k.created_at <= r.window_start
-    AND (k.revoked_at IS NULL OR k.revoked_at > r.window_start)
-    AND (k.ended_at IS NULL OR k.ended_at > r.window_start)
-    AND NOT EXISTS (SELECT 1 FROM by_allocation AS b WHERE b.id = r.id)
-    AND EXISTS (
-      SELECT 1 FROM {gpu} AS g JOIN {node} AS n ON n.id = g.node_id
-      WHERE g.id = r.gpu_id AND n.site_id = o.site_id AND n.gpu_model_id = o.gpu_model_id
-    )
+), named AS (
+  SELECT DISTINCT gpu_id, workload_kind, workload_ref
+  FROM candidate
+  WHERE strpos(workload_ref, '@') > 1
+), by_ref AS ({resolve}
+), stamped_hours AS (
+  UPDATE {hourly} AS h
+  SET api_key_id = k.api_key_id, line_id = k.line_id
+  FROM (SELECT DISTINCT gpu_id, workload_kind, workload_ref,
+               date_trunc('hour', window_start, 'UTC') AS hour
+        FROM candidate) AS c
+  JOIN by_ref AS k USING (gpu_id, workload_kind, workload_ref)
+  WHERE h.gpu_id = c.gpu_id AND h.workload_kind = c.workload_kind
+    AND h.workload_ref = c.workload_ref AND h.hour = c.hour AND h.line_id IS NULL
 ), matched AS (
-  SELECT id, allocation_id, NULL::bigint AS api_key_id FROM by_allocation
-  UNION ALL SELECT id, NULL, api_key_id FROM by_inference_key
-  UNION ALL SELECT id, NULL, api_key_id FROM by_gpu_key
+  SELECT id, allocation_id, NULL::bigint AS api_key_id, line_id FROM by_allocation
+  UNION ALL
+  SELECT r.id, NULL, k.api_key_id, k.line_id
+  FROM candidate AS r
+  JOIN by_ref AS k USING (gpu_id, workload_kind, workload_ref)
+  WHERE NOT EXISTS (SELECT 1 FROM by_allocation AS b WHERE b.id = r.id)
 )
 UPDATE {usage} AS r
-SET allocation_id = m.allocation_id, api_key_id = m.api_key_id
+SET allocation_id = m.allocation_id, api_key_id = m.api_key_id, line_id = m.line_id
 FROM matched AS m
 WHERE r.id = m.id
 """
 
 
-def attribute_usage_records(*, records: QuerySet) -> int:  # type: ignore[type-arg]
-    """Attribute ``records`` (a ``UsageRecord`` queryset); return how many rows changed.
+def _tables() -> dict[str, str]:
+    return {
+        "usage": UsageRecord._meta.db_table,
+        "hourly": HourlyUsage._meta.db_table,
+        "allocation": Allocation._meta.db_table,
+        "link": LineApiKey._meta.db_table,
+        "line": ContractLine._meta.db_table,
+        "api_key": ApiKey._meta.db_table,
+        "product": InferenceProduct._meta.db_table,
+        "gpu": GpuDevice._meta.db_table,
+        "node": Node._meta.db_table,
+        "offer": Offer._meta.db_table,
+    }
 
-    Allocations first, so GPU time inside a reservation is never billed as on demand.
+
+def attribute_usage_records(*, records: QuerySet[UsageRecord]) -> int:
+    """Attribute ``records`` and stamp their rollup hours; return how many records changed.
+
+    Allocations first, so a record of GPU time inside a reservation is the reservation's.
     """
     ids_sql, ids_params = records.order_by().values("pk").query.sql_with_params()
+    tables = _tables()
+    sql = _ATTRIBUTE_SQL.format(ids=ids_sql, resolve=RESOLVE_REFS_SQL.format(**tables), **tables)
     with connection.cursor() as cursor:
-        cursor.execute(_ATTRIBUTE_SQL.format(ids=ids_sql, **_tables()), ids_params)
+        cursor.execute(sql, ids_params)
         return cursor.rowcount
 
 

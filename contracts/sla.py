@@ -1,22 +1,22 @@
 """SLA: availability of a reserved line over a period and the credit tier it falls in.
 
 Availability = available GPU-minutes of the line's allocations / reserved GPU-minutes,
-excluding maintenance announced at least 7 days ahead (metering owns both the per-minute
-observations and that rule: ``capacity.metering.selectors.maintenance_exclusions``).
+excluding maintenance announced at least 7 days ahead. The minutes are billable usage,
+counted by ``contracts.billable_usage.sla_minutes`` (settlement reads the same figures per
+node); metering owns the per-minute observations and the maintenance rule.
 Tiers are compared on the exact ratio, never on a rounded percentage: 99.4999 % is below
 99.5 %.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.apps import apps
-
+from capacity.metering.availability import NOTHING
+from contracts.billable_usage import UsageKey, sla_minutes
 from contracts.models import ContractLine, SlaCreditTier, SlaPolicy
 
 DEFAULT_TIERS: tuple[tuple[Decimal, Decimal], ...] = (
@@ -75,44 +75,38 @@ class LineSla:
         return Decimal(self.available_minutes) * 100 >= self.target_percent * self.counted_minutes
 
 
-def line_sla(*, line: ContractLine, since: datetime, until: datetime) -> LineSla:
-    """SLA of a reserved line over ``[since, until)`` (e.g. a billing month) from metering's
-    per-minute availability. Each allocation counts from its own start to its own end."""
-    from capacity.metering.availability import NOTHING, gpu_availability
-    from capacity.metering.selectors import maintenance_exclusions
-
-    policy = line.contract.sla_policy
-    target = policy.target_percent if policy is not None else DEFAULT_TIERS[0][0]
-    allocations = list(
-        line.allocations.filter(period__overlap=(since, until)).select_related("gpu_device")
-    )
-    figure = NOTHING
-    if allocations:
-        GpuAvailabilityDay = apps.get_model("metering", "GpuAvailabilityDay")
-        bitmaps: dict[int, dict] = defaultdict(dict)
-        for gpu_id, day, minutes in GpuAvailabilityDay.objects.filter(
-            gpu_id__in={a.gpu_device_id for a in allocations},
-            day__gte=since.date(),
-            day__lte=until.date(),
-        ).values_list("gpu_id", "day", "minutes"):
-            bitmaps[gpu_id][day] = minutes
-        excluded = maintenance_exclusions(
-            node_ids={a.gpu_device.node_id for a in allocations}, since=since, until=until
-        )
-        for allocation in allocations:
-            figure += gpu_availability(
-                bitmaps=bitmaps[allocation.gpu_device_id],
-                counted_from=max(since, allocation.period.lower),
-                until=min(until, allocation.period.upper),
-                excluded=excluded.get(allocation.gpu_device.node_id, ()),
-            )
-    return LineSla(
-        available_minutes=figure.available_minutes,
-        counted_minutes=figure.counted_minutes,
-        target_percent=target,
-        credit_percent=credit_percent(
+def line_slas(
+    *, lines: Iterable[ContractLine], since: datetime, until: datetime
+) -> dict[int, LineSla]:
+    """SLA of reserved lines over ``[since, until)`` (e.g. a billing month), by line id,
+    from the minutes ``contracts.billable_usage.sla_minutes`` counts (each allocation from
+    its own start to its own end). Lines need ``contract__sla_policy`` loaded."""
+    lines = list(lines)
+    figures = sla_minutes(start=since, end=until, line_ids=[line.pk for line in lines])
+    tiers: dict[int | None, tuple[tuple[Decimal, Decimal], ...]] = {}
+    slas: dict[int, LineSla] = {}
+    for line in lines:
+        policy = line.contract.sla_policy
+        if policy is None:
+            target, line_tiers = DEFAULT_TIERS[0][0], DEFAULT_TIERS
+        else:
+            if policy.pk not in tiers:
+                tiers[policy.pk] = policy_tiers(policy)
+            target, line_tiers = policy.target_percent, tiers[policy.pk]
+        figure = figures.get(UsageKey(line.pk), NOTHING)
+        slas[line.pk] = LineSla(
             available_minutes=figure.available_minutes,
             counted_minutes=figure.counted_minutes,
-            tiers=policy_tiers(policy),
-        ),
-    )
+            target_percent=target,
+            credit_percent=credit_percent(
+                available_minutes=figure.available_minutes,
+                counted_minutes=figure.counted_minutes,
+                tiers=line_tiers,
+            ),
+        )
+    return slas
+
+
+def line_sla(*, line: ContractLine, since: datetime, until: datetime) -> LineSla:
+    """SLA of one reserved line over ``[since, until)`` (``line_slas`` for one line)."""
+    return line_slas(lines=[line], since=since, until=until)[line.pk]

@@ -1,28 +1,34 @@
-"""Usage and cost of a buyer's contracts, from metering's tables.
+"""Usage and cost of a buyer's contracts: what the buyer's pages and the usage API show.
 
-Reserved work is read from the hourly rollups of the contract's allocated GPUs (kind
-``allocation``, hours that overlap an allocation); on-demand work from the usage records
-attributed to the API keys of the contract's lines. Without the metering app installed
-every figure is zero. Energy: 1 kWh = 3.6e9 mJ.
+Cost is the invoice's: ``contracts.charges`` prices the billable usage of
+``contracts.billable_usage`` exactly as rating does, so the month to date shown at the
+month's end is the month's invoice to the cent (before what only an invoice has: late
+usage of earlier months, the commitment true-up, fees). On-demand usage is the billable
+rollup hours of the contract's lines; reserved GPUs add their own work (busy time,
+energy) from the rollups of the hours an allocation held them, which the reservation
+pays for whatever ran. Energy: 1 kWh = 3.6e9 mJ.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
+from typing import Any
 
-from django.apps import apps
-from django.db.models import Exists, OuterRef, Q, Sum
+from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import Trunc
 
+from capacity.metering.models import HourlyUsage
 from capacity.models import Node
-from contracts.models import Allocation, Contract, ContractLine, LineApiKey, LineKind
-from contracts.money import busy_gpu_charge, reserved_charge, round_money, token_charge
+from contracts.billable_usage import BUCKETS, Bucket, metered_quantities, reserved_gpu_seconds
+from contracts.charges import PRECISION, line_charges, metered_charges, reserved_charge
+from contracts.models import Allocation, Contract, ContractLine, LineKind
+from contracts.money import round_money
 
 MJ_PER_KWH = Decimal(3_600_000_000)
-BUCKETS = ("hour", "day")
 QUANTITIES = ("busy_ms", "energy_mj", "input_tokens", "output_tokens", "requests")
 
 
@@ -43,17 +49,15 @@ class UsageBucket:
     def energy_kwh(self) -> Decimal:
         return (Decimal(self.energy_mj) / MJ_PER_KWH).quantize(Decimal("0.0001"))
 
-    def add(self, row: dict) -> None:
+    def add(self, row: Mapping[str, Any]) -> None:
         for name in QUANTITIES:
             setattr(self, name, getattr(self, name) + int(row.get(name) or 0))
 
 
-def metering_installed() -> bool:
-    return apps.is_installed("capacity.metering")
-
-
-def _reserved_rollups(contracts: list[Contract], since: datetime, until: datetime):  # type: ignore[no-untyped-def]
-    HourlyUsage = apps.get_model("metering", "HourlyUsage")
+def _reserved_rollups(
+    contracts: list[Contract], since: datetime, until: datetime
+) -> QuerySet[HourlyUsage]:
+    """Rollup hours of reserved work on the contracts' GPUs while an allocation held them."""
     hour_end = OuterRef("hour") + timedelta(hours=1)
     held = Allocation.objects.filter(
         line__contract__in=contracts, gpu_device=OuterRef("gpu_id")
@@ -69,35 +73,27 @@ def _reserved_rollups(contracts: list[Contract], since: datetime, until: datetim
     ).filter(Exists(held))
 
 
-def _keyed_records(contracts: list[Contract], since: datetime, until: datetime):  # type: ignore[no-untyped-def]
-    UsageRecord = apps.get_model("metering", "UsageRecord")
-    keys = LineApiKey.objects.filter(line__contract__in=contracts).values("api_key_id")
-    return UsageRecord.objects.filter(
-        api_key_id__in=keys, window_start__gte=since, window_start__lt=until
-    )
-
-
 def usage_buckets(
     *, contract: Contract, bucket: str, since: datetime, until: datetime
 ) -> list[UsageBucket]:
     """The contract's usage per UTC hour or day in ``[since, until)``, oldest first."""
     if bucket not in BUCKETS:
         raise ValueError(f"bucket must be one of {BUCKETS}")
-    if not metering_installed():
-        return []
-    sums = {name: Sum(name) for name in QUANTITIES}
+    unit: Bucket = "hour" if bucket == "hour" else "day"
     buckets: dict[datetime, UsageBucket] = {}
-    sources = (
-        _reserved_rollups([contract], since, until).annotate(
-            bucket=Trunc("hour", bucket, tzinfo=UTC)
-        ),
-        _keyed_records([contract], since, until).annotate(
-            bucket=Trunc("window_start", bucket, tzinfo=UTC)
-        ),
+    reserved = (
+        _reserved_rollups([contract], since, until)
+        .annotate(bucket=Trunc("hour", unit, tzinfo=UTC))
+        .order_by()
+        .values("bucket")
+        .annotate(**{name: Sum(name) for name in QUANTITIES})
     )
-    for rows in sources:
-        for row in rows.order_by().values("bucket").annotate(**sums):
-            buckets.setdefault(row["bucket"], UsageBucket(start=row["bucket"])).add(row)
+    for row in reserved:
+        buckets.setdefault(row["bucket"], UsageBucket(start=row["bucket"])).add(row)
+    on_demand = metered_quantities(start=since, end=until, contract_ids=[contract.pk], bucket=unit)
+    for key, quantities in on_demand.items():
+        assert key.start is not None  # asked for by bucket
+        buckets.setdefault(key.start, UsageBucket(start=key.start)).add(asdict(quantities))
     return [buckets[start] for start in sorted(buckets)]
 
 
@@ -158,108 +154,74 @@ def _days(since: datetime, until: datetime) -> list[datetime]:
 
 
 def month_to_date(*, contracts: list[Contract], since: datetime, until: datetime) -> MonthToDate:
-    """Estimated cost (exact per line, rounded once per line) and usage in ``[since, until)``.
+    """Cost (each line's charges as its invoice lines will carry them, each rounded once)
+    and usage of ``contracts`` in ``[since, until)``.
 
-    Reserved lines cost every held hour whether used or not; on-demand lines their
-    attributed busy time or tokens.
+    Reserved lines cost every held second whether used or not, less their SLA credit over
+    the period; on-demand lines their billable busy time or tokens. The cost per day (the
+    chart) prices each day's usage alone, without SLA credits (a credit is the period's).
     """
     result = MonthToDate(since=since, until=until)
     days = _days(since, until)
-    daily_exact: dict[datetime, Decimal] = defaultdict(Decimal)
-    lines = list(
-        ContractLine.objects.filter(contract__in=contracts)
-        .select_related("offer__site", "offer__gpu_model", "inference_product")
+    lines = {
+        line.pk: line
+        for line in ContractLine.objects.filter(contract__in=contracts)
+        .select_related(
+            "offer__site", "offer__gpu_model", "inference_product", "contract__sla_policy"
+        )
         .order_by("contract_id", "pk")
+    }
+    cost: dict[int, int] = defaultdict(int)
+    for charge in line_charges(lines=lines, start=since, end=until):
+        cost[charge.line.pk] += charge.amount_minor
+    result.line_costs = [LineCost(line=line, amount_minor=cost[pk]) for pk, line in lines.items()]
+
+    daily_exact: dict[datetime, Decimal] = defaultdict(Decimal)
+    reserved = reserved_gpu_seconds(start=since, end=until, line_ids=list(lines), bucket="day")
+    metered = metered_quantities(
+        start=since, end=until, line_ids=list(lines), by_node=True, bucket="day"
     )
-    # Held GPUs per line and period: a line's GPUs usually share one period, so the cost
-    # is computed once per period, not once per GPU.
-    held: dict[int, Counter[tuple[datetime, datetime]]] = defaultdict(Counter)
-    for held_line_id, period in Allocation.objects.filter(
-        line__in=lines, period__overlap=(since, until)
-    ).values_list("line_id", "period"):
-        held[held_line_id][(period.lower, period.upper)] += 1
-    keyed_by_line_day: dict[tuple[int, datetime], dict] = {}
-    if metering_installed():
-        keyed = (
-            _keyed_records(contracts, since, until)
-            .annotate(day=Trunc("window_start", "day", tzinfo=UTC))
-            .order_by()
-            .values("api_key_id", "day", "node__site__energy_source")
-            .annotate(**{name: Sum(name) for name in QUANTITIES})
-        )
-        line_of_key = dict(
-            LineApiKey.objects.filter(line__in=lines).values_list("api_key_id", "line_id")
-        )
-        for row in keyed:
-            line_id = line_of_key.get(row["api_key_id"])
-            if line_id is None:
-                continue
-            slot = keyed_by_line_day.setdefault((line_id, row["day"]), defaultdict(int))
-            for name in QUANTITIES:
-                slot[name] += int(row[name] or 0)
-            result.energy_mj_by_source[row["node__site__energy_source"]] = (
-                result.energy_mj_by_source.get(row["node__site__energy_source"], 0)
-                + int(row["energy_mj"] or 0)
-            )
-            result.input_tokens += int(row["input_tokens"] or 0)
-            result.output_tokens += int(row["output_tokens"] or 0)
-            result.busy_ms += int(row["busy_ms"] or 0)
-            result.energy_mj += int(row["energy_mj"] or 0)
-            if row["input_tokens"] or row["output_tokens"]:
-                result.inference_energy_mj += int(row["energy_mj"] or 0)
-        # Summed per node, then labelled with the node's energy source: grouping the
-        # rollup rows by the site's column joined node and site once per row (a month of
-        # hourly rows per GPU).
-        reserved = list(
-            _reserved_rollups(contracts, since, until)
-            .order_by()
-            .values("node_id")
-            .annotate(busy_ms=Sum("busy_ms"), energy_mj=Sum("energy_mj"))
-        )
-        source_of_node = dict(
-            Node.objects.filter(pk__in=[row["node_id"] for row in reserved]).values_list(
-                "pk", "site__energy_source"
-            )
-        )
-        for row in reserved:
-            source = source_of_node[row["node_id"]]
-            result.energy_mj_by_source[source] = result.energy_mj_by_source.get(source, 0) + int(
-                row["energy_mj"] or 0
-            )
-            result.busy_ms += int(row["busy_ms"] or 0)
-            result.energy_mj += int(row["energy_mj"] or 0)
-    for line in lines:
-        exact = Decimal(0)
-        for day in days:
-            day_end = min(day + timedelta(days=1), until)
-            day_exact = Decimal(0)
-            if line.kind == LineKind.RESERVED:
-                for (lower, upper), gpus in held.get(line.pk, {}).items():
-                    start, end = max(lower, day), min(upper, day_end)
-                    if end > start:
-                        day_exact += reserved_charge(
-                            gpu_count=gpus,
-                            start=start,
-                            end=end,
-                            rate=line.price_per_gpu_hour,  # type: ignore[arg-type]
-                        )
-            else:
-                usage = keyed_by_line_day.get((line.pk, day))
-                if usage and line.kind == LineKind.ON_DEMAND_GPU:
-                    rate = line.price_per_gpu_hour
-                    if rate is None:  # excluded by the line's check constraint
-                        raise TypeError("on-demand GPU line without price_per_gpu_hour")
-                    day_exact += busy_gpu_charge(busy_ms=usage["busy_ms"], rate=rate)
-                elif usage:
-                    day_exact += token_charge(
-                        tokens=usage["input_tokens"],
-                        price_per_million=line.input_price_per_million_tokens,  # type: ignore[arg-type]
-                    ) + token_charge(
-                        tokens=usage["output_tokens"],
-                        price_per_million=line.output_price_per_million_tokens,  # type: ignore[arg-type]
-                    )
-            daily_exact[day] += day_exact
-            exact += day_exact
-        result.line_costs.append(LineCost(line=line, amount_minor=round_money(exact)))
-    result.daily_cost_minor = [(day, round_money(daily_exact[day])) for day in days]
+    with localcontext() as context:
+        context.prec = PRECISION
+        for key, seconds in reserved.items():
+            assert key.start is not None  # asked for by day
+            line = lines[key.line_id]
+            daily_exact[key.start] += reserved_charge(line=line, gpu_seconds=seconds).exact_amount
+        for key, quantities in metered.items():
+            assert key.start is not None  # asked for by day
+            line = lines[key.line_id]
+            for charge in metered_charges(line=line, usage=quantities):
+                daily_exact[key.start] += charge.exact_amount
+        result.daily_cost_minor = [(day, round_money(daily_exact[day])) for day in days]
+
+    on_demand_nodes = {key.node_id for key in metered if key.node_id is not None}
+    # Reserved GPUs' own work, summed per node then labelled with the node's energy
+    # source: grouping the rollup rows by the site's column joined node and site once per
+    # row (a month of hourly rows per GPU).
+    reserved_work = list(
+        _reserved_rollups(contracts, since, until)
+        .order_by()
+        .values("node_id")
+        .annotate(busy_ms=Sum("busy_ms"), energy_mj=Sum("energy_mj"))
+    )
+    source_of_node = dict(
+        Node.objects.filter(
+            pk__in=on_demand_nodes | {row["node_id"] for row in reserved_work}
+        ).values_list("pk", "site__energy_source")
+    )
+    energy_by_source: dict[str, int] = defaultdict(int)
+    for row in reserved_work:
+        energy_by_source[source_of_node[row["node_id"]]] += int(row["energy_mj"] or 0)
+        result.busy_ms += int(row["busy_ms"] or 0)
+        result.energy_mj += int(row["energy_mj"] or 0)
+    for key, quantities in metered.items():
+        assert key.node_id is not None  # asked for by node
+        energy_by_source[source_of_node[key.node_id]] += quantities.energy_mj
+        result.busy_ms += quantities.busy_ms
+        result.energy_mj += quantities.energy_mj
+        result.input_tokens += quantities.input_tokens
+        result.output_tokens += quantities.output_tokens
+        if lines[key.line_id].kind == LineKind.INFERENCE:
+            result.inference_energy_mj += quantities.energy_mj
+    result.energy_mj_by_source = dict(energy_by_source)
     return result

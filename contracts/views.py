@@ -23,6 +23,7 @@ from contracts import dashboard, lifecycle, on_demand, selectors, usage
 from contracts.forms import LineApiKeyForm, OnDemandForm
 from contracts.models import Contract, ContractLine, InferenceProduct, LineKind
 from contracts.money import minor_to_major
+from contracts.sla import LineSla, line_slas
 from contracts.terms import month_start
 from marketplace.models import MANAGER_ROLES, OPERATOR_ROLES
 from marketplace.pages import render_confirm
@@ -55,18 +56,11 @@ def contract_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _line_slas(contract: Contract, lines: list[ContractLine]) -> dict[int, object]:
-    """SLA of each reserved line this month (needs metering)."""
-    if not usage.metering_installed():
-        return {}
-    from contracts.sla import line_sla
-
+def _line_slas(lines: list[ContractLine]) -> dict[int, LineSla]:
+    """SLA of each current reserved line this month."""
     now = timezone.now()
-    return {
-        line.pk: line_sla(line=line, since=month_start(now), until=now)
-        for line in lines
-        if line.kind == LineKind.RESERVED and line.ended_at is None
-    }
+    reserved = [line for line in lines if line.kind == LineKind.RESERVED and line.ended_at is None]
+    return line_slas(lines=reserved, since=month_start(now), until=now)
 
 
 @buyer_member
@@ -75,7 +69,7 @@ def contract_detail(request: HttpRequest, pk: int) -> HttpResponse:
     contract = _contract(request, pk)
     lines = list(selectors.contract_lines(contract=contract))
     membership = current_membership(request)
-    slas = _line_slas(contract, lines)
+    slas = _line_slas(lines)
     for line in lines:
         line.sla = slas.get(line.pk)  # type: ignore[attr-defined]
     allocations = Paginator(selectors.contract_allocations(contract=contract), 50).get_page(
@@ -232,6 +226,5 @@ def usage_overview(request: HttpRequest) -> HttpResponse:
             "chosen": chosen,
             "bucket": bucket,
             "rows": rows,
-            "metering": usage.metering_installed(),
         },
     )

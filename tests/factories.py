@@ -227,3 +227,61 @@ class ContractFactory(factory.django.DjangoModelFactory):
     starts_at = factory.LazyFunction(timezone.now)
     term_months = 1
     term_ends_at = factory.LazyAttribute(lambda o: o.starts_at + _timedelta(days=30))
+
+
+import uuid  # noqa: E402
+from datetime import datetime as _datetime  # noqa: E402
+
+from django.db.models import F  # noqa: E402
+
+from capacity.metering.models import HourlyUsage, UsageRecord  # noqa: E402
+
+
+def stored_usage(
+    *,
+    gpu: GpuDevice,
+    start: _datetime,
+    kind: str,
+    ref: str | None,
+    busy_ms: int = 0,
+    energy_mj: int = 0,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    requests: int = 0,
+    seq: int = 1,
+) -> UsageRecord:
+    """A one-minute usage record from ``start``, stored as ingest stores it: the record
+    (``seq`` of a journal of its own), and its quantities added to the hourly rollup it
+    belongs to (``x = x + excluded.x``). Not attributed (beat's attribution run does that)."""
+    record = UsageRecord.objects.create(
+        node_id=gpu.node_id,
+        journal_epoch=uuid.uuid4().hex,
+        seq=seq,
+        record_hash="0" * 64,
+        gpu=gpu,
+        window_start=start,
+        window_end=start + _timedelta(minutes=1),
+        workload_kind=kind,
+        workload_ref=ref or None,
+        busy_ms=busy_ms,
+        energy_mj=energy_mj,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        requests=requests,
+    )
+    row, _created = HourlyUsage.objects.get_or_create(
+        gpu=gpu,
+        workload_kind=kind,
+        workload_ref=ref or "",
+        hour=start.replace(minute=0, second=0, microsecond=0),
+        defaults={"node_id": gpu.node_id},
+    )
+    HourlyUsage.objects.filter(pk=row.pk).update(
+        busy_ms=F("busy_ms") + busy_ms,
+        energy_mj=F("energy_mj") + energy_mj,
+        input_tokens=F("input_tokens") + input_tokens,
+        output_tokens=F("output_tokens") + output_tokens,
+        requests=F("requests") + requests,
+        record_count=F("record_count") + 1,
+    )
+    return record

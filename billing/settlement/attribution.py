@@ -1,14 +1,16 @@
 """Attribution: every paid invoice line split over the nodes that earned it.
 
-Weights, per line and node, over the line's service month:
+Weights, per line and node, over the line's service month, are the billable usage the
+line was rated from (``contracts.billable_usage``, read per node), so what the nodes
+share is exactly what the invoice billed:
 
 - reserved lines: allocated GPU-seconds (the allocations' periods inside the month);
 - SLA credits: the GPU-minutes the line's allocations were *down* (counted minus
-  available, maintenance announced in time excluded, as ``contracts.sla`` counts them),
-  so the credit is charged back to the partner whose GPUs were down; when no minute was
-  down (cannot happen with a credit, but the data may be incomplete) by GPU-seconds;
-- on-demand GPU lines: busy GPU-milliseconds from metering's hourly rollups;
-- inference lines: input or output tokens, from the same rollups;
+  available, maintenance announced in time excluded, as the SLA counts them), so the
+  credit is charged back to the partner whose GPUs were down; when no minute was down
+  (cannot happen with a credit, but the data may be incomplete) by GPU-seconds;
+- on-demand GPU lines: busy GPU-milliseconds of the line's billable rollup hours;
+- inference lines: input or output tokens, of the same hours;
 - late-usage lines: the service month's metered usage of their meter (the rollups do not
   say which records arrived late, so the late part is spread like the month's usage);
 - commitment true-ups and early-termination fees: no node earned them; one row, all
@@ -38,13 +40,12 @@ note, partner)``).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from datetime import date, datetime
 from decimal import ROUND_FLOOR, Decimal, localcontext
 from typing import TypeVar
 
-from django.apps import apps
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -62,8 +63,14 @@ from billing.models import (
 )
 from billing.periods import month_bounds
 from billing.settlement.agreements import ShareBook
-from capacity.models import GpuDevice, Node
-from contracts.models import Allocation, ContractLine
+from capacity.models import Node
+from contracts.billable_usage import (
+    MeteredQuantities,
+    UsageKey,
+    down_minutes,
+    metered_quantities,
+    reserved_gpu_seconds,
+)
 
 K = TypeVar("K", bound=Hashable)
 _PRECISION = 60
@@ -114,134 +121,6 @@ def partner_share_of(amount_minor: int, share: Decimal) -> int:
         return int((Decimal(amount_minor) * share).to_integral_value(rounding=ROUND_FLOOR))
 
 
-# -- weights ----------------------------------------------------------------------------------
-
-
-def reserved_weights(
-    *, line_ids: list[int], start: datetime, end: datetime
-) -> dict[tuple[int, int], Decimal]:
-    """Allocated GPU-seconds inside ``[start, end)`` per (contract line, node)."""
-    if not line_ids:
-        return {}
-    sql = f"""
-        SELECT a.line_id, g.node_id,
-               sum(extract(epoch FROM least(upper(a.period), %s) - greatest(lower(a.period), %s)))
-        FROM {Allocation._meta.db_table} AS a
-        JOIN {GpuDevice._meta.db_table} AS g ON g.id = a.gpu_device_id
-        WHERE a.line_id = ANY(%s) AND a.period && tstzrange(%s, %s, '[)')
-        GROUP BY a.line_id, g.node_id
-    """  # noqa: S608 (table names come from model metadata)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [end, start, line_ids, start, end])
-        return {
-            (line_id, node_id): Decimal(seconds)
-            for line_id, node_id, seconds in cursor.fetchall()
-            if seconds
-        }
-
-
-def metered_weights(
-    *, line_ids: list[int], start: datetime, end: datetime
-) -> dict[tuple[int, int, str], int]:
-    """Metered quantities per (contract line, node, meter) in ``[start, end)``: the same
-    rollup rows, key and line conditions rating bills (``billing.rating.metered_usage``),
-    grouped by node as well."""
-    if not line_ids or not apps.is_installed("capacity.metering"):
-        return {}
-    hourly = apps.get_model("metering", "HourlyUsage")._meta.db_table
-    gpu = GpuDevice._meta.db_table
-    node = Node._meta.db_table
-    offer = apps.get_model("capacity", "Offer")._meta.db_table
-    product = ContractLine._meta.get_field("inference_product").related_model._meta.db_table  # type: ignore[union-attr]
-    link = apps.get_model("contracts", "LineApiKey")._meta.db_table
-    api_key = apps.get_model("marketplace", "ApiKey")._meta.db_table
-    line = ContractLine._meta.db_table
-    key_in_force = """
-        AND k.created_at < h.hour + interval '1 hour'
-        AND (k.revoked_at IS NULL OR k.revoked_at > h.hour)
-        AND cl.starts_at < h.hour + interval '1 hour'
-        AND (cl.ended_at IS NULL OR cl.ended_at > h.hour)
-        AND h.hour >= %s AND h.hour < %s
-        AND cl.id = ANY(%s)
-    """
-    sql = f"""
-        SELECT cl.id, h.node_id, sum(h.busy_ms), 0, 0
-        FROM {hourly} AS h
-        JOIN {api_key} AS k ON h.workload_ref = 'gpu@' || k.prefix
-        JOIN {link} AS l ON l.api_key_id = k.id
-        JOIN {line} AS cl ON cl.id = l.line_id AND cl.kind = 'on_demand_gpu'
-        JOIN {offer} AS o ON o.id = cl.offer_id
-        JOIN {gpu} AS g ON g.id = h.gpu_id
-        JOIN {node} AS n ON n.id = g.node_id
-             AND n.site_id = o.site_id AND n.gpu_model_id = o.gpu_model_id
-        WHERE h.workload_kind = 'allocation'
-          {key_in_force}
-          AND NOT EXISTS (
-              SELECT 1 FROM {Allocation._meta.db_table} AS a
-              WHERE a.gpu_device_id = h.gpu_id
-                AND a.period && tstzrange(h.hour, h.hour + interval '1 hour', '[)'))
-        GROUP BY cl.id, h.node_id
-        UNION ALL
-        SELECT cl.id, h.node_id, 0, sum(h.input_tokens), sum(h.output_tokens)
-        FROM {hourly} AS h
-        JOIN {product} AS p ON h.workload_ref LIKE p.slug || '@%%'
-        JOIN {api_key} AS k ON h.workload_ref = p.slug || '@' || k.prefix
-        JOIN {link} AS l ON l.api_key_id = k.id
-        JOIN {line} AS cl
-             ON cl.id = l.line_id AND cl.kind = 'inference' AND cl.inference_product_id = p.id
-        WHERE h.workload_kind = 'inference'
-          {key_in_force}
-        GROUP BY cl.id, h.node_id
-    """  # noqa: S608 (table names come from model metadata)
-    weights: dict[tuple[int, int, str], int] = defaultdict(int)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [start, end, line_ids, start, end, line_ids])
-        for line_id, node_id, busy_ms, input_tokens, output_tokens in cursor.fetchall():
-            for meter, quantity in (
-                (Meter.GPU_BUSY_MS, busy_ms),
-                (Meter.INPUT_TOKENS, input_tokens),
-                (Meter.OUTPUT_TOKENS, output_tokens),
-            ):
-                if quantity:
-                    weights[(line_id, node_id, meter)] += int(quantity)
-    return dict(weights)
-
-
-def down_minutes_by_node(*, line: ContractLine, start: datetime, end: datetime) -> dict[int, int]:
-    """GPU-minutes each node of a reserved line was down in ``[start, end)``, counted as
-    the SLA counts them (``contracts.sla.line_sla``)."""
-    from capacity.metering.availability import gpu_availability
-    from capacity.metering.selectors import maintenance_exclusions
-
-    allocations = list(
-        line.allocations.filter(period__overlap=(start, end)).select_related("gpu_device")
-    )
-    if not allocations:
-        return {}
-    availability_day = apps.get_model("metering", "GpuAvailabilityDay")
-    bitmaps: dict[int, dict[date, str]] = defaultdict(dict)
-    for gpu_id, day, minutes in availability_day.objects.filter(
-        gpu_id__in={a.gpu_device_id for a in allocations},
-        day__gte=start.date(),
-        day__lte=end.date(),
-    ).values_list("gpu_id", "day", "minutes"):
-        bitmaps[gpu_id][day] = minutes
-    excluded = maintenance_exclusions(
-        node_ids={a.gpu_device.node_id for a in allocations}, since=start, until=end
-    )
-    down: dict[int, int] = defaultdict(int)
-    for allocation in allocations:
-        node_id = allocation.gpu_device.node_id
-        figure = gpu_availability(
-            bitmaps=bitmaps[allocation.gpu_device_id],
-            counted_from=max(start, allocation.period.lower),
-            until=min(end, allocation.period.upper),
-            excluded=excluded.get(node_id, ()),
-        )
-        down[node_id] += figure.counted_minutes - figure.available_minutes
-    return dict(down)
-
-
 # -- what a line is and what weighs it --------------------------------------------------------
 
 _METERED_KIND: dict[str, str] = {
@@ -267,24 +146,72 @@ def _line_meter(line: InvoiceLine) -> str:
     return _LINE_METER.get(line.kind, "")
 
 
+def _metered_of(usage: MeteredQuantities, meter: str) -> int:
+    """The quantity of ``usage`` a line of ``meter`` was billed for."""
+    if meter == Meter.GPU_BUSY_MS:
+        return usage.busy_ms
+    if meter == Meter.INPUT_TOKENS:
+        return usage.input_tokens
+    return usage.output_tokens
+
+
+V = TypeVar("V")
+
+
+def _by_line_and_node(figures: Mapping[UsageKey, V]) -> dict[int, dict[int, V]]:
+    """A selector's figures asked for by node, per contract line then per node."""
+    nested: dict[int, dict[int, V]] = defaultdict(dict)
+    for key, value in figures.items():
+        assert key.node_id is not None  # asked for by node
+        nested[key.line_id][key.node_id] = value
+    return nested
+
+
 class _MonthWeights:
     """Every weight the lines of one service month need, fetched in a few queries."""
 
     def __init__(self, *, service_month: date, lines: list[InvoiceLine]) -> None:
-        self.start, self.end = month_bounds(service_month)
-        reserved_ids = sorted(
-            {
-                line.contract_line_id
-                for line in lines
-                if line.contract_line_id and line.kind in (LineKind.RESERVED, LineKind.SLA_CREDIT)
-            }
+        start, end = month_bounds(service_month)
+
+        def line_ids(wanted: Callable[[InvoiceLine], bool]) -> list[int]:
+            return sorted(
+                {line.contract_line_id for line in lines if line.contract_line_id and wanted(line)}
+            )
+
+        reserved_kinds = (LineKind.RESERVED, LineKind.SLA_CREDIT)
+        self.reserved = _by_line_and_node(
+            reserved_gpu_seconds(
+                start=start,
+                end=end,
+                line_ids=line_ids(lambda line: line.kind in reserved_kinds),
+                by_node=True,
+            )
         )
-        metered_ids = sorted(
-            {line.contract_line_id for line in lines if line.contract_line_id and _line_meter(line)}
+        self.metered = _by_line_and_node(
+            metered_quantities(
+                start=start,
+                end=end,
+                line_ids=line_ids(lambda line: bool(_line_meter(line))),
+                by_node=True,
+            )
         )
-        self.reserved = reserved_weights(line_ids=reserved_ids, start=self.start, end=self.end)
-        self.metered = metered_weights(line_ids=metered_ids, start=self.start, end=self.end)
-        self._down: dict[int, dict[int, int]] = {}
+        self.down = _by_line_and_node(
+            down_minutes(
+                start=start,
+                end=end,
+                line_ids=line_ids(lambda line: line.kind == LineKind.SLA_CREDIT),
+                by_node=True,
+            )
+        )
+
+    @property
+    def node_ids(self) -> set[int]:
+        return {
+            node_id
+            for weights in (self.reserved, self.metered)
+            for per_node in weights.values()
+            for node_id in per_node
+        }
 
     def for_line(self, line: InvoiceLine) -> tuple[str, dict[int, Decimal], str]:
         """(revenue kind, weight per node, basis unit) of one invoice line."""
@@ -292,33 +219,25 @@ class _MonthWeights:
         if contract_line_id is None:
             return RevenueKind.PLATFORM, {}, ""
         if line.kind == LineKind.RESERVED:
-            return RevenueKind.RESERVED, self._reserved_of(contract_line_id), "GPU-seconds"
+            return RevenueKind.RESERVED, dict(self.reserved[contract_line_id]), "GPU-seconds"
         if line.kind == LineKind.SLA_CREDIT:
-            if contract_line_id not in self._down:
-                assert line.contract_line is not None
-                self._down[contract_line_id] = down_minutes_by_node(
-                    line=line.contract_line, start=self.start, end=self.end
-                )
-            down = {node: Decimal(m) for node, m in self._down[contract_line_id].items() if m > 0}
+            down = {
+                node_id: Decimal(minutes)
+                for node_id, minutes in self.down[contract_line_id].items()
+                if minutes > 0
+            }
             if down:
                 return RevenueKind.RESERVED, down, "down GPU-minutes"
-            return RevenueKind.RESERVED, self._reserved_of(contract_line_id), "GPU-seconds"
+            return RevenueKind.RESERVED, dict(self.reserved[contract_line_id]), "GPU-seconds"
         meter = _line_meter(line)
         if meter:
             weights = {
-                node_id: Decimal(quantity)
-                for (line_id, node_id, line_meter), quantity in self.metered.items()
-                if line_id == contract_line_id and line_meter == meter
+                node_id: Decimal(_metered_of(usage, meter))
+                for node_id, usage in self.metered[contract_line_id].items()
+                if _metered_of(usage, meter)
             }
             return _METERED_KIND[meter], weights, _BASIS_UNIT[meter]
         return RevenueKind.PLATFORM, {}, ""
-
-    def _reserved_of(self, contract_line_id: int) -> dict[int, Decimal]:
-        return {
-            node_id: seconds
-            for (line_id, node_id), seconds in self.reserved.items()
-            if line_id == contract_line_id
-        }
 
 
 # -- services ---------------------------------------------------------------------------------
@@ -365,12 +284,7 @@ def _attribute_chunk(*, invoice_ids: list[int], now: datetime) -> int:
     weights = {
         month: _MonthWeights(service_month=month, lines=ls) for month, ls in by_month.items()
     }
-    node_ids = {
-        node_id
-        for month_weights in weights.values()
-        for node_id in [key[1] for key in month_weights.reserved]
-        + [key[1] for key in month_weights.metered]
-    }
+    node_ids = {node_id for month_weights in weights.values() for node_id in month_weights.node_ids}
     plans = [(line, *weights[line.service_month].for_line(line)) for line in lines]
     node_ids |= {node_id for _, _, line_weights, _ in plans for node_id in line_weights}
     nodes = {node.pk: node for node in Node.objects.filter(pk__in=node_ids).select_related("site")}

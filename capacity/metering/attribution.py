@@ -1,28 +1,29 @@
 """Attribution: which contract line each usage record belongs to. The seam for contracts.
 
 Every stored ``UsageRecord`` carries what the agent said it was doing
-(``workload_kind``, ``workload_ref``) and two nullable columns that say whom it bills:
+(``workload_kind``, ``workload_ref``) and nullable columns that say whose it is:
 
 - ``allocation_id``: for ``workload_kind = 'allocation'``, the contracts ``Allocation``
   whose GPU is the record's ``gpu`` and whose period contains the record's window
   (``gpu_device = record.gpu AND period @> window_start``; the allocation exclusion
   constraint guarantees at most one). The agent's ``ref`` is informative only: the
   partner controls the agent, so the platform's own allocation table decides.
-- ``api_key_id``: for ``workload_kind = 'inference'``, the organization ``ApiKey`` whose
-  calls the GPU served: an inference server behind the platform's gateway reports
-  ``ref = "<product slug>@<key prefix>"`` (a ref naming only a product bills nobody).
+- ``api_key_id``: otherwise, the organization ``ApiKey`` whose calls the GPU served, as
+  the ref names it: ``"<product slug>@<key prefix>"`` for inference behind the platform's
+  gateway, ``"gpu@<key prefix>"`` for on-demand GPU time.
+- ``line_id``: the contract line of either; null = nobody's (idle windows, a partner's
+  own use, refs naming no key) or not attributed yet.
 
-``idle`` records bill nobody and stay unattributed; so does anything that matches no
-allocation (it is then on-demand GPU time, or a partner's own use).
+The same pass stamps the key and line on the hourly rollups (``HourlyUsage``) of that
+on-demand work, which is what rating, settlement and the buyer's pages read, grouped by
+line id (``contracts.billable_usage``).
 
-The contracts app fills it in (``contracts.attribution``: one ``UPDATE … FROM`` for every kind,
-over the given records, idempotent: only rows still null are touched) by registering
-itself here at start-up. ``attribute_new_records`` (beat, every minute) runs it over the
-records stored since its last run, by id, with a cursor advanced in the same transaction:
-whatever happened to a batch (a retry, a killed worker, a crash after its commit), its
-records are attributed by the next run, and a first run attributes everything stored
-before. Rating reads the hourly rollups by the same refs and does not depend on these
-columns; the buyer's usage pages do.
+The contracts app does it (``contracts.attribution``: one statement per batch,
+idempotent: only rows still null are touched) by registering itself here at start-up.
+``attribute_new_records`` (beat, every minute) runs it over the records stored since its
+last run, by id, with a cursor advanced in the same transaction: whatever happened to a
+batch (a retry, a killed worker, a crash after its commit), its records are attributed
+by the next run, and a first run attributes everything stored before.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def register_attributor(attributor: Callable[..., int]) -> None:
 
 
 def attribute_records(*, records: QuerySet[UsageRecord]) -> int:
-    """Fill ``allocation_id`` / ``api_key_id`` of ``records`` where still null; how many.
+    """Attribute ``records`` still unattributed (and stamp their rollup hours); how many.
 
     Delegates to the contracts app's attributor (``contracts.attribution``); without it
     nothing can be attributed: returns 0 and changes nothing.
@@ -81,8 +82,7 @@ def attribute_new_records(*, overlap: int = OVERLAP_IDS, chunk: int = CHUNK_IDS)
                     pk__gt=low,
                     pk__lte=upper,
                     workload_kind__in=BILLABLE_KINDS,
-                    allocation_id__isnull=True,
-                    api_key_id__isnull=True,
+                    line_id__isnull=True,
                 )
             )
             low = upper

@@ -97,7 +97,8 @@ class UsageRecordQuerySet(TenantQuerySet):
 class UsageRecord(models.Model):
     """One verified, valid agent record: one GPU over one window (at most 60 s).
 
-    Billable input for rating; the hourly rollups below are what reports read.
+    The proof of what was used; rating, settlement and reports read the hourly rollups
+    below (on-demand rows stamped with their contract line by attribution).
     """
 
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="usage_records")
@@ -118,10 +119,13 @@ class UsageRecord(models.Model):
     output_tokens = models.BigIntegerField()
     requests = models.BigIntegerField()
     # Attribution seam (``attribution.attribute_records``): the contracts allocation this
-    # GPU-window belongs to, or the organization API key that made the inference calls.
-    # Plain integers until the contracts app exists; null = not attributed yet.
+    # GPU-window belongs to, or the organization API key whose work it was (the key the
+    # ``ref`` names), and the contract line of either. Plain integers: metering never
+    # imports contracts. ``line_id`` null = not attributed (yet). Whether a line pays for
+    # the record's hour is ``contracts.billable_usage``'s rule, not these columns'.
     allocation_id = models.BigIntegerField(null=True, blank=True)
     api_key_id = models.BigIntegerField(null=True, blank=True)
+    line_id = models.BigIntegerField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
 
     objects = UsageRecordQuerySet.as_manager()
@@ -210,6 +214,12 @@ class HourlyUsage(models.Model):
 
     ``workload_ref`` is '' where the record's ref was null, so the unique key has no
     nulls and ``INSERT … ON CONFLICT DO UPDATE`` can add to it.
+
+    On-demand work carries the API key and contract line its ``ref`` names, stamped by
+    attribution (with the records it attributes) once: every record of a row names the
+    same key, so the whole row is that line's, and later increments keep the stamp.
+    Rating, settlement and the buyer's pages group by ``line_id``
+    (``contracts.billable_usage``); nothing reads the ref again.
     """
 
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="hourly_usage")
@@ -224,10 +234,22 @@ class HourlyUsage(models.Model):
     output_tokens = models.BigIntegerField(default=0)
     requests = models.BigIntegerField(default=0)
     record_count = models.PositiveIntegerField(default=0)
+    # The organization API key and the contract line the row's ``ref`` names (on-demand
+    # GPU time, inference); null for reserved, idle or unattributed work. Plain integers:
+    # metering never imports contracts.
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    line_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["hour", "node", "gpu"]
-        indexes = [models.Index(fields=["node", "hour"], name="hourly_node_hour_idx")]
+        indexes = [
+            models.Index(fields=["node", "hour"], name="hourly_node_hour_idx"),
+            models.Index(
+                fields=["line_id", "hour"],
+                name="hourly_line_hour_idx",
+                condition=Q(line_id__isnull=False),
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["gpu", "workload_kind", "workload_ref", "hour"],

@@ -25,7 +25,7 @@ from tests.billing.stripe_fakes import (
     LocalStripe,
     StripeProxy,
 )
-from tests.factories import OfferFactory, SiteFactory, gpu_pool
+from tests.factories import OfferFactory, SiteFactory, gpu_pool, stored_usage
 
 D = Decimal
 
@@ -169,23 +169,24 @@ def add_usage(
     busy_ms: int = 0,
     input_tokens: int = 0,
     output_tokens: int = 0,
-    records: int = 60,
 ):
-    """Add to metering's hourly rollup as ingest does (``x = x + excluded.x``)."""
-    hourly = apps.get_model("metering", "HourlyUsage")
-    row, _created = hourly.objects.get_or_create(
+    """Store usage in ``hour`` as ingest does (``tests.factories.stored_usage``: a record
+    and its hourly rollup), then attribute it as beat's attribution run does; return the
+    rollup row."""
+    from capacity.metering.attribution import attribute_records
+    from capacity.metering.models import HourlyUsage, UsageRecord
+
+    record = stored_usage(
         gpu=gpu,
-        workload_kind=kind,
-        workload_ref=ref,
-        hour=hour,
-        defaults={"node_id": gpu.node_id},
+        start=hour,
+        kind=kind,
+        ref=ref,
+        busy_ms=busy_ms,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
     )
-    row.busy_ms += busy_ms
-    row.input_tokens += input_tokens
-    row.output_tokens += output_tokens
-    row.record_count += records
-    row.save()
-    return row
+    attribute_records(records=UsageRecord.objects.filter(pk=record.pk))
+    return HourlyUsage.objects.get(gpu=gpu, workload_kind=kind, workload_ref=ref, hour=hour)
 
 
 def finalized_invoice_for(buyer, *, total_minor: int = 12_345, month=None):

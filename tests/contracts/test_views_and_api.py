@@ -14,9 +14,11 @@ from rest_framework.test import APIClient
 
 from contracts import on_demand
 from contracts.attribution import attribute_usage_records, workload_ref_for_key
+from contracts.billable_usage import MeteredQuantities, UsageKey, metered_quantities
 from contracts.checkout import reservation_checkout
 from contracts.models import Contract, ContractState, InferenceProduct, LineApiKey, LineKind
 from marketplace import services as marketplace_services
+from tests.factories import stored_usage
 from tests.tenancy import assert_hidden_from
 
 # Reservations start minutes from now and usage lands in this hour: the calendar matters.
@@ -174,22 +176,18 @@ def test_api_reserve_conflict_is_409(offer, buyer_owner, other_org, start):
 
 
 def _record(*, gpu, kind, ref, start, tokens=0, busy_ms=30_000, seq):
-    UsageRecord = apps.get_model("metering", "UsageRecord")
-    return UsageRecord.objects.create(
-        node=gpu.node,
-        journal_epoch="e1",
-        seq=seq,
-        record_hash="0" * 64,
+    """A record stored as ingest stores it (with its hourly rollup)."""
+    return stored_usage(
         gpu=gpu,
-        window_start=start,
-        window_end=start + timedelta(seconds=60),
-        workload_kind=kind,
-        workload_ref=ref,
+        start=start,
+        kind=kind,
+        ref=ref,
         busy_ms=busy_ms,
         energy_mj=18_000_000,
         input_tokens=tokens,
         output_tokens=tokens // 2,
         requests=1 if tokens else 0,
+        seq=seq,
     )
 
 
@@ -224,18 +222,40 @@ def test_attribution_and_revoked_keys(reservation, inference_line, buyer_owner, 
     assert reserved.allocation_id == reservation.allocations[0].pk
     assert served.api_key_id == api_key.pk
     assert wrong_product.api_key_id is None
+    assert served.line_id == inference_line.pk
     marketplace_services.api_key_revoke(api_key=api_key, actor=buyer_owner)
+    api_key.refresh_from_db()
+    next_hour = api_key.revoked_at.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     after = _record(
         gpu=free_gpu,
         kind="inference",
         ref=ref,
-        start=timezone.now() + timedelta(seconds=1),
+        start=next_hour + timedelta(minutes=1),
         tokens=1000,
         seq=4,
     )
     attribute_usage_records(records=UsageRecord.objects.all())
     after.refresh_from_db()
-    assert after.api_key_id is None
+    # The record is the key's (its ref names it) …
+    assert (after.api_key_id, after.line_id) == (api_key.pk, inference_line.pk)
+    # … but the line pays only for hours that began before the key was revoked.
+    billable = metered_quantities(
+        start=now - timedelta(hours=1),
+        end=next_hour + timedelta(hours=1),
+        line_ids=[inference_line.pk],
+        bucket="hour",
+    )
+    assert billable == {
+        UsageKey(inference_line.pk, None, now.replace(minute=0, second=0, microsecond=0)): (
+            MeteredQuantities(
+                busy_ms=30_000,
+                energy_mj=18_000_000,
+                input_tokens=1000,
+                output_tokens=500,
+                requests=1,
+            )
+        )
+    }
     # The metering seam delegates to contracts.
     from capacity.metering.attribution import attribute_records
 

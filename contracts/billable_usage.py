@@ -1,0 +1,266 @@
+"""Billable usage: which metered usage each contract line pays for. Defined here, once.
+
+Rating (the invoice), settlement (what each node earned of it), the buyer's dashboard and
+the usage API read these selectors and nothing else, so an invoice, a statement and a
+dashboard cannot disagree. Usage is tied to lines by ids: an allocation names its line;
+attribution (``contracts.attribution``) stamps the hourly rollups of on-demand work with
+the API key and the line their ``ref`` names, once. No query here matches strings.
+
+What a line pays for over ``[start, end)``:
+
+- a reserved line: every second each of its allocations holds a GPU, used or not
+  (``reserved_gpu_seconds``, exact to the microsecond);
+- an on-demand GPU line its busy GPU-milliseconds, an inference line its input and output
+  tokens (``metered_quantities``), from the rollup hours stamped with the line, counted
+  for a whole hour when
+
+  - the hour starts in ``[start, end)``;
+  - the key existed during the hour and was not revoked before the hour started;
+  - the line had started before the hour ended and had not ended before it started;
+  - for on-demand GPU time: no allocation held the GPU during any part of the hour (the
+    reservation pays for that GPU-hour);
+
+- SLA: the GPU-minutes each reserved line's allocations were observed available, out of
+  those that counted (maintenance announced 7 days ahead excluded: metering's rule,
+  ``capacity.metering.selectors.maintenance_exclusions``) (``sla_minutes``); the rest are
+  its down minutes (``down_minutes``), which settlement charges back per node.
+
+The conditions are evaluated when the usage is read, from the keys', lines' and
+allocations' own timestamps, so usage that arrives late (a node that was offline) is
+counted by the same rule as usage that arrived on time.
+
+Every selector answers per line and, on request, per node and per UTC hour or day: its
+keys are ``UsageKey(line_id, node_id, start)`` with ``None`` where not asked for.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple
+
+from django.db import connection
+
+from capacity.metering.availability import NOTHING, AvailabilityFigure, gpu_availability
+from capacity.metering.models import GpuAvailabilityDay, HourlyUsage
+from capacity.metering.selectors import maintenance_exclusions
+from capacity.models import GpuDevice
+from contracts.models import Allocation, ContractLine
+from marketplace.models import ApiKey
+
+Bucket = Literal["hour", "day"]
+BUCKETS: tuple[Bucket, ...] = ("hour", "day")
+
+
+class UsageKey(NamedTuple):
+    """What a figure belongs to: a contract line, and its node and bucket when asked for."""
+
+    line_id: int
+    node_id: int | None = None
+    # Start of the UTC hour or day; None when the figure covers the whole period.
+    start: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MeteredQuantities:
+    """Sums of a line's billable rollup hours. An on-demand GPU line pays for
+    ``busy_ms``, an inference line for the tokens; the rest is shown, never priced."""
+
+    busy_ms: int = 0
+    energy_mj: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    requests: int = 0
+
+    def __add__(self, other: MeteredQuantities) -> MeteredQuantities:
+        return MeteredQuantities(
+            busy_ms=self.busy_ms + other.busy_ms,
+            energy_mj=self.energy_mj + other.energy_mj,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            requests=self.requests + other.requests,
+        )
+
+
+# -- the SQL pieces every selector shares ------------------------------------------------------
+
+
+def _scope(
+    contract_ids: Iterable[int] | None, line_ids: Iterable[int] | None
+) -> tuple[str, dict[str, list[int]]]:
+    """``AND`` conditions on the line (``cl``) for the contracts or lines asked for."""
+    sql, params = "", {}
+    if contract_ids is not None:
+        sql += " AND cl.contract_id = ANY(%(contract_ids)s)"
+        params["contract_ids"] = list(contract_ids)
+    if line_ids is not None:
+        sql += " AND cl.id = ANY(%(line_ids)s)"
+        params["line_ids"] = list(line_ids)
+    return sql, params
+
+
+def _bucket_unit(bucket: Bucket | None) -> str | None:
+    if bucket is not None and bucket not in BUCKETS:
+        raise ValueError(f"bucket must be one of {BUCKETS}")
+    return bucket
+
+
+def _run(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+# -- reserved --------------------------------------------------------------------------------
+
+
+def reserved_gpu_seconds(
+    *,
+    start: datetime,
+    end: datetime,
+    contract_ids: Iterable[int] | None = None,
+    line_ids: Iterable[int] | None = None,
+    by_node: bool = False,
+    bucket: Bucket | None = None,
+) -> dict[UsageKey, Decimal]:
+    """Seconds each reserved line's allocations hold GPUs inside ``[start, end)``, exact
+    (``extract(epoch …)`` of a range difference is exact numeric), summed per line and, on
+    request, per node and per UTC hour or day. Zero figures are left out."""
+    unit = _bucket_unit(bucket)
+    scope, params = _scope(contract_ids, line_ids)
+    nodes = (
+        f"\n        JOIN {GpuDevice._meta.db_table} AS g ON g.id = a.gpu_device_id"
+        if by_node
+        else ""
+    )
+    # Inside a bucket the held range is cut at the bucket's bounds too.
+    lower, upper, buckets = "%(start)s", "%(end)s", ""
+    if unit is not None:
+        lower, upper = "%(start)s, b.start", f"%(end)s, b.start + interval '1 {unit}'"
+        buckets = f"""
+        CROSS JOIN LATERAL generate_series(
+            date_trunc('{unit}', greatest(lower(a.period), %(start)s), 'UTC'),
+            least(upper(a.period), %(end)s) - interval '1 microsecond',
+            interval '1 {unit}') AS b(start)"""
+    sql = f"""
+        SELECT a.line_id, {"g.node_id" if by_node else "NULL"},
+               {"b.start" if unit else "NULL::timestamptz"},
+               sum(extract(epoch FROM least(upper(a.period), {upper})
+                                      - greatest(lower(a.period), {lower})))
+        FROM {Allocation._meta.db_table} AS a
+        JOIN {ContractLine._meta.db_table} AS cl ON cl.id = a.line_id{nodes}{buckets}
+        WHERE a.period && tstzrange(%(start)s, %(end)s, '[)'){scope}
+        GROUP BY 1, 2, 3
+    """  # noqa: S608 (table names from model metadata, units from BUCKETS)
+    rows = _run(sql, {"start": start, "end": end, **params})
+    return {
+        UsageKey(line_id, node_id, bucket_start): Decimal(seconds)
+        for line_id, node_id, bucket_start, seconds in rows
+        if seconds
+    }
+
+
+# -- metered ---------------------------------------------------------------------------------
+
+# The rule, once: which stamped rollup hours (``h``) their line (``cl``) pays for, given
+# the key (``k``) the hour was stamped with. Evaluated at read time (see the docstring).
+_BILLABLE_HOUR = f"""
+    h.hour >= %(start)s AND h.hour < %(end)s
+    AND k.created_at < h.hour + interval '1 hour'
+    AND (k.revoked_at IS NULL OR k.revoked_at > h.hour)
+    AND cl.starts_at < h.hour + interval '1 hour'
+    AND (cl.ended_at IS NULL OR cl.ended_at > h.hour)
+    AND (cl.kind <> 'on_demand_gpu' OR NOT EXISTS (
+        SELECT 1 FROM {Allocation._meta.db_table} AS a
+        WHERE a.gpu_device_id = h.gpu_id
+          AND a.period && tstzrange(h.hour, h.hour + interval '1 hour', '[)')))
+"""  # noqa: S608 (table name from model metadata)
+
+
+def metered_quantities(
+    *,
+    start: datetime,
+    end: datetime,
+    contract_ids: Iterable[int] | None = None,
+    line_ids: Iterable[int] | None = None,
+    by_node: bool = False,
+    bucket: Bucket | None = None,
+) -> dict[UsageKey, MeteredQuantities]:
+    """The billable rollup hours of on-demand lines in ``[start, end)`` (the rule in the
+    module docstring), summed per line and, on request, per node and per UTC hour or day."""
+    unit = _bucket_unit(bucket)
+    scope, params = _scope(contract_ids, line_ids)
+    sql = f"""
+        SELECT h.line_id, {"h.node_id" if by_node else "NULL"},
+               {f"date_trunc('{unit}', h.hour, 'UTC')" if unit else "NULL::timestamptz"},
+               sum(h.busy_ms), sum(h.energy_mj), sum(h.input_tokens), sum(h.output_tokens),
+               sum(h.requests)
+        FROM {HourlyUsage._meta.db_table} AS h
+        JOIN {ContractLine._meta.db_table} AS cl ON cl.id = h.line_id
+        JOIN {ApiKey._meta.db_table} AS k ON k.id = h.api_key_id
+        WHERE h.line_id IS NOT NULL AND {_BILLABLE_HOUR}{scope}
+        GROUP BY 1, 2, 3
+    """  # noqa: S608 (table names from model metadata, units from BUCKETS)
+    rows = _run(sql, {"start": start, "end": end, **params})
+    return {
+        UsageKey(line_id, node_id, bucket_start): MeteredQuantities(*(int(value) for value in sums))
+        for line_id, node_id, bucket_start, *sums in rows
+    }
+
+
+# -- SLA -------------------------------------------------------------------------------------
+
+
+def sla_minutes(
+    *, start: datetime, end: datetime, line_ids: Iterable[int], by_node: bool = False
+) -> dict[UsageKey, AvailabilityFigure]:
+    """Available and counted GPU-minutes of reserved lines' allocations in ``[start, end)``:
+    each allocation counts from its own start to its own end, clipped to the period, less
+    maintenance announced in time (metering's availability rule). Lines without an
+    allocation in the period are left out (their figure is ``NOTHING``)."""
+    allocations = list(
+        Allocation.objects.filter(
+            line_id__in=list(line_ids), period__overlap=(start, end)
+        ).select_related("gpu_device")
+    )
+    if not allocations:
+        return {}
+    bitmaps: dict[int, dict[date, str]] = defaultdict(dict)
+    for gpu_id, day, minutes in GpuAvailabilityDay.objects.filter(
+        gpu_id__in={allocation.gpu_device_id for allocation in allocations},
+        day__gte=start.date(),
+        day__lte=end.date(),
+    ).values_list("gpu_id", "day", "minutes"):
+        bitmaps[gpu_id][day] = minutes
+    excluded = maintenance_exclusions(
+        node_ids={allocation.gpu_device.node_id for allocation in allocations},
+        since=start,
+        until=end,
+    )
+    figures: dict[UsageKey, AvailabilityFigure] = defaultdict(lambda: NOTHING)
+    for allocation in allocations:
+        node_id = allocation.gpu_device.node_id
+        key = UsageKey(allocation.line_id, node_id if by_node else None)
+        figures[key] += gpu_availability(
+            bitmaps=bitmaps[allocation.gpu_device_id],
+            counted_from=max(start, allocation.period.lower),
+            until=min(end, allocation.period.upper),
+            excluded=excluded.get(node_id, ()),
+        )
+    return dict(figures)
+
+
+def down_minutes(
+    *, start: datetime, end: datetime, line_ids: Iterable[int], by_node: bool = False
+) -> dict[UsageKey, int]:
+    """GPU-minutes reserved lines' allocations were down in ``[start, end)``: counted but
+    not observed available, as the SLA counts them (``sla_minutes``)."""
+    return {
+        key: figure.counted_minutes - figure.available_minutes
+        for key, figure in sla_minutes(
+            start=start, end=end, line_ids=line_ids, by_node=by_node
+        ).items()
+    }

@@ -1,0 +1,315 @@
+"""Billable usage, worked examples to the second, token and cent: reserved GPU-seconds,
+the hour rule of metered usage, SLA and down minutes, and the charges rating and the
+dashboard both price them with."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+
+from billing.models import LineKind as InvoiceLineKind
+from billing.rating import rate_month
+from capacity.metering.availability import AvailabilityFigure
+from capacity.metering.models import HourlyUsage, UsageRecord
+from contracts.attribution import attribute_usage_records, workload_ref_for_key
+from contracts.billable_usage import (
+    MeteredQuantities,
+    UsageKey,
+    down_minutes,
+    metered_quantities,
+    reserved_gpu_seconds,
+    sla_minutes,
+)
+from contracts.charges import ChargeKind, line_charges
+from contracts.models import ContractLine, InferenceProduct
+from contracts.sla import line_sla
+from contracts.usage import month_to_date
+from tests.contracts.usage_builders import (
+    active_contract,
+    gpu_line,
+    inference_line,
+    inference_product,
+    key_for,
+    observe,
+    reserved_line,
+    use,
+)
+from tests.factories import NodeWindowFactory, OfferFactory, SiteFactory, gpu_pool, stored_usage
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+OCT_1 = datetime(2026, 10, 1, tzinfo=UTC)
+NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def at(day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(2026, 10, day, hour, minute, tzinfo=UTC)
+
+
+@pytest.fixture
+def product() -> InferenceProduct:
+    return inference_product("llama-worked")
+
+
+@pytest.fixture
+def contract(buyer_org):
+    return active_contract(buyer=buyer_org, since=datetime(2026, 9, 1, tzinfo=UTC))
+
+
+@pytest.fixture
+def reserved(contract, offer, devices):
+    """GPU 0 (node A) from Oct 15 12:00 for a month, GPU 4 (node B) Oct 20 00:00 to Oct 21
+    06:30: 1,425,600 + 109,800 = 1,535,400 GPU-seconds in October (426.5 GPU-hours)."""
+    return reserved_line(
+        contract=contract,
+        offer=offer,
+        holds=[
+            (devices[0], at(15, 12), datetime(2026, 11, 15, 12, tzinfo=UTC)),
+            (devices[4], at(20), at(21, 6, 30)),
+        ],
+    )
+
+
+@pytest.fixture
+def inference(contract, product, devices):
+    """Key created Oct 1 09:30, revoked Oct 6 10:15. Billed: 54 M input, 5 M output."""
+    line = inference_line(contract=contract, product=product, since=OCT_1)
+    key = key_for(line, created_at=at(1, 9, 30), revoked_at=at(6, 10, 15))
+    use(key=key, product=product, gpu=devices[1], at=at(1, 8, 10), input_tokens=1_000)  # before
+    use(
+        key=key,
+        product=product,
+        gpu=devices[1],
+        at=at(1, 9, 5),  # before the key, but in its first hour
+        input_tokens=20_000_000,
+        output_tokens=5_000_000,
+    )
+    use(key=key, product=product, gpu=devices[5], at=at(5, 14), input_tokens=30_000_000)
+    use(key=key, product=product, gpu=devices[1], at=at(6, 10, 50), input_tokens=4_000_000)
+    use(key=key, product=product, gpu=devices[1], at=at(6, 11), input_tokens=7_000_000)  # after
+    use(key=key, product=product, gpu=devices[1], at=at(30, 23, 59) - timedelta(days=30))  # Sep
+    return line
+
+
+@pytest.fixture
+def on_demand_gpu(contract, offer, devices, other_org):
+    """Key from Oct 1. GPU 1 is reserved by someone else from Oct 10 12:30: its hour 12:00
+    is the reservation's. Billed: 1,000,000 + 300,000 busy ms."""
+    line = gpu_line(contract=contract, offer=offer, since=OCT_1)
+    key = key_for(line, created_at=OCT_1)
+    reserved_line(
+        contract=active_contract(buyer=other_org, since=OCT_1),
+        offer=offer,
+        holds=[(devices[1], at(10, 12, 30), at(11))],
+    )
+    use(key=key, product=None, gpu=devices[1], at=at(10, 11), busy_ms=1_000_000)
+    use(key=key, product=None, gpu=devices[1], at=at(10, 12), busy_ms=200_000)
+    use(key=key, product=None, gpu=devices[2], at=at(10, 12), busy_ms=300_000)
+    return line, key
+
+
+def test_reserved_gpu_seconds_per_line_node_and_bucket(reserved, devices):
+    node_a, node_b = devices[0].node_id, devices[4].node_id
+    line = reserved.pk
+    assert reserved_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line]) == {
+        UsageKey(line): D(1_535_400)
+    }
+    assert reserved_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line], by_node=True) == {
+        UsageKey(line, node_a): D(1_425_600),
+        UsageKey(line, node_b): D(109_800),
+    }
+    by_day = reserved_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line], bucket="day")
+    assert len(by_day) == 17  # Oct 15 to Oct 31
+    assert by_day[UsageKey(line, None, at(15))] == D(43_200)
+    assert by_day[UsageKey(line, None, at(20))] == D(172_800)
+    assert by_day[UsageKey(line, None, at(21))] == D(86_400 + 23_400)
+    assert sum(by_day.values()) == D(1_535_400)
+    by_hour = reserved_gpu_seconds(
+        start=at(21, 6), end=at(21, 8), contract_ids=[reserved.contract_id], bucket="hour"
+    )
+    assert by_hour == {
+        UsageKey(line, None, at(21, 6)): D(3_600 + 1_800),
+        UsageKey(line, None, at(21, 7)): D(3_600),
+    }
+    # A period cut inside an allocation, to the microsecond.
+    cut = at(16) + timedelta(microseconds=1)
+    assert reserved_gpu_seconds(start=at(15, 12), end=cut, line_ids=[line]) == {
+        UsageKey(line): D("43200.000001")
+    }
+
+
+def test_metered_usage_counts_whole_hours_of_the_key_and_line_in_force(inference, devices):
+    line = inference.pk
+    assert metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line]) == {
+        UsageKey(line): MeteredQuantities(
+            input_tokens=54_000_000, output_tokens=5_000_000, requests=3
+        )
+    }
+    assert metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line], by_node=True) == {
+        UsageKey(line, devices[1].node_id): MeteredQuantities(
+            input_tokens=24_000_000, output_tokens=5_000_000, requests=2
+        ),
+        UsageKey(line, devices[5].node_id): MeteredQuantities(input_tokens=30_000_000, requests=1),
+    }
+    assert set(metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line], bucket="hour")) == {
+        UsageKey(line, None, at(1, 9)),
+        UsageKey(line, None, at(5, 14)),
+        UsageKey(line, None, at(6, 10)),
+    }
+    # The line ended Oct 5 14:00: its hour 14:00 no longer counts, nor anything after.
+    ContractLine.objects.filter(pk=line).update(ended_at=at(5, 14))
+    assert metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line]) == {
+        UsageKey(line): MeteredQuantities(
+            input_tokens=20_000_000, output_tokens=5_000_000, requests=1
+        )
+    }
+
+
+def test_on_demand_gpu_hours_a_reservation_holds_are_the_reservations(on_demand_gpu, devices):
+    line, key = on_demand_gpu
+    assert metered_quantities(start=OCT_1, end=NOV_1, contract_ids=[line.contract_id]) == {
+        UsageKey(line.pk): MeteredQuantities(busy_ms=1_300_000, energy_mj=1_300_000 * 700)
+    }
+    # The 12:00 record ran before the reservation began: the key's, not billed by the hour
+    # rule. Inside the reservation a record is the reservation's.
+    early = UsageRecord.objects.get(gpu=devices[1], window_start=at(10, 12))
+    assert (early.allocation_id, early.api_key_id, early.line_id) == (None, key.pk, line.pk)
+    inside = use(key=key, product=None, gpu=devices[1], at=at(10, 13), busy_ms=5)
+    inside.refresh_from_db()
+    assert inside.api_key_id is None and inside.allocation_id is not None
+    assert inside.line_id != line.pk
+    # The rollup row of that hour still names the key's line; the rule leaves it out.
+    assert HourlyUsage.objects.get(gpu=devices[1], hour=at(10, 13)).line_id == line.pk
+    assert metered_quantities(start=at(10, 13), end=at(10, 14), line_ids=[line.pk]) == {}
+
+
+def test_gpu_time_on_another_sites_gpu_is_nobodys(on_demand_gpu, partner_org):
+    line, key = on_demand_gpu
+    elsewhere = gpu_pool(site=SiteFactory(organization=partner_org), gpus=1)[0]
+    OfferFactory(site=elsewhere.node.site, gpu_count=1)
+    record = use(key=key, product=None, gpu=elsewhere, at=at(12), busy_ms=60_000)
+    record.refresh_from_db()
+    assert (record.api_key_id, record.line_id) == (None, None)
+    assert HourlyUsage.objects.get(gpu=elsewhere).line_id is None
+    assert metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line.pk])[
+        UsageKey(line.pk)
+    ] == MeteredQuantities(busy_ms=1_300_000, energy_mj=1_300_000 * 700)
+
+
+def test_a_ref_naming_two_keys_is_nobodys_and_a_stamped_hour_keeps_its_line(
+    contract, product, devices, other_org
+):
+    line = inference_line(contract=contract, product=product, since=OCT_1)
+    key = key_for(line, created_at=OCT_1)
+    record = use(key=key, product=product, gpu=devices[3], at=at(2, 10), input_tokens=10)
+    later = stored_usage(
+        gpu=devices[3],
+        start=at(2, 10, 30),
+        kind="inference",
+        ref=workload_ref_for_key(api_key=key, product_slug=product.slug),
+        input_tokens=20,
+    )
+    # Another buyer's key happens to share the prefix: whose the later record is, nobody
+    # can tell, so it is nobody's; the hour's rollup row keeps the line it was stamped with.
+    twin = key_for(
+        inference_line(
+            contract=active_contract(buyer=other_org, since=OCT_1), product=product, since=OCT_1
+        ),
+        created_at=OCT_1,
+    )
+    type(twin).objects.filter(pk=twin.pk).update(prefix=key.prefix)
+    assert attribute_usage_records(records=UsageRecord.objects.filter(pk=later.pk)) == 0
+    record.refresh_from_db()
+    assert record.line_id == line.pk
+    row = HourlyUsage.objects.get(gpu=devices[3], hour=at(2, 10))
+    assert (row.input_tokens, row.record_count, row.line_id) == (30, 2, line.pk)
+    assert attribute_usage_records(records=UsageRecord.objects.all()) == 0  # idempotent
+
+
+def test_sla_and_down_minutes_per_line_and_node(reserved, devices):
+    """GPU 0 down 300 minutes on Oct 20; GPU 4 down 01:00-01:30 on Oct 21 and in
+    maintenance announced a week ahead 05:00-06:00 (not counted)."""
+    observe(
+        devices[0],
+        since=date(2026, 10, 15),
+        until=date(2026, 11, 1),
+        down={date(2026, 10, 20): range(300)},
+    )
+    observe(
+        devices[4],
+        since=date(2026, 10, 20),
+        until=date(2026, 10, 22),
+        down={date(2026, 10, 21): range(60, 90)},
+    )
+    NodeWindowFactory(
+        node=devices[4].node,
+        period=DateTimeTZRange(at(21, 5), at(21, 6), "[)"),
+        announced_at=at(14, 5),
+    )
+    line = reserved.pk
+    node_a, node_b = devices[0].node_id, devices[4].node_id
+    assert sla_minutes(start=OCT_1, end=NOV_1, line_ids=[line]) == {
+        UsageKey(line): AvailabilityFigure(23_460 + 1_740, 23_760 + 1_770)
+    }
+    assert down_minutes(start=OCT_1, end=NOV_1, line_ids=[line], by_node=True) == {
+        UsageKey(line, node_a): 300,
+        UsageKey(line, node_b): 30,
+    }
+    # 25,200 / 25,530 = 98.707 %: below 99 %, at least 95 % → 25 % credit.
+    sla = line_sla(line=reserved, since=OCT_1, until=NOV_1)
+    assert (sla.availability_percent, sla.credit_percent) == (D("98.707"), D(25))
+
+
+def test_rating_and_the_month_to_date_price_the_same_charges(
+    contract, reserved, inference, on_demand_gpu, devices
+):
+    observe(
+        devices[0],
+        since=date(2026, 10, 15),
+        until=date(2026, 11, 1),
+        down={date(2026, 10, 20): range(300)},
+    )
+    observe(devices[4], since=date(2026, 10, 20), until=date(2026, 10, 22))
+    lines = {
+        line.pk: line
+        for line in ContractLine.objects.filter(contract=contract).select_related(
+            "contract__sla_policy"
+        )
+    }
+    charges = [
+        (charge.line.pk, charge.kind, charge.exact_amount, charge.amount_minor)
+        for charge in line_charges(lines=lines, start=OCT_1, end=NOV_1)
+    ]
+    gpu = on_demand_gpu[0].pk
+    assert charges == [
+        # 426.5 GPU-hours x $2.10; (23,460 + 1,830) / 25,590 = 98.83 % → 25 % credit
+        (reserved.pk, ChargeKind.RESERVED, D("895.65"), 89_565),
+        (reserved.pk, ChargeKind.SLA_CREDIT, D("-223.9125"), -22_391),
+        (inference.pk, ChargeKind.INFERENCE_INPUT, D("10.8"), 1_080),
+        (inference.pk, ChargeKind.INFERENCE_OUTPUT, D("3.0"), 300),
+        # 1,300,000 ms x $2.40 / 3,600,000 = $0.8666… (to 60 digits)
+        (gpu, ChargeKind.ON_DEMAND_GPU, D("0." + "8" + "6" * 58 + "7"), 87),
+    ]
+    rated = rate_month(month=date(2026, 10, 1), contract_ids=[contract.pk])[contract.pk]
+    assert [(line.kind, line.amount_minor) for line in rated] == [
+        (InvoiceLineKind.RESERVED, 89_565),
+        (InvoiceLineKind.SLA_CREDIT, -22_391),
+        (InvoiceLineKind.INFERENCE_INPUT, 1_080),
+        (InvoiceLineKind.INFERENCE_OUTPUT, 300),
+        (InvoiceLineKind.ON_DEMAND_GPU, 87),
+    ]
+    month = month_to_date(contracts=[contract], since=OCT_1, until=NOV_1)
+    assert month.total_minor == 68_641 == sum(line.amount_minor for line in rated)
+    assert {cost.line.pk: cost.amount_minor for cost in month.line_costs} == {
+        reserved.pk: 67_174,
+        inference.pk: 1_380,
+        gpu: 87,
+    }
+    assert (month.input_tokens, month.output_tokens, month.busy_ms) == (
+        54_000_000,
+        5_000_000,
+        1_300_000,
+    )

@@ -1,0 +1,160 @@
+"""Builders for billable-usage tests: contracts and lines exactly where a test wants them
+(periods, prices, key times), usage stored and attributed as metering does it."""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+
+from capacity.metering.attribution import attribute_records
+from capacity.metering.models import GpuAvailabilityDay, UsageRecord
+from capacity.models import GpuDevice, Offer
+from contracts.attribution import workload_ref_for_key
+from contracts.models import (
+    Allocation,
+    Contract,
+    ContractLine,
+    InferenceProduct,
+    LineApiKey,
+    LineKind,
+)
+from marketplace.models import ApiKey, Organization
+from tests.factories import ApiKeyFactory, ContractFactory, stored_usage
+
+FULL_DAY = "1" * 1440
+
+
+def inference_product(slug: str) -> InferenceProduct:
+    """A product at $0.20 / $0.60 per million input / output tokens (lines set their own)."""
+    return InferenceProduct.objects.create(
+        slug=slug,
+        name=slug.replace("-", " ").capitalize(),
+        input_price_per_million_tokens=Decimal("0.2000"),
+        output_price_per_million_tokens=Decimal("0.6000"),
+    )
+
+
+def active_contract(*, buyer: Organization | None = None, since: datetime) -> Contract:
+    """An active contract, activated at ``since``, running for a year."""
+    extra = {"buyer": buyer} if buyer is not None else {}
+    return ContractFactory(
+        starts_at=since,
+        activated_at=since,
+        term_ends_at=since + timedelta(days=365),
+        **extra,
+    )
+
+
+def reserved_line(
+    *,
+    contract: Contract,
+    offer: Offer,
+    holds: list[tuple[GpuDevice, datetime, datetime]],
+    rate: Decimal = Decimal("2.1000"),
+) -> ContractLine:
+    """A reserved line holding each ``(GPU, start, end)`` of ``holds``."""
+    starts_at = min(start for _, start, _ in holds)
+    line = ContractLine.objects.create(
+        contract=contract,
+        kind=LineKind.RESERVED,
+        offer=offer,
+        gpu_count=len(holds),
+        term_months=1,
+        price_per_gpu_hour=rate,
+        starts_at=starts_at,
+        ends_at=max(end for _, _, end in holds),
+    )
+    Allocation.objects.bulk_create(
+        Allocation(line=line, gpu_device=gpu, period=DateTimeTZRange(start, end, "[)"))
+        for gpu, start, end in holds
+    )
+    return line
+
+
+def gpu_line(
+    *, contract: Contract, offer: Offer, since: datetime, rate: Decimal = Decimal("2.4000")
+) -> ContractLine:
+    return ContractLine.objects.create(
+        contract=contract,
+        kind=LineKind.ON_DEMAND_GPU,
+        offer=offer,
+        price_per_gpu_hour=rate,
+        starts_at=since,
+    )
+
+
+def inference_line(
+    *,
+    contract: Contract,
+    product: InferenceProduct,
+    since: datetime,
+    input_price: Decimal = Decimal("0.2000"),
+    output_price: Decimal = Decimal("0.6000"),
+) -> ContractLine:
+    return ContractLine.objects.create(
+        contract=contract,
+        kind=LineKind.INFERENCE,
+        inference_product=product,
+        input_price_per_million_tokens=input_price,
+        output_price_per_million_tokens=output_price,
+        starts_at=since,
+    )
+
+
+def key_for(
+    line: ContractLine, *, created_at: datetime, revoked_at: datetime | None = None
+) -> ApiKey:
+    """An API key of the line's buyer, linked to the line."""
+    key = ApiKeyFactory(
+        organization=line.contract.buyer, created_at=created_at, revoked_at=revoked_at
+    )
+    LineApiKey.objects.create(line=line, api_key=key)
+    return key
+
+
+def use(
+    *,
+    key: ApiKey,
+    product: InferenceProduct | None,
+    gpu: GpuDevice,
+    at: datetime,
+    busy_ms: int = 0,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+) -> UsageRecord:
+    """A node's record of work for ``key`` (inference of ``product``, or on-demand GPU time
+    without one), stored and attributed as metering does it."""
+    record = stored_usage(
+        gpu=gpu,
+        start=at,
+        kind="inference" if product is not None else "allocation",
+        ref=workload_ref_for_key(api_key=key, product_slug=product.slug if product else None),
+        busy_ms=busy_ms,
+        energy_mj=busy_ms * 700,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        requests=1 if input_tokens or output_tokens else 0,
+    )
+    attribute_records(records=UsageRecord.objects.filter(pk=record.pk))
+    return record
+
+
+def observe(
+    gpu: GpuDevice,
+    *,
+    since: date,
+    until: date,
+    down: Mapping[date, Container[int]] | None = None,
+) -> None:
+    """The GPU observed available every minute of the days ``[since, until)``, except the
+    minutes of the day in ``down``."""
+    rows, day = [], since
+    while day < until:
+        missing = (down or {}).get(day, ())
+        bits = "".join("0" if minute in missing else "1" for minute in range(1440))
+        rows.append(GpuAvailabilityDay(gpu=gpu, day=day, minutes=bits))
+        day += timedelta(days=1)
+    GpuAvailabilityDay.objects.bulk_create(rows)
