@@ -32,6 +32,7 @@ from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 from billing.closing import close_period
 from billing.models import Invoice, InvoiceLine
 from billing.periods import month_bounds, parse_month
+from capacity.metering.attribution import attribute_new_records
 from capacity.metering.models import GpuAvailabilityDay, HourlyUsage, UsageRecord
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Offer, Site
 from contracts.models import (
@@ -89,6 +90,9 @@ class Command(BaseCommand):
         ids = self._contracts(month, contract_count, usage_gpus, reserved_count)
         self._log(f"generating {record_count} usage records and their rollups …")
         rollup_rows = self._usage(start, end, record_count, ids)
+        # As beat does every minute in production: stamp records and rollups with their key
+        # and line, which is what rating reads.
+        attribute_new_records()
         self._availability(month, ids["reserved_gpu_ids"])
         setup_seconds = time.perf_counter() - started
         with connection.cursor() as cursor:
