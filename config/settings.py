@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.mfa",
+    "accounts",
     "marketplace",
     "capacity",
     "capacity.metering",
@@ -64,8 +65,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "marketplace.tenancy.CurrentOrganizationMiddleware",
-    "marketplace.security.StaffMfaRequiredMiddleware",
+    "accounts.tenancy.CurrentOrganizationMiddleware",
+    "accounts.security.StaffMfaRequiredMiddleware",
 ]
 
 # Bench-only: a Server-Timing header on every response and a trivial view at
@@ -88,7 +89,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "marketplace.tenancy.organization_context",
+                "accounts.tenancy.organization_context",
             ],
         },
     },
@@ -141,7 +142,7 @@ CACHES = {
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-AUTH_USER_MODEL = "marketplace.User"
+AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
@@ -229,7 +230,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "marketplace.api_auth.ApiKeyAuthentication",
+        "accounts.api_auth.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

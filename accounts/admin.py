@@ -15,8 +15,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from marketplace import services
-from marketplace.models import ApiKey, AuditEvent, Invitation, Membership, Organization, User
+from accounts import services
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Organization, User
 
 
 class MembershipInline(admin.TabularInline):

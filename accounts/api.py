@@ -19,21 +19,16 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from marketplace import selectors, services
-from marketplace.api_support import paginated_response
-from marketplace.models import MANAGER_ROLES, ApiKey, Role
-from marketplace.tenancy import (
-    HasOrganization,
-    api_membership_role,
-    api_organization,
-    api_scoped,
-)
+from accounts import selectors, services
+from accounts.api_support import paginated_response
+from accounts.models import MANAGER_ROLES, ApiKey, Role
+from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
-    """Documents ``marketplace.api_auth.ApiKeyAuthentication`` in the OpenAPI schema."""
+    """Documents ``accounts.api_auth.ApiKeyAuthentication`` in the OpenAPI schema."""
 
-    target_class = "marketplace.api_auth.ApiKeyAuthentication"
+    target_class = "accounts.api_auth.ApiKeyAuthentication"
     name = "apiKey"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:

@@ -1,8 +1,8 @@
-"""Marketplace endpoints under /api/v1/."""
+"""Accounts endpoints under /api/v1/: who am I, my organizations, API keys."""
 
 from django.urls import path
 
-from marketplace import api
+from accounts import api
 
 urlpatterns = [
     path("me", api.MeApi.as_view(), name="api_me"),

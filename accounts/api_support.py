@@ -12,8 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.models import Organization
-from marketplace.tenancy import api_organization
+from accounts.models import Organization
+from accounts.tenancy import api_organization
 
 
 def required_organization(request: Request) -> Organization:
