@@ -2,12 +2,12 @@
 settlement statements and payouts.
 
 Nothing here edits money by ``save()``: every action calls a service (which validates,
-writes, and audits who did it in ``marketplace.AuditEvent``) and is logged in the admin's
+writes, and audits who did it in ``accounts.AuditEvent``) and is logged in the admin's
 own history (``LogEntry``). Invoices, credit notes and the journal are read-only (the
 database refuses edits to finalized invoices and journal rows anyway); agreements are
 added, never changed: a new share is a new agreement that supersedes the current one.
 The ``Finance`` group (migration ``0004_finance_group``) holds exactly the permissions
-these pages and actions check; staff need MFA (``marketplace.security``).
+these pages and actions check; staff need MFA (``accounts.security``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
+from accounts.models import User
 from billing import closing, credit_notes, finance, stripe_gateway
 from billing.models import (
     Attribution,
@@ -46,7 +47,6 @@ from billing.models import (
 )
 from billing.periods import parse_month
 from billing.settlement import agreements, payouts, statements
-from marketplace.models import User
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

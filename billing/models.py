@@ -19,9 +19,9 @@ from django.db import models
 from django.db.models import F, Func, Q, Value
 from django.utils import timezone
 
+from accounts.models import Organization, TenantQuerySet, User
 from capacity.models import Currency, Node, Site
 from contracts.models import Contract, ContractLine
-from marketplace.models import Organization, TenantQuerySet, User
 
 
 class BillingCustomer(models.Model):

@@ -32,13 +32,13 @@ from django.apps import apps
 from django.db import connection
 from django.db.models import Q, Sum
 
+from accounts.models import ApiKey
 from billing.models import Invoice, InvoiceLine, InvoiceStatus, LineKind, Meter
 from billing.money import SECONDS_PER_HOUR, TOKENS_PER_MILLION, round_money
 from billing.periods import month_bounds, previous_month
 from contracts.models import Allocation, Contract, ContractLine
 from contracts.models import LineKind as ContractLineKind
 from contracts.sla import line_sla
-from marketplace.models import ApiKey
 
 # Precision for exact line amounts: enough digits that half-up rounding to the cent of
 # any quotient we form (hours = seconds / 3600) is decided correctly.

@@ -27,6 +27,9 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from accounts.api_support import paginated_response, required_organization, service_errors
+from accounts.models import OPERATOR_ROLES, Organization, User
+from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
 from capacity import selectors, services
 from capacity.enrollment import node_enroll
 from capacity.models import (
@@ -40,14 +43,6 @@ from capacity.models import (
     Region,
     Site,
     WindowKind,
-)
-from marketplace.api_support import paginated_response, required_organization, service_errors
-from marketplace.models import OPERATOR_ROLES, Organization, User
-from marketplace.tenancy import (
-    HasOrganization,
-    api_membership_role,
-    api_organization,
-    api_scoped,
 )
 
 TAG = "capacity"

@@ -18,6 +18,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
+from accounts.models import OPERATOR_ROLES, Organization, User
+from accounts.pages import render_confirm
+from accounts.tenancy import (
+    current_membership,
+    current_organization,
+    get_for_org_or_404,
+    org_required,
+)
 from capacity import selectors, services
 from capacity.forms import (
     NodeFilterForm,
@@ -29,14 +37,6 @@ from capacity.forms import (
 )
 from capacity.metering import selectors as metering_selectors
 from capacity.models import Node, NodeWindow, Offer, Site
-from marketplace.models import OPERATOR_ROLES, Organization, User
-from marketplace.pages import render_confirm
-from marketplace.tenancy import (
-    current_membership,
-    current_organization,
-    get_for_org_or_404,
-    org_required,
-)
 
 PAGE_SIZE = 25
 

@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from accounts.models import User
 from contracts import lifecycle
 from contracts.models import (
     Allocation,
@@ -18,7 +19,6 @@ from contracts.models import (
     SlaCreditTier,
     SlaPolicy,
 )
-from marketplace.models import User
 
 
 class ContractLineInline(admin.TabularInline):

@@ -23,8 +23,8 @@ from django.apps import apps
 from django.db import connection
 from django.db.models import QuerySet
 
+from accounts.models import ApiKey
 from contracts.models import Allocation, Contract, ContractLine, LineApiKey
-from marketplace.models import ApiKey
 
 KEY_SEPARATOR = "@"
 ON_DEMAND_GPU_REF = "gpu"

@@ -18,20 +18,20 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
+from accounts.models import MANAGER_ROLES, OPERATOR_ROLES
+from accounts.pages import render_confirm
+from accounts.tenancy import (
+    current_membership,
+    current_organization,
+    get_for_org_or_404,
+    org_required,
+)
 from capacity.models import Offer
 from contracts import dashboard, lifecycle, on_demand, selectors, usage
 from contracts.forms import LineApiKeyForm, OnDemandForm
 from contracts.models import Contract, ContractLine, InferenceProduct, LineKind
 from contracts.money import minor_to_major
 from contracts.terms import month_start
-from marketplace.models import MANAGER_ROLES, OPERATOR_ROLES
-from marketplace.pages import render_confirm
-from marketplace.tenancy import (
-    current_membership,
-    current_organization,
-    get_for_org_or_404,
-    org_required,
-)
 
 buyer_member = org_required(buyer=True)
 buyer_operator = org_required(OPERATOR_ROLES, buyer=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from allauth.account.models import EmailAddress
 from django.db import transaction
 
-from marketplace.models import Membership, Organization, Role, User
+from accounts.models import Membership, Organization, Role, User
 
 DEMO_PASSWORD = "hashgrid-demo"  # noqa: S105 - the local demo's documented password
 

@@ -154,7 +154,7 @@ def metered_weights(
     offer = apps.get_model("capacity", "Offer")._meta.db_table
     product = ContractLine._meta.get_field("inference_product").related_model._meta.db_table  # type: ignore[union-attr]
     link = apps.get_model("contracts", "LineApiKey")._meta.db_table
-    api_key = apps.get_model("marketplace", "ApiKey")._meta.db_table
+    api_key = apps.get_model("accounts", "ApiKey")._meta.db_table
     line = ContractLine._meta.db_table
     key_in_force = """
         AND k.created_at < h.hour + interval '1 hour'

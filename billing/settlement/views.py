@@ -15,12 +15,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.models import FINANCE_ROLES, Organization, User
+from accounts.tenancy import current_organization, get_for_org_or_404, org_required
 from billing import stripe_gateway
 from billing.models import SettlementStatement
 from billing.money import minor_to_major
 from billing.settlement import payouts, selectors
-from marketplace.models import FINANCE_ROLES, Organization, User
-from marketplace.tenancy import current_organization, get_for_org_or_404, org_required
 
 partner_finance = org_required(FINANCE_ROLES, partner=True)
 

@@ -12,11 +12,11 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts import services as account_services
 from contracts import on_demand
 from contracts.attribution import attribute_usage_records, workload_ref_for_key
 from contracts.checkout import reservation_checkout
 from contracts.models import Contract, ContractState, InferenceProduct, LineApiKey, LineKind
-from marketplace import services as marketplace_services
 from tests.tenancy import assert_hidden_from
 
 
@@ -221,7 +221,7 @@ def test_attribution_and_revoked_keys(reservation, inference_line, buyer_owner, 
     assert reserved.allocation_id == reservation.allocations[0].pk
     assert served.api_key_id == api_key.pk
     assert wrong_product.api_key_id is None
-    marketplace_services.api_key_revoke(api_key=api_key, actor=buyer_owner)
+    account_services.api_key_revoke(api_key=api_key, actor=buyer_owner)
     after = _record(
         gpu=free_gpu,
         kind="inference",
