@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from accounts import selectors, services
 from accounts.api_support import paginated_response
 from accounts.models import MANAGER_ROLES, ApiKey, Role
+from accounts.requests import request_actor
 from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
 
 
@@ -150,7 +151,7 @@ class OrganizationListApi(APIView):
     def get(self, request: Request) -> Response:
         key_organization = request.auth.organization if isinstance(request.auth, ApiKey) else None
         memberships = selectors.user_memberships(
-            user=request.user,  # type: ignore[arg-type]
+            user=request_actor(request),
             organization=key_organization,
         )
         return paginated_response(request, self, memberships, MembershipOutputSerializer)
@@ -191,7 +192,7 @@ class ApiKeyListCreateApi(APIView):
             api_key, key = services.api_key_create(
                 organization=organization,
                 name=payload.validated_data["name"],
-                created_by=request.user,  # type: ignore[arg-type]
+                created_by=request_actor(request),
             )
         except DjangoValidationError as error:
             raise _refusal(error) from None
@@ -224,7 +225,7 @@ class ApiKeyRevokeApi(APIView):
             api_scoped(ApiKey.objects.select_related("organization", "created_by"), request), pk=pk
         )
         try:
-            api_key = services.api_key_revoke(api_key=api_key, actor=request.user)  # type: ignore[arg-type]
+            api_key = services.api_key_revoke(api_key=api_key, actor=request_actor(request))
         except DjangoValidationError as error:
             raise Conflict(" ".join(error.messages)) from None
         except DjangoPermissionDenied as error:

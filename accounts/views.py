@@ -32,8 +32,8 @@ from accounts.forms import (
 )
 from accounts.models import MANAGER_ROLES, ApiKey, Invitation, Membership, Role
 from accounts.pages import render_confirm
+from accounts.requests import request_actor, request_membership
 from accounts.tenancy import (
-    current_membership,
     get_for_org_or_404,
     memberships_of,
     org_required,
@@ -45,13 +45,6 @@ PAGE_SIZE = 25
 
 def _page(request: HttpRequest, queryset: QuerySet[Any]) -> Page:
     return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
-
-
-def _membership(request: HttpRequest) -> Membership:
-    """The current membership of a view behind ``org_required`` (never None there)."""
-    membership = current_membership(request)
-    assert membership is not None  # guaranteed by org_required
-    return membership
 
 
 def _flash_refusal(request: HttpRequest, error: ValidationError) -> None:
@@ -72,7 +65,7 @@ def organization_create(request: HttpRequest) -> HttpResponse:
                 name=form.cleaned_data["name"],
                 is_buyer=form.cleaned_data["is_buyer"],
                 is_partner=form.cleaned_data["is_partner"],
-                creator=request.user,  # type: ignore[arg-type]
+                creator=request_actor(request),
             )
         except ValidationError as error:
             form.add_error(None, error)
@@ -86,7 +79,7 @@ def organization_create(request: HttpRequest) -> HttpResponse:
         {
             "form": form,
             "has_organizations": memberships_of(request.user).exists(),
-            "invitations": selectors.pending_invitations_for_user(user=request.user),  # type: ignore[arg-type]
+            "invitations": selectors.pending_invitations_for_user(user=request_actor(request)),
         },
     )
 
@@ -112,7 +105,7 @@ def organization_switch(request: HttpRequest) -> HttpResponse:
 @org_required()
 @require_http_methods(["GET", "POST"])
 def organization_settings(request: HttpRequest) -> HttpResponse:
-    membership = _membership(request)
+    membership = request_membership(request)
     organization = membership.organization
     if request.method == "POST" and not membership.can_manage:
         raise PermissionDenied("Only owners and admins can change the organization.")
@@ -131,7 +124,7 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
                 name=form.cleaned_data["name"],
                 is_buyer=form.cleaned_data["is_buyer"],
                 is_partner=form.cleaned_data["is_partner"],
-                actor=request.user,  # type: ignore[arg-type]
+                actor=request_actor(request),
             )
         except ValidationError as error:
             form.add_error(None, error)
@@ -151,7 +144,7 @@ def organization_settings(request: HttpRequest) -> HttpResponse:
 def _members_page(
     request: HttpRequest, *, invite_form: InvitationForm | None = None
 ) -> HttpResponse:
-    membership = _membership(request)
+    membership = request_membership(request)
     organization = membership.organization
     if invite_form is None and membership.can_manage:
         invite_form = InvitationForm(actor_role=membership.role)
@@ -178,7 +171,7 @@ def organization_members(request: HttpRequest) -> HttpResponse:
 @org_required(roles=MANAGER_ROLES)
 @require_http_methods(["GET", "POST"])
 def membership_update(request: HttpRequest, pk: int) -> HttpResponse:
-    actor = _membership(request)
+    actor = request_membership(request)
     target = get_for_org_or_404(Membership.objects.select_related("user"), request, pk=pk)
     form = RoleForm(request.POST or None, actor_role=actor.role, initial={"role": target.role})
     if request.method == "POST" and form.is_valid():
@@ -186,7 +179,7 @@ def membership_update(request: HttpRequest, pk: int) -> HttpResponse:
             services.membership_change_role(
                 membership=target,
                 role=form.cleaned_data["role"],
-                actor=request.user,  # type: ignore[arg-type]
+                actor=request_actor(request),
             )
         except ValidationError as error:
             form.add_error(None, error)
@@ -213,7 +206,7 @@ def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
             danger=True,
         )
     try:
-        services.membership_remove(membership=target, actor=request.user)  # type: ignore[arg-type]
+        services.membership_remove(membership=target, actor=request_actor(request))
     except ValidationError as error:
         _flash_refusal(request, error)
     else:
@@ -224,7 +217,7 @@ def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
 @org_required(roles=MANAGER_ROLES)
 @require_POST
 def invitation_create(request: HttpRequest) -> HttpResponse:
-    membership = _membership(request)
+    membership = request_membership(request)
     form = InvitationForm(request.POST, actor_role=membership.role)
     if form.is_valid():
         try:
@@ -232,7 +225,7 @@ def invitation_create(request: HttpRequest) -> HttpResponse:
                 organization=membership.organization,
                 email=form.cleaned_data["email"],
                 role=form.cleaned_data["role"],
-                invited_by=request.user,  # type: ignore[arg-type]
+                invited_by=request_actor(request),
             )
         except ValidationError as error:
             form.add_error(None, error)
@@ -258,7 +251,7 @@ def invitation_revoke(request: HttpRequest, pk: int) -> HttpResponse:
             danger=True,
         )
     try:
-        services.invitation_revoke(invitation=invitation, actor=request.user)  # type: ignore[arg-type]
+        services.invitation_revoke(invitation=invitation, actor=request_actor(request))
     except ValidationError as error:
         _flash_refusal(request, error)
     else:
@@ -273,18 +266,18 @@ def invitation_respond(request: HttpRequest, token: str) -> HttpResponse:
     invitation = selectors.invitation_for_token(token=token)
     if invitation is None:
         raise Http404("No such invitation")
-    user = request.user
-    problem = services.invitation_problem(invitation=invitation, user=user)  # type: ignore[arg-type]
+    user = request_actor(request)
+    problem = services.invitation_problem(invitation=invitation, user=user)
     if request.method == "POST" and problem is None:
         action = request.POST.get("action")
         try:
             if action == "accept":
-                membership = services.invitation_accept(invitation=invitation, user=user)  # type: ignore[arg-type]
+                membership = services.invitation_accept(invitation=invitation, user=user)
                 switch_organization(request, membership.organization)
                 messages.success(request, f"Welcome to {membership.organization.name}.")
                 return redirect("dashboard")
             if action == "decline":
-                services.invitation_decline(invitation=invitation, user=user)  # type: ignore[arg-type]
+                services.invitation_decline(invitation=invitation, user=user)
                 messages.info(
                     request, f"You declined the invitation to {invitation.organization.name}."
                 )
@@ -317,7 +310,7 @@ def invitation_respond(request: HttpRequest, token: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def api_keys(request: HttpRequest) -> HttpResponse:
     """List the keys; a manager's POST creates one and shows its secret on this response only."""
-    membership = _membership(request)
+    membership = request_membership(request)
     organization = membership.organization
     form = ApiKeyForm(request.POST or None) if membership.can_manage else None
     new_key: str | None = None
@@ -330,7 +323,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
                 created, new_key = services.api_key_create(
                     organization=organization,
                     name=form.cleaned_data["name"],
-                    created_by=request.user,  # type: ignore[arg-type]
+                    created_by=request_actor(request),
                 )
             except ValidationError as error:
                 form.add_error(None, error)
@@ -369,7 +362,7 @@ def api_key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
             danger=True,
         )
     try:
-        services.api_key_revoke(api_key=api_key, actor=request.user)  # type: ignore[arg-type]
+        services.api_key_revoke(api_key=api_key, actor=request_actor(request))
     except ValidationError as error:
         _flash_refusal(request, error)
     else:

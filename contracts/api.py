@@ -30,8 +30,9 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from accounts.api_support import paginated_response, required_organization
+from accounts.api_support import paginated_response
 from accounts.models import OPERATOR_ROLES
+from accounts.requests import request_organization
 from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
 from capacity.models import Currency
 from contracts import selectors, usage
@@ -169,7 +170,7 @@ class ContractListApi(APIView):
         tags=[TAG], operation_id="contracts_list", responses={200: ContractSerializer(many=True)}
     )
     def get(self, request: Request) -> Response:
-        contracts = selectors.contract_list(organization=required_organization(request))
+        contracts = selectors.contract_list(organization=request_organization(request))
         return paginated_response(request, self, contracts, ContractSerializer)
 
 

@@ -20,9 +20,9 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.models import MANAGER_ROLES, OPERATOR_ROLES
 from accounts.pages import render_confirm
+from accounts.requests import request_actor, request_organization
 from accounts.tenancy import (
     current_membership,
-    current_organization,
     get_for_org_or_404,
     org_required,
 )
@@ -47,7 +47,7 @@ def _contract(request: HttpRequest, pk: int) -> Contract:
 @buyer_member
 @require_http_methods(["GET"])
 def contract_list(request: HttpRequest) -> HttpResponse:
-    contracts = selectors.contract_list(organization=current_organization(request))  # type: ignore[arg-type]
+    contracts = selectors.contract_list(organization=request_organization(request))
     return render(
         request,
         "contracts/list.html",
@@ -105,7 +105,7 @@ def contract_cancel(request: HttpRequest, pk: int) -> HttpResponse:
         try:
             lifecycle.contract_cancel(
                 contract=contract,
-                actor=request.user,  # type: ignore[arg-type]
+                actor=request_actor(request),
                 at_term_end=at_term_end,
             )
         except ValidationError as error:
@@ -157,7 +157,7 @@ def on_demand_enable(request: HttpRequest, pk: int) -> HttpResponse:
         try:
             line = on_demand.on_demand_enable(
                 buyer=contract.buyer,
-                actor=request.user,  # type: ignore[arg-type]
+                actor=request_actor(request),
                 offer=next((o for o in offers if str(o.pk) == ident), None)
                 if kind == "offer"
                 else None,
@@ -192,7 +192,7 @@ def line_api_key_create(request: HttpRequest, pk: int, line_pk: int) -> HttpResp
             created, secret = on_demand.line_api_key_create(
                 line=line,
                 name=form.cleaned_data["name"],
-                actor=request.user,  # type: ignore[arg-type]
+                actor=request_actor(request),
             )
         except ValidationError as error:
             form.add_error(None, error.messages)
@@ -206,9 +206,9 @@ def line_api_key_create(request: HttpRequest, pk: int, line_pk: int) -> HttpResp
 @buyer_member
 @require_http_methods(["GET"])
 def usage_overview(request: HttpRequest) -> HttpResponse:
-    organization = current_organization(request)
+    organization = request_organization(request)
     now = timezone.now()
-    contracts = list(selectors.contract_list(organization=organization))  # type: ignore[arg-type]
+    contracts = list(selectors.contract_list(organization=organization))
     chosen = next((c for c in contracts if str(c.pk) == request.GET.get("contract")), None)
     chosen = chosen or (contracts[0] if contracts else None)
     requested_bucket = request.GET.get("bucket")
@@ -227,7 +227,7 @@ def usage_overview(request: HttpRequest) -> HttpResponse:
         request,
         "contracts/usage.html",
         {
-            "summary": dashboard.buyer_dashboard(organization=organization, now=now),  # type: ignore[arg-type]
+            "summary": dashboard.buyer_dashboard(organization=organization, now=now),
             "contracts": contracts,
             "chosen": chosen,
             "bucket": bucket,

@@ -20,7 +20,8 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from accounts.api_support import paginated_response, refusal, required_organization
+from accounts.api_support import paginated_response, refusal
+from accounts.requests import request_actor, request_organization
 from accounts.tenancy import HasOrganization
 from capacity.models import Currency, EnergySource, GpuModel, Offer, Region
 from contracts import api as contracts_api
@@ -226,12 +227,12 @@ class ReservationCreateApi(APIView):
         offer = _requested_offer(data)
         try:
             result = checkout.reservation_checkout(
-                buyer=required_organization(request),
+                buyer=request_organization(request),
                 offer=offer,
                 gpu_count=data["gpu_count"],
                 starts_at=data["starts_at"],
                 term_months=int(data["term_months"]),
-                actor=request.user,  # type: ignore[arg-type]
+                actor=request_actor(request),
             )
         except CapacityUnavailable as error:
             return Response({"detail": error.messages}, status=status.HTTP_409_CONFLICT)

@@ -24,7 +24,8 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 
 from accounts.models import OPERATOR_ROLES
-from accounts.tenancy import current_membership, current_organization, org_required
+from accounts.requests import request_actor, request_membership, request_organization
+from accounts.tenancy import org_required
 from capacity.forms import add_service_errors
 from capacity.metering.selectors import offer_availability
 from capacity.models import Offer
@@ -159,8 +160,7 @@ def _quote_from(request: HttpRequest, form: ReservationForm) -> checkout.Quote |
 def _render_quote(
     request: HttpRequest, form: ReservationForm, quote: checkout.Quote | None, status: int = 200
 ) -> HttpResponse:
-    organization = current_organization(request)
-    membership = current_membership(request)
+    membership = request_membership(request)
     return render(
         request,
         "marketplace/storefront/quote.html",
@@ -169,8 +169,8 @@ def _render_quote(
             "quote": quote,
             "total": minor_to_major(quote.total_minor) if quote else None,
             "monthly": minor_to_major(quote.monthly_average_minor) if quote else None,
-            "has_payment_method": buyer_has_payment_method(organization),  # type: ignore[arg-type]
-            "can_reserve": membership is not None and membership.can_operate,
+            "has_payment_method": buyer_has_payment_method(membership.organization),
+            "can_reserve": membership.can_operate,
         },
         status=status,
     )
@@ -195,12 +195,12 @@ def checkout_confirm(request: HttpRequest) -> HttpResponse:
         return _render_quote(request, form, None, status=400)
     try:
         done = checkout.reservation_checkout(
-            buyer=current_organization(request),  # type: ignore[arg-type]
+            buyer=request_organization(request),
             offer=result.offer,
             gpu_count=result.gpu_count,
             starts_at=result.starts_at,
             term_months=result.term_months,
-            actor=request.user,  # type: ignore[arg-type]
+            actor=request_actor(request),
         )
     except ValidationError as error:
         add_service_errors(form, error)
