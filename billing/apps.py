@@ -8,10 +8,12 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing"
 
     def ready(self) -> None:
-        """Answer contracts' question (does the buyer have a saved card?) through its seam,
+        """Register the Celery tasks (services queue them by name: ``billing.enqueue``),
+        answer contracts' question (does the buyer have a saved card?) through its seam,
         and keep the Finance group after every migrate and flush."""
         from django.contrib.auth.models import Group, Permission
 
+        from billing import tasks  # noqa: F401 (registers billing's tasks in every process)
         from billing.customers import has_payment_method
         from billing.reference_data import ensure_finance_group
         from config import reference_data

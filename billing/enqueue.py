@@ -3,8 +3,9 @@
 The tasks (``billing.tasks``) call the services, so a service cannot import the tasks
 back without making an import circle. It queues a task here instead, by the name
 ``billing.tasks`` registers it under: the names are these constants, which the task
-decorators use too, and ``tests/billing/test_enqueue.py`` checks that every one is a
-registered task.
+decorators use too. ``BillingConfig.ready`` imports ``billing.tasks``, so the tasks are
+registered in every process (a web process never autodiscovers them: Celery does that
+when a worker starts); ``tests/billing/test_enqueue.py`` checks it in a fresh process.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from celery import current_app
 
@@ -18,6 +23,25 @@ QUEUED = [
 def test_every_name_is_the_registered_task(_queue, name, task):
     assert task.name == name
     assert current_app.tasks[name].name == name
+
+
+def test_a_web_process_has_the_tasks_registered():
+    """Django set up, nothing imported ``billing.tasks``: as in a web process."""
+    names = [name for _queue, name, _task in QUEUED]
+    check = (
+        "import django; django.setup(); from celery import current_app; "
+        f"print(sorted(n for n in {names!r} if n in current_app.tasks))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.test_settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr(sorted(names))
 
 
 @pytest.mark.django_db
