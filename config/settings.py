@@ -156,7 +156,7 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # django-allauth: email is the login; verification is mandatory; rate limits stay at
 # allauth's defaults (on). MFA (TOTP + recovery codes) is open to every user and
-# required for staff by marketplace.security.StaffMfaRequiredMiddleware.
+# required for staff by accounts.security.StaffMfaRequiredMiddleware.
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = "mandatory"
