@@ -2,12 +2,12 @@
 settlement statements and payouts.
 
 Nothing here edits money by ``save()``: every action calls a service (which validates,
-writes, and audits who did it in ``marketplace.AuditEvent``) and is logged in the admin's
+writes, and audits who did it in ``accounts.AuditEvent``) and is logged in the admin's
 own history (``LogEntry``). Invoices, credit notes and the journal are read-only (the
 database refuses edits to finalized invoices and journal rows anyway); agreements are
 added, never changed: a new share is a new agreement that supersedes the current one.
 The ``Finance`` group (migration ``0004_finance_group``) holds exactly the permissions
-these pages and actions check; staff need MFA (``marketplace.security``).
+these pages and actions check; staff need MFA (``accounts.security``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
+from accounts.requests import request_actor
 from billing import closing, credit_notes, finance, stripe_gateway
 from billing.models import (
     Attribution,
@@ -46,7 +47,6 @@ from billing.models import (
 )
 from billing.periods import parse_month
 from billing.settlement import agreements, payouts, statements
-from marketplace.models import User
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -60,12 +60,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-def _actor(request: HttpRequest) -> User | None:
-    return request.user if isinstance(request.user, User) else None
-
-
 def _has(request: HttpRequest, codename: str) -> bool:
-    return request.user.has_perm(f"billing.{codename}")  # type: ignore[union-attr]
+    return request_actor(request).has_perm(f"billing.{codename}")
 
 
 def _run_each(
@@ -234,7 +230,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
             self,
             request,
             queryset.select_related("buyer"),
-            lambda invoice: finance.invoice_finalize(invoice=invoice, actor=_actor(request)),
+            lambda invoice: finance.invoice_finalize(invoice=invoice, actor=request_actor(request)),
             "Finalized",
         )
 
@@ -245,7 +241,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
             request,
             queryset.select_related("buyer"),
             lambda invoice: finance.invoice_void(
-                invoice=invoice, actor=_actor(request), reason="Voided by finance"
+                invoice=invoice, actor=request_actor(request), reason="Voided by finance"
             ),
             "Voided",
         )
@@ -266,7 +262,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
                     invoice=invoice,
                     amount_minor=amount_minor,
                     reason=form.cleaned_data["reason"],
-                    actor=_actor(request),
+                    actor=request_actor(request),
                 ),
                 "Credited",
             )
@@ -290,7 +286,9 @@ class InvoiceAdmin(ReadOnlyAdmin):
             self,
             request,
             queryset.select_related("buyer"),
-            lambda invoice: finance.invoice_retry_payment(invoice=invoice, actor=_actor(request)),
+            lambda invoice: finance.invoice_retry_payment(
+                invoice=invoice, actor=request_actor(request)
+            ),
             "Payment retried",
         )
 
@@ -428,7 +426,7 @@ class PartnerAgreementAdmin(admin.ModelAdmin):
             partner_share=obj.partner_share,
             effective_from=obj.effective_from,
             note=obj.note,
-            actor=_actor(request),
+            actor=request_actor(request),
         )
         obj.pk = created.pk
         obj.created_at = created.created_at
@@ -482,7 +480,7 @@ class SettlementStatementAdmin(ReadOnlyAdmin):
             queryset.select_related("partner").order_by("month", "pk"),
             lambda statement: statements.statement_approve(
                 statement=statement,
-                actor=_actor(request),
+                actor=request_actor(request),
             ),
             "Approved",
         )
@@ -490,7 +488,7 @@ class SettlementStatementAdmin(ReadOnlyAdmin):
     @admin.action(description="Pay out (Stripe Connect transfer)", permissions=["pay"])
     def pay(self, request: HttpRequest, queryset: QuerySet[SettlementStatement]) -> None:
         def pay_one(statement: SettlementStatement) -> None:
-            payout = payouts.statement_pay(statement=statement, actor=_actor(request))
+            payout = payouts.statement_pay(statement=statement, actor=request_actor(request))
             if payout is not None and payout.status == PayoutStatus.FAILED:
                 raise ValidationError(f"Stripe refused the transfer: {payout.failure_message}")
 
@@ -525,7 +523,7 @@ class PayoutAdmin(ReadOnlyAdmin):
             queryset.select_related("statement"),
             lambda payout: payouts.statement_pay(
                 statement=payout.statement,
-                actor=_actor(request),
+                actor=request_actor(request),
             ),
             "Payout retried",
         )

@@ -9,13 +9,14 @@ a retried refund never pays out twice.
 from __future__ import annotations
 
 from datetime import datetime
-from functools import partial
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from billing import ledger, stripe_gateway
+from accounts.audit import audit
+from accounts.models import User
+from billing import enqueue, ledger, payments, stripe_gateway
 from billing.models import (
     AttemptStatus,
     CreditNote,
@@ -25,8 +26,6 @@ from billing.models import (
     RefundStatus,
 )
 from billing.numbering import CREDIT_NOTE_SERIES, issue_numbers
-from marketplace.audit import audit
-from marketplace.models import User
 
 
 @transaction.atomic
@@ -39,8 +38,6 @@ def credit_note_issue(
     now: datetime | None = None,
 ) -> CreditNote:
     """Credit ``amount_minor`` on a finalized invoice (at most what is not credited yet)."""
-    from billing import payments, tasks
-
     now = now or timezone.now()
     locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
     if not locked.is_finalized:
@@ -93,7 +90,7 @@ def credit_note_issue(
         refund_minor=refund_minor,
     )
     if refund_minor:
-        transaction.on_commit(partial(tasks.refund_credit_note.delay, credit_note.pk))
+        enqueue.refund_credit_note_on_commit(credit_note.pk)
     return credit_note
 
 

@@ -9,16 +9,14 @@ the default for invoice payments. Invoices waiting on a failed payment are retri
 
 from __future__ import annotations
 
-from functools import partial
-
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from billing import stripe_gateway
+from accounts.audit import audit
+from accounts.models import MANAGER_ROLES, Membership, Organization, User
+from billing import enqueue, stripe_gateway
 from billing.models import BillingCustomer, Invoice, PaymentStatus
-from marketplace.audit import audit
-from marketplace.models import MANAGER_ROLES, Membership, Organization, User
 
 
 def customer_of(organization: Organization) -> BillingCustomer | None:
@@ -100,8 +98,6 @@ def card_setup_complete(
 def _save_card(
     *, customer: BillingCustomer, card: stripe_gateway.CardView, actor: User | None
 ) -> BillingCustomer:
-    from billing import tasks
-
     BillingCustomer.objects.filter(pk=customer.pk).update(
         default_payment_method_id=card.payment_method_id,
         card_brand=card.brand,
@@ -126,5 +122,5 @@ def _save_card(
         ).values_list("pk", flat=True)
     )
     for invoice_id in waiting:
-        transaction.on_commit(partial(tasks.charge_invoice.delay, invoice_id))
+        enqueue.charge_invoice_on_commit(invoice_id)
     return customer

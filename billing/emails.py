@@ -11,9 +11,9 @@ from django.core.mail import send_mass_mail
 from django.template.loader import render_to_string
 from django.urls import reverse
 
+from accounts.models import FINANCE_ROLES, Membership
 from billing.models import Invoice
 from billing.money import format_money
-from marketplace.models import FINANCE_ROLES, Membership
 
 
 def _recipients(organization_id: int) -> list[str]:

@@ -12,10 +12,10 @@ from datetime import datetime
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from accounts.audit import audit
+from accounts.models import User
 from billing import credit_notes, invoices, payments
 from billing.models import CreditNote, Invoice, InvoiceStatus, PaymentAttempt
-from marketplace.audit import audit
-from marketplace.models import User
 
 
 def invoice_finalize(

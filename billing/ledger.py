@@ -29,6 +29,7 @@ from datetime import datetime
 from django.db import connection, transaction
 from django.db.models import Sum
 
+from accounts.models import Organization
 from billing.models import (
     Account,
     CreditNote,
@@ -38,7 +39,6 @@ from billing.models import (
     JournalLine,
     PaymentAttempt,
 )
-from marketplace.models import Organization
 
 
 class UnbalancedEntry(ValueError):

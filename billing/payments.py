@@ -32,7 +32,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from billing import dunning, emails, ledger, stripe_gateway
+from billing import dunning_schedule, emails, ledger, stripe_gateway
 from billing.models import (
     AttemptStatus,
     BillingCustomer,
@@ -359,7 +359,7 @@ def _after_failure(*, attempt: PaymentAttempt, now: datetime, requires_action: b
             updated_at=now,
         )
         return
-    dunning.after_failed_attempt(
+    dunning_schedule.after_failed_attempt(
         invoice=invoice, attempt=attempt, now=now, requires_action=requires_action, reason=reason
     )
 

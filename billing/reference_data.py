@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.management import create_permissions
-
 GROUP = "Finance"
 PERMISSIONS = {
     "billing": [
@@ -39,27 +37,22 @@ PERMISSIONS = {
         "view_payout",
     ],
     "contracts": ["view_contract"],
-    "marketplace": ["view_organization", "view_auditevent"],
+    "accounts": ["view_organization", "view_auditevent"],
 }
 
 
-def ensure_finance_group(apps: Any) -> None:
-    """Reference data of billing (see config.reference_data): the Finance group."""
-    # Permissions are normally created after migrate; make sure they exist now.
-    for app_config in apps.get_app_configs():
-        stub = getattr(app_config, "models_module", None) is None  # migration state stubs
-        if stub:
-            app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
-        if stub:
-            app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    group, _ = Group.objects.get_or_create(name=GROUP)
+def ensure_finance_group(*, group_model: Any, permission_model: Any) -> None:
+    """Reference data of billing (see config.reference_data): the Finance group, with
+    exactly ``PERMISSIONS``. Takes the ``auth`` models ``Group`` and ``Permission``; the
+    permissions must exist (``post_migrate`` creates them before this runs, the data
+    migration creates them first)."""
+    group, _ = group_model.objects.get_or_create(name=GROUP)
     wanted = []
     for app_label, codenames in PERMISSIONS.items():
         found = list(
-            Permission.objects.filter(content_type__app_label=app_label, codename__in=codenames)
+            permission_model.objects.filter(
+                content_type__app_label=app_label, codename__in=codenames
+            )
         )
         missing = set(codenames) - {permission.codename for permission in found}
         if missing:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
 
+from accounts.models import Organization
 from billing.models import CreditNote, Invoice, InvoiceLine, PaymentAttempt
-from marketplace.models import Organization
 
 
 def invoice_list(*, organization: Organization) -> QuerySet[Invoice]:

@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from django.utils import timezone
 
-from billing import closing, credit_notes, dunning, payments
+from billing import closing, credit_notes, dunning, enqueue, payments
 from billing.stripe_gateway import StripeUnavailable
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ MAX_STRIPE_RETRIES = 8
 
 
 @shared_task(
-    name="billing.tasks.charge_invoice",
+    name=enqueue.CHARGE_INVOICE,
     ignore_result=True,
     autoretry_for=(StripeUnavailable,),
     retry_backoff=30,
@@ -33,7 +33,7 @@ def charge_invoice(invoice_id: int) -> str | None:
 
 
 @shared_task(
-    name="billing.tasks.refund_credit_note",
+    name=enqueue.REFUND_CREDIT_NOTE,
     ignore_result=True,
     autoretry_for=(StripeUnavailable,),
     retry_backoff=30,

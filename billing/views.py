@@ -21,27 +21,17 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.models import FINANCE_ROLES
+from accounts.requests import request_actor, request_organization
+from accounts.tenancy import get_for_org_or_404, org_required
 from billing import customers, payments, selectors, stripe_gateway, webhooks
 from billing.models import AttemptStatus, Invoice
 from billing.money import minor_to_major
-from marketplace.models import FINANCE_ROLES, Organization, User
-from marketplace.tenancy import current_organization, get_for_org_or_404, org_required
 
 PAGE_SIZE = 25
 DEFAULT_STRIPE_JS_URL = "https://js.stripe.com/v3/"
 
 buyer_finance = org_required(FINANCE_ROLES, buyer=True)
-
-
-def _organization(request: HttpRequest) -> Organization:
-    organization = current_organization(request)
-    assert organization is not None  # guaranteed by org_required
-    return organization
-
-
-def _actor(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)
-    return request.user
 
 
 def _stripe_context() -> dict[str, str]:
@@ -52,14 +42,14 @@ def _stripe_context() -> dict[str, str]:
 
 
 def _invoice(request: HttpRequest, pk: int) -> Invoice:
-    queryset = selectors.invoice_detail_queryset(organization=_organization(request))
+    queryset = selectors.invoice_detail_queryset(organization=request_organization(request))
     return get_for_org_or_404(queryset, request, pk=pk)
 
 
 @buyer_finance
 @require_GET
 def invoice_list(request: HttpRequest) -> HttpResponse:
-    organization = _organization(request)
+    organization = request_organization(request)
     page = Paginator(selectors.invoice_list(organization=organization), PAGE_SIZE).get_page(
         request.GET.get("page")
     )
@@ -217,7 +207,7 @@ def invoice_payment_refresh(request: HttpRequest, pk: int) -> HttpResponse:
 @buyer_finance
 @require_GET
 def payment_method(request: HttpRequest) -> HttpResponse:
-    organization = _organization(request)
+    organization = request_organization(request)
     setup_intent = None
     try:
         setup_intent = customers.card_setup_start(organization=organization)
@@ -242,9 +232,9 @@ def payment_method_confirm(request: HttpRequest) -> HttpResponse:
     wants_json = "application/json" in request.headers.get("Accept", "")
     try:
         customer = customers.card_setup_complete(
-            organization=_organization(request),
+            organization=request_organization(request),
             setup_intent_id=setup_intent_id,
-            actor=_actor(request),
+            actor=request_actor(request),
         )
     except (ValidationError, stripe_gateway.StripeGatewayError) as error:
         text = (

@@ -1,3 +1,5 @@
+from functools import partial
+
 from django.apps import AppConfig
 
 
@@ -7,6 +9,7 @@ class CapacityConfig(AppConfig):
 
     def ready(self) -> None:
         from capacity.catalog import ensure_gpu_catalog
+        from capacity.models import GpuModel
         from config import reference_data
 
-        reference_data.connect(self, ensure_gpu_catalog)
+        reference_data.connect(self, partial(ensure_gpu_catalog, GpuModel))

@@ -37,9 +37,9 @@ def ensure_gpu_model(gpu_model_class: Any, name: str) -> Any:
     raise KeyError(f"{name!r} is not in the GPU catalog")
 
 
-def ensure_gpu_catalog(apps: Any) -> None:
-    """Reference data of the capacity app (see config.reference_data)."""
-    gpu_model_class = apps.get_model("capacity", "GpuModel")
+def ensure_gpu_catalog(gpu_model_class: Any) -> None:
+    """Reference data of the capacity app (see config.reference_data): every catalog row,
+    brought up to the data sheet. Takes the model class, as ``ensure_gpu_model``."""
     for name, family, memory_mib, max_power_w in GPU_CATALOG:
         gpu_model_class.objects.update_or_create(
             name=name,

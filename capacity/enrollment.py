@@ -27,6 +27,7 @@ from django.core.validators import URLValidator
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.audit import audit
 from capacity.models import (
     ENROLLMENT_CODE_LIFETIME,
     EnrollmentCode,
@@ -36,7 +37,6 @@ from capacity.models import (
     hash_enrollment_code,
 )
 from config import crypto
-from marketplace.audit import audit
 
 # Codes are typed by people: no 0/O or 1/I/L. 20 characters of 31 ≈ 99 bits.
 _CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"

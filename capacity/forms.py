@@ -11,6 +11,7 @@ from decimal import Decimal
 from django import forms
 from django.core.exceptions import ValidationError
 
+from accounts.models import Organization
 from capacity.models import (
     Currency,
     EnergySource,
@@ -21,7 +22,6 @@ from capacity.models import (
     Site,
     WindowKind,
 )
-from marketplace.models import Organization
 
 
 def _price(label: str) -> forms.DecimalField:

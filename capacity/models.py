@@ -3,7 +3,7 @@
 Units are in field names or comments: power in watts or kilowatts, memory in MiB/GiB,
 prices are ``Decimal`` per GPU-hour or per kWh in the row's currency. Everything a partner
 owns is reachable from its ``Organization`` through ``site``; the querysets below say how
-(``tenant_path``), so ``marketplace.tenancy`` can scope them.
+(``tenant_path``), so ``accounts.tenancy`` can scope them.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from accounts.models import Organization, TenantQuerySet
 from config import crypto
-from marketplace.models import Organization, TenantQuerySet
 
 # An enrollment code is valid this long after it is issued.
 ENROLLMENT_CODE_LIFETIME = timedelta(hours=24)

@@ -13,6 +13,7 @@ from typing import cast
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
+from accounts.models import Organization
 from capacity.models import (
     GpuDevice,
     GpuModel,
@@ -22,7 +23,6 @@ from capacity.models import (
     Offer,
     Site,
 )
-from marketplace.models import Organization
 
 
 def site_list(*, organization: Organization) -> QuerySet[Site]:

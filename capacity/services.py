@@ -19,6 +19,8 @@ from django.db import IntegrityError, models, transaction
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 from django.utils import timezone
 
+from accounts.audit import audit
+from accounts.models import Organization, User
 from capacity import selectors
 from capacity.countries import is_country_code
 from capacity.enrollment import IssuedCode, issue_enrollment_code, node_enroll
@@ -35,8 +37,6 @@ from capacity.models import (
     Site,
     WindowKind,
 )
-from marketplace.audit import audit
-from marketplace.models import Organization, User
 
 __all__ = [
     "IssuedCode",

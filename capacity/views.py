@@ -18,6 +18,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
+from accounts.models import OPERATOR_ROLES
+from accounts.pages import render_confirm
+from accounts.requests import request_actor, request_organization
+from accounts.tenancy import (
+    current_membership,
+    get_for_org_or_404,
+    org_required,
+)
 from capacity import selectors, services
 from capacity.forms import (
     NodeFilterForm,
@@ -29,30 +37,11 @@ from capacity.forms import (
 )
 from capacity.metering import selectors as metering_selectors
 from capacity.models import Node, NodeWindow, Offer, Site
-from marketplace.models import OPERATOR_ROLES, Organization, User
-from marketplace.pages import render_confirm
-from marketplace.tenancy import (
-    current_membership,
-    current_organization,
-    get_for_org_or_404,
-    org_required,
-)
 
 PAGE_SIZE = 25
 
 partner_member = org_required(partner=True)
 partner_operator = org_required(OPERATOR_ROLES, partner=True)
-
-
-def _organization(request: HttpRequest) -> Organization:
-    organization = current_organization(request)
-    assert organization is not None  # guaranteed by org_required
-    return organization
-
-
-def _actor(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)  # guaranteed by org_required (login_required)
-    return request.user
 
 
 def _page(request: HttpRequest, queryset: Any) -> Any:
@@ -70,7 +59,7 @@ def _can_operate(request: HttpRequest) -> bool:
 @partner_member
 @require_http_methods(["GET"])
 def site_list(request: HttpRequest) -> HttpResponse:
-    sites = selectors.site_list(organization=_organization(request))
+    sites = selectors.site_list(organization=request_organization(request))
     return render(
         request,
         "capacity/site_list.html",
@@ -85,8 +74,8 @@ def site_create(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             site = services.site_create(
-                organization=_organization(request),
-                actor=_actor(request),
+                organization=request_organization(request),
+                actor=request_actor(request),
                 **form.cleaned_data,
             )
         except ValidationError as error:
@@ -101,7 +90,7 @@ def site_create(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET"])
 def site_detail(request: HttpRequest, pk: int) -> HttpResponse:
     site = get_for_org_or_404(Site.objects.all(), request, pk=pk)
-    organization = _organization(request)
+    organization = request_organization(request)
     return render(
         request,
         "capacity/site_detail.html",
@@ -121,7 +110,7 @@ def site_update(request: HttpRequest, pk: int) -> HttpResponse:
     form = SiteForm(request.POST or None, initial=SiteForm.initial_for(site))
     if request.method == "POST" and form.is_valid():
         try:
-            services.site_update(site=site, actor=_actor(request), data=form.cleaned_data)
+            services.site_update(site=site, actor=request_actor(request), data=form.cleaned_data)
         except ValidationError as error:
             add_service_errors(form, error)
         else:
@@ -136,7 +125,7 @@ def site_update(request: HttpRequest, pk: int) -> HttpResponse:
 @partner_member
 @require_http_methods(["GET"])
 def node_list(request: HttpRequest) -> HttpResponse:
-    organization = _organization(request)
+    organization = request_organization(request)
     filters = NodeFilterForm(request.GET or None, organization=organization)
     site = status = None
     if filters.is_valid():
@@ -186,13 +175,13 @@ def _render_node(
 @partner_operator
 @require_http_methods(["GET", "POST"])
 def node_create(request: HttpRequest) -> HttpResponse:
-    organization = _organization(request)
+    organization = request_organization(request)
     form = NodeForm(
         request.POST or None, organization=organization, initial={"site": request.GET.get("site")}
     )
     if request.method == "POST" and form.is_valid():
         try:
-            created = services.node_create(actor=_actor(request), **form.cleaned_data)
+            created = services.node_create(actor=request_actor(request), **form.cleaned_data)
         except ValidationError as error:
             add_service_errors(form, error)
         else:
@@ -227,7 +216,7 @@ def enrollment_code_regenerate(request: HttpRequest, pk: int) -> HttpResponse:
             danger=False,
         )
     try:
-        issued = services.enrollment_code_regenerate(node=node, actor=_actor(request))
+        issued = services.enrollment_code_regenerate(node=node, actor=request_actor(request))
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
         return redirect("capacity:node_detail", pk=node.pk)
@@ -243,7 +232,9 @@ def window_create(request: HttpRequest, pk: int) -> HttpResponse:
     )
     if request.method == "POST" and form.is_valid():
         try:
-            window = services.window_schedule(node=node, actor=_actor(request), **form.cleaned_data)
+            window = services.window_schedule(
+                node=node, actor=request_actor(request), **form.cleaned_data
+            )
         except ValidationError as error:
             add_service_errors(form, error)
         else:
@@ -267,7 +258,7 @@ def window_cancel(request: HttpRequest, pk: int) -> HttpResponse:
             danger=True,
         )
     try:
-        services.window_cancel(window=window, actor=_actor(request))
+        services.window_cancel(window=window, actor=request_actor(request))
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
     else:
@@ -290,7 +281,7 @@ def node_retire(request: HttpRequest, pk: int) -> HttpResponse:
             danger=True,
         )
     try:
-        services.node_retire(node=node, actor=_actor(request))
+        services.node_retire(node=node, actor=request_actor(request))
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
     else:
@@ -304,7 +295,7 @@ def node_retire(request: HttpRequest, pk: int) -> HttpResponse:
 @partner_member
 @require_http_methods(["GET"])
 def offer_list(request: HttpRequest) -> HttpResponse:
-    offers = selectors.offer_list(organization=_organization(request))
+    offers = selectors.offer_list(organization=request_organization(request))
     return render(
         request,
         "capacity/offer_list.html",
@@ -315,10 +306,10 @@ def offer_list(request: HttpRequest) -> HttpResponse:
 @partner_operator
 @require_http_methods(["GET", "POST"])
 def offer_create(request: HttpRequest) -> HttpResponse:
-    form = OfferForm(request.POST or None, organization=_organization(request))
+    form = OfferForm(request.POST or None, organization=request_organization(request))
     if request.method == "POST" and form.is_valid():
         try:
-            services.offer_create(actor=_actor(request), **form.cleaned_data)
+            services.offer_create(actor=request_actor(request), **form.cleaned_data)
         except ValidationError as error:
             add_service_errors(form, error)
         else:
@@ -333,7 +324,7 @@ def offer_update(request: HttpRequest, pk: int) -> HttpResponse:
     offer = get_for_org_or_404(Offer.objects.select_related("site", "gpu_model"), request, pk=pk)
     form = OfferForm(
         request.POST or None,
-        organization=_organization(request),
+        organization=request_organization(request),
         editing=True,
         initial=OfferForm.initial_for(offer),
     )
@@ -342,7 +333,7 @@ def offer_update(request: HttpRequest, pk: int) -> HttpResponse:
         if data.get("available_from") is None:
             data["available_from"] = offer.available_from
         try:
-            services.offer_update(offer=offer, actor=_actor(request), data=data)
+            services.offer_update(offer=offer, actor=request_actor(request), data=data)
         except ValidationError as error:
             add_service_errors(form, error)
         else:
@@ -365,7 +356,7 @@ def offer_deactivate(request: HttpRequest, pk: int) -> HttpResponse:
             danger=True,
         )
     try:
-        services.offer_deactivate(offer=offer, actor=_actor(request))
+        services.offer_deactivate(offer=offer, actor=request_actor(request))
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
     else:

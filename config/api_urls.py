@@ -3,7 +3,8 @@
 from django.urls import include, path
 
 urlpatterns = [
-    path("", include("marketplace.api_urls")),
+    path("", include("accounts.api_urls")),
     path("", include("capacity.api_urls")),
     path("", include("contracts.api_urls")),
+    path("", include("marketplace.api_urls")),
 ]

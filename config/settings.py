@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.mfa",
+    "accounts",
     "marketplace",
     "capacity",
     "capacity.metering",
@@ -68,8 +69,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "marketplace.tenancy.CurrentOrganizationMiddleware",
-    "marketplace.security.StaffMfaRequiredMiddleware",
+    "accounts.tenancy.CurrentOrganizationMiddleware",
+    "accounts.security.StaffMfaRequiredMiddleware",
 ]
 
 # Bench-only: a Server-Timing header on every response and a trivial view at
@@ -92,7 +93,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "marketplace.tenancy.organization_context",
+                "accounts.tenancy.organization_context",
             ],
         },
     },
@@ -151,7 +152,7 @@ CACHES = {
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-AUTH_USER_MODEL = "marketplace.User"
+AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
@@ -165,7 +166,7 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # django-allauth: email is the login; verification is mandatory; rate limits stay at
 # allauth's defaults (on). MFA (TOTP + recovery codes) is open to every user and
-# required for staff by marketplace.security.StaffMfaRequiredMiddleware.
+# required for staff by accounts.security.StaffMfaRequiredMiddleware.
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = "mandatory"
@@ -241,7 +242,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "marketplace.api_auth.ApiKeyAuthentication",
+        "accounts.api_auth.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -17,6 +17,7 @@ urlpatterns = [
     path("healthz", marketplace_views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
+    path("", include("accounts.urls")),
     path("", include("marketplace.urls")),
     path("partner/", include("capacity.urls")),
     path("billing/", include("billing.urls")),

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from accounts.requests import request_actor
 from contracts import lifecycle
 from contracts.models import (
     Allocation,
@@ -18,7 +17,6 @@ from contracts.models import (
     SlaCreditTier,
     SlaPolicy,
 )
-from marketplace.models import User
 
 
 class ContractLineInline(admin.TabularInline):
@@ -74,8 +72,7 @@ class ContractAdmin(admin.ModelAdmin):
             "suspended",
             lambda contract: lifecycle.contract_suspend(
                 contract=contract,
-                # Admin views only run for a logged-in staff user.
-                actor=cast(User, request.user),
+                actor=request_actor(request),
                 reason="Suspended by finance",
             ),
         )
@@ -88,7 +85,7 @@ class ContractAdmin(admin.ModelAdmin):
             "resumed",
             lambda contract: lifecycle.contract_resume(
                 contract=contract,
-                actor=cast(User, request.user),
+                actor=request_actor(request),
             ),
         )
 

@@ -1,13 +1,10 @@
-"""Contracts and buyer marketplace endpoints under /api/v1/."""
+"""Contracts endpoints under /api/v1/."""
 
 from django.urls import path
 
 from contracts import api
 
 urlpatterns = [
-    path("market/offers", api.OfferSearchApi.as_view(), name="api_market_offers"),
-    path("market/quote", api.QuoteApi.as_view(), name="api_market_quote"),
-    path("reservations", api.ReservationCreateApi.as_view(), name="api_reservations"),
     path("contracts", api.ContractListApi.as_view(), name="api_contracts"),
     path("contracts/<int:pk>", api.ContractDetailApi.as_view(), name="api_contract"),
     path("contracts/<int:pk>/lines", api.ContractLineListApi.as_view(), name="api_contract_lines"),

@@ -1,3 +1,5 @@
+from functools import partial
+
 from django.apps import AppConfig
 
 
@@ -6,21 +8,30 @@ class ContractsConfig(AppConfig):
     verbose_name = "Contracts"
 
     def ready(self) -> None:
-        """Fill capacity's and metering's seams without them importing contracts."""
+        """Keep the reference rows, and fill the seams of the layers below (accounts,
+        capacity, metering): they ask contracts' questions without importing contracts."""
         from django.utils import timezone
 
+        from accounts import selectors as account_selectors
+        from capacity import selectors as capacity_selectors
+        from capacity.metering import attribution as metering_attribution
         from config import reference_data
+        from contracts import selectors
+        from contracts.attribution import attribute_usage_records
+        from contracts.models import InferenceProduct, SlaCreditTier, SlaPolicy
         from contracts.reference_data import ensure_defaults
 
-        reference_data.connect(self, ensure_defaults)
-
-        from capacity import selectors as capacity_selectors
-        from contracts import selectors
-
+        reference_data.connect(
+            self,
+            partial(
+                ensure_defaults,
+                sla_policy=SlaPolicy,
+                sla_credit_tier=SlaCreditTier,
+                inference_product=InferenceProduct,
+            ),
+        )
+        account_selectors.register_api_key_refusal(selectors.api_key_refusal)
         capacity_selectors.register_future_allocation_check(
             lambda node: selectors.node_has_future_allocations(node_id=node.pk, now=timezone.now())
         )
-        from capacity.metering import attribution as metering_attribution
-        from contracts.attribution import attribute_usage_records
-
         metering_attribution.register_attributor(attribute_usage_records)

@@ -32,10 +32,10 @@ from __future__ import annotations
 from django.db import connection
 from django.db.models import QuerySet
 
+from accounts.models import ApiKey
 from capacity.metering.models import HourlyUsage, UsageRecord
 from capacity.models import GpuDevice, Node, Offer
 from contracts.models import Allocation, ContractLine, InferenceProduct, LineApiKey
-from marketplace.models import ApiKey
 
 KEY_SEPARATOR = "@"
 ON_DEMAND_GPU_REF = "gpu"

@@ -44,12 +44,12 @@ from typing import Any, Literal, NamedTuple
 
 from django.db import connection
 
+from accounts.models import ApiKey
 from capacity.metering.availability import NOTHING, AvailabilityFigure, gpu_availability
 from capacity.metering.models import GpuAvailabilityDay, HourlyUsage
 from capacity.metering.selectors import maintenance_exclusions
 from capacity.models import GpuDevice
 from contracts.models import Allocation, ContractLine
-from marketplace.models import ApiKey
 
 Bucket = Literal["hour", "day"]
 BUCKETS: tuple[Bucket, ...] = ("hour", "day")

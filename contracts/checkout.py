@@ -18,6 +18,8 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.audit import audit_event, record
+from accounts.models import Organization, User
 from capacity.models import Offer
 from contracts import lifecycle, selectors
 from contracts.allocations import add_line_with_allocations, pick_free_devices
@@ -31,10 +33,8 @@ from contracts.models import (
     SlaPolicy,
 )
 from contracts.money import hours_between, reserved_charge, round_money
-from contracts.payment_methods import buyer_has_payment_method
+from contracts.selectors import buyer_has_payment_method
 from contracts.terms import add_months
-from marketplace.audit import audit_event, record
-from marketplace.models import Organization, User
 
 # A start this far in the past still counts as "now" (a form filled a minute ago).
 START_GRACE = timedelta(minutes=15)
@@ -168,28 +168,6 @@ def _price(
         currency=offer.currency,
         free_gpus=free_gpus,
     )
-
-
-def best_offer(
-    *,
-    gpu_model_id: int,
-    gpu_count: int,
-    starts_at: datetime,
-    term_months: int,
-    region: str | None = None,
-) -> Offer | None:
-    """The cheapest active offer of a GPU model (in a region) with enough free GPUs."""
-    from marketplace.search import SearchFilters, offer_search  # the front door's search
-
-    filters = SearchFilters(
-        gpu_model_id=gpu_model_id,
-        region=region or None,
-        gpu_count=gpu_count,
-        starts_at=starts_at,
-        term_months=term_months,
-        sort="price",
-    )
-    return offer_search(filters=filters).first()
 
 
 def open_contract_for_update(

@@ -9,11 +9,11 @@ from decimal import Decimal
 
 from django.db.models import Count, Prefetch, Q
 
+from accounts.models import Membership, Organization
 from capacity.models import EnergySource, Region
 from contracts.models import OPEN_STATES, Allocation, Contract, ContractLine, LineApiKey
 from contracts.terms import month_start
 from contracts.usage import MonthToDate, month_to_date
-from marketplace.models import Membership, Organization
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.audit import audit_event, record
+from accounts.models import AuditEvent, User
 from contracts import selectors
 from contracts.allocations import CapacityUnavailable, allocate_gpus, release_from
 from contracts.models import (
@@ -26,10 +28,8 @@ from contracts.models import (
     LineKind,
 )
 from contracts.money import reserved_charge, round_money
-from contracts.payment_methods import buyer_has_payment_method
+from contracts.selectors import buyer_has_payment_method
 from contracts.terms import add_months
-from marketplace.audit import audit_event, record
-from marketplace.models import AuditEvent, User
 
 # An amendment "effective now" submitted a few minutes later is still accepted.
 AMENDMENT_GRACE = timedelta(minutes=15)

@@ -19,8 +19,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from accounts.models import ApiKey, Organization, TenantQuerySet
 from capacity.models import Currency, GpuDevice, Node, Offer
-from marketplace.models import ApiKey, Organization, TenantQuerySet
 
 
 class _DecimalOptions(TypedDict):

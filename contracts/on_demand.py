@@ -2,8 +2,8 @@
 
 An on-demand line has no allocations: it is billed from metered usage attributed to the
 organization API keys linked to it (``contracts.attribution``). Keys are ordinary
-organization keys (``marketplace.services.api_key_create``) plus a link to the line;
-revoking one (``marketplace.services.api_key_revoke``) stops its attribution.
+organization keys (``accounts.services.api_key_create``) plus a link to the line;
+revoking one (``accounts.services.api_key_revoke``) stops its attribution.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from accounts import services as account_services
+from accounts.audit import audit, record
+from accounts.models import ApiKey, Organization, User
 from capacity.models import Offer
 from contracts import lifecycle
 from contracts.checkout import open_contract_for_update
@@ -24,11 +27,8 @@ from contracts.models import (
     LineApiKey,
     LineKind,
 )
-from contracts.payment_methods import buyer_has_payment_method
+from contracts.selectors import buyer_has_payment_method
 from contracts.terms import add_months
-from marketplace import services as marketplace_services
-from marketplace.audit import audit, record
-from marketplace.models import ApiKey, Organization, User
 
 
 @transaction.atomic
@@ -117,7 +117,7 @@ def line_api_key_create(*, line: ContractLine, name: str, actor: User) -> tuple[
             "This line is not active; keys can only be created for active lines.",
             code="inactive_line",
         )
-    api_key, secret = marketplace_services.api_key_create(
+    api_key, secret = account_services.api_key_create(
         organization=line.contract.buyer, name=name, created_by=actor
     )
     LineApiKey.objects.create(line=line, api_key=api_key)

@@ -24,20 +24,18 @@ PRODUCTS = (
 )
 
 
-def ensure_defaults(apps: Any) -> None:
-    """Reference data of contracts (see config.reference_data)."""
-    SlaPolicy = apps.get_model("contracts", "SlaPolicy")
-    SlaCreditTier = apps.get_model("contracts", "SlaCreditTier")
-    InferenceProduct = apps.get_model("contracts", "InferenceProduct")
-    policy, _ = SlaPolicy.objects.get_or_create(
+def ensure_defaults(*, sla_policy: Any, sla_credit_tier: Any, inference_product: Any) -> None:
+    """Reference data of contracts (see config.reference_data). Takes the model classes
+    ``SlaPolicy``, ``SlaCreditTier`` and ``InferenceProduct``."""
+    policy, _ = sla_policy.objects.get_or_create(
         name="Standard", defaults={"target_percent": Decimal("99.50"), "is_default": True}
     )
     for threshold, credit in DEFAULT_TIERS:
-        SlaCreditTier.objects.get_or_create(
+        sla_credit_tier.objects.get_or_create(
             policy=policy, min_availability_percent=threshold, defaults={"credit_percent": credit}
         )
     for slug, name, input_price, output_price in PRODUCTS:
-        InferenceProduct.objects.get_or_create(
+        inference_product.objects.get_or_create(
             slug=slug,
             defaults={
                 "name": name,

@@ -1,4 +1,4 @@
-"""Reads of the contracts domain: free GPUs, contracts and their lines, the seams to metering.
+"""Reads of the contracts domain: free GPUs, contracts and their lines, the seams.
 
 Every function takes the organization (or an object already scoped to it) and returns
 querysets with the joins their callers render, so list pages run a fixed number of queries.
@@ -6,21 +6,24 @@ querysets with the joins their callers render, so list pages run a fixed number 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
+from django.conf import settings
 from django.db import connection
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
+from accounts.models import ApiKey, Organization
 from capacity.models import GpuDevice, Node, NodeStatus, Offer
 from contracts.models import (
     Allocation,
     Contract,
     ContractLine,
+    ContractState,
     InferenceProduct,
     LineApiKey,
 )
-from marketplace.models import Organization
 
 
 def window(start: datetime, end: datetime) -> DateTimeTZRange:
@@ -160,3 +163,37 @@ def node_has_future_allocations(*, node_id: int, now: datetime) -> bool:
     return Allocation.objects.filter(
         gpu_device__node_id=node_id, period__overlap=DateTimeTZRange(now, None, "[)")
     ).exists()
+
+
+def api_key_refusal(api_key: ApiKey) -> str | None:
+    """Why ``api_key`` must not authenticate now: it is linked to a line of a suspended
+    contract (dunning's end). Registered with ``accounts.selectors`` at start-up."""
+    if LineApiKey.objects.filter(
+        api_key=api_key, line__contract__state=ContractState.SUSPENDED
+    ).exists():
+        return "This API key's contract is suspended until its overdue invoice is paid."
+    return None
+
+
+# The seam between checkout and payments. Billing keeps the buyer's Stripe customer and
+# the card saved for it through a SetupIntent; it registers its answer here in
+# ``BillingConfig.ready``, so contracts never imports billing.
+_payment_method_checks: list[Callable[[Organization], bool]] = []
+
+
+def register_payment_method_check(check: Callable[[Organization], bool]) -> None:
+    """Called once by the app that keeps payment methods (billing), at start-up."""
+    if check not in _payment_method_checks:
+        _payment_method_checks.append(check)
+
+
+def buyer_has_payment_method(organization: Organization) -> bool:
+    """Whether the buyer can pay what they sign: a saved card (billing's answer).
+
+    Without one, the setting ``CONTRACTS_ASSUME_PAYMENT_METHOD`` answers: on in
+    development (``DEBUG``) so demos need no Stripe, off otherwise, so production cannot
+    sign contracts nobody can pay.
+    """
+    if any(check(organization) for check in _payment_method_checks):
+        return True
+    return bool(getattr(settings, "CONTRACTS_ASSUME_PAYMENT_METHOD", settings.DEBUG))

@@ -18,6 +18,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
+from accounts.models import MANAGER_ROLES, OPERATOR_ROLES
+from accounts.pages import render_confirm
+from accounts.requests import request_actor, request_organization
+from accounts.tenancy import (
+    current_membership,
+    get_for_org_or_404,
+    org_required,
+)
 from capacity.models import Offer
 from contracts import dashboard, lifecycle, on_demand, selectors, usage
 from contracts.forms import LineApiKeyForm, OnDemandForm
@@ -25,14 +33,6 @@ from contracts.models import Contract, ContractLine, InferenceProduct, LineKind
 from contracts.money import minor_to_major
 from contracts.sla import LineSla, line_slas
 from contracts.terms import month_start
-from marketplace.models import MANAGER_ROLES, OPERATOR_ROLES
-from marketplace.pages import render_confirm
-from marketplace.tenancy import (
-    current_membership,
-    current_organization,
-    get_for_org_or_404,
-    org_required,
-)
 
 buyer_member = org_required(buyer=True)
 buyer_operator = org_required(OPERATOR_ROLES, buyer=True)
@@ -48,7 +48,7 @@ def _contract(request: HttpRequest, pk: int) -> Contract:
 @buyer_member
 @require_http_methods(["GET"])
 def contract_list(request: HttpRequest) -> HttpResponse:
-    contracts = selectors.contract_list(organization=current_organization(request))  # type: ignore[arg-type]
+    contracts = selectors.contract_list(organization=request_organization(request))
     return render(
         request,
         "contracts/list.html",
@@ -99,7 +99,7 @@ def contract_cancel(request: HttpRequest, pk: int) -> HttpResponse:
         try:
             lifecycle.contract_cancel(
                 contract=contract,
-                actor=request.user,  # type: ignore[arg-type]
+                actor=request_actor(request),
                 at_term_end=at_term_end,
             )
         except ValidationError as error:
@@ -151,7 +151,7 @@ def on_demand_enable(request: HttpRequest, pk: int) -> HttpResponse:
         try:
             line = on_demand.on_demand_enable(
                 buyer=contract.buyer,
-                actor=request.user,  # type: ignore[arg-type]
+                actor=request_actor(request),
                 offer=next((o for o in offers if str(o.pk) == ident), None)
                 if kind == "offer"
                 else None,
@@ -186,7 +186,7 @@ def line_api_key_create(request: HttpRequest, pk: int, line_pk: int) -> HttpResp
             created, secret = on_demand.line_api_key_create(
                 line=line,
                 name=form.cleaned_data["name"],
-                actor=request.user,  # type: ignore[arg-type]
+                actor=request_actor(request),
             )
         except ValidationError as error:
             form.add_error(None, error.messages)
@@ -200,9 +200,9 @@ def line_api_key_create(request: HttpRequest, pk: int, line_pk: int) -> HttpResp
 @buyer_member
 @require_http_methods(["GET"])
 def usage_overview(request: HttpRequest) -> HttpResponse:
-    organization = current_organization(request)
+    organization = request_organization(request)
     now = timezone.now()
-    contracts = list(selectors.contract_list(organization=organization))  # type: ignore[arg-type]
+    contracts = list(selectors.contract_list(organization=organization))
     chosen = next((c for c in contracts if str(c.pk) == request.GET.get("contract")), None)
     chosen = chosen or (contracts[0] if contracts else None)
     requested_bucket = request.GET.get("bucket")
@@ -221,7 +221,7 @@ def usage_overview(request: HttpRequest) -> HttpResponse:
         request,
         "contracts/usage.html",
         {
-            "summary": dashboard.buyer_dashboard(organization=organization, now=now),  # type: ignore[arg-type]
+            "summary": dashboard.buyer_dashboard(organization=organization, now=now),
             "contracts": contracts,
             "chosen": chosen,
             "bucket": bucket,

@@ -23,11 +23,11 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import OperationalError, connection, connections
 
+from accounts.models import Organization
 from capacity.models import Offer
 from contracts.checkout import reservation_checkout, reservation_quote
 from contracts.models import Allocation
-from contracts.payment_methods import buyer_has_payment_method
-from marketplace.models import Organization
+from contracts.selectors import buyer_has_payment_method
 
 # Every thread must be connected and at the start line within this many seconds.
 BARRIER_TIMEOUT_S = 60

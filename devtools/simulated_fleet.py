@@ -26,6 +26,7 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import Organization
 from capacity.agent.fleet import (
     fleet_gpu_model,
     fleet_node_id,
@@ -37,7 +38,6 @@ from capacity.agent.simulator import WindowActivity, simulated_gpus, window_acti
 from capacity.agent_client import AgentError, AgentHttp
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Site
 from config import crypto
-from marketplace.models import Organization
 
 # Simulator model key -> catalog name (capacity's seeded GpuModel rows).
 CATALOG_NAMES = {

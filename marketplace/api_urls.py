@@ -1,12 +1,11 @@
-"""Marketplace endpoints under /api/v1/."""
+"""The front door's endpoints under /api/v1/: search offers, quote, reserve."""
 
 from django.urls import path
 
 from marketplace import api
 
 urlpatterns = [
-    path("me", api.MeApi.as_view(), name="api_me"),
-    path("organizations", api.OrganizationListApi.as_view(), name="api_organizations"),
-    path("api-keys", api.ApiKeyListCreateApi.as_view(), name="api_api_keys"),
-    path("api-keys/<int:pk>/revoke", api.ApiKeyRevokeApi.as_view(), name="api_api_key_revoke"),
+    path("market/offers", api.OfferSearchApi.as_view(), name="api_market_offers"),
+    path("market/quote", api.QuoteApi.as_view(), name="api_market_quote"),
+    path("reservations", api.ReservationCreateApi.as_view(), name="api_reservations"),
 ]

@@ -2,8 +2,7 @@ from django.apps import AppConfig
 
 
 class MarketplaceConfig(AppConfig):
+    """The front door: search and its cache, offer and checkout pages, dashboards."""
+
     name = "marketplace"
     verbose_name = "Marketplace"
-
-    def ready(self) -> None:
-        from marketplace import checks  # noqa: F401 (registers the deployment checks)

@@ -15,7 +15,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, get_script_prefix, reverse
 
-from marketplace.tenancy import current_organization
+from accounts.tenancy import current_organization
 
 
 class Audience(StrEnum):

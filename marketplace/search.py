@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from django.apps import apps
-from django.db.models import DecimalField, F, IntegerField, QuerySet, Value
+from django.db.models import DecimalField, F, IntegerField, QuerySet
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Least
 from django.utils import timezone
@@ -84,10 +83,8 @@ def _price_for_term(term_months: int) -> F:
     return F(f"reserved_price_{term_months if term_months in TERM_MONTHS else 1}m_per_gpu_hour")
 
 
-def _availability_expression(now: datetime) -> RawSQL | Value:
-    """30-day availability percent of an offer's pool, as SQL (null without metering)."""
-    if not apps.is_installed("capacity.metering"):
-        return Value(None, output_field=DecimalField(max_digits=5, decimal_places=2))
+def _availability_expression(now: datetime) -> RawSQL:
+    """30-day availability percent of an offer's pool, as SQL (null while unmeasured)."""
     sql, params = stored_or_live_availability_sql(pool=Offer._meta.db_table, now=now)
     # Table names come from model metadata, values are parameters: nothing user-supplied.
     return RawSQL(sql, params, output_field=DecimalField(max_digits=5, decimal_places=2))  # noqa: S611
@@ -141,3 +138,24 @@ def offer_search(*, filters: SearchFilters, now: datetime | None = None) -> Quer
     if filters.min_availability is not None:
         offers = offers.filter(availability_percent__gte=filters.min_availability)
     return offers.order_by(*SORTS.get(filters.sort, SORTS[DEFAULT_SORT]))
+
+
+def best_offer(
+    *,
+    gpu_model_id: int,
+    gpu_count: int,
+    starts_at: datetime,
+    term_months: int,
+    region: str | None = None,
+) -> Offer | None:
+    """The cheapest active offer of a GPU model (in a region) with enough free GPUs: what
+    a buyer reserves when they name a GPU model rather than an offer."""
+    filters = SearchFilters(
+        gpu_model_id=gpu_model_id,
+        region=region or None,
+        gpu_count=gpu_count,
+        starts_at=starts_at,
+        term_months=term_months,
+        sort="price",
+    )
+    return offer_search(filters=filters).first()

@@ -9,6 +9,7 @@ organization; confirming needs an operator role (owner, admin, member).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib import messages
@@ -22,16 +23,18 @@ from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 
+from accounts.models import OPERATOR_ROLES
+from accounts.requests import request_actor, request_membership, request_organization
+from accounts.tenancy import org_required
 from capacity.forms import add_service_errors
+from capacity.metering.selectors import offer_availability
 from capacity.models import Offer
 from contracts import checkout
 from contracts.money import minor_to_major
-from contracts.payment_methods import buyer_has_payment_method
+from contracts.selectors import buyer_has_payment_method
 from marketplace import search_cache
-from marketplace.models import OPERATOR_ROLES
-from marketplace.search import next_minute, offer_search
+from marketplace.search import best_offer, next_minute, offer_search
 from marketplace.storefront_forms import ReservationForm, SearchForm
-from marketplace.tenancy import current_membership, current_organization, org_required
 
 PAGE_SIZE = 20
 # What the search form and its pagination send; other query strings are not cached.
@@ -117,13 +120,7 @@ def offer_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-def _availability(offer: Offer):  # type: ignore[no-untyped-def]
-    from django.apps import apps
-
-    if not apps.is_installed("capacity.metering"):
-        return None
-    from capacity.metering.selectors import offer_availability
-
+def _availability(offer: Offer) -> Decimal | None:
     return offer_availability(offer=offer).percent
 
 
@@ -138,7 +135,7 @@ def _quote_from(request: HttpRequest, form: ReservationForm) -> checkout.Quote |
             .first()
         )
     else:
-        offer = checkout.best_offer(
+        offer = best_offer(
             gpu_model_id=data["gpu_model"].pk,
             gpu_count=data["gpu_count"],
             starts_at=data["starts_at"],
@@ -163,8 +160,7 @@ def _quote_from(request: HttpRequest, form: ReservationForm) -> checkout.Quote |
 def _render_quote(
     request: HttpRequest, form: ReservationForm, quote: checkout.Quote | None, status: int = 200
 ) -> HttpResponse:
-    organization = current_organization(request)
-    membership = current_membership(request)
+    membership = request_membership(request)
     return render(
         request,
         "marketplace/storefront/quote.html",
@@ -173,8 +169,8 @@ def _render_quote(
             "quote": quote,
             "total": minor_to_major(quote.total_minor) if quote else None,
             "monthly": minor_to_major(quote.monthly_average_minor) if quote else None,
-            "has_payment_method": buyer_has_payment_method(organization),  # type: ignore[arg-type]
-            "can_reserve": membership is not None and membership.can_operate,
+            "has_payment_method": buyer_has_payment_method(membership.organization),
+            "can_reserve": membership.can_operate,
         },
         status=status,
     )
@@ -199,12 +195,12 @@ def checkout_confirm(request: HttpRequest) -> HttpResponse:
         return _render_quote(request, form, None, status=400)
     try:
         done = checkout.reservation_checkout(
-            buyer=current_organization(request),  # type: ignore[arg-type]
+            buyer=request_organization(request),
             offer=result.offer,
             gpu_count=result.gpu_count,
             starts_at=result.starts_at,
             term_months=result.term_months,
-            actor=request.user,  # type: ignore[arg-type]
+            actor=request_actor(request),
         )
     except ValidationError as error:
         add_service_errors(form, error)

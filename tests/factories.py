@@ -6,7 +6,7 @@ import factory
 from allauth.account.models import EmailAddress
 from django.utils import timezone
 
-from marketplace.models import (
+from accounts.models import (
     INVITATION_LIFETIME,
     ApiKey,
     Invitation,

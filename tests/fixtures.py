@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from marketplace.models import Role
+from accounts.models import Role
 from tests.factories import MembershipFactory, OrganizationFactory, UserFactory
 
 

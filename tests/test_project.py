@@ -126,6 +126,7 @@ def test_application_code_type_checks(tmp_path) -> None:
             "--cache-dir",
             str(tmp_path / "mypy-cache"),
             "config",
+            "accounts",
             "marketplace",
             "capacity",
             "contracts",

@@ -14,8 +14,8 @@ from django.template.loader import render_to_string
 from django.test import RequestFactory
 from django.urls import NoReverseMatch
 
+from accounts.models import Role
 from marketplace import navigation
-from marketplace.models import Role
 from tests.factories import MembershipFactory
 from tests.fixtures import client_for
 

@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('contracts', '0002_default_sla_and_inference_catalog'),
-        ('marketplace', '0001_initial'),
+        ('accounts', '0001_initial'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -51,7 +51,7 @@ class Migration(migrations.Migration):
                 ('card_exp_year', models.PositiveSmallIntegerField(blank=True, null=True)),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
                 ('updated_at', models.DateTimeField(auto_now=True)),
-                ('organization', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='billing_customer', to='marketplace.organization')),
+                ('organization', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='billing_customer', to='accounts.organization')),
             ],
         ),
         migrations.CreateModel(
@@ -75,7 +75,7 @@ class Migration(migrations.Migration):
                 ('dunning_exhausted_at', models.DateTimeField(blank=True, null=True)),
                 ('last_payment_error', models.CharField(blank=True, max_length=300)),
                 ('updated_at', models.DateTimeField(auto_now=True)),
-                ('buyer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='invoices', to='marketplace.organization')),
+                ('buyer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='invoices', to='accounts.organization')),
                 ('contract', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='invoices', to='contracts.contract')),
             ],
             options={
@@ -149,7 +149,7 @@ class Migration(migrations.Migration):
                 ('currency', models.CharField(choices=[('USD', 'US dollar'), ('EUR', 'Euro')], max_length=3)),
                 ('amount_minor', models.BigIntegerField()),
                 ('entry', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='lines', to='billing.journalentry')),
-                ('organization', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='marketplace.organization')),
+                ('organization', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.organization')),
             ],
             options={
                 'ordering': ['entry', 'pk'],

@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
         ('billing', '0002_database_rules'),
         ('capacity', '0002_seed_gpu_catalog'),
         ('contracts', '0002_default_sla_and_inference_catalog'),
-        ('marketplace', '0001_initial'),
+        ('accounts', '0001_initial'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -44,7 +44,7 @@ class Migration(migrations.Migration):
                 ('transfers_active', models.BooleanField(default=False)),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
                 ('updated_at', models.DateTimeField(auto_now=True)),
-                ('partner', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='connect_account', to='marketplace.organization')),
+                ('partner', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='connect_account', to='accounts.organization')),
             ],
         ),
         migrations.CreateModel(
@@ -64,7 +64,7 @@ class Migration(migrations.Migration):
                 ('approved_at', models.DateTimeField(blank=True, null=True)),
                 ('paid_at', models.DateTimeField(blank=True, null=True)),
                 ('approved_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('partner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='statements', to='marketplace.organization')),
+                ('partner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='statements', to='accounts.organization')),
             ],
             options={
                 'ordering': ['-month', 'partner', 'currency'],
@@ -88,7 +88,7 @@ class Migration(migrations.Migration):
                 ('updated_at', models.DateTimeField(auto_now=True)),
                 ('connect_account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='payouts', to='billing.connectaccount')),
                 ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('partner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='payouts', to='marketplace.organization')),
+                ('partner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='payouts', to='accounts.organization')),
                 ('statement', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='payout', to='billing.settlementstatement')),
             ],
             options={
@@ -109,12 +109,12 @@ class Migration(migrations.Migration):
                 ('platform_fee_minor', models.BigIntegerField()),
                 ('share', models.DecimalField(decimal_places=4, max_digits=5)),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('buyer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='marketplace.organization')),
+                ('buyer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.organization')),
                 ('contract', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='contracts.contract')),
                 ('invoice', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='attributions', to='billing.invoice')),
                 ('invoice_line', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='attributions', to='billing.invoiceline')),
                 ('node', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='attributions', to='capacity.node')),
-                ('partner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='attributions', to='marketplace.organization')),
+                ('partner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='attributions', to='accounts.organization')),
                 ('site', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='attributions', to='capacity.site')),
                 ('statement', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='attributions', to='billing.settlementstatement')),
             ],
@@ -133,7 +133,7 @@ class Migration(migrations.Migration):
                 ('reason', models.CharField(max_length=300)),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
                 ('credit_note', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='adjustments', to='billing.creditnote')),
-                ('partner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='statement_adjustments', to='marketplace.organization')),
+                ('partner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='statement_adjustments', to='accounts.organization')),
                 ('statement', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='adjustments', to='billing.settlementstatement')),
             ],
             options={
@@ -151,7 +151,7 @@ class Migration(migrations.Migration):
                 ('note', models.CharField(blank=True, max_length=300)),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
                 ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('partner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='agreements', to='marketplace.organization')),
+                ('partner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='agreements', to='accounts.organization')),
             ],
             options={
                 'ordering': ['partner', 'line_kind', '-effective_from'],

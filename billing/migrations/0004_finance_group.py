@@ -1,12 +1,24 @@
 """The Finance group (billing/reference_data.py says what it may do)."""
 
+from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
 from billing.reference_data import GROUP, ensure_finance_group
 
 
 def create_group(apps, schema_editor):
-    ensure_finance_group(apps)
+    # Permissions are normally created after migrate; make sure they exist now.
+    for app_config in apps.get_app_configs():
+        stub = getattr(app_config, "models_module", None) is None  # migration state stubs
+        if stub:
+            app_config.models_module = True
+        create_permissions(app_config, apps=apps, verbosity=0)
+        if stub:
+            app_config.models_module = None
+    ensure_finance_group(
+        group_model=apps.get_model("auth", "Group"),
+        permission_model=apps.get_model("auth", "Permission"),
+    )
 
 
 def delete_group(apps, schema_editor):
@@ -17,7 +29,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("billing", "0003_settlement"),
         ("contracts", "0002_default_sla_and_inference_catalog"),
-        ("marketplace", "0001_initial"),
+        ("accounts", "0001_initial"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
     ]

@@ -13,9 +13,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.models import Organization, TenantQuerySet, User
 from capacity.models import Currency
 from contracts.models import Contract, ContractLine
-from marketplace.models import Organization, TenantQuerySet, User
 
 
 class InvoiceStatus(models.TextChoices):

@@ -10,10 +10,10 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.models import Organization
 from billing.models.invoices import CreditNote, Invoice
 from billing.models.payments import PaymentAttempt
 from capacity.models import Currency
-from marketplace.models import Organization
 
 
 class Account(models.TextChoices):

@@ -6,9 +6,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.models import Organization, TenantQuerySet, User
 from billing.models.settlement import SettlementStatement
 from capacity.models import Currency
-from marketplace.models import Organization, TenantQuerySet, User
 
 
 class ConnectAccountQuerySet(TenantQuerySet):

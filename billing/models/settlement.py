@@ -11,10 +11,10 @@ from django.db import models
 from django.db.models import F, Func, Q, Value
 from django.utils import timezone
 
+from accounts.models import Organization, TenantQuerySet, User
 from billing.models.invoices import CreditNote, Invoice, InvoiceLine
 from capacity.models import Currency, Node, Site
 from contracts.models import Contract
-from marketplace.models import Organization, TenantQuerySet, User
 
 
 class RevenueKind(models.TextChoices):

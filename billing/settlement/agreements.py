@@ -21,9 +21,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
+from accounts.audit import audit
+from accounts.models import Organization, User
 from billing.models import PartnerAgreement, RevenueKind
-from marketplace.audit import audit
-from marketplace.models import Organization, User
 
 DEFAULT_PARTNER_SHARE = Decimal("0.8000")
 

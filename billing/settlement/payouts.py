@@ -25,6 +25,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.audit import audit
+from accounts.models import Organization, User
 from billing import ledger, stripe_gateway
 from billing.models import (
     ConnectAccount,
@@ -33,8 +35,6 @@ from billing.models import (
     SettlementStatement,
     StatementStatus,
 )
-from marketplace.audit import audit
-from marketplace.models import Organization, User
 
 DEFAULT_CONNECT_COUNTRY = "US"
 

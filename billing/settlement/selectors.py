@@ -13,6 +13,7 @@ from datetime import date
 from django.db.models import Q, QuerySet, Sum
 from django.utils.crypto import salted_hmac
 
+from accounts.models import Organization
 from billing.models import (
     Attribution,
     ConnectAccount,
@@ -21,7 +22,6 @@ from billing.models import (
     StatementAdjustment,
     StatementStatus,
 )
-from marketplace.models import Organization
 
 CHART_HEIGHT = 120
 BAR_PITCH = 48

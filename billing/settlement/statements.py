@@ -23,6 +23,8 @@ from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from accounts.audit import audit
+from accounts.models import User
 from billing import ledger
 from billing.models import (
     Attribution,
@@ -31,8 +33,6 @@ from billing.models import (
     StatementStatus,
 )
 from billing.settlement.attribution import adjust_for_credit_notes, attribute_paid_invoices
-from marketplace.audit import audit
-from marketplace.models import User
 
 
 @dataclass

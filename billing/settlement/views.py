@@ -15,25 +15,15 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.models import FINANCE_ROLES
+from accounts.requests import request_actor, request_organization
+from accounts.tenancy import get_for_org_or_404, org_required
 from billing import stripe_gateway
 from billing.models import SettlementStatement
 from billing.money import minor_to_major
 from billing.settlement import payouts, selectors
-from marketplace.models import FINANCE_ROLES, Organization, User
-from marketplace.tenancy import current_organization, get_for_org_or_404, org_required
 
 partner_finance = org_required(FINANCE_ROLES, partner=True)
-
-
-def _partner(request: HttpRequest) -> Organization:
-    organization = current_organization(request)
-    assert organization is not None  # guaranteed by org_required
-    return organization
-
-
-def _actor(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)
-    return request.user
 
 
 def _statement(request: HttpRequest, pk: int) -> SettlementStatement:
@@ -43,7 +33,7 @@ def _statement(request: HttpRequest, pk: int) -> SettlementStatement:
 @partner_finance
 @require_GET
 def earnings(request: HttpRequest) -> HttpResponse:
-    partner = _partner(request)
+    partner = request_organization(request)
     currencies = selectors.earnings_currencies(partner=partner)
     currency = request.GET.get("currency", "")
     if currency not in currencies:
@@ -146,8 +136,8 @@ def statement_csv(request: HttpRequest, pk: int) -> HttpResponse:
 def _onboarding_redirect(request: HttpRequest) -> HttpResponse:
     try:
         url = payouts.onboarding_link(
-            partner=_partner(request),
-            actor=_actor(request),
+            partner=request_organization(request),
+            actor=request_actor(request),
             return_url=request.build_absolute_uri(reverse("billing:payouts_return")),
             refresh_url=request.build_absolute_uri(reverse("billing:payouts_refresh")),
         )
@@ -177,7 +167,9 @@ def payouts_refresh(request: HttpRequest) -> HttpResponse:
 @require_GET
 def payouts_return(request: HttpRequest) -> HttpResponse:
     try:
-        account = payouts.connect_account_sync(partner=_partner(request), actor=_actor(request))
+        account = payouts.connect_account_sync(
+            partner=request_organization(request), actor=request_actor(request)
+        )
     except stripe_gateway.StripeGatewayError:
         messages.error(request, "Stripe cannot be reached right now; try again shortly.")
         return redirect("billing:earnings")

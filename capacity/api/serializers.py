@@ -7,8 +7,8 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from accounts.models import Organization
 from capacity.models import Currency, EnergySource, GpuModel, NodeStatus, Region, Site, WindowKind
-from marketplace.models import Organization
 
 
 @extend_schema_field(

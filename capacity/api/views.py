@@ -17,6 +17,10 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from accounts.api_support import paginated_response, service_errors
+from accounts.models import OPERATOR_ROLES
+from accounts.requests import request_actor, request_organization
+from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
 from capacity import selectors, services
 from capacity.api.serializers import (
     EnrollInputSerializer,
@@ -36,14 +40,6 @@ from capacity.api.serializers import (
 )
 from capacity.enrollment import node_enroll
 from capacity.models import Node, NodeStatus, NodeWindow, Offer, Site
-from marketplace.api_support import paginated_response, required_organization, service_errors
-from marketplace.models import OPERATOR_ROLES, User
-from marketplace.tenancy import (
-    HasOrganization,
-    api_membership_role,
-    api_organization,
-    api_scoped,
-)
 
 TAG = "capacity"
 
@@ -68,11 +64,6 @@ class PartnerAccess(permissions.BasePermission):
 PARTNER_PERMISSIONS = [permissions.IsAuthenticated, HasOrganization, PartnerAccess]
 
 
-def _actor(request: Request) -> User:
-    assert isinstance(request.user, User)  # guaranteed by IsAuthenticated
-    return request.user
-
-
 _REFUSED = OpenApiResponse(description="Refused: the body names each field at fault and why.")
 _NOT_FOUND = OpenApiResponse(description="No such object in this organization.")
 _FORBIDDEN = OpenApiResponse(description="Your role cannot change this (viewers, finance).")
@@ -92,7 +83,7 @@ class SiteListCreateApi(APIView):
         responses={200: SiteOutputSerializer(many=True)},
     )
     def get(self, request: Request) -> Response:
-        sites = Site.objects.for_organization(required_organization(request)).order_by("name", "pk")
+        sites = Site.objects.for_organization(request_organization(request)).order_by("name", "pk")
         return paginated_response(request, self, sites, SiteOutputSerializer)
 
     @extend_schema(
@@ -107,8 +98,8 @@ class SiteListCreateApi(APIView):
         payload.is_valid(raise_exception=True)
         with service_errors():
             site = services.site_create(
-                organization=required_organization(request),
-                actor=_actor(request),
+                organization=request_organization(request),
+                actor=request_actor(request),
                 **payload.validated_data,
             )
         return Response(SiteOutputSerializer(site).data, status=status.HTTP_201_CREATED)
@@ -143,7 +134,7 @@ class SiteDetailApi(APIView):
         with service_errors():
             site = services.site_update(
                 site=site,
-                actor=_actor(request),
+                actor=request_actor(request),
                 data=payload.validated_data,
             )
         return Response(SiteOutputSerializer(site).data)
@@ -173,7 +164,7 @@ class NodeListCreateApi(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        organization = required_organization(request)
+        organization = request_organization(request)
         site = None
         if request.query_params.get("site"):
             site = get_object_or_404(
@@ -193,12 +184,10 @@ class NodeListCreateApi(APIView):
         responses={201: NodeCreatedOutputSerializer, 400: _REFUSED, 403: _FORBIDDEN},
     )
     def post(self, request: Request) -> Response:
-        payload = NodeInputSerializer(
-            data=request.data, organization=required_organization(request)
-        )
+        payload = NodeInputSerializer(data=request.data, organization=request_organization(request))
         payload.is_valid(raise_exception=True)
         with service_errors():
-            created = services.node_create(actor=_actor(request), **payload.validated_data)
+            created = services.node_create(actor=request_actor(request), **payload.validated_data)
         node = created.node
         node.enrollment_code = created.enrollment_code  # type: ignore[attr-defined]
         node.enrollment_code_expires_at = created.enrollment.expires_at  # type: ignore[attr-defined]
@@ -247,7 +236,7 @@ class NodeEnrollmentCodeApi(APIView):
     def post(self, request: Request, pk: int) -> Response:
         node = _node(request, pk)
         with service_errors():
-            issued = services.enrollment_code_regenerate(node=node, actor=_actor(request))
+            issued = services.enrollment_code_regenerate(node=node, actor=request_actor(request))
         data = {"enrollment_code": issued.code, "expires_at": issued.expires_at}
         return Response(EnrollmentCodeOutputSerializer(data).data, status=status.HTTP_201_CREATED)
 
@@ -282,7 +271,7 @@ class NodeWindowListCreateApi(APIView):
         payload.is_valid(raise_exception=True)
         with service_errors():
             window = services.window_schedule(
-                node=node, actor=_actor(request), **payload.validated_data
+                node=node, actor=request_actor(request), **payload.validated_data
             )
         return Response(WindowOutputSerializer(window).data, status=status.HTTP_201_CREATED)
 
@@ -299,7 +288,7 @@ class WindowDetailApi(APIView):
     def delete(self, request: Request, pk: int) -> Response:
         window = get_object_or_404(api_scoped(NodeWindow.objects.all(), request), pk=pk)
         with service_errors():
-            services.window_cancel(window=window, actor=_actor(request))
+            services.window_cancel(window=window, actor=request_actor(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -317,7 +306,7 @@ class OfferListCreateApi(APIView):
         responses={200: OfferOutputSerializer(many=True)},
     )
     def get(self, request: Request) -> Response:
-        offers = selectors.offer_list(organization=required_organization(request))
+        offers = selectors.offer_list(organization=request_organization(request))
         return paginated_response(request, self, offers, OfferOutputSerializer)
 
     @extend_schema(
@@ -329,11 +318,11 @@ class OfferListCreateApi(APIView):
     )
     def post(self, request: Request) -> Response:
         payload = OfferInputSerializer(
-            data=request.data, organization=required_organization(request)
+            data=request.data, organization=request_organization(request)
         )
         payload.is_valid(raise_exception=True)
         with service_errors():
-            offer = services.offer_create(actor=_actor(request), **payload.validated_data)
+            offer = services.offer_create(actor=request_actor(request), **payload.validated_data)
         return Response(OfferOutputSerializer(offer).data, status=status.HTTP_201_CREATED)
 
 
@@ -374,9 +363,9 @@ class OfferDetailApi(APIView):
         # Both changes or neither: a refused deactivation must not leave the update saved.
         with service_errors(), transaction.atomic():
             if data:
-                offer = services.offer_update(offer=offer, actor=_actor(request), data=data)
+                offer = services.offer_update(offer=offer, actor=request_actor(request), data=data)
             if is_active is False:
-                offer = services.offer_deactivate(offer=offer, actor=_actor(request))
+                offer = services.offer_deactivate(offer=offer, actor=request_actor(request))
         return Response(OfferOutputSerializer(offer).data)
 
 

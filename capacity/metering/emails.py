@@ -6,8 +6,8 @@ from django.conf import settings
 from django.core.mail import send_mass_mail
 from django.template.loader import render_to_string
 
+from accounts.models import MANAGER_ROLES, Membership
 from capacity.models import Node
-from marketplace.models import MANAGER_ROLES, Membership
 
 
 def _recipients(node: Node) -> list[str]:

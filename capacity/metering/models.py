@@ -14,9 +14,9 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from accounts.models import TenantQuerySet
 from capacity.agent.protocol import GENESIS_PREV_HASH
 from capacity.models import GpuDevice, Node
-from marketplace.models import TenantQuerySet
 
 MINUTES_PER_DAY = 1440
 

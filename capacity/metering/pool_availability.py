@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from django.apps import apps
 from django.db import connection, transaction
 from django.utils import timezone
 
+from capacity.metering.models import GpuAvailabilityDay, PoolAvailability
 from capacity.models import GpuDevice, Node, NodeStatus, Offer
 
 AVAILABILITY_DAYS = 30
@@ -51,7 +51,7 @@ def availability_sql(*, pool: str, now: datetime) -> tuple[str, tuple[date | str
     """The 30-day availability percent at ``now`` of the pool whose ``site_id`` and
     ``gpu_model_id`` are columns of the table or alias ``pool``, as a parenthesised SQL
     expression and its parameters. ``pool`` must be a table name or alias from our code."""
-    days_table = apps.get_model("metering", "GpuAvailabilityDay")._meta.db_table
+    days_table = GpuAvailabilityDay._meta.db_table
     until = now.replace(second=0, microsecond=0)
     since = until - timedelta(days=AVAILABILITY_DAYS)
     sql = _AVAILABILITY_SQL.format(
@@ -82,8 +82,7 @@ def stored_or_live_availability_sql(
     """Like ``availability_sql``, but the pool's stored figure when it was computed within
     ``FRESH_FOR`` before ``now`` (the live expression is evaluated only where it was not)."""
     live, live_params = availability_sql(pool=pool, now=now)
-    rollup = apps.get_model("metering", "PoolAvailability")._meta.db_table
-    sql = _STORED_OR_LIVE_SQL.format(rollup=rollup, pool=pool, live=live)
+    sql = _STORED_OR_LIVE_SQL.format(rollup=PoolAvailability._meta.db_table, pool=pool, live=live)
     return f"({sql})", (now - FRESH_FOR, now, *live_params)
 
 
@@ -105,14 +104,15 @@ def refresh_pool_availability(*, now: datetime | None = None) -> int:
     (the upsert's condition), so an older run finishing after a newer one changes
     nothing."""
     now = now or timezone.now()
-    rollup = apps.get_model("metering", "PoolAvailability")
     availability, params = availability_sql(pool="pool", now=now)
     sql = _REFRESH_SQL.format(
-        rollup=rollup._meta.db_table, availability=availability, offers=Offer._meta.db_table
+        rollup=PoolAvailability._meta.db_table,
+        availability=availability,
+        offers=Offer._meta.db_table,
     )
     with connection.cursor() as cursor:
         # Table names come from model metadata, values are parameters.
         cursor.execute(sql, (*params, now))
         stored = cursor.rowcount
-    rollup.objects.filter(computed_at__lt=now).delete()
+    PoolAvailability.objects.filter(computed_at__lt=now).delete()
     return stored

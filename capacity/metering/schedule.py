@@ -10,14 +10,13 @@ SWEEP_TASK_NAME = "metering: sweep due nodes"
 SWEEP_TASK = "capacity.metering.tasks.sweep"
 
 
-def ensure_sweep_schedule(apps: Any) -> None:
-    """Reference data of metering (see config.reference_data): the beat entry."""
-    IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
-    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    interval, _ = IntervalSchedule.objects.get_or_create(
+def ensure_sweep_schedule(*, interval_schedule: Any, periodic_task: Any) -> None:
+    """Reference data of metering (see config.reference_data): the beat entry. Takes
+    django-celery-beat's ``IntervalSchedule`` and ``PeriodicTask`` model classes."""
+    interval, _ = interval_schedule.objects.get_or_create(
         every=settings.METERING_POLL_INTERVAL_SECONDS, period="seconds"
     )
-    PeriodicTask.objects.get_or_create(
+    periodic_task.objects.get_or_create(
         name=SWEEP_TASK_NAME,
         defaults={
             "task": SWEEP_TASK,

@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('marketplace', '0001_initial'),
+        ('accounts', '0001_initial'),
     ]
 
     operations = [
@@ -114,7 +114,7 @@ class Migration(migrations.Migration):
                 ('energy_currency', models.CharField(choices=[('USD', 'US dollar'), ('EUR', 'Euro')], default='USD', max_length=3)),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
                 ('updated_at', models.DateTimeField(auto_now=True)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='sites', to='marketplace.organization')),
+                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='sites', to='accounts.organization')),
             ],
             options={
                 'ordering': ['name', 'pk'],

@@ -7,7 +7,7 @@ from capacity.catalog import ensure_gpu_catalog
 
 
 def seed(apps, schema_editor):
-    ensure_gpu_catalog(apps)
+    ensure_gpu_catalog(apps.get_model("capacity", "GpuModel"))
 
 
 def unseed(apps, schema_editor):

@@ -1,4 +1,5 @@
-"""REST API for buyers: search offers, quote, reserve; contracts, lines, allocations, usage.
+"""REST API for buyers: contracts, lines, allocations, usage (search, quote and reserve are
+the front door's: ``marketplace.api``).
 
 Thin views: an input serializer parses, ``tenancy`` scopes (another tenant's contract is a
 404), a service or selector does the work, an output serializer renders. Buyer endpoints
@@ -8,23 +9,23 @@ decimal string in the contract's currency.
 """
 
 from contracts.api.views import (
+    BUYER_PERMISSIONS,
+    BUYER_READ_PERMISSIONS,
+    BuyerOnly,
     ContractAllocationListApi,
     ContractDetailApi,
     ContractLineListApi,
     ContractListApi,
     ContractUsageApi,
-    OfferSearchApi,
-    QuoteApi,
-    ReservationCreateApi,
 )
 
 __all__ = [
+    "BUYER_PERMISSIONS",
+    "BUYER_READ_PERMISSIONS",
+    "BuyerOnly",
     "ContractAllocationListApi",
     "ContractDetailApi",
     "ContractLineListApi",
     "ContractListApi",
     "ContractUsageApi",
-    "OfferSearchApi",
-    "QuoteApi",
-    "ReservationCreateApi",
 ]

@@ -1,5 +1,5 @@
-"""The buyers' API views: offer search, quotes and reservations; contracts, their lines,
-allocations and usage.
+"""The buyers' API views: contracts, their lines, allocations and usage (search, quote and
+reserve are the front door's: ``marketplace.api``).
 
 Each view parses with an input serializer (``serializers``), checks the buyer's access,
 calls one service or selector and renders with an output serializer.
@@ -12,45 +12,31 @@ import io
 from datetime import timedelta
 from typing import Any
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import exceptions, permissions, renderers, status
+from rest_framework import exceptions, permissions, renderers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from capacity.models import Offer
-from contracts import checkout, selectors, usage
-from contracts.allocations import CapacityUnavailable
+from accounts.api_support import paginated_response
+from accounts.models import OPERATOR_ROLES
+from accounts.requests import request_organization
+from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
+from contracts import selectors, usage
 from contracts.api.serializers import (
     AllocationSerializer,
     ContractSerializer,
     LineSerializer,
-    OfferResultSerializer,
-    OfferSearchInputSerializer,
-    QuoteSerializer,
-    ReservationInputSerializer,
-    ReservationSerializer,
     UsageBucketSerializer,
     UsageInputSerializer,
 )
 from contracts.models import Contract
-from marketplace.api_support import paginated_response, refusal, required_organization
-from marketplace.models import OPERATOR_ROLES
-from marketplace.search import SearchFilters, offer_search
-from marketplace.tenancy import (
-    HasOrganization,
-    api_membership_role,
-    api_organization,
-    api_scoped,
-)
 
 TAG = "contracts"
-MARKET_TAG = "marketplace"
 
 
 class BuyerOnly(permissions.BasePermission):
@@ -83,126 +69,6 @@ _REFUSED = OpenApiResponse(description="Refused: the body names each field at fa
 _NOT_FOUND = OpenApiResponse(description="No such object in this organization.")
 
 
-# -- marketplace -------------------------------------------------------------------------
-
-
-class OfferSearchApi(APIView):
-    permission_classes = BUYER_PERMISSIONS
-    pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
-
-    @extend_schema(
-        tags=[MARKET_TAG],
-        operation_id="offers_search",
-        parameters=[OfferSearchInputSerializer],
-        responses={
-            200: OfferResultSerializer(many=True),
-            400: OpenApiResponse(description="Invalid filter, e.g. an unknown GPU model."),
-        },
-        summary="Search offers with the GPUs free over a window",
-    )
-    def get(self, request: Request) -> Response:
-        params = OfferSearchInputSerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
-        data = params.validated_data
-        filters = SearchFilters(
-            gpu_model_id=data["gpu_model"].pk if data.get("gpu_model") else None,
-            region=data.get("region"),
-            country=data.get("country"),
-            energy_source=data.get("energy_source"),
-            gpu_count=data.get("gpu_count"),
-            starts_at=data.get("starts_at"),
-            term_months=int(data["term_months"]),
-            max_price=data.get("max_price"),
-            min_availability=data.get("min_availability"),
-            sort=data["sort"],
-        )
-        return paginated_response(
-            request, self, offer_search(filters=filters), OfferResultSerializer
-        )
-
-
-def _requested_offer(data: dict[str, Any]) -> Offer:
-    if data.get("offer"):
-        return get_object_or_404(
-            Offer.objects.active().select_related("site", "gpu_model"), pk=data["offer"]
-        )
-    offer = checkout.best_offer(
-        gpu_model_id=data["gpu_model"].pk,
-        gpu_count=data["gpu_count"],
-        starts_at=data["starts_at"],
-        term_months=int(data["term_months"]),
-        region=data.get("region"),
-    )
-    if offer is None:
-        raise exceptions.ValidationError(
-            {"detail": ["No listed offer has that many GPUs free for this window."]}
-        )
-    return offer
-
-
-class QuoteApi(APIView):
-    permission_classes = BUYER_READ_PERMISSIONS
-
-    @extend_schema(
-        tags=[MARKET_TAG],
-        operation_id="reservation_quote",
-        request=ReservationInputSerializer,
-        responses={200: QuoteSerializer, 400: _REFUSED},
-        summary="Price N GPUs of an offer (or the best offer) for a term",
-    )
-    def post(self, request: Request) -> Response:
-        payload = ReservationInputSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        data = payload.validated_data
-        try:
-            quote = checkout.reservation_quote(
-                offer=_requested_offer(data),
-                gpu_count=data["gpu_count"],
-                starts_at=data["starts_at"],
-                term_months=int(data["term_months"]),
-            )
-        except DjangoValidationError as error:
-            raise refusal(error) from None
-        return Response(QuoteSerializer(quote).data)
-
-
-class ReservationCreateApi(APIView):
-    permission_classes = BUYER_PERMISSIONS
-
-    @extend_schema(
-        tags=[TAG],
-        operation_id="reservation_create",
-        request=ReservationInputSerializer,
-        responses={201: ReservationSerializer, 400: _REFUSED, 409: _REFUSED},
-        summary="Reserve GPUs: creates the contract or a new line on the open one",
-    )
-    def post(self, request: Request) -> Response:
-        payload = ReservationInputSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        data = payload.validated_data
-        offer = _requested_offer(data)
-        try:
-            result = checkout.reservation_checkout(
-                buyer=required_organization(request),
-                offer=offer,
-                gpu_count=data["gpu_count"],
-                starts_at=data["starts_at"],
-                term_months=int(data["term_months"]),
-                actor=request.user,  # type: ignore[arg-type]
-            )
-        except CapacityUnavailable as error:
-            return Response({"detail": error.messages}, status=status.HTTP_409_CONFLICT)
-        except DjangoValidationError as error:
-            raise refusal(error) from None
-        body = {
-            "contract": result.contract,
-            "line": result.line,
-            "quote": result.quote,
-            "allocated_gpus": len(result.allocations),
-        }
-        return Response(ReservationSerializer(body).data, status=status.HTTP_201_CREATED)
-
-
 # -- contracts ---------------------------------------------------------------------------
 
 
@@ -220,7 +86,7 @@ class ContractListApi(APIView):
         tags=[TAG], operation_id="contracts_list", responses={200: ContractSerializer(many=True)}
     )
     def get(self, request: Request) -> Response:
-        contracts = selectors.contract_list(organization=required_organization(request))
+        contracts = selectors.contract_list(organization=request_organization(request))
         return paginated_response(request, self, contracts, ContractSerializer)
 
 

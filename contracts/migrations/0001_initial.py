@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('capacity', '0002_seed_gpu_catalog'),
-        ('marketplace', '0001_initial'),
+        ('accounts', '0001_initial'),
     ]
 
     operations = [
@@ -38,7 +38,7 @@ class Migration(migrations.Migration):
                 ('suspended_at', models.DateTimeField(blank=True, null=True)),
                 ('ended_at', models.DateTimeField(blank=True, null=True)),
                 ('renewal_count', models.PositiveIntegerField(default=0)),
-                ('buyer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='contracts', to='marketplace.organization')),
+                ('buyer', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='contracts', to='accounts.organization')),
             ],
             options={
                 'ordering': ['-created_at', '-pk'],
@@ -88,7 +88,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('api_key', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='contract_line_link', to='marketplace.apikey')),
+                ('api_key', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='contract_line_link', to='accounts.apikey')),
                 ('line', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_keys', to='contracts.contractline')),
             ],
             options={

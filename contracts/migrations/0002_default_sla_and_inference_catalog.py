@@ -9,7 +9,11 @@ from contracts.reference_data import ensure_defaults
 
 
 def create(apps, schema_editor):
-    ensure_defaults(apps)
+    ensure_defaults(
+        sla_policy=apps.get_model("contracts", "SlaPolicy"),
+        sla_credit_tier=apps.get_model("contracts", "SlaCreditTier"),
+        inference_product=apps.get_model("contracts", "InferenceProduct"),
+    )
 
 
 class Migration(migrations.Migration):

@@ -24,7 +24,7 @@ WITH named AS (
   FROM named AS x
   JOIN capacity_gpudevice AS g ON g.id = x.gpu_id
   JOIN capacity_node AS nd ON nd.id = g.node_id
-  JOIN marketplace_apikey AS k
+  JOIN accounts_apikey AS k
     ON k.prefix = substr(x.workload_ref, strpos(x.workload_ref, '@') + 1)
   JOIN contracts_lineapikey AS link ON link.api_key_id = k.id
   JOIN contracts_contractline AS cl ON cl.id = link.line_id
@@ -74,7 +74,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("contracts", "0002_default_sla_and_inference_catalog"),
         ("metering", "0005_usage_line_ids"),
-        ("marketplace", "0001_initial"),
+        ("accounts", "0002_accounts_tables"),
         ("capacity", "0001_initial"),
     ]
 

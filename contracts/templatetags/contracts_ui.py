@@ -8,10 +8,10 @@ from typing import Any
 from django import template
 from django.utils import timezone
 
+from accounts.tenancy import current_organization
 from contracts.dashboard import ChartBar, buyer_dashboard
 from contracts.models import ContractState
 from contracts.money import minor_to_major
-from marketplace.tenancy import current_organization
 
 register = template.Library()
 

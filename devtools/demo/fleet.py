@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from accounts.models import Organization
 from capacity import selectors, services
 from capacity.agent_client import AgentError, AgentInfo, fetch_info, fleet_set_poll_token
 from capacity.enrollment import issue_enrollment_code, node_enroll
 from capacity.models import EnergySource, GpuModel, Node, NodeStatus, Offer, Region, Site
-from marketplace.models import Organization
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite

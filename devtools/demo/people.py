@@ -5,8 +5,8 @@ from __future__ import annotations
 from allauth.account.models import EmailAddress
 from django.db import transaction
 
+from accounts.models import Membership, Organization, Role, User
 from devtools.demo import DEMO_PASSWORD
-from marketplace.models import Membership, Organization, Role, User
 
 
 def _user(email: str, *, first_name: str, last_name: str, is_staff: bool = False) -> User:

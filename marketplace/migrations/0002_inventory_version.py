@@ -78,7 +78,7 @@ BACKWARD = (
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("marketplace", "0001_initial"),
+        ("accounts", "0001_initial"),
         ("capacity", "0002_seed_gpu_catalog"),
         ("contracts", "0002_default_sla_and_inference_catalog"),
         ("metering", "0003_pool_availability"),

@@ -12,6 +12,7 @@ from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
+from accounts.models import AuditEvent
 from billing.models import (
     CreditNote,
     Invoice,
@@ -24,7 +25,6 @@ from billing.models import (
     StatementStatus,
 )
 from billing.settlement.agreements import agreement_create
-from marketplace.models import AuditEvent
 from tests.billing.conftest import finalized_invoice_for, save_card
 from tests.billing.settlement_builders import (
     close_october,
@@ -61,8 +61,8 @@ FINANCE_PERMISSIONS = {
     "billing.view_connectaccount",
     "billing.view_payout",
     "contracts.view_contract",
-    "marketplace.view_organization",
-    "marketplace.view_auditevent",
+    "accounts.view_organization",
+    "accounts.view_auditevent",
 }
 
 
@@ -146,8 +146,8 @@ def test_finance_cannot_edit_the_ledger_or_read_agent_credentials(finance_client
         reverse("admin:capacity_node_changelist"),
         reverse("admin:capacity_node_change", args=[node.pk]),
         reverse("admin:capacity_enrollmentcode_changelist"),
-        reverse("admin:marketplace_apikey_changelist"),
-        reverse("admin:marketplace_user_changelist"),
+        reverse("admin:accounts_apikey_changelist"),
+        reverse("admin:accounts_user_changelist"),
     ):
         assert finance_client.get(url).status_code == 403, url
     entry.refresh_from_db()

@@ -11,6 +11,7 @@ import time_machine
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from accounts.models import AuditEvent
 from billing import stripe_gateway
 from billing.credit_notes import credit_note_issue
 from billing.models import (
@@ -24,7 +25,6 @@ from billing.models import (
 )
 from billing.settlement import payouts
 from billing.settlement.statements import draft_statements, statement_approve
-from marketplace.models import AuditEvent
 from tests.billing.conftest import save_card
 from tests.billing.settlement_builders import (
     NOVEMBER,

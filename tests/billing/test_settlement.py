@@ -10,6 +10,7 @@ import pytest
 import time_machine
 from django.core.exceptions import ValidationError
 
+from accounts.models import AuditEvent
 from billing.models import (
     Account,
     Attribution,
@@ -23,7 +24,6 @@ from billing.models import (
 from billing.settlement.agreements import agreement_create
 from billing.settlement.attribution import partner_share_of, split_largest_remainder
 from billing.settlement.statements import draft_statements, statement_approve
-from marketplace.models import AuditEvent
 from tests.billing.conftest import save_card
 from tests.billing.settlement_builders import (
     CLOSE_OCTOBER_AT,

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from django.urls import reverse
 
+from accounts.models import Role
 from billing.models import ConnectAccount, SettlementStatement
 from billing.settlement.selectors import buyer_alias
-from marketplace.models import Role
 from tests.billing.conftest import save_card
 from tests.billing.settlement_builders import close_october, observe_available, reserve_eight_gpus
 from tests.factories import MembershipFactory

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from accounts.models import Role
 from billing.models import BillingCustomer, PaymentStatus
-from contracts.payment_methods import buyer_has_payment_method
-from marketplace.models import Role
+from contracts.selectors import buyer_has_payment_method
 from tests.billing.conftest import finalized_invoice_for, save_card
 from tests.factories import MembershipFactory
 from tests.fixtures import client_for

@@ -10,8 +10,8 @@ from django.conf import settings
 from django.test import Client
 from playwright.sync_api import Page, expect
 
+from accounts.models import Role
 from billing.models import BillingCustomer, PaymentStatus
-from marketplace.models import Role
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
     finalized_invoice_for,
     localstripe,

@@ -13,10 +13,10 @@ import time_machine
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from accounts.models import Role
 from billing.models import PaymentStatus
 from capacity.models import EnergySource, Region
 from contracts.models import Allocation, Contract, ContractState, InferenceProduct, LineApiKey
-from marketplace.models import Role
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
     connect_fake,
     connect_settings,

@@ -21,11 +21,11 @@ from django.core.cache import cache
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from accounts.models import Role
 from billing.models import Payout, SettlementStatement
 from billing.settlement import payouts
 from billing.settlement.statements import statement_approve
 from capacity.models import Node
-from marketplace.models import Role
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
     connect_fake,
     connect_settings,

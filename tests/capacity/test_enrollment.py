@@ -9,9 +9,9 @@ import time_machine
 from django.core.cache import cache
 from django.db import connection
 
+from accounts.models import AuditEvent
 from capacity import services
 from capacity.models import EnrollmentCode, GpuDevice, Node, NodeStatus, hash_enrollment_code
-from marketplace.models import AuditEvent
 from tests.capacity.conftest import h100_inventory
 from tests.factories import catalog_gpu
 
@@ -111,7 +111,7 @@ def test_poll_token_is_encrypted_at_rest(site, anonymous_api, agent_public_key):
     with connection.cursor() as cursor:
         cursor.execute("SELECT * FROM capacity_node WHERE id = %s", [created.node.pk])
         raw_row = " ".join(str(value) for value in cursor.fetchone())
-        cursor.execute("SELECT data::text FROM marketplace_auditevent")
+        cursor.execute("SELECT data::text FROM accounts_auditevent")
         audit_text = " ".join(row[0] for row in cursor.fetchall())
     assert token not in raw_row
     assert token not in audit_text

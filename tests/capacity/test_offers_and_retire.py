@@ -11,9 +11,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.models import AuditEvent
 from capacity import selectors, services
 from capacity.models import EnrollmentCode, NodeStatus, Offer
-from marketplace.models import AuditEvent
 from tests.factories import NodeFactory, OfferFactory, catalog_gpu
 
 

@@ -10,6 +10,7 @@ import time_machine
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.models import Role
 from capacity.models import (
     EnrollmentCode,
     Node,
@@ -19,7 +20,6 @@ from capacity.models import (
     Site,
     hash_enrollment_code,
 )
-from marketplace.models import Role
 from tests.factories import (
     MembershipFactory,
     NodeFactory,

@@ -10,9 +10,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 
+from accounts.models import AuditEvent
 from capacity import services
 from capacity.models import NodeWindow, WindowKind
-from marketplace.models import AuditEvent
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 

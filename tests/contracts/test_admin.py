@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from accounts.models import AuditEvent
 from contracts import on_demand
 from contracts.models import ContractState, InferenceProduct
-from marketplace.models import AuditEvent
 
 
 @pytest.fixture

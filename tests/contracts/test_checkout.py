@@ -9,11 +9,11 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from accounts.models import AuditEvent
 from contracts.checkout import reservation_checkout, reservation_quote
 from contracts.models import Allocation, Contract, ContractLine, ContractState
 from contracts.money import round_money
 from contracts.selectors import window
-from marketplace.models import AuditEvent
 from tests.factories import OfferFactory, SiteFactory, gpu_pool
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)

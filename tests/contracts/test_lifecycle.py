@@ -9,11 +9,11 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.forms.models import model_to_dict
 
+from accounts.models import AuditEvent
 from contracts import lifecycle
 from contracts.checkout import reservation_checkout
 from contracts.models import Allocation, Contract, ContractLine, ContractState
 from contracts.selectors import window
-from marketplace.models import AuditEvent
 from tests.factories import ContractFactory, OfferFactory
 
 NOW = datetime(2025, 3, 1, tzinfo=UTC)

@@ -12,12 +12,12 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts import services as account_services
 from contracts import on_demand
 from contracts.attribution import attribute_usage_records, workload_ref_for_key
 from contracts.billable_usage import MeteredQuantities, UsageKey, metered_quantities
 from contracts.checkout import reservation_checkout
 from contracts.models import Contract, ContractState, InferenceProduct, LineApiKey, LineKind
-from marketplace import services as marketplace_services
 from tests.factories import stored_usage
 from tests.tenancy import assert_hidden_from
 
@@ -223,7 +223,7 @@ def test_attribution_and_revoked_keys(reservation, inference_line, buyer_owner, 
     assert served.api_key_id == api_key.pk
     assert wrong_product.api_key_id is None
     assert served.line_id == inference_line.pk
-    marketplace_services.api_key_revoke(api_key=api_key, actor=buyer_owner)
+    account_services.api_key_revoke(api_key=api_key, actor=buyer_owner)
     api_key.refresh_from_db()
     next_hour = api_key.revoked_at.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     after = _record(

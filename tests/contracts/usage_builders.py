@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 
+from accounts.models import ApiKey, Organization
 from capacity.metering.attribution import attribute_records
 from capacity.metering.models import GpuAvailabilityDay, UsageRecord
 from capacity.models import GpuDevice, Offer
@@ -21,7 +22,6 @@ from contracts.models import (
     LineApiKey,
     LineKind,
 )
-from marketplace.models import ApiKey, Organization
 from tests.factories import ApiKeyFactory, ContractFactory, stored_usage
 
 FULL_DAY = "1" * 1440

@@ -11,10 +11,10 @@ import time
 import httpx
 import pytest
 
+from accounts.models import AuditEvent
 from capacity.agent_client import fetch_info
 from capacity.models import GpuDevice, Node, NodeStatus, Offer, Site
 from devtools.demo import fleet as demo
-from marketplace.models import AuditEvent
 from tests.factories import OrganizationFactory
 
 

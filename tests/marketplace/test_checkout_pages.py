@@ -9,8 +9,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.models import Role
 from contracts.models import Allocation, Contract
-from marketplace.models import Role
 from tests.factories import MembershipFactory, OfferFactory, SiteFactory, gpu_pool
 from tests.fixtures import client_for
 

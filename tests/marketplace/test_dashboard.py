@@ -11,8 +11,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from pytest_django.asserts import assertInHTML
 
+from accounts.models import Role
 from capacity.models import NodeStatus
-from marketplace.models import Role
 from marketplace.views import DASHBOARD_NODE_ROWS
 from tests.factories import (
     MembershipFactory,

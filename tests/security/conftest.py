@@ -14,9 +14,9 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.models import Organization, Role, User
 from billing.models import SettlementStatement
 from capacity.models import NodeStatus
-from marketplace.models import Organization, Role, User
 from tests.factories import (
     ApiKeyFactory,
     InvitationFactory,

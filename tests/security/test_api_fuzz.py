@@ -26,9 +26,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from accounts.models import Role
 from capacity.models import NodeStatus
 from config.wsgi import application
-from marketplace.models import Role
 from tests.factories import (
     ApiKeyFactory,
     MembershipFactory,

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.cache import cache
 from django.db.models import Model
 
+from accounts.models import AuditEvent
 from billing.models import Invoice, JournalEntry, StripeEvent
 from capacity import services
 from capacity.agent.protocol import SIGNATURE_HEADER, encode_body, public_key_b64, sign_body
@@ -30,7 +31,6 @@ from capacity.metering.models import (
     UsageRecord,
 )
 from capacity.models import EnrollmentCode, GpuDevice, Node
-from marketplace.models import AuditEvent
 from tests.billing.stripe_fakes import WEBHOOK_SECRET, sign_payload
 from tests.capacity.conftest import h100_inventory
 from tests.capacity.metering.conftest import (  # noqa: F401 (fixtures)

@@ -25,7 +25,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.resolvers import RegexPattern, RoutePattern
 
-from marketplace.models import AuditEvent
+from accounts.models import AuditEvent
 from tests.security.conftest import B_PRIVATE_MARKERS, B_PUBLISHED_MARKERS, TenantB
 
 pytestmark = pytest.mark.django_db

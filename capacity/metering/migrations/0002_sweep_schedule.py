@@ -10,7 +10,10 @@ from capacity.metering.schedule import SWEEP_TASK_NAME, ensure_sweep_schedule
 
 
 def create_schedule(apps, schema_editor):
-    ensure_sweep_schedule(apps)
+    ensure_sweep_schedule(
+        interval_schedule=apps.get_model("django_celery_beat", "IntervalSchedule"),
+        periodic_task=apps.get_model("django_celery_beat", "PeriodicTask"),
+    )
 
 
 def remove_schedule(apps, schema_editor):

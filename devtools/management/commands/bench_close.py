@@ -29,6 +29,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 
+from accounts.models import ApiKey, Organization
 from billing.closing import close_period
 from billing.models import Invoice, InvoiceLine
 from billing.periods import month_bounds, parse_month
@@ -44,7 +45,6 @@ from contracts.models import (
     LineApiKey,
     LineKind,
 )
-from marketplace.models import ApiKey, Organization
 
 GPUS_PER_NODE = 8
 MINUTES_PER_RECORD = 1

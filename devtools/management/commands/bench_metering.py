@@ -28,6 +28,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.models import Organization
 from capacity.metering import batch, sweep
 from capacity.metering.models import (
     GpuAvailabilityDay,
@@ -44,7 +45,6 @@ from devtools.simulated_fleet import (
     fetch_truth,
     register_fleet_nodes,
 )
-from marketplace.models import Organization
 
 BENCH_ORGANIZATION_SLUG = "hashgrid-metering-bench"
 COPY_COLUMNS = (

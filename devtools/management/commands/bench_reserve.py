@@ -22,11 +22,11 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import AuditEvent, Organization
 from billing.models import BillingCustomer
 from capacity.models import EnergySource, GpuDevice, GpuModel, Node, NodeStatus, Offer, Region, Site
 from contracts.models import Allocation, Contract, ContractLine
 from devtools.race import overlapping_allocation_pairs, race_checkouts
-from marketplace.models import AuditEvent, Organization
 
 GPUS_PER_NODE = 8
 

@@ -58,6 +58,8 @@ from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 from django.db.models import Sum
 from django.utils import timezone
 
+from accounts.models import ApiKey, Membership, Organization, Role, User
+from accounts.tenancy import SESSION_KEY as ORGANIZATION_SESSION_KEY
 from capacity.metering.models import GpuAvailabilityDay, HourlyUsage
 from capacity.metering.pool_availability import refresh_pool_availability
 from capacity.models import (
@@ -80,8 +82,6 @@ from contracts.models import (
     LineKind,
 )
 from contracts.terms import month_start
-from marketplace.models import ApiKey, Membership, Organization, Role, User
-from marketplace.tenancy import SESSION_KEY as ORGANIZATION_SESSION_KEY
 
 BENCH_SLUG = "bench-web"
 BENCH_EMAIL = "bench-web@hashgrid.example"
@@ -444,7 +444,7 @@ def _usage(*, bench: Organization, now: Any, this_month: Any, log: Any) -> None:
             FROM capacity_gpudevice AS gpu
             JOIN capacity_node AS node ON node.id = gpu.node_id
             JOIN capacity_site AS site ON site.id = node.site_id
-            JOIN marketplace_organization AS org ON org.id = site.organization_id
+            JOIN accounts_organization AS org ON org.id = site.organization_id
             CROSS JOIN generate_series(%(since)s::timestamptz, %(until)s, interval '1 hour') AS hour
             LEFT JOIN contracts_allocation AS held
               ON held.gpu_device_id = gpu.id AND held.period @> hour
@@ -478,7 +478,7 @@ def _usage(*, bench: Organization, now: Any, this_month: Any, log: Any) -> None:
             FROM capacity_gpudevice AS gpu
             JOIN capacity_node AS node ON node.id = gpu.node_id
             JOIN capacity_site AS site ON site.id = node.site_id
-            JOIN marketplace_organization AS org ON org.id = site.organization_id
+            JOIN accounts_organization AS org ON org.id = site.organization_id
             CROSS JOIN generate_series(%(first)s::date, %(today)s::date, interval '1 day') AS day
             WHERE org.slug LIKE %(prefix)s AND node.status <> 'retired'
             """,  # noqa: S608 (table names from model metadata)

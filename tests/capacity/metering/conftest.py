@@ -16,6 +16,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from accounts.models import Role
 from capacity.agent.protocol import (
     GENESIS_PREV_HASH,
     SIGNATURE_HEADER,
@@ -28,7 +29,6 @@ from capacity.agent.protocol import (
 from capacity.metering.models import NodePollState
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Site
 from config import crypto
-from marketplace.models import Role
 from tests.factories import MembershipFactory
 
 POLL_TOKEN = "test-poll-token"

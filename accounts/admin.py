@@ -15,8 +15,9 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from marketplace import services
-from marketplace.models import ApiKey, AuditEvent, Invitation, Membership, Organization, User
+from accounts import services
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Organization, User
+from accounts.requests import request_actor
 
 
 class MembershipInline(admin.TabularInline):
@@ -127,7 +128,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         revoked = 0
         for api_key in queryset.filter(revoked_at__isnull=True).select_related("organization"):
             try:
-                services.api_key_revoke_by_staff(api_key=api_key, actor=request.user)  # type: ignore[arg-type]
+                services.api_key_revoke_by_staff(api_key=api_key, actor=request_actor(request))
             except ValidationError:
                 continue  # revoked meanwhile
             revoked += 1

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from django import forms
 
-from marketplace.models import ApiKey, Organization, Role
+from accounts.models import ApiKey, Organization, Role
 
 NO_KIND_ERROR = "Choose at least one: buyer, partner, or both."
 

@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from marketplace.models import ApiKey, AuditEvent, Invitation, Membership, Role
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Role
 from tests.factories import ApiKeyFactory, InvitationFactory, MembershipFactory
 from tests.tenancy import assert_hidden_from
 

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from marketplace.models import API_KEY_PREFIX, ApiKey, AuditEvent, Role
+from accounts.models import API_KEY_PREFIX, ApiKey, AuditEvent, Role
 from tests.factories import ApiKeyFactory, MembershipFactory
 
 pytestmark = pytest.mark.django_db

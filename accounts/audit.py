@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import models
 
-from marketplace.models import AuditEvent, Organization, User
+from accounts.models import AuditEvent, Organization, User
 
 
 def audit_event(

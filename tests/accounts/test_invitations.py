@@ -12,8 +12,8 @@ from django.core import mail
 from django.urls import reverse
 from django.utils import timezone
 
-from marketplace.models import AuditEvent, Invitation, Membership, Role
-from marketplace.tenancy import SESSION_KEY
+from accounts.models import AuditEvent, Invitation, Membership, Role
+from accounts.tenancy import SESSION_KEY
 from tests.factories import InvitationFactory, MembershipFactory, UserFactory
 from tests.fixtures import client_for
 

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 from django.urls import reverse
 
-from marketplace import services
-from marketplace.models import API_KEY_PREFIX, ApiKey, AuditEvent, Role
+from accounts import services
+from accounts.models import API_KEY_PREFIX, ApiKey, AuditEvent, Role
 from tests.factories import ApiKeyFactory, MembershipFactory
 from tests.fixtures import client_for
 

@@ -20,7 +20,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from rest_framework import permissions
 
-from marketplace.models import Membership, Organization, TenantQuerySet
+from accounts.models import Membership, Organization, TenantQuerySet
 
 if TYPE_CHECKING:
     from rest_framework.request import Request

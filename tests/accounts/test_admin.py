@@ -6,8 +6,8 @@ import pytest
 from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 from django.urls import reverse
 
-from marketplace import services
-from marketplace.models import AuditEvent
+from accounts import services
+from accounts.models import AuditEvent
 from tests.factories import ApiKeyFactory, InvitationFactory, UserFactory
 from tests.fixtures import client_for
 
@@ -25,7 +25,7 @@ def staff_client():
     "model", ["user", "organization", "membership", "invitation", "apikey", "auditevent"]
 )
 def test_changelists_render(staff_client, buyer_owner, model):
-    response = staff_client.get(reverse(f"admin:marketplace_{model}_changelist"), {"q": "acme"})
+    response = staff_client.get(reverse(f"admin:accounts_{model}_changelist"), {"q": "acme"})
 
     assert response.status_code == 200
 
@@ -34,9 +34,9 @@ def test_no_hashes_in_the_admin(staff_client, buyer_org, buyer_owner):
     api_key = ApiKeyFactory(organization=buyer_org, created_by=buyer_owner)
     invitation = InvitationFactory(organization=buyer_org)
 
-    key_page = staff_client.get(reverse("admin:marketplace_apikey_change", args=[api_key.pk]))
+    key_page = staff_client.get(reverse("admin:accounts_apikey_change", args=[api_key.pk]))
     invitation_page = staff_client.get(
-        reverse("admin:marketplace_invitation_change", args=[invitation.pk])
+        reverse("admin:accounts_invitation_change", args=[invitation.pk])
     )
 
     assert key_page.status_code == 200
@@ -44,17 +44,17 @@ def test_no_hashes_in_the_admin(staff_client, buyer_org, buyer_owner):
     assert api_key.key.encode() not in key_page.content
     assert invitation_page.status_code == 200
     assert invitation.token_hash.encode() not in invitation_page.content
-    assert staff_client.get(reverse("admin:marketplace_apikey_add")).status_code == 403
+    assert staff_client.get(reverse("admin:accounts_apikey_add")).status_code == 403
 
 
 def test_audit_trail_is_read_only(staff_client, buyer_org, buyer_owner):
     services.api_key_create(organization=buyer_org, name="ci", created_by=buyer_owner)
     event = AuditEvent.objects.get()
 
-    view = staff_client.get(reverse("admin:marketplace_auditevent_change", args=[event.pk]))
-    add = staff_client.get(reverse("admin:marketplace_auditevent_add"))
+    view = staff_client.get(reverse("admin:accounts_auditevent_change", args=[event.pk]))
+    add = staff_client.get(reverse("admin:accounts_auditevent_add"))
     delete = staff_client.post(
-        reverse("admin:marketplace_auditevent_delete", args=[event.pk]), {"post": "yes"}
+        reverse("admin:accounts_auditevent_delete", args=[event.pk]), {"post": "yes"}
     )
 
     assert view.status_code == 200
@@ -67,7 +67,7 @@ def test_staff_revoke_action_is_audited(staff_client, buyer_org, buyer_owner):
     api_key = ApiKeyFactory(organization=buyer_org, created_by=buyer_owner)
 
     response = staff_client.post(
-        reverse("admin:marketplace_apikey_changelist"),
+        reverse("admin:accounts_apikey_changelist"),
         {"action": "revoke_keys", "_selected_action": [api_key.pk]},
     )
 

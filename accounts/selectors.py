@@ -1,4 +1,4 @@
-"""Reads of organizations, memberships, invitations and API keys.
+"""Reads of organizations, memberships, invitations and API keys, and the seam for keys.
 
 Querysets come out ready for their pages (related rows joined, ordered), so list pages
 run a fixed number of queries whatever their length.
@@ -6,13 +6,14 @@ run a fixed number of queries whatever their length.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from allauth.account.models import EmailAddress
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from marketplace.models import ApiKey, Invitation, Membership, Organization, User
+from accounts.models import ApiKey, Invitation, Membership, Organization, User
 
 
 def organization_members(*, organization: Organization) -> QuerySet[Membership]:
@@ -93,3 +94,25 @@ def organization_summary(*, organization: Organization) -> OrganizationSummary:
         pending_invitation_count=pending_invitations(organization=organization).count(),
         active_api_key_count=ApiKey.objects.active().for_organization(organization).count(),
     )
+
+
+# Reasons to refuse a valid key, registered by apps above accounts (contracts registers
+# "its contract is suspended" in ``ContractsConfig.ready``), so authentication asks
+# without importing them.
+_api_key_refusals: list[Callable[[ApiKey], str | None]] = []
+
+
+def register_api_key_refusal(refusal: Callable[[ApiKey], str | None]) -> None:
+    """Called once by an app that can stop a key (contracts), at start-up."""
+    if refusal not in _api_key_refusals:
+        _api_key_refusals.append(refusal)
+
+
+def api_key_refusal(api_key: ApiKey) -> str | None:
+    """Why an active key must not authenticate now (the first registered reason), or
+    None when nothing stops it."""
+    for refusal in _api_key_refusals:
+        reason = refusal(api_key)
+        if reason is not None:
+            return reason
+    return None

@@ -1,7 +1,9 @@
 """Authentication of REST API calls with organization API keys.
 
 ``Authorization: Bearer hg_…``. Only the key's sha256 is stored, so a lookup is one
-indexed query; a revoked key is refused like an unknown one.
+indexed query; a revoked key is refused like an unknown one, and a key that a higher
+layer has stopped (contracts: its contract is suspended) with the reason that layer
+gives through ``selectors.api_key_refusal``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from contracts.models import ContractState, LineApiKey
-from marketplace.models import API_KEY_PREFIX, ApiKey
+from accounts import selectors
+from accounts.models import API_KEY_PREFIX, ApiKey
 
 # last_used_at is written at most this often per key, to keep reads read-only.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -34,12 +36,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         )
         if key is None or key.created_by is None or not key.created_by.is_active:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
-        if LineApiKey.objects.filter(
-            api_key=key, line__contract__state=ContractState.SUSPENDED
-        ).exists():
-            raise exceptions.AuthenticationFailed(
-                "This API key's contract is suspended until its overdue invoice is paid."
-            )
+        refusal = selectors.api_key_refusal(key)
+        if refusal is not None:
+            raise exceptions.AuthenticationFailed(refusal)
         now = timezone.now()
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)

@@ -11,8 +11,8 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from marketplace import services
-from marketplace.models import AuditEvent, Membership, Role
+from accounts import services
+from accounts.models import AuditEvent, Membership, Role
 from tests.factories import InvitationFactory, MembershipFactory
 from tests.fixtures import client_for
 

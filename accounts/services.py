@@ -16,9 +16,9 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from marketplace import emails, selectors
-from marketplace.audit import audit
-from marketplace.models import (
+from accounts import emails, selectors
+from accounts.audit import audit
+from accounts.models import (
     INVITATION_LIFETIME,
     MANAGER_ROLES,
     ApiKey,

@@ -7,7 +7,7 @@ from django.core.mail import send_mail
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from marketplace.models import Invitation
+from accounts.models import Invitation
 
 
 def absolute_url(path: str) -> str:
@@ -22,6 +22,6 @@ def send_invitation(*, invitation: Invitation, token: str) -> None:
         "invited_by": invitation.invited_by,
         "accept_url": absolute_url(reverse("invitation_respond", kwargs={"token": token})),
     }
-    subject = render_to_string("email/marketplace/invitation_subject.txt", context).strip()
-    body = render_to_string("email/marketplace/invitation_message.txt", context)
+    subject = render_to_string("email/accounts/invitation_subject.txt", context).strip()
+    body = render_to_string("email/accounts/invitation_message.txt", context)
     send_mail(settings.ACCOUNT_EMAIL_SUBJECT_PREFIX + subject, body, None, [invitation.email])

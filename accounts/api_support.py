@@ -1,4 +1,5 @@
-"""Helpers every app's API views share: the caller's organization, refusals, pagination."""
+"""Helpers every app's API views share: refusals, pagination (the caller's organization
+and user: ``accounts.requests``)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,6 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
-
-from marketplace.models import Organization
-from marketplace.tenancy import api_organization
-
-
-def required_organization(request: Request) -> Organization:
-    """The organization the call acts for; views guarded by ``HasOrganization`` have one."""
-    organization = api_organization(request)
-    assert organization is not None  # guaranteed by HasOrganization
-    return organization
 
 
 def refusal(error: DjangoValidationError) -> exceptions.ValidationError:

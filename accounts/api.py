@@ -19,21 +19,17 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from marketplace import selectors, services
-from marketplace.api_support import paginated_response
-from marketplace.models import MANAGER_ROLES, ApiKey, Role
-from marketplace.tenancy import (
-    HasOrganization,
-    api_membership_role,
-    api_organization,
-    api_scoped,
-)
+from accounts import selectors, services
+from accounts.api_support import paginated_response
+from accounts.models import MANAGER_ROLES, ApiKey, Role
+from accounts.requests import request_actor
+from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
-    """Documents ``marketplace.api_auth.ApiKeyAuthentication`` in the OpenAPI schema."""
+    """Documents ``accounts.api_auth.ApiKeyAuthentication`` in the OpenAPI schema."""
 
-    target_class = "marketplace.api_auth.ApiKeyAuthentication"
+    target_class = "accounts.api_auth.ApiKeyAuthentication"
     name = "apiKey"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
@@ -155,7 +151,7 @@ class OrganizationListApi(APIView):
     def get(self, request: Request) -> Response:
         key_organization = request.auth.organization if isinstance(request.auth, ApiKey) else None
         memberships = selectors.user_memberships(
-            user=request.user,  # type: ignore[arg-type]
+            user=request_actor(request),
             organization=key_organization,
         )
         return paginated_response(request, self, memberships, MembershipOutputSerializer)
@@ -196,7 +192,7 @@ class ApiKeyListCreateApi(APIView):
             api_key, key = services.api_key_create(
                 organization=organization,
                 name=payload.validated_data["name"],
-                created_by=request.user,  # type: ignore[arg-type]
+                created_by=request_actor(request),
             )
         except DjangoValidationError as error:
             raise _refusal(error) from None
@@ -229,7 +225,7 @@ class ApiKeyRevokeApi(APIView):
             api_scoped(ApiKey.objects.select_related("organization", "created_by"), request), pk=pk
         )
         try:
-            api_key = services.api_key_revoke(api_key=api_key, actor=request.user)  # type: ignore[arg-type]
+            api_key = services.api_key_revoke(api_key=api_key, actor=request_actor(request))
         except DjangoValidationError as error:
             raise Conflict(" ".join(error.messages)) from None
         except DjangoPermissionDenied as error:

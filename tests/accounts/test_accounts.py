@@ -9,7 +9,7 @@ from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 from django.core import mail
 from django.urls import reverse
 
-from marketplace.models import User
+from accounts.models import User
 from tests.factories import UserFactory
 from tests.fixtures import client_for
 

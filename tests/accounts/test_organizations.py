@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from marketplace import services
-from marketplace.models import AuditEvent, Membership, Organization, Role
-from marketplace.tenancy import SESSION_KEY
+from accounts import services
+from accounts.models import AuditEvent, Membership, Organization, Role
+from accounts.tenancy import SESSION_KEY
 from tests.factories import MembershipFactory, OrganizationFactory, UserFactory
 from tests.fixtures import client_for
 

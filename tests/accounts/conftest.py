@@ -1,11 +1,11 @@
-"""Helpers for the marketplace tests."""
+"""Helpers for the accounts tests."""
 
 from __future__ import annotations
 
 import pytest
 from django.core.cache import cache
 
-from marketplace.models import Membership
+from accounts.models import Membership
 
 
 @pytest.fixture(autouse=True)
