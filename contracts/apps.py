@@ -15,6 +15,7 @@ class ContractsConfig(AppConfig):
         from accounts import selectors as account_selectors
         from capacity import selectors as capacity_selectors
         from capacity.metering import attribution as metering_attribution
+        from capacity.metering import selectors as metering_selectors
         from config import reference_data
         from contracts import selectors
         from contracts.attribution import attribute_usage_records
@@ -35,3 +36,4 @@ class ContractsConfig(AppConfig):
             lambda node: selectors.node_has_future_allocations(node_id=node.pk, now=timezone.now())
         )
         metering_attribution.register_attributor(attribute_usage_records)
+        metering_selectors.register_served_products(selectors.served_inference_products)

@@ -45,8 +45,12 @@ class InferenceProduct(models.Model):
     input_price_per_million_tokens = models.DecimalField(**_PRICE)
     output_price_per_million_tokens = models.DecimalField(**_PRICE)
     currency = models.CharField(max_length=3, choices=Currency.choices, default=Currency.USD)
-    # Partner nodes that opted in to serve this model.
+    # Partner nodes that opted in to serve this model. Metering accepts this product's
+    # inference tokens only from them (``capacity.metering.validation``).
     nodes = models.ManyToManyField(Node, blank=True, related_name="inference_products")
+    # Most tokens (input + output) one GPU can serve per second of this model: the bound
+    # on what a node may report per window until tokens are tied to gateway receipts.
+    max_tokens_per_second_per_gpu = models.PositiveIntegerField(default=50_000)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -57,7 +61,12 @@ class InferenceProduct(models.Model):
                 condition=Q(input_price_per_million_tokens__gt=0)
                 & Q(output_price_per_million_tokens__gt=0),
                 name="inferenceproduct_prices_positive",
-            )
+            ),
+            models.CheckConstraint(
+                condition=Q(max_tokens_per_second_per_gpu__gt=0)
+                & Q(max_tokens_per_second_per_gpu__lte=1_000_000),
+                name="inferenceproduct_throughput_bounded",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -6,7 +6,7 @@ querysets with the joins their callers render, so list pages run a fixed number 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from django.conf import settings
@@ -152,6 +152,21 @@ def contract_allocations(*, contract: Contract) -> QuerySet[Allocation]:
 
 def inference_products() -> QuerySet[InferenceProduct]:
     return InferenceProduct.objects.filter(is_active=True).order_by("name")
+
+
+def served_inference_products(*, node_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """{node id: {product slug: tokens per GPU-second}}: the products each node opted in
+    to serve. Registered with metering (``capacity.metering.selectors``) at start-up:
+    inference tokens count only from a node that serves the product, at most at its
+    throughput."""
+    served: dict[int, dict[str, int]] = {}
+    for node_id, slug, tokens_per_second in InferenceProduct.nodes.through.objects.filter(
+        node_id__in=list(node_ids)
+    ).values_list(
+        "node_id", "inferenceproduct__slug", "inferenceproduct__max_tokens_per_second_per_gpu"
+    ):
+        served.setdefault(node_id, {})[slug] = tokens_per_second
+    return served
 
 
 def node_has_future_allocations(*, node_id: int, now: datetime) -> bool:

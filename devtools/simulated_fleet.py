@@ -34,10 +34,16 @@ from capacity.agent.fleet import (
     fleet_private_key,
 )
 from capacity.agent.protocol import public_key_b64
-from capacity.agent.simulator import WindowActivity, simulated_gpus, window_activity
+from capacity.agent.simulator import (
+    INFERENCE_PRODUCTS,
+    WindowActivity,
+    simulated_gpus,
+    window_activity,
+)
 from capacity.agent_client import AgentError, AgentHttp
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Site
 from config import crypto
+from contracts.models import InferenceProduct
 
 # Simulator model key -> catalog name (capacity's seeded GpuModel rows).
 CATALOG_NAMES = {
@@ -220,7 +226,28 @@ def register_fleet_nodes(
                 )
             )
     GpuDevice.objects.bulk_create(devices, batch_size=5000, ignore_conflicts=True)
-    return [by_name[fleet_node_id(fleet.seed, index)] for index in range(count)]
+    node_ids = [by_name[fleet_node_id(fleet.seed, index)] for index in range(count)]
+    _serve_fleet_products(fleet=fleet, node_ids=node_ids)
+    return node_ids
+
+
+def _serve_fleet_products(*, fleet: FleetProcess, node_ids: list[int]) -> None:
+    """Opt the nodes in to the inference products the fleet reports (those the catalogue
+    has): metering accepts a product's tokens only from nodes that serve it."""
+    slugs = {client.partition("@")[0] for client in fleet.inference_clients} or set(
+        INFERENCE_PRODUCTS
+    )
+    through = InferenceProduct.nodes.through
+    through.objects.bulk_create(
+        [
+            through(inferenceproduct_id=product_id, node_id=node_id)
+            for product_id in InferenceProduct.objects.filter(slug__in=slugs).values_list(
+                "pk", flat=True
+            )
+            for node_id in node_ids
+        ],
+        ignore_conflicts=True,
+    )
 
 
 @dataclass(frozen=True)

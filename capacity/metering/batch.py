@@ -27,6 +27,7 @@ from capacity.metering.polling import (
     health_due,
     poll_concurrently,
 )
+from capacity.metering.selectors import served_products
 from capacity.metering.sweep import UNPOLLED_STATUSES
 from capacity.metering.validation import GpuRef
 from capacity.models import GpuDevice, NodeStatus
@@ -62,6 +63,7 @@ def load_targets(
         "node_id", "uuid", "id"
     ):
         gpus[node_id][uuid] = device_id
+    served = served_products(node_ids=node_ids)
     rows = (
         NodePollState.objects.filter(node_id__in=node_ids)
         .exclude(node__status__in=UNPOLLED_STATUSES)
@@ -122,6 +124,7 @@ def load_targets(
                     uuid: GpuRef(device_id=device_id, max_power_w=max_power_w)
                     for uuid, device_id in gpus[node_id].items()
                 },
+                served_products=served.get(node_id, {}),
                 # A node that is not online gets its health asked on every poll.
                 check_health=always_check_health
                 or status != NodeStatus.ONLINE

@@ -167,6 +167,9 @@ class QuarantineReason(models.TextChoices):
     OVERLAPPING_WINDOW = "overlapping_window", "Window overlaps an earlier one of the GPU"
     INVALID_QUANTITY = "invalid_quantity", "Quantity not a non-negative integer"
     UNKNOWN_WORKLOAD = "unknown_workload", "Unknown workload kind"
+    QUANTITY_EXCEEDS_BOUND = "quantity_exceeds_bound", "Tokens or requests above any GPU's rate"
+    PRODUCT_NOT_SERVED = "product_not_served", "Inference for a product the node does not serve"
+    TOKENS_EXCEED_THROUGHPUT = "tokens_exceed_throughput", "Tokens above the product's throughput"
 
 
 class QuarantinedRecordQuerySet(TenantQuerySet):

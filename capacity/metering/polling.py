@@ -62,6 +62,9 @@ class PollTarget:
     last_hash: str
     gpu_window_ends: Mapping[str, int]
     gpus: Mapping[str, GpuRef]
+    # Inference products the node serves: slug -> tokens per GPU-second (validation's
+    # bound); inference for any other product is quarantined.
+    served_products: Mapping[str, int] = field(default_factory=dict)
     # Ask /v1/health on this poll (``health_due``); otherwise the last health verdict stands.
     check_health: bool = True
 
@@ -228,7 +231,11 @@ async def _poll_usage(http: AgentHttp, target: PollTarget, outcome: PollOutcome)
         )
         for record in fresh[: chain.valid_count]:
             verdict = validate_record(
-                record, gpus=target.gpus, now_us=now_us, gpu_window_ends=window_ends
+                record,
+                gpus=target.gpus,
+                now_us=now_us,
+                gpu_window_ends=window_ends,
+                served_products=target.served_products,
             )
             if isinstance(verdict, AcceptedRecord):
                 page.accepted.append(verdict)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from django.db.models import Count, Sum
@@ -26,6 +26,25 @@ from capacity.models import GpuDevice, MaintenanceWindow, Node, NodeStatus, Offe
 
 AVAILABILITY_DAYS = 30
 USAGE_QUANTITIES = ("busy_ms", "energy_mj", "input_tokens", "output_tokens", "requests")
+
+# Which inference products each node serves, and at what throughput: contracts' answer
+# (``contracts.selectors.served_inference_products``), registered at start-up so metering
+# can bound inference tokens without importing contracts. None: nothing is served.
+_served_products_loader: Callable[..., dict[int, dict[str, int]]] | None = None
+
+
+def register_served_products(loader: Callable[..., dict[int, dict[str, int]]]) -> None:
+    """Called once by the contracts app at start-up."""
+    global _served_products_loader
+    _served_products_loader = loader
+
+
+def served_products(*, node_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """{node id: {product slug: tokens per GPU-second}} for the nodes that serve any
+    product; without the contracts app no node serves anything (inference is refused)."""
+    if _served_products_loader is None:
+        return {}
+    return _served_products_loader(node_ids=node_ids)
 
 
 def node_poll_state(*, node: Node) -> NodePollState | None:

@@ -5,6 +5,20 @@ Pure functions, no database: ``polling`` runs them on every record of a verified
 record that fails is quarantined with the first reason found, never dropped, never
 billed. Times are compared in integer microseconds and energy in integer arithmetic
 (W x us = uJ), so no float rounding decides what gets billed.
+
+Every quantity is bounded by the window it covers: busy time by the window, energy by the
+GPU's max power over it, tokens and requests by a per-GPU-second ceiling far above any
+real server (``MAX_TOKENS_PER_GPU_SECOND``, ``MAX_REQUESTS_PER_GPU_SECOND``). Windows
+of one GPU never overlap and last at most a minute, so an hourly rollup row (one GPU, one
+hour, windows starting in it) covers at most 3,660 GPU-seconds: at most 3.7e9 tokens,
+and a month of 100,000 GPUs stays below 3e17, far from a bigint's 9.2e18. No sum of
+accepted quantities can overflow.
+
+Inference tokens are only accepted from a node that serves the product the ``ref`` names
+(``<product slug>`` or ``<product slug>@<key prefix>``), and at most at the product's
+throughput (tokens per GPU-second) over the window: until the gateway anchors tokens to
+its receipts, that is all the platform can know of them. What a node serves is
+contracts' answer, handed in by the poller (``served_products``).
 """
 
 from __future__ import annotations
@@ -23,6 +37,18 @@ _QUANTITIES = ("busy_ms", "energy_mj", "input_tokens", "output_tokens", "request
 # Largest value a bigint column holds.
 _MAX_QUANTITY = 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Ceilings per GPU-second of window for what no GPU can exceed, whatever it serves: well
+# above any server (a product's own throughput is the tighter bound), low enough that no
+# sum of accepted records can overflow a bigint (module docstring).
+MAX_TOKENS_PER_GPU_SECOND = 1_000_000
+MAX_REQUESTS_PER_GPU_SECOND = 100_000
+_PER_WINDOW_BOUNDS = {
+    "input_tokens": MAX_TOKENS_PER_GPU_SECOND,
+    "output_tokens": MAX_TOKENS_PER_GPU_SECOND,
+    "requests": MAX_REQUESTS_PER_GPU_SECOND,
+}
+# Separates the product slug from the caller's key prefix in an inference ``ref``.
+REF_SEPARATOR = "@"
 MAX_WORKLOAD_REF_LENGTH = 128
 
 
@@ -80,8 +106,13 @@ def validate_record(
     gpus: Mapping[str, GpuRef],
     now_us: int,
     gpu_window_ends: MutableMapping[str, int],
+    served_products: Mapping[str, int] | None = None,
 ) -> AcceptedRecord | Rejection:
     """Accept ``record`` or say why not.
+
+    ``served_products`` maps the slug of each inference product the node serves to the
+    product's throughput in tokens per GPU-second; inference for any other product is
+    refused (none given: the node serves nothing).
 
     ``gpu_window_ends`` maps a GPU uuid to the end (Unix us) of its latest accepted
     window, stored or earlier in this page; it is advanced for an accepted record, so
@@ -150,6 +181,19 @@ def validate_record(
             QuarantineReason.ENERGY_EXCEEDS_MAX_POWER,
             f"energy_mj {energy_mj} > {gpu.max_power_w} W x {window_us // 1000} ms",
         )
+    for name, per_second in _PER_WINDOW_BOUNDS.items():
+        value = int(record[name])  # type: ignore[call-overload]
+        if value * 1_000_000 > per_second * window_us:
+            return reject(
+                QuarantineReason.QUANTITY_EXCEEDS_BOUND,
+                f"{name} {value} > {per_second} per GPU-second x {window_us // 1000} ms",
+            )
+    if kind == "inference":
+        refusal = _inference_refusal(
+            ref, record, served_products=served_products or {}, window_us=window_us
+        )
+        if refusal is not None:
+            return reject(*refusal)
     previous_end_us = gpu_window_ends.get(raw_uuid)  # type: ignore[call-overload]
     if previous_end_us is not None and start_us < previous_end_us:
         return reject(
@@ -171,3 +215,30 @@ def validate_record(
         output_tokens=int(record["output_tokens"]),  # type: ignore[call-overload]
         requests=int(record["requests"]),  # type: ignore[call-overload]
     )
+
+
+def _inference_refusal(
+    ref: str | None,
+    record: Mapping[str, object],
+    *,
+    served_products: Mapping[str, int],
+    window_us: int,
+) -> tuple[str, str] | None:
+    """Why an inference record cannot be true (reason, detail), or None: its product is
+    not one the node serves, or its tokens exceed the product's throughput over the
+    window on one GPU."""
+    product = (ref or "").partition(REF_SEPARATOR)[0]
+    tokens_per_second = served_products.get(product)
+    if tokens_per_second is None:
+        return (
+            QuarantineReason.PRODUCT_NOT_SERVED,
+            f"the node does not serve inference product {product[:64]!r}",
+        )
+    tokens = int(record["input_tokens"]) + int(record["output_tokens"])  # type: ignore[call-overload]
+    if tokens * 1_000_000 > tokens_per_second * window_us:
+        return (
+            QuarantineReason.TOKENS_EXCEED_THROUGHPUT,
+            f"{tokens} tokens > {tokens_per_second} per GPU-second of {product[:64]!r}"
+            f" x {window_us // 1000} ms",
+        )
+    return None

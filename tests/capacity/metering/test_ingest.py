@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,6 +25,7 @@ from capacity.metering.polling import PageToStore
 from capacity.metering.selectors import rollup_totals, usage_totals
 from capacity.metering.validation import AcceptedRecord
 from capacity.models import GpuDevice, Node, NodeStatus
+from contracts.models import InferenceProduct
 from tests.capacity.metering.conftest import T0, make_fields
 
 pytestmark = pytest.mark.django_db
@@ -59,7 +61,21 @@ def snapshot(node) -> tuple:
     )
 
 
-def test_poll_stores_each_record_once_with_rollups_and_cursor(poll, node, fake_agent):
+@pytest.fixture
+def llama(node) -> InferenceProduct:
+    """An inference product the node serves, at 1,000 tokens per GPU-second."""
+    product = InferenceProduct.objects.create(
+        slug="llama",
+        name="Llama",
+        input_price_per_million_tokens=Decimal("0.2000"),
+        output_price_per_million_tokens=Decimal("0.6000"),
+        max_tokens_per_second_per_gpu=1_000,
+    )
+    product.nodes.add(node)
+    return product
+
+
+def test_poll_stores_each_record_once_with_rollups_and_cursor(poll, node, fake_agent, llama):
     fake_agent.append(
         make_fields(0, 0, busy_ms=10_000),
         make_fields(
@@ -262,6 +278,82 @@ def test_invalid_records_are_quarantined_with_reasons_and_the_rest_stored(poll, 
     assert quarantined.payload["busy_ms"] == 61_000
     node.refresh_from_db()
     assert node.status == NodeStatus.ONLINE
+
+
+def test_inference_counts_only_from_nodes_serving_the_product_within_its_throughput(
+    poll, node, fake_agent, llama
+):
+    """Forged inference (issue 13, 1): a product the node does not serve, or more tokens
+    than the product can serve on one GPU in the window, is quarantined with its reason
+    and never reaches the rollups; what the product can serve is stored."""
+    InferenceProduct.objects.create(
+        slug="other",
+        name="Other",
+        input_price_per_million_tokens=Decimal("0.2000"),
+        output_price_per_million_tokens=Decimal("0.6000"),
+    )
+    inference = {"kind": "inference", "requests": 1}
+    fake_agent.append(
+        # 1,000 tokens/s x 60 s: exactly the product's throughput.
+        make_fields(0, 0, **inference, ref="llama@abc", input_tokens=40_000, output_tokens=20_000),
+        make_fields(0, 1, **inference, ref="llama@abc", input_tokens=40_000, output_tokens=20_001),
+        make_fields(0, 2, **inference, ref="other@abc", input_tokens=1, output_tokens=1),
+        make_fields(0, 3, **inference, ref="unknown", input_tokens=1, output_tokens=1),
+        make_fields(0, 4, **inference, ref=None),
+    )
+
+    result = poll(node, fake_agent)
+
+    assert (result.inserted, result.quarantined) == (1, 4)
+    assert sorted(QuarantinedRecord.objects.values_list("seq", "reason", "detail")) == [
+        (
+            2,
+            QuarantineReason.TOKENS_EXCEED_THROUGHPUT,
+            "60001 tokens > 1000 per GPU-second of 'llama' x 60000 ms",
+        ),
+        (3, QuarantineReason.PRODUCT_NOT_SERVED, "the node does not serve inference product 'other'"),
+        (4, QuarantineReason.PRODUCT_NOT_SERVED, "the node does not serve inference product 'unknown'"),
+        (5, QuarantineReason.PRODUCT_NOT_SERVED, "the node does not serve inference product ''"),
+    ]
+    assert rollup_totals() == usage_totals()
+    assert (usage_totals()["input_tokens"], usage_totals()["output_tokens"]) == (40_000, 20_000)
+
+
+def test_every_quantity_is_bounded_per_window_so_no_sum_can_overflow(poll, node, fake_agent):
+    """Two records of 2^62 tokens in different hours (issue 13, 2) are quarantined: their
+    sum overflowed a bigint on drafting. Any kind of workload, any token or request count
+    above a GPU's ceiling over the window."""
+    huge = 2**62
+    fake_agent.append(
+        make_fields(0, 0, kind="idle", ref=None, input_tokens=huge),
+        make_fields(0, 0, start=T0 + timedelta(hours=1), output_tokens=huge),
+        make_fields(1, 0, requests=100_000 * 60 + 1),
+        make_fields(1, 1, input_tokens=60_000_000, output_tokens=60_000_000, requests=6_000_000),
+    )
+
+    result = poll(node, fake_agent)
+
+    assert (result.inserted, result.quarantined) == (1, 3)
+    assert sorted(QuarantinedRecord.objects.values_list("seq", "reason", "detail")) == [
+        (
+            1,
+            QuarantineReason.QUANTITY_EXCEEDS_BOUND,
+            f"input_tokens {huge} > 1000000 per GPU-second x 60000 ms",
+        ),
+        (
+            2,
+            QuarantineReason.QUANTITY_EXCEEDS_BOUND,
+            f"output_tokens {huge} > 1000000 per GPU-second x 60000 ms",
+        ),
+        (
+            3,
+            QuarantineReason.QUANTITY_EXCEEDS_BOUND,
+            "requests 6000001 > 100000 per GPU-second x 60000 ms",
+        ),
+    ]
+    assert UsageRecord.objects.get().seq == 4
+    assert rollup_totals() == usage_totals()
+    assert usage_totals()["input_tokens"] == 60_000_000
 
 
 def test_overlap_with_a_stored_window_is_quarantined_on_a_later_poll(poll, node, fake_agent):
