@@ -181,6 +181,12 @@ def validate_record(
             QuarantineReason.ENERGY_EXCEEDS_MAX_POWER,
             f"energy_mj {energy_mj} > {gpu.max_power_w} W x {window_us // 1000} ms",
         )
+    if kind == "inference":
+        refusal = _inference_refusal(
+            ref, record, served_products=served_products or {}, window_us=window_us
+        )
+        if refusal is not None:
+            return reject(*refusal)
     for name, per_second in _PER_WINDOW_BOUNDS.items():
         value = int(record[name])  # type: ignore[call-overload]
         if value * 1_000_000 > per_second * window_us:
@@ -188,12 +194,6 @@ def validate_record(
                 QuarantineReason.QUANTITY_EXCEEDS_BOUND,
                 f"{name} {value} > {per_second} per GPU-second x {window_us // 1000} ms",
             )
-    if kind == "inference":
-        refusal = _inference_refusal(
-            ref, record, served_products=served_products or {}, window_us=window_us
-        )
-        if refusal is not None:
-            return reject(*refusal)
     previous_end_us = gpu_window_ends.get(raw_uuid)  # type: ignore[call-overload]
     if previous_end_us is not None and start_us < previous_end_us:
         return reject(
