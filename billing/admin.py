@@ -33,6 +33,7 @@ from billing.models import (
     BillingCustomer,
     ConnectAccount,
     CreditNote,
+    DraftFailure,
     Invoice,
     InvoiceLine,
     JournalEntry,
@@ -97,6 +98,11 @@ def _close_summary(result: closing.CloseResult) -> str:
         f"{drafted.updated}, unchanged {drafted.unchanged}, already final "
         f"{drafted.finalized_untouched}."
     )
+    if drafted.failed:
+        summary += (
+            f" Could not draft {len(drafted.failed)} contracts: see Draft failures; they are"
+            " not finalized until their draft succeeds."
+        )
     if result.finalize_waiting_until is not None:
         return (
             f"{summary} Finalization waits for the grace window: from "
@@ -527,6 +533,17 @@ class PayoutAdmin(ReadOnlyAdmin):
             ),
             "Payout retried",
         )
+
+
+@admin.register(DraftFailure)
+class DraftFailureAdmin(ReadOnlyAdmin):
+    """Contracts the period close could not draft, and why: finance fixes the data and
+    closes again (a successful draft removes the row)."""
+
+    list_display = ("contract", "month", "error", "attempts", "failed_at")
+    list_filter = ("month",)
+    search_fields = ("contract__buyer__name", "error")
+    list_select_related = ("contract",)
 
 
 @admin.register(Attribution)

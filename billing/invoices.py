@@ -7,20 +7,29 @@ changes nothing. ``finalize_invoices`` numbers the drafts gap-free, freezes them
 database refuses later edits), posts their ledger entries, and hands the ones with
 money due to payments on commit. Both work in chunks of contracts, one transaction per
 chunk, and report progress.
+
+One contract's bad data never stops another's invoice: a chunk whose drafting fails for
+a reason in the data (a value out of range, a constraint, arithmetic) is drafted again
+contract by contract, each in its own transaction; a contract that still fails is
+logged and recorded as a ``DraftFailure`` for finance, and its invoice is not finalized
+until a later draft succeeds.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import DataError, IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
+from accounts.audit import audit
 from billing import ledger
-from billing.models import Invoice, InvoiceLine, InvoiceStatus, PaymentStatus
+from billing.models import DraftFailure, Invoice, InvoiceLine, InvoiceStatus, PaymentStatus
 from billing.numbering import INVOICE_SERIES, issue_numbers
 from billing.periods import finalizable_at, month_bounds
 from billing.rating import RatedLine, billable_contracts, rate_month
@@ -28,6 +37,11 @@ from contracts.models import Contract
 
 CHUNK_SIZE = 1000
 Progress = Callable[[str, int, int], None]
+# Failures of one contract's drafting that its data causes; anything else (the database
+# gone, a bug) still fails the run.
+DRAFT_DATA_ERRORS = (DataError, IntegrityError, ArithmeticError, ValueError)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,12 +50,15 @@ class DraftResult:
     updated: int = 0
     unchanged: int = 0
     finalized_untouched: int = 0
+    # Contracts whose invoice could not be drafted (recorded as ``DraftFailure``).
+    failed: list[int] = field(default_factory=list)
 
     def add(self, other: DraftResult) -> None:
         self.created += other.created
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.finalized_untouched += other.finalized_untouched
+        self.failed += other.failed
 
 
 @dataclass
@@ -157,7 +174,45 @@ def _draft_chunk(*, month: date, contract_ids: list[int], now: datetime) -> Draf
         InvoiceLine.objects.filter(invoice__in=replace).delete()
         InvoiceLine.objects.bulk_create(new_lines, batch_size=5000)
         Invoice.objects.bulk_update(replace, ["total_minor", "drafted_at"], batch_size=2000)
+    DraftFailure.objects.filter(contract_id__in=contract_ids, month=month).delete()
     return result
+
+
+def _draft_each(*, month: date, contract_ids: list[int], now: datetime) -> DraftResult:
+    """Draft a chunk that failed one contract at a time, so only the contracts whose own
+    data fails are left out; record each of those for finance."""
+    result = DraftResult()
+    for contract_id in contract_ids:
+        try:
+            result.add(_draft_chunk(month=month, contract_ids=[contract_id], now=now))
+        except DRAFT_DATA_ERRORS as error:
+            logger.exception("drafting the %s invoice of contract %s failed", month, contract_id)
+            _record_failure(contract_id=contract_id, month=month, error=error, now=now)
+            result.failed.append(contract_id)
+    return result
+
+
+@transaction.atomic
+def _record_failure(*, contract_id: int, month: date, error: Exception, now: datetime) -> None:
+    """The failure as a ``DraftFailure`` (what finalization checks; the admin lists it)
+    and in the audit trail, which finance reads, under the buyer."""
+    detail = f"{type(error).__name__}: {error}"[:2000]
+    updated = DraftFailure.objects.filter(contract_id=contract_id, month=month).update(
+        error=detail, failed_at=now, attempts=F("attempts") + 1
+    )
+    if not updated:
+        DraftFailure.objects.create(
+            contract_id=contract_id, month=month, error=detail, failed_at=now
+        )
+    contract = Contract.objects.select_related("buyer").get(pk=contract_id)
+    audit(
+        action="billing.invoice_draft_failed",
+        actor=None,
+        organization=contract.buyer,
+        target=contract,
+        month=f"{month:%Y-%m}",
+        error=detail,
+    )
 
 
 def draft_invoices(
@@ -167,7 +222,10 @@ def draft_invoices(
     now: datetime | None = None,
     progress: Progress | None = None,
 ) -> DraftResult:
-    """Draft (or re-draft) the month's invoices. Refused before the month has ended."""
+    """Draft (or re-draft) the month's invoices. Refused before the month has ended.
+
+    A contract whose drafting fails on its data is left out and recorded
+    (``DraftResult.failed``, ``DraftFailure``); every other contract is drafted."""
     now = now or timezone.now()
     if now < month_bounds(month)[1]:
         raise ValidationError(f"{month:%B %Y} has not ended yet.", code="month_not_ended")
@@ -176,7 +234,10 @@ def draft_invoices(
     result = DraftResult()
     done = 0
     for chunk in chunks:
-        result.add(_draft_chunk(month=month, contract_ids=chunk, now=now))
+        try:
+            result.add(_draft_chunk(month=month, contract_ids=chunk, now=now))
+        except DRAFT_DATA_ERRORS:
+            result.add(_draft_each(month=month, contract_ids=chunk, now=now))
         done += len(chunk)
         if progress is not None:
             progress("drafted", done, total)
@@ -185,9 +246,11 @@ def draft_invoices(
 
 @transaction.atomic
 def _finalize_chunk(*, month: date, contract_ids: list[int], now: datetime) -> FinalizeResult:
+    # A contract whose last drafting failed keeps a stale draft (or none): not finalized.
     drafts = list(
         Invoice.objects.select_for_update()
         .filter(contract_id__in=contract_ids, month=month, status=InvoiceStatus.DRAFT)
+        .exclude(contract__draft_failures__month=month)
         .order_by("pk")
     )
     result = FinalizeResult()

@@ -185,6 +185,34 @@ class Meter(models.TextChoices):
     OUTPUT_TOKENS = "output_tokens", "output tokens"
 
 
+class DraftFailure(models.Model):
+    """A contract whose invoice for a month could not be drafted, and why: for finance.
+
+    ``billing.invoices.draft_invoices`` drafts every other contract and records this
+    instead of failing the period close; the contract's invoice is not finalized while
+    it stands (a draft from before the failure would be stale), and a later successful
+    draft removes it. Finance sees it in the admin.
+    """
+
+    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="draft_failures")
+    # First day of the month whose invoice failed (UTC).
+    month = models.DateField()
+    # The error, as raised ("NumericValueOutOfRange: bigint out of range").
+    error = models.TextField()
+    # Last time drafting failed; attempts counts the failed runs since the first one.
+    failed_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["-failed_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["contract", "month"], name="draftfailure_one_per_month")
+        ]
+
+    def __str__(self) -> str:
+        return f"draft of contract {self.contract_id} for {self.month:%Y-%m} failed"
+
+
 class InvoiceLine(models.Model):
     """One rounded charge or credit. Its amount was rounded once, half-up, to the cent."""
 

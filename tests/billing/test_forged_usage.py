@@ -32,11 +32,21 @@ FORGED_TOKENS = 10**12
 WINDOW_START = datetime(2026, 10, 20, 10, tzinfo=UTC)
 
 
-def _poll_and_close(*, node, fake_agent, buyer_org, buyer_owner, llm, localstripe, tokens):
+@pytest.fixture
+def partner_node(
+    node,  # noqa: F811 (fixtures imported above)
+    fake_agent,  # noqa: F811 (fixtures imported above)
+):
+    """The metering tests' node (two GPUs) and its signing fake agent: another site of
+    the partner whose nodes serve ``llm``."""
+    return node, fake_agent
+
+
+def _poll_and_close(*, forging, agent, buyer_org, buyer_owner, llm, localstripe, tokens):
     """The buyer's inference line and key; one signed record of ``tokens`` input and
-    output tokens naming the key, polled from ``node``; October closed and paid."""
+    output tokens naming the key, polled from ``forging``; October closed and paid."""
     agreement_create(
-        partner=node.site.organization,
+        partner=forging.site.organization,
         line_kind=RevenueKind.INFERENCE,
         partner_share=D("0.8000"),
         effective_from=date(2026, 1, 1),
@@ -45,7 +55,7 @@ def _poll_and_close(*, node, fake_agent, buyer_org, buyer_owner, llm, localstrip
     line, key = inference_line_with_key(
         buyer=buyer_org, actor=buyer_owner, product=llm, now=datetime(2026, 10, 1, tzinfo=UTC)
     )
-    fake_agent.append(
+    agent.append(
         make_fields(
             0,
             kind="inference",
@@ -57,10 +67,10 @@ def _poll_and_close(*, node, fake_agent, buyer_org, buyer_owner, llm, localstrip
         )
     )
     batch.poll_and_store(
-        [node.pk],
+        [forging.pk],
         now=WINDOW_START + timedelta(minutes=5),
         interval_seconds=60,
-        transport=fake_agent.transport(),
+        transport=agent.transport(),
     )
     attribute_new_records()
     save_card(buyer_org, localstripe)
@@ -69,13 +79,14 @@ def _poll_and_close(*, node, fake_agent, buyer_org, buyer_owner, llm, localstrip
 
 
 def test_forged_tokens_from_a_node_not_serving_the_product_bill_and_credit_nothing(
-    node, fake_agent, buyer_org, buyer_owner, llm, localstripe
+    partner_node, buyer_org, buyer_owner, llm, localstripe
 ):
-    assert not llm.nodes.filter(pk=node.pk).exists()
+    forging, agent = partner_node
+    assert not llm.nodes.filter(pk=forging.pk).exists()
 
     line = _poll_and_close(
-        node=node,
-        fake_agent=fake_agent,
+        forging=forging,
+        agent=agent,
         buyer_org=buyer_org,
         buyer_owner=buyer_owner,
         llm=llm,
@@ -83,7 +94,7 @@ def test_forged_tokens_from_a_node_not_serving_the_product_bill_and_credit_nothi
         tokens=FORGED_TOKENS,
     )
 
-    quarantined = QuarantinedRecord.objects.get(node=node)
+    quarantined = QuarantinedRecord.objects.get(node=forging)
     assert (quarantined.reason, quarantined.detail) == (
         QuarantineReason.PRODUCT_NOT_SERVED,
         f"the node does not serve inference product {llm.slug!r}",
@@ -94,17 +105,18 @@ def test_forged_tokens_from_a_node_not_serving_the_product_bill_and_credit_nothi
     assert not InvoiceLine.objects.filter(invoice__contract_id=line.contract_id).exists()
     assert line.contract.invoices.get(month=OCTOBER).total_minor == 0
     assert not Attribution.objects.exists()
-    assert not SettlementStatement.objects.filter(partner=node.site.organization).exists()
+    assert not SettlementStatement.objects.filter(partner=forging.site.organization).exists()
 
 
 def test_tokens_above_the_products_throughput_are_quarantined_even_from_a_serving_node(
-    node, fake_agent, buyer_org, buyer_owner, llm, localstripe
+    partner_node, buyer_org, buyer_owner, llm, localstripe
 ):
-    llm.nodes.add(node)
+    forging, agent = partner_node
+    llm.nodes.add(forging)
 
     line = _poll_and_close(
-        node=node,
-        fake_agent=fake_agent,
+        forging=forging,
+        agent=agent,
         buyer_org=buyer_org,
         buyer_owner=buyer_owner,
         llm=llm,
@@ -112,7 +124,7 @@ def test_tokens_above_the_products_throughput_are_quarantined_even_from_a_servin
         tokens=FORGED_TOKENS,
     )
 
-    assert QuarantinedRecord.objects.get(node=node).reason == (
+    assert QuarantinedRecord.objects.get(node=forging).reason == (
         QuarantineReason.TOKENS_EXCEED_THROUGHPUT
     )
     assert not InvoiceLine.objects.filter(invoice__contract_id=line.contract_id).exists()
@@ -120,14 +132,15 @@ def test_tokens_above_the_products_throughput_are_quarantined_even_from_a_servin
 
 
 def test_tokens_within_the_throughput_of_a_serving_node_bill_and_settle(
-    node, fake_agent, buyer_org, buyer_owner, llm, localstripe
+    partner_node, buyer_org, buyer_owner, llm, localstripe
 ):
-    llm.nodes.add(node)
+    forging, agent = partner_node
+    llm.nodes.add(forging)
 
     # 1.5 M input + 1.5 M output tokens in a minute: 50,000 per GPU-second, the default.
     line = _poll_and_close(
-        node=node,
-        fake_agent=fake_agent,
+        forging=forging,
+        agent=agent,
         buyer_org=buyer_org,
         buyer_owner=buyer_owner,
         llm=llm,
@@ -143,4 +156,4 @@ def test_tokens_within_the_throughput_of_a_serving_node_bill_and_settle(
     ]
     assert sorted(
         Attribution.objects.values_list("node_id", "amount_minor", "partner_share_minor")
-    ) == [(node.pk, 30, 24), (node.pk, 90, 72)]
+    ) == [(forging.pk, 30, 24), (forging.pk, 90, 72)]

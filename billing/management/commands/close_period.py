@@ -43,6 +43,11 @@ class Command(BaseCommand):
             f"{month:%Y-%m}: drafts created {drafted.created}, updated {drafted.updated}, "
             f"unchanged {drafted.unchanged}, already final {drafted.finalized_untouched}"
         )
+        if drafted.failed:
+            self.stderr.write(
+                f"could not draft {len(drafted.failed)} contracts (see Draft failures in the "
+                f"admin): {', '.join(str(pk) for pk in drafted.failed[:20])}"
+            )
         if result.finalize_waiting_until is not None:
             self.stdout.write(
                 f"finalization waits for the grace window: from "

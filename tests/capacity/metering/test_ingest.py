@@ -311,8 +311,16 @@ def test_inference_counts_only_from_nodes_serving_the_product_within_its_through
             QuarantineReason.TOKENS_EXCEED_THROUGHPUT,
             "60001 tokens > 1000 per GPU-second of 'llama' x 60000 ms",
         ),
-        (3, QuarantineReason.PRODUCT_NOT_SERVED, "the node does not serve inference product 'other'"),
-        (4, QuarantineReason.PRODUCT_NOT_SERVED, "the node does not serve inference product 'unknown'"),
+        (
+            3,
+            QuarantineReason.PRODUCT_NOT_SERVED,
+            "the node does not serve inference product 'other'",
+        ),
+        (
+            4,
+            QuarantineReason.PRODUCT_NOT_SERVED,
+            "the node does not serve inference product 'unknown'",
+        ),
         (5, QuarantineReason.PRODUCT_NOT_SERVED, "the node does not serve inference product ''"),
     ]
     assert rollup_totals() == usage_totals()
