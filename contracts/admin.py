@@ -149,6 +149,7 @@ class InferenceProductAdmin(admin.ModelAdmin):
         "slug",
         "input_price_per_million_tokens",
         "output_price_per_million_tokens",
+        "max_tokens_per_second_per_gpu",
         "is_active",
     )
     list_filter = ("is_active",)

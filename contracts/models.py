@@ -15,11 +15,13 @@ from typing import Self, TypedDict
 
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import DateTimeRangeField, RangeOperators
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import ApiKey, Organization, TenantQuerySet
+from capacity.metering.validation import MAX_TOKENS_PER_GPU_SECOND
 from capacity.models import Currency, GpuDevice, Node, Offer
 
 
@@ -50,7 +52,11 @@ class InferenceProduct(models.Model):
     nodes = models.ManyToManyField(Node, blank=True, related_name="inference_products")
     # Most tokens (input + output) one GPU can serve per second of this model: the bound
     # on what a node may report per window until tokens are tied to gateway receipts.
-    max_tokens_per_second_per_gpu = models.PositiveIntegerField(default=50_000)
+    max_tokens_per_second_per_gpu = models.PositiveIntegerField(
+        default=50_000,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_TOKENS_PER_GPU_SECOND)],
+        help_text="Input + output tokens one GPU can serve per second; more is quarantined.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -64,7 +70,7 @@ class InferenceProduct(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(max_tokens_per_second_per_gpu__gt=0)
-                & Q(max_tokens_per_second_per_gpu__lte=1_000_000),
+                & Q(max_tokens_per_second_per_gpu__lte=MAX_TOKENS_PER_GPU_SECOND),
                 name="inferenceproduct_throughput_bounded",
             ),
         ]

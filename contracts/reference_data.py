@@ -34,12 +34,14 @@ def ensure_defaults(*, sla_policy: Any, sla_credit_tier: Any, inference_product:
         sla_credit_tier.objects.get_or_create(
             policy=policy, min_availability_percent=threshold, defaults={"credit_percent": credit}
         )
+    # Only the slugs are read, so a database migrated to an older schema (whose rows the
+    # catalogue migration already holds) is not asked for today's columns.
+    existing = set(inference_product.objects.values_list("slug", flat=True))
     for slug, name, input_price, output_price in PRODUCTS:
-        inference_product.objects.get_or_create(
-            slug=slug,
-            defaults={
-                "name": name,
-                "input_price_per_million_tokens": Decimal(input_price),
-                "output_price_per_million_tokens": Decimal(output_price),
-            },
-        )
+        if slug not in existing:
+            inference_product.objects.create(
+                slug=slug,
+                name=name,
+                input_price_per_million_tokens=Decimal(input_price),
+                output_price_per_million_tokens=Decimal(output_price),
+            )

@@ -5,6 +5,7 @@ key and line their ref names, records the line of their allocation or key."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -13,12 +14,11 @@ from django.db.migrations.executor import MigrationExecutor
 from capacity.metering.models import HourlyUsage, UsageRecord
 from contracts.attribution import workload_ref_for_key
 from contracts.billable_usage import MeteredQuantities, UsageKey, metered_quantities
-from contracts.models import Allocation
+from contracts.models import Allocation, InferenceProduct
 from tests.contracts.usage_builders import (
     active_contract,
     gpu_line,
     inference_line,
-    inference_product,
     key_for,
     reserved_line,
 )
@@ -46,7 +46,14 @@ def test_stored_usage_gets_the_lines_rating_used_to_find_by_ref(
 
     since = datetime(2026, 9, 1, tzinfo=UTC)
     contract = active_contract(buyer=buyer_org, since=since)
-    product = inference_product("migrated-llm")
+    # The product row as that day's schema has it (today's model has more columns).
+    old_product = old_apps.get_model("contracts", "InferenceProduct").objects.create(
+        slug="migrated-llm",
+        name="Migrated llm",
+        input_price_per_million_tokens=Decimal("0.2000"),
+        output_price_per_million_tokens=Decimal("0.6000"),
+    )
+    product = InferenceProduct(pk=old_product.pk, slug=old_product.slug)
     tokens_line = inference_line(contract=contract, product=product, since=since)
     tokens_key = key_for(tokens_line, created_at=since, revoked_at=HOUR + timedelta(days=1))
     busy_line = gpu_line(contract=contract, offer=offer, since=since)
