@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from capacity.agent.protocol import GENESIS_PREV_HASH, verify_chain, verify_signature
-from capacity.agent_client import AgentError, AgentHttp
+from capacity.agent_client import AgentError, AgentHttp, normalize_agent_url
 from capacity.metering.availability import MinuteMask, minute_masks
 from capacity.metering.models import QuarantineReason
 from capacity.metering.validation import (
@@ -70,7 +70,10 @@ class PollTarget:
     check_health: bool = True
 
     def url(self, endpoint: str) -> str:
-        return f"{self.agent_url.rstrip('/')}/v1/{endpoint}"
+        """``{agent_url}/v1/{endpoint}``. The stored URL is normalized again (enrollment
+        does it since issue 13; older rows may carry a query or fragment that would
+        swallow the endpoint and aim the poll at another path)."""
+        return f"{normalize_agent_url(self.agent_url)}/v1/{endpoint}"
 
 
 @dataclass(frozen=True)

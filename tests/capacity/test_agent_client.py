@@ -140,6 +140,22 @@ def test_a_poll_has_a_total_deadline_over_its_requests():
     assert 3.0 <= elapsed < 4.5
 
 
+def test_a_stored_url_with_a_query_and_fragment_polls_the_agent_paths():
+    async def call(base_url: str) -> object:
+        async with AgentHttp(max_connections=1) as http:
+            target = bare_target(f"{base_url}/internal/admin/config?x=#")
+            return await poll_node(http, target, polled_at=datetime(2026, 1, 5, tzinfo=UTC))
+
+    outcome, served, _ = _run(_answer(b"{}"), call)
+
+    assert served.requests[0].startswith(
+        b"GET /internal/admin/config/v1/usage?after=0&limit=1000 HTTP/1.1\r\n"
+    )
+    assert (
+        outcome.integrity_problem == "usage page: signature does not verify with the enrolled key"
+    )  # type: ignore[attr-defined]
+
+
 # -- size: capped while reading, compressed and inflated ----------------------------------
 
 
