@@ -32,6 +32,7 @@ from capacity.agent_client import (
     is_public_address,
     normalize_agent_url,
 )
+from capacity.checks import agent_urls_public_only
 from capacity.metering.polling import poll_node
 from tests.capacity.metering.conftest import bare_target
 
@@ -372,3 +373,10 @@ def test_a_name_resolving_to_loopback_is_refused_at_connect_time(monkeypatch):
     assert result.body == b"{}"  # type: ignore[attr-defined]
     assert served.connections == 1  # only the development-rules request connected
     assert b"host: agent.example.com:" in served.requests[0].lower()
+
+
+def test_check_deploy_warns_when_agent_urls_may_be_private(settings):
+    settings.AGENT_ALLOW_PRIVATE_URLS = True
+    assert [message.id for message in agent_urls_public_only(None)] == ["capacity.W001"]
+    settings.AGENT_ALLOW_PRIVATE_URLS = False
+    assert agent_urls_public_only(None) == []
