@@ -8,6 +8,7 @@ class CapacityConfig(AppConfig):
     verbose_name = "Capacity"
 
     def ready(self) -> None:
+        from capacity import checks  # noqa: F401 (registers the deployment checks)
         from capacity.catalog import ensure_gpu_catalog
         from capacity.models import GpuModel
         from config import reference_data

@@ -2,7 +2,8 @@
 
 A partner creates a node and gets a code (shown once, stored as sha256). The agent calls
 ``POST /api/v1/agents/enroll`` with it; :func:`node_enroll` checks everything the agent
-says (it is untrusted), records the public key, URL and GPU inventory, and issues the
+says (it is untrusted), records the public key, URL (public addresses only, outside
+development) and GPU inventory, and issues the
 poll token — stored encrypted, returned in plaintext exactly once.
 
 After enrollment the node is ``unreachable``: enrolled, but the platform has not yet
@@ -28,6 +29,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.audit import audit
+from capacity.agent_client import AgentUrlRefused, check_agent_url, private_urls_allowed
 from capacity.models import (
     ENROLLMENT_CODE_LIFETIME,
     EnrollmentCode,
@@ -135,13 +137,19 @@ def _validate_public_key(public_key: object) -> str:
 
 
 def _validate_url(url: object) -> str:
+    """The agent's base URL, normalized (no userinfo, query or fragment) and, outside
+    development, resolving to public addresses only (``agent_client.check_agent_url``;
+    polls check again when they connect)."""
     if not isinstance(url, str) or len(url) > 300:
         raise ValidationError({"url": "agent URL must be a string of at most 300 characters"})
     try:
         URLValidator(schemes=["http", "https"])(url)
     except ValidationError as error:
         raise ValidationError({"url": "agent URL must be an http(s) URL"}) from error
-    return url.rstrip("/")
+    try:
+        return check_agent_url(url, allow_private=private_urls_allowed())
+    except AgentUrlRefused as error:
+        raise ValidationError({"url": str(error)}) from error
 
 
 def _validate_gpus(node: Node, gpus: Sequence[Mapping[str, Any]]) -> list[ReportedGpu]:

@@ -340,6 +340,17 @@ METERING_POLL_INTERVAL_SECONDS = env_int("METERING_POLL_INTERVAL_SECONDS", 60, m
 METERING_BATCH_SIZE = env_int("METERING_BATCH_SIZE", 200, minimum=1)
 METERING_POLL_CONCURRENCY = env_int("METERING_POLL_CONCURRENCY", 16, minimum=1)
 FLEET_URL = env_str("HASHGRID_FLEET_URL", "http://127.0.0.1:9100")
+# Agent URLs may point at loopback and private networks (the fleet simulator). Off in
+# production: agents are on partners' networks, and an agent URL aimed at the platform's
+# own would have the poller fetch internal URLs with a bearer token (SSRF).
+AGENT_ALLOW_PRIVATE_URLS = env_bool("HASHGRID_AGENT_ALLOW_PRIVATE_URLS", not PRODUCTION)
+# Celery time limits of one polling batch (seconds). Every poll already has a deadline;
+# these stop a batch that still overruns: the soft limit cancels its polls (what was
+# stored stays, the rest is polled next sweep), the hard one replaces the worker process.
+METERING_BATCH_SOFT_TIME_LIMIT_SECONDS = env_int(
+    "METERING_BATCH_SOFT_TIME_LIMIT_SECONDS", 300, minimum=10
+)
+METERING_BATCH_TIME_LIMIT_SECONDS = METERING_BATCH_SOFT_TIME_LIMIT_SECONDS + 60
 
 # Secret used to encrypt agent credentials at rest (derived from SECRET_KEY by default).
 FIELD_ENCRYPTION_KEY = env_str("HASHGRID_FIELD_ENCRYPTION_KEY", "")

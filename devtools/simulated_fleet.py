@@ -266,7 +266,9 @@ def fetch_truth(
 
     async def main() -> list[dict[str, object]]:
         semaphore = asyncio.Semaphore(concurrency)
-        async with AgentHttp(max_connections=concurrency, read_timeout_s=30.0) as http:
+        async with AgentHttp(
+            max_connections=concurrency, read_timeout_s=30.0, request_deadline_s=60.0
+        ) as http:
 
             async def one(index: int) -> dict[str, object]:
                 async with semaphore:

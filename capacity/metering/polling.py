@@ -16,6 +16,7 @@ Django's database connection never leaves the caller's thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import threading
@@ -25,7 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from capacity.agent.protocol import GENESIS_PREV_HASH, verify_chain, verify_signature
-from capacity.agent_client import AgentError, AgentHttp
+from capacity.agent_client import AgentError, AgentHttp, normalize_agent_url
 from capacity.metering.availability import MinuteMask, minute_masks
 from capacity.metering.models import QuarantineReason
 from capacity.metering.validation import (
@@ -45,6 +46,9 @@ PAGE_LIMIT = 1000
 MAX_PAGES_PER_POLL = 50
 # Nodes of one batch polled at the same time.
 DEFAULT_CONCURRENCY = 16
+# Seconds one node's poll (every page, then health) may take in all; each request also has
+# its own deadline (``agent_client.REQUEST_DEADLINE_S``). Pages read before it are kept.
+POLL_DEADLINE_S = 30.0
 # How much of an unreadable body a quarantine row keeps.
 _RAW_KEEP_CHARS = 2000
 
@@ -69,7 +73,10 @@ class PollTarget:
     check_health: bool = True
 
     def url(self, endpoint: str) -> str:
-        return f"{self.agent_url.rstrip('/')}/v1/{endpoint}"
+        """``{agent_url}/v1/{endpoint}``. The stored URL is normalized again (enrollment
+        does it since issue 13; older rows may carry a query or fragment that would
+        swallow the endpoint and aim the poll at another path)."""
+        return f"{normalize_agent_url(self.agent_url)}/v1/{endpoint}"
 
 
 @dataclass(frozen=True)
@@ -295,25 +302,37 @@ async def _poll_health(http: AgentHttp, target: PollTarget, outcome: PollOutcome
         outcome.gpu_utilization_pct = sum(utilizations) // len(utilizations)
 
 
-async def poll_node(http: AgentHttp, target: PollTarget, *, polled_at: datetime) -> PollOutcome:
-    """Poll one node: usage pages to the head, then, when due, health.
+async def poll_node(
+    http: AgentHttp,
+    target: PollTarget,
+    *,
+    polled_at: datetime,
+    deadline_s: float = POLL_DEADLINE_S,
+) -> PollOutcome:
+    """Poll one node: usage pages to the head, then, when due, health, within ``deadline_s``.
 
     One after the other, so a node holds one connection at a time (the pool never
     queues) and an agent that does not answer usage is not asked for health as well.
+    A poll that overruns its deadline fails; the pages it completed are kept (each is
+    verified and stored on its own), the rest waits for the next poll.
     """
     outcome = PollOutcome(node_id=target.node_id, polled_at=polled_at)
     requests = [_poll_usage]
     if target.check_health:
         requests.append(_poll_health)
-    for request in requests:
-        try:
-            await request(http, target, outcome)
-        except AgentError as error:
-            outcome.error = str(error)
-        except ValueError as error:  # json.JSONDecodeError of a signed body
-            outcome.error = f"malformed answer: {error}"
-        if outcome.error:
-            break
+    try:
+        async with asyncio.timeout(deadline_s):
+            for request in requests:
+                try:
+                    await request(http, target, outcome)
+                except AgentError as error:
+                    outcome.error = str(error)
+                except ValueError as error:  # json.JSONDecodeError of a signed body
+                    outcome.error = f"malformed answer: {error}"
+                if outcome.error:
+                    break
+    except TimeoutError:
+        outcome.error = f"poll not finished within {deadline_s:g} s"
     return outcome
 
 
@@ -345,10 +364,18 @@ def poll_concurrently(
     ``max_group``: while the caller stores one list, the next one fills up, so a busy
     caller gets bigger groups (fewer round trips) and an idle one gets them at once.
     ``transport`` replaces the network (tests answer in-process); None in production.
+
+    When the caller stops early (its task hit its Celery time limit, storing failed), the
+    polls still running are cancelled rather than awaited.
     """
     results: queue.SimpleQueue[object] = queue.SimpleQueue()
+    stopping = threading.Event()
+    running: dict[str, object] = {}
 
     async def main() -> None:
+        running["loop"], running["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        if stopping.is_set():
+            return
         semaphore = asyncio.Semaphore(concurrency)
         async with AgentHttp(max_connections=concurrency, transport=transport) as http:
 
@@ -389,4 +416,16 @@ def poll_concurrently(
             if group:
                 yield group
     finally:
+        if not done:
+            _cancel(stopping, running)
         thread.join()
+
+
+def _cancel(stopping: threading.Event, running: dict[str, object]) -> None:
+    """Stop ``poll_concurrently``'s loop from the caller's thread: before it starts (it
+    sees ``stopping``) or while it runs (its main task is cancelled)."""
+    stopping.set()
+    loop, task = running.get("loop"), running.get("task")
+    if isinstance(loop, asyncio.AbstractEventLoop) and isinstance(task, asyncio.Task):
+        with contextlib.suppress(RuntimeError):  # the loop already finished and closed
+            loop.call_soon_threadsafe(task.cancel)

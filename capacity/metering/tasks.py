@@ -52,6 +52,10 @@ def sweep(max_nodes: int | None = None) -> dict[str, int]:
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=MAX_BATCH_RETRIES,
+    # Backstops over the per-poll deadlines (settings): the soft limit raises in the task,
+    # which cancels the polls still running; the hard one replaces the worker process.
+    soft_time_limit=settings.METERING_BATCH_SOFT_TIME_LIMIT_SECONDS,
+    time_limit=settings.METERING_BATCH_TIME_LIMIT_SECONDS,
 )
 def poll_batch(self, node_ids: list[int]) -> dict[str, int]:  # type: ignore[no-untyped-def]
     try:

@@ -293,3 +293,47 @@ def test_enroll_is_throttled(anonymous_api, agent_public_key):
         for _ in range(31)
     ]
     assert statuses == [400] * 30 + [429]
+
+
+@pytest.mark.django_db
+def test_agent_url_loses_userinfo_query_and_fragment(site, anonymous_api, agent_public_key):
+    created = _new_node(site)
+    url = "http://agent:secret@10.0.4.17:9100/base/?x=#frag"
+    response = anonymous_api.post(
+        ENROLL_URL, _body(created.enrollment_code, agent_public_key, url=url), format="json"
+    )
+    assert response.status_code == 201
+    assert Node.objects.get(pk=created.node.pk).agent_url == "http://10.0.4.17:9100/base"
+
+
+@pytest.mark.django_db
+def test_production_rules_refuse_an_internal_agent_url(
+    site, anonymous_api, agent_public_key, settings
+):
+    """Issue 13 (SSRF): the poller would fetch the internal URL with the node's token."""
+    settings.AGENT_ALLOW_PRIVATE_URLS = False
+    created = _new_node(site)
+    before = _node_row(created.node.pk)
+    for url in (
+        "http://127.0.0.1:8372/internal/admin/config?x=#",
+        "http://localhost:8372/",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::ffff:10.0.0.1]:9100",
+    ):
+        response = anonymous_api.post(
+            ENROLL_URL, _body(created.enrollment_code, agent_public_key, url=url), format="json"
+        )
+        assert response.status_code == 400
+        assert response.json() == {
+            "url": ["agent URL must resolve to public internet addresses only"]
+        }
+    assert _node_row(created.node.pk) == before
+    assert EnrollmentCode.objects.get(node=created.node).used_at is None
+    # A public address is accepted under the same rules (an IP literal: no DNS needed).
+    response = anonymous_api.post(
+        ENROLL_URL,
+        _body(created.enrollment_code, agent_public_key, url="https://8.8.8.8:8443/"),
+        format="json",
+    )
+    assert response.status_code == 201
+    assert Node.objects.get(pk=created.node.pk).agent_url == "https://8.8.8.8:8443"

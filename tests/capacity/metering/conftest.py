@@ -27,6 +27,7 @@ from capacity.agent.protocol import (
     usage_fields,
 )
 from capacity.metering.models import NodePollState
+from capacity.metering.polling import PollTarget
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Site
 from config import crypto
 from tests.factories import MembershipFactory
@@ -176,3 +177,18 @@ def fake_agent(agent_key) -> FakeAgent:
 
 def loads(body: bytes) -> object:
     return json.loads(body)
+
+
+def bare_target(agent_url: str, *, node_id: int = 1) -> PollTarget:
+    """A target with no database behind it: for polls that must fail before any page."""
+    return PollTarget(
+        node_id=node_id,
+        agent_url=agent_url,
+        token="t",
+        public_key="",
+        journal_epoch="",
+        last_seq=0,
+        last_hash="",
+        gpu_window_ends={},
+        gpus={},
+    )
