@@ -16,11 +16,12 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts import services
+from accounts.admin_widgets import IdAutocompleteMixin
 from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Organization, User
 from accounts.requests import request_actor
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(IdAutocompleteMixin, admin.TabularInline):
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
@@ -54,7 +55,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(IdAutocompleteMixin, admin.ModelAdmin):
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["role"]
     search_fields = ["user__email", "organization__name", "organization__slug"]

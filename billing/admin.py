@@ -26,6 +26,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
+from accounts.admin_widgets import IdAutocompleteMixin
 from accounts.requests import request_actor
 from billing import closing, credit_notes, finance, stripe_gateway
 from billing.models import (
@@ -402,7 +403,7 @@ class AgreementForm(forms.ModelForm):
 
 
 @admin.register(PartnerAgreement)
-class PartnerAgreementAdmin(admin.ModelAdmin):
+class PartnerAgreementAdmin(IdAutocompleteMixin, admin.ModelAdmin):
     form = AgreementForm
     list_display = (
         "partner",

@@ -79,6 +79,12 @@ def _changes(obj: models.Model, data: Mapping[str, Any], allowed: frozenset[str]
 
 # ----------------------------------------------------------------------------- sites
 
+# Upper bounds of what a partner declares: beyond them a figure is a typo, and the
+# columns (integer, smallint) would refuse it with a database error instead of a message.
+MAX_SITE_POWER_KW = 10_000_000  # 10 GW, larger than any data-centre campus
+MAX_NODE_CPU_CORES = 4_096
+MAX_NODE_RAM_GIB = 65_536  # 64 TiB
+
 SITE_FIELDS = frozenset(
     {
         "name",
@@ -108,8 +114,10 @@ def _validate_site(site: Site) -> None:
         errors["latitude"] = "Latitude must be between -90 and 90 degrees."
     if not Decimal(-180) <= Decimal(site.longitude) <= Decimal(180):
         errors["longitude"] = "Longitude must be between -180 and 180 degrees."
-    if site.power_capacity_kw is None or site.power_capacity_kw < 1:
-        errors["power_capacity_kw"] = "Power capacity must be at least 1 kW."
+    if site.power_capacity_kw is None or not 1 <= site.power_capacity_kw <= MAX_SITE_POWER_KW:
+        errors["power_capacity_kw"] = (
+            f"Power capacity must be between 1 and {MAX_SITE_POWER_KW:,} kW."
+        )
     if site.energy_source not in EnergySource.values:
         errors["energy_source"] = f"Unknown energy source {site.energy_source!r}."
     if Decimal(site.energy_price_per_kwh) < 0:
@@ -222,10 +230,10 @@ def node_create(
         errors["name"] = "Name is required."
     if not 1 <= gpu_count <= 64:
         errors["gpu_count"] = "A node has between 1 and 64 GPUs."
-    if cpu_cores < 1:
-        errors["cpu_cores"] = "A node has at least one CPU core."
-    if ram_gib < 1:
-        errors["ram_gib"] = "A node has at least 1 GiB of RAM."
+    if not 1 <= cpu_cores <= MAX_NODE_CPU_CORES:
+        errors["cpu_cores"] = f"A node has between 1 and {MAX_NODE_CPU_CORES:,} CPU cores."
+    if not 1 <= ram_gib <= MAX_NODE_RAM_GIB:
+        errors["ram_gib"] = f"A node has between 1 and {MAX_NODE_RAM_GIB:,} GiB of RAM."
     if errors:
         raise ValidationError(errors)
     node = Node(

@@ -43,11 +43,12 @@ from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 from django.db import connection
+from django.utils import timezone
 
 from accounts.models import ApiKey
 from capacity.metering.availability import NOTHING, AvailabilityFigure, gpu_availability
 from capacity.metering.models import GpuAvailabilityDay, HourlyUsage
-from capacity.metering.selectors import maintenance_exclusions
+from capacity.metering.selectors import maintenance_exclusions, measured_until_by_node
 from capacity.models import GpuDevice
 from contracts.models import Allocation, ContractLine
 
@@ -218,8 +219,9 @@ def sla_minutes(
     *, start: datetime, end: datetime, line_ids: Iterable[int], by_node: bool = False
 ) -> dict[UsageKey, AvailabilityFigure]:
     """Available and counted GPU-minutes of reserved lines' allocations in ``[start, end)``:
-    each allocation counts from its own start to its own end, clipped to the period, less
-    maintenance announced in time (metering's availability rule). Lines without an
+    each allocation counts from its own start to its own end, clipped to the period and to
+    what metering could have measured by now, less maintenance announced in time
+    (metering's availability rule, ``capacity.metering.availability``). Lines without an
     allocation in the period are left out (their figure is ``NOTHING``)."""
     allocations = list(
         Allocation.objects.filter(
@@ -235,11 +237,9 @@ def sla_minutes(
         day__lte=end.date(),
     ).values_list("gpu_id", "day", "minutes"):
         bitmaps[gpu_id][day] = minutes
-    excluded = maintenance_exclusions(
-        node_ids={allocation.gpu_device.node_id for allocation in allocations},
-        since=start,
-        until=end,
-    )
+    node_ids = {allocation.gpu_device.node_id for allocation in allocations}
+    excluded = maintenance_exclusions(node_ids=node_ids, since=start, until=end)
+    measured = measured_until_by_node(node_ids=node_ids, now=timezone.now())
     figures: dict[UsageKey, AvailabilityFigure] = defaultdict(lambda: NOTHING)
     for allocation in allocations:
         node_id = allocation.gpu_device.node_id
@@ -248,6 +248,7 @@ def sla_minutes(
             bitmaps=bitmaps[allocation.gpu_device_id],
             counted_from=max(start, allocation.period.lower),
             until=min(end, allocation.period.upper),
+            measured_until=measured[node_id],
             excluded=excluded.get(node_id, ()),
         )
     return dict(figures)

@@ -12,11 +12,11 @@ result shows is an annotation, never a per-row query.
   per offer probed the allocation index once per device of every pool (40,000 probes,
   twice, at ten times the demo).
 - ``price_per_gpu_hour``: the reserved rate for the requested term.
-- ``availability_percent``: observed-available GPU-minutes over the last 30 days out of
-  the minutes the pool's GPUs existed (``capacity.metering.pool_availability``: the
-  figure beat stored for the pool within the last 15 minutes, else evaluated live from
-  metering's per-minute bitmaps). Maintenance stays in the denominator. Null while
-  metering has no data.
+- ``availability_percent``: the 30-day availability of the pool by the offer page's rule
+  (``capacity.metering.availability``: minutes after enrollment and already measurable,
+  announced maintenance excluded), the figure beat stored for the pool within the last
+  15 minutes, else computed for the search (``capacity.metering.pool_availability``).
+  Null while nothing is measurable.
 """
 
 from __future__ import annotations

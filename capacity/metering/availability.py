@@ -6,9 +6,15 @@ counters were read. Minutes are stored as one ``bit(1440)`` per GPU per UTC day
 (``models.GpuAvailabilityDay``; why bits, there). Polls OR their minutes in, so storing
 the same page twice changes nothing.
 
-Figures exclude, from both sides of the ratio, the minutes before the node existed and
-maintenance announced at least ``MAINTENANCE_NOTICE`` ahead (the SLA's rule); every
-other minute without an observation counts as unavailable.
+The rule every availability figure reads (search's pool figure, offer pages, node pages,
+contracts and SLA credits), in one function, ``gpu_availability``: a minute counts when
+it is inside the period (after the node's enrollment, the GPU's creation or the
+reservation's start: the caller's ``counted_from``) and already measurable (before
+``measured_until``: the last minute metering could have polled, ``measured_until``
+below), less maintenance announced at least ``MAINTENANCE_NOTICE`` ahead; of those, the
+minutes observed available are available and every other one is down. Both sides of the
+ratio count the same minutes, so a figure is always between 0 and 100 %, and a period
+with nothing measurable yet has no figure (``percent`` is None), neither 0 nor 100 %.
 """
 
 from __future__ import annotations
@@ -107,15 +113,32 @@ def _intervals_to_day_masks(intervals: Iterable[tuple[int, int]]) -> dict[int, i
     return masks
 
 
+def measured_until(
+    *, now: datetime, last_poll_at: datetime | None, poll_interval: timedelta
+) -> datetime:
+    """The end of what metering could have measured of a node at ``now``: its last poll
+    (a failed poll measures its minutes as down), and at least everything older than one
+    poll interval (a node metering should have polled but did not is down, not
+    unmeasured). Minutes from here on are neither available nor down yet."""
+    bound = now - poll_interval
+    if last_poll_at is not None and last_poll_at > bound:
+        bound = last_poll_at
+    return min(bound, now)
+
+
 def gpu_availability(
     *,
     bitmaps: Mapping[date, str],
     counted_from: datetime,
     until: datetime,
+    measured_until: datetime,
     excluded: Sequence[tuple[datetime, datetime]] = (),
 ) -> AvailabilityFigure:
-    """One GPU's figure over ``[counted_from, until)`` from its day bitmaps."""
-    first, end = _minute_index(counted_from), _minute_index(until)
+    """One GPU's figure over ``[counted_from, min(until, measured_until))`` from its day
+    bitmaps (the rule in the module docstring). The minute ``measured_until`` falls in is
+    still being measured and does not count; the minute ``counted_from`` falls in does."""
+    first = _minute_index(counted_from)
+    end = min(_minute_index(until), _minute_index(measured_until))
     if end <= first:
         return NOTHING
     counted = _intervals_to_day_masks([(first, end)])

@@ -1,66 +1,85 @@
 """30-day availability of every offered pool (a site's GPUs of one model), rolled up.
 
-The rule is one SQL expression, ``availability_sql``: observed-available GPU-minutes
-over the last 30 days out of the minutes the pool's GPUs existed (the per-minute bitmaps
-of ``GpuAvailabilityDay``, ``bit_count`` in SQL), on nodes neither pending nor retired.
-Maintenance stays in the denominator: the SLA figure (``contracts.sla``) is the one that
-excludes announced maintenance. Null while metering has no data.
+The figure of a pool is the offer page's (``selectors.offer_availability``): the rule of
+``availability.gpu_availability`` summed over the pool's nodes neither pending nor
+retired, so search and an offer's page cannot disagree, and a figure is never above
+100 % (it once was: a SQL copy of the rule counted the bits of whole days, before the
+30 days and before enrollment, over the minutes since enrollment only).
 
-Why a rollup: the expression reads 31 bitmap rows per GPU of the pool (~1.3 ms for 80
-GPUs), so sorting or filtering search by availability over 500 offers cost ~500 ms.
-``refresh_pool_availability`` evaluates the same expression for every offered pool at
-one instant and stores the figures in ``PoolAvailability`` (one statement, idempotent);
-beat runs it every few minutes. Search reads a pool's stored figure while it is fresh
-(``FRESH_FOR``) and evaluates the expression live otherwise, so a pool offered since the
-last refresh, or a stopped beat, costs speed, never a missing or stale figure.
+Why a rollup: the rule reads 31 bitmap rows per GPU of the pool, so sorting or filtering
+search by availability over 500 offers would read them on every search.
+``refresh_pool_availability`` computes every offered pool at one instant and stores the
+figures in ``PoolAvailability`` (one statement, idempotent); beat runs it every few
+minutes. Search serves a pool's stored figure while it is fresh (``FRESH_FOR``) and
+computes the pools without one live (``live_pool_figures``), handed to its query as
+a parameter, so a pool offered since the last refresh, or a stopped beat, costs speed,
+never a missing or stale figure.
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from capacity.metering.models import GpuAvailabilityDay, PoolAvailability
-from capacity.models import GpuDevice, Node, NodeStatus, Offer
+from capacity.metering.availability import NOTHING, AvailabilityFigure
+from capacity.metering.models import PoolAvailability
+from capacity.metering.selectors import availability_by_node
+from capacity.models import Node, NodeStatus, Offer
 
-AVAILABILITY_DAYS = 30
 # How old a stored figure may be and still be served (beat refreshes every 5 minutes).
 FRESH_FOR = timedelta(minutes=15)
 
-_AVAILABILITY_SQL = """
-SELECT CASE WHEN sum(pool.counted_minutes) > 0
-       THEN round(100.0 * coalesce(sum(pool.available_minutes), 0) / sum(pool.counted_minutes), 2)
-       END
-FROM (
-  SELECT
-    (SELECT coalesce(sum(bit_count(day.minutes)), 0) FROM {days} AS day
-      WHERE day.gpu_id = gpu.id AND day.day >= %s AND day.day <= %s) AS available_minutes,
-    greatest(0, floor(extract(epoch FROM (%s::timestamptz - greatest(
-      %s::timestamptz, gpu.created_at, coalesce(node.enrolled_at, node.created_at)))) / 60))
-      AS counted_minutes
-  FROM {gpus} AS gpu JOIN {nodes} AS node ON node.id = gpu.node_id
-  WHERE node.site_id = {pool}.site_id AND node.gpu_model_id = {pool}.gpu_model_id
-    AND node.status NOT IN (%s, %s)
-) AS pool
-"""
+Pool = tuple[int, int]  # (site_id, gpu_model_id)
 
 
-def availability_sql(*, pool: str, now: datetime) -> tuple[str, tuple[date | str, ...]]:
-    """The 30-day availability percent at ``now`` of the pool whose ``site_id`` and
-    ``gpu_model_id`` are columns of the table or alias ``pool``, as a parenthesised SQL
-    expression and its parameters. ``pool`` must be a table name or alias from our code."""
-    days_table = GpuAvailabilityDay._meta.db_table
-    until = now.replace(second=0, microsecond=0)
-    since = until - timedelta(days=AVAILABILITY_DAYS)
-    sql = _AVAILABILITY_SQL.format(
-        days=days_table, gpus=GpuDevice._meta.db_table, nodes=Node._meta.db_table, pool=pool
+def pool_figures(*, pools: Iterable[Pool], now: datetime) -> dict[Pool, Decimal | None]:
+    """The availability percent at ``now`` of each pool (None while nothing is
+    measurable), by the offer page's rule."""
+    pools = set(pools)
+    if not pools:
+        return {}
+    nodes = [
+        node
+        for node in Node.objects.filter(
+            site_id__in={site for site, _ in pools},
+            gpu_model_id__in={model for _, model in pools},
+        ).exclude(status__in=(NodeStatus.PENDING, NodeStatus.RETIRED))
+        if (node.site_id, node.gpu_model_id) in pools
+    ]
+    by_node = availability_by_node(nodes, now=now)
+    totals: dict[Pool, AvailabilityFigure] = defaultdict(lambda: NOTHING)
+    for node in nodes:
+        totals[(node.site_id, node.gpu_model_id)] += by_node[node.pk]
+    return {pool: totals[pool].percent for pool in pools}
+
+
+def _offered_pools() -> set[Pool]:
+    return set(Offer.objects.filter(is_active=True).values_list("site_id", "gpu_model_id"))
+
+
+def live_pool_figures(*, now: datetime) -> dict[Pool, Decimal | None]:
+    """Figures at ``now`` of the offered pools without a fresh stored one, computed now
+    (empty, in one query, while beat keeps the rollup fresh)."""
+    fresh = PoolAvailability.objects.filter(
+        site_id=OuterRef("site_id"),
+        gpu_model_id=OuterRef("gpu_model_id"),
+        computed_at__gt=now - FRESH_FOR,
+        computed_at__lte=now,
     )
-    # Bits of days partly outside [since, until) are counted only where set; days are
-    # whole at both ends except the current one, whose future minutes are never set.
-    params = (since.date(), until.date(), until, since, NodeStatus.PENDING, NodeStatus.RETIRED)
-    return f"({sql})", params
+    stale = (
+        Offer.objects.filter(is_active=True)
+        .exclude(Exists(fresh))
+        .values_list("site_id", "gpu_model_id")
+        .distinct()
+    )
+    return pool_figures(pools=stale, now=now)
 
 
 _STORED_OR_LIVE_SQL = """
@@ -71,25 +90,29 @@ CASE WHEN EXISTS (
 THEN (
   SELECT stored.percent FROM {rollup} AS stored
   WHERE stored.site_id = {pool}.site_id AND stored.gpu_model_id = {pool}.gpu_model_id)
-ELSE {live}
+ELSE (%s::jsonb ->> ({pool}.site_id || ':' || {pool}.gpu_model_id))::numeric
 END
 """
 
 
-def stored_or_live_availability_sql(
-    *, pool: str, now: datetime
-) -> tuple[str, tuple[date | str, ...]]:
-    """Like ``availability_sql``, but the pool's stored figure when it was computed within
-    ``FRESH_FOR`` before ``now`` (the live expression is evaluated only where it was not)."""
-    live, live_params = availability_sql(pool=pool, now=now)
-    sql = _STORED_OR_LIVE_SQL.format(rollup=PoolAvailability._meta.db_table, pool=pool, live=live)
-    return f"({sql})", (now - FRESH_FOR, now, *live_params)
+def stored_or_live_availability_sql(*, pool: str, now: datetime) -> tuple[str, tuple[object, ...]]:
+    """The availability percent at ``now`` of the pool whose ``site_id`` and
+    ``gpu_model_id`` are columns of the table or alias ``pool`` (a name from our code), as
+    a parenthesised SQL expression and its parameters: the stored figure when it was
+    computed within ``FRESH_FOR`` before ``now``, else the one ``live_pool_figures``
+    computed."""
+    live = {
+        f"{site}:{model}": None if percent is None else str(percent)
+        for (site, model), percent in live_pool_figures(now=now).items()
+    }
+    sql = _STORED_OR_LIVE_SQL.format(rollup=PoolAvailability._meta.db_table, pool=pool)
+    return f"({sql})", (now - FRESH_FOR, now, json.dumps(live))
 
 
 _REFRESH_SQL = """
 INSERT INTO {rollup} (site_id, gpu_model_id, percent, computed_at)
-SELECT pool.site_id, pool.gpu_model_id, {availability}, %s
-FROM (SELECT DISTINCT site_id, gpu_model_id FROM {offers} WHERE is_active) AS pool
+SELECT (figure ->> 0)::bigint, (figure ->> 1)::bigint, (figure ->> 2)::numeric, %s
+FROM jsonb_array_elements(%s::jsonb) AS figure
 ON CONFLICT (site_id, gpu_model_id)
 DO UPDATE SET percent = EXCLUDED.percent, computed_at = EXCLUDED.computed_at
 WHERE {rollup}.computed_at <= EXCLUDED.computed_at
@@ -104,15 +127,17 @@ def refresh_pool_availability(*, now: datetime | None = None) -> int:
     (the upsert's condition), so an older run finishing after a newer one changes
     nothing."""
     now = now or timezone.now()
-    availability, params = availability_sql(pool="pool", now=now)
-    sql = _REFRESH_SQL.format(
-        rollup=PoolAvailability._meta.db_table,
-        availability=availability,
-        offers=Offer._meta.db_table,
-    )
+    figures = pool_figures(pools=_offered_pools(), now=now)
+    rows = [
+        [site, model, None if percent is None else str(percent)]
+        for (site, model), percent in sorted(figures.items())
+    ]
     with connection.cursor() as cursor:
-        # Table names come from model metadata, values are parameters.
-        cursor.execute(sql, (*params, now))
+        # The table name comes from model metadata, values are parameters.
+        cursor.execute(
+            _REFRESH_SQL.format(rollup=PoolAvailability._meta.db_table),
+            (now, json.dumps(rows)),
+        )
         stored = cursor.rowcount
     PoolAvailability.objects.filter(computed_at__lt=now).delete()
     return stored

@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Count, Sum
 from django.utils import timezone
 
@@ -14,6 +15,7 @@ from capacity.metering.availability import (
     NOTHING,
     AvailabilityFigure,
     gpu_availability,
+    measured_until,
 )
 from capacity.metering.models import (
     GpuAvailabilityDay,
@@ -93,7 +95,29 @@ def maintenance_exclusions(
     return exclusions
 
 
-def _availability_of_nodes(nodes: list[Node], *, now: datetime, days: int) -> AvailabilityFigure:
+def measured_until_by_node(*, node_ids: Iterable[int], now: datetime) -> dict[int, datetime]:
+    """Per node, the end of the minutes metering could have measured at ``now``
+    (``availability.measured_until``: the node's last poll, at least one poll interval
+    ago)."""
+    node_ids = list(node_ids)
+    last_polls = dict(
+        NodePollState.objects.filter(node_id__in=node_ids).values_list("node_id", "last_poll_at")
+    )
+    interval = timedelta(seconds=settings.METERING_POLL_INTERVAL_SECONDS)
+    return {
+        node_id: measured_until(
+            now=now, last_poll_at=last_polls.get(node_id), poll_interval=interval
+        )
+        for node_id in node_ids
+    }
+
+
+def availability_by_node(
+    nodes: list[Node], *, now: datetime, days: int = AVAILABILITY_DAYS
+) -> dict[int, AvailabilityFigure]:
+    """Each node's figure over the ``days`` days before ``now`` (the rule of
+    ``availability.gpu_availability``: from the node's enrollment and each GPU's creation,
+    up to what metering could have measured, less announced maintenance)."""
     until = now.replace(second=0, microsecond=0)
     since = until - timedelta(days=days)
     by_id = {node.pk: node for node in nodes}
@@ -104,17 +128,22 @@ def _availability_of_nodes(nodes: list[Node], *, now: datetime, days: int) -> Av
     ).values_list("gpu_id", "day", "minutes"):
         bitmaps[gpu_id][day] = minutes
     excluded = maintenance_exclusions(node_ids=by_id, since=since, until=until)
-    figure = NOTHING
+    measured = measured_until_by_node(node_ids=by_id, now=now)
+    figures: dict[int, AvailabilityFigure] = dict.fromkeys(by_id, NOTHING)
     for gpu in gpus:
         node = by_id[gpu.node_id]
-        counted_from = max(since, node.enrolled_at or node.created_at, gpu.created_at)
-        figure += gpu_availability(
+        figures[node.pk] += gpu_availability(
             bitmaps=bitmaps[gpu.pk],
-            counted_from=counted_from,
+            counted_from=max(since, node.enrolled_at or node.created_at, gpu.created_at),
             until=until,
+            measured_until=measured[node.pk],
             excluded=excluded.get(node.pk, ()),
         )
-    return figure
+    return figures
+
+
+def _availability_of_nodes(nodes: list[Node], *, now: datetime, days: int) -> AvailabilityFigure:
+    return sum(availability_by_node(nodes, now=now, days=days).values(), NOTHING)
 
 
 def node_availability(

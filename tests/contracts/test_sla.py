@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.apps import apps
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 
@@ -108,3 +109,51 @@ def test_maintenance_announced_late_still_counts(reserved_line):
     )
     sla = line_sla(line=reserved_line, since=since, until=until)
     assert (sla.available_minutes, sla.counted_minutes, sla.credit_percent) == (1320, 1440, D(50))
+
+
+def test_a_four_minute_old_reservation_counts_only_measured_minutes(site, devices, buyer_org):
+    # Reserved at 12:00, polled at 12:03:00 (minutes 12:00-12:02 observed), read at
+    # 12:04:30: the old rule counted 12:03 as down, 75.000 % and a 50 % credit.
+    NodePollState = apps.get_model("metering", "NodePollState")
+    start = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+    offer = OfferFactory(site=site, gpu_count=8, available_from=datetime(2025, 1, 1, tzinfo=UTC))
+    line = reservation_checkout(
+        buyer=buyer_org,
+        offer=offer,
+        gpu_count=1,
+        starts_at=start,
+        term_months=1,
+        actor=None,
+        now=start,
+    ).line
+    gpu = line.allocations.get().gpu_device
+    NodePollState.objects.update_or_create(
+        node_id=gpu.node_id, defaults={"last_poll_at": start + timedelta(minutes=3)}
+    )
+    _observe(line, day=start.date(), minutes={720, 721, 722})
+    now = start + timedelta(minutes=4, seconds=30)
+    with time_machine.travel(now, tick=False):
+        sla = line_sla(line=line, since=datetime(2025, 3, 1, tzinfo=UTC), until=now)
+    assert (sla.available_minutes, sla.counted_minutes) == (3, 3)
+    assert sla.availability_percent == D("100.000")
+    assert sla.credit_percent == D(0)
+
+
+def test_a_reservation_nothing_measured_yet_has_no_figure_and_no_credit(site, devices, buyer_org):
+    start = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+    offer = OfferFactory(site=site, gpu_count=8, available_from=datetime(2025, 1, 1, tzinfo=UTC))
+    line = reservation_checkout(
+        buyer=buyer_org,
+        offer=offer,
+        gpu_count=1,
+        starts_at=start,
+        term_months=1,
+        actor=None,
+        now=start,
+    ).line
+    now = start + timedelta(seconds=50)
+    with time_machine.travel(now, tick=False):
+        sla = line_sla(line=line, since=datetime(2025, 3, 1, tzinfo=UTC), until=now)
+    assert (sla.available_minutes, sla.counted_minutes) == (0, 0)
+    assert sla.availability_percent is None
+    assert sla.credit_percent == D(0)

@@ -7,7 +7,12 @@ from datetime import UTC, date, datetime
 import pytest
 import time_machine
 
-from capacity.metering.models import GpuAvailabilityDay, QuarantinedRecord, QuarantineReason
+from capacity.metering.models import (
+    GpuAvailabilityDay,
+    NodePollState,
+    QuarantinedRecord,
+    QuarantineReason,
+)
 from capacity.models import GpuDevice
 from tests.tenancy import assert_hidden_from
 
@@ -21,6 +26,8 @@ def metered_node(node):
     node.save(update_fields=["enrolled_at"])
     first, second = GpuDevice.objects.filter(node=node).order_by("index")
     GpuDevice.objects.filter(node=node).update(created_at=ENROLLED)
+    # Polled at 12:00: every minute before it is measured.
+    NodePollState.objects.update_or_create(node=node, defaults={"last_poll_at": NOW})
     # Between enrollment (10:00) and now (12:00): the first GPU was observed available
     # 90 of 120 minutes, the second all 120, so 210 of 240 GPU-minutes.
     GpuAvailabilityDay.objects.create(

@@ -101,6 +101,7 @@ def test_gpu_availability_counts_minutes_and_excludes_announced_maintenance():
         bitmaps={day: "".join(bits)},
         counted_from=T0,
         until=T0 + timedelta(hours=2),
+        measured_until=T0 + timedelta(hours=2),
     )
     assert (figure.available_minutes, figure.counted_minutes) == (60, 120)
     assert str(figure.percent) == "50.00"
@@ -108,6 +109,7 @@ def test_gpu_availability_counts_minutes_and_excludes_announced_maintenance():
         bitmaps={day: "".join(bits)},
         counted_from=T0,
         until=T0 + timedelta(hours=2),
+        measured_until=T0 + timedelta(hours=2),
         excluded=[(T0 + timedelta(hours=1), T0 + timedelta(hours=2))],
     )
     assert (figure.available_minutes, figure.counted_minutes) == (60, 60)
@@ -117,6 +119,8 @@ def test_node_availability_over_30_days_with_maintenance_seam(node):
     now = datetime(2026, 1, 6, 0, 0, tzinfo=UTC)  # node enrolled 2026-01-04 10:00
     bits = "1" * 1440
     node.gpus.update(created_at=node.enrolled_at)
+    # Polled at ``now``: every minute before it is measured.
+    NodePollState.objects.update_or_create(node=node, defaults={"last_poll_at": now})
     for gpu in node.gpus.all():
         GpuAvailabilityDay.objects.create(gpu=gpu, day=date(2026, 1, 5), minutes=bits)
     figure = node_availability(node=node, now=now)
