@@ -530,6 +530,16 @@ def offer_update(*, offer: Offer, actor: User | None, data: Mapping[str, Any]) -
     for name, value in changes.items():
         setattr(offer, name, value)
     _validate_offer(offer)
+    if "gpu_count" in changes:
+        # Checkouts share-lock the offer row, so none is in flight while we hold it.
+        committed = selectors.offer_committed_gpus(offer, now=timezone.now())
+        if offer.gpu_count < committed:
+            raise ValidationError(
+                {
+                    "gpu_count": f"Reservations hold {committed} GPUs of this offer at once "
+                    "(now or later); it cannot list fewer until they end."
+                }
+            )
     offer.save()
     audit(
         action="offer.updated",
