@@ -12,6 +12,7 @@ these pages and actions check; staff need MFA (``accounts.security``).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -161,6 +162,8 @@ class CreditForm(forms.Form):
         min_value=Decimal("0.01"), decimal_places=2, help_text="In the invoice's currency."
     )
     reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}))
+    # Minted per render: submitting this form twice issues one credit note per invoice.
+    submission_key = forms.CharField(max_length=64, required=False, widget=forms.HiddenInput)
 
 
 @admin.register(Invoice)
@@ -255,7 +258,10 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Issue a credit note", permissions=["credit"])
     def credit(self, request: HttpRequest, queryset: QuerySet[Invoice]) -> HttpResponse | None:
-        form = CreditForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST:
+            form = CreditForm(request.POST)
+        else:
+            form = CreditForm(initial={"submission_key": secrets.token_urlsafe(24)})
         if form.is_bound and form.is_valid():
             try:
                 amount_minor = int(form.cleaned_data["amount"] * 100)
@@ -270,6 +276,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
                     amount_minor=amount_minor,
                     reason=form.cleaned_data["reason"],
                     actor=request_actor(request),
+                    submission_key=form.cleaned_data["submission_key"],
                 ),
                 "Credited",
             )

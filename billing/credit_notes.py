@@ -35,11 +35,21 @@ def credit_note_issue(
     amount_minor: int,
     reason: str,
     actor: User | None,
+    submission_key: str = "",
     now: datetime | None = None,
 ) -> CreditNote:
-    """Credit ``amount_minor`` on a finalized invoice (at most what is not credited yet)."""
+    """Credit ``amount_minor`` on a finalized invoice (at most what is not credited yet).
+
+    ``submission_key``: the issuing form's key. A second submission of the same form waits
+    for the invoice lock, then gets the credit note the first issued (unique per invoice
+    and key in the database too).
+    """
     now = now or timezone.now()
     locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
+    if submission_key:
+        issued = CreditNote.objects.filter(invoice=locked, submission_key=submission_key).first()
+        if issued is not None:
+            return issued
     if not locked.is_finalized:
         raise ValidationError("Only a finalized invoice can be credited.", code="not_finalized")
     if amount_minor <= 0:
@@ -66,6 +76,7 @@ def credit_note_issue(
         created_at=now,
         refund_status=RefundStatus.PENDING if refund_minor else RefundStatus.NONE,
         refund_amount_minor=refund_minor,
+        submission_key=submission_key,
     )
     changes: dict[str, object] = {
         "amount_credited_minor": locked.amount_credited_minor + amount_minor,

@@ -13,6 +13,8 @@ from django.core.exceptions import ValidationError
 
 from accounts.models import Organization
 from capacity.models import (
+    MAX_PRICE_PER_GPU_HOUR,
+    PRICE_BOUND_MESSAGE,
     Currency,
     EnergySource,
     GpuModel,
@@ -25,8 +27,16 @@ from capacity.models import (
 
 
 def _price(label: str) -> forms.DecimalField:
-    """A price per GPU-hour as stored: Decimal, 4 decimals (the service checks it is > 0)."""
-    return forms.DecimalField(max_digits=10, decimal_places=4, min_value=Decimal("0"), label=label)
+    """A price per GPU-hour as stored: Decimal, 4 decimals, at most ``MAX_PRICE_PER_GPU_HOUR``
+    (the service checks it is > 0)."""
+    return forms.DecimalField(
+        max_digits=10,
+        decimal_places=4,
+        min_value=Decimal("0"),
+        max_value=MAX_PRICE_PER_GPU_HOUR,
+        error_messages={"max_value": PRICE_BOUND_MESSAGE},
+        label=label,
+    )
 
 
 class DateTimeLocalInput(forms.DateTimeInput):

@@ -401,9 +401,22 @@ class OfferQuerySet(TenantQuerySet):
         return self.filter(is_active=True)
 
 
+# The most an offer may ask per GPU-hour, in either currency: far above any GPU's market
+# price (a few units today), low enough that a typo or a hostile partner cannot list a GPU
+# at 999999.9999. A guard against absurd figures, not a pricing policy.
+MAX_PRICE_PER_GPU_HOUR = Decimal("1000.0000")
+PRICE_BOUND_MESSAGE = (
+    f"A price per GPU-hour is at most {MAX_PRICE_PER_GPU_HOUR}; check the decimal point."
+)
+
+
 def _price_per_gpu_hour() -> models.DecimalField:
     """Decimal per GPU-hour in the offer's currency, 4 decimals (billing rounds once, later)."""
-    return models.DecimalField(max_digits=10, decimal_places=4)
+    return models.DecimalField(
+        max_digits=10,
+        decimal_places=4,
+        validators=[MaxValueValidator(MAX_PRICE_PER_GPU_HOUR, message=PRICE_BOUND_MESSAGE)],
+    )
 
 
 class Offer(models.Model):
@@ -444,6 +457,12 @@ class Offer(models.Model):
                 & Q(reserved_price_6m_per_gpu_hour__gt=0)
                 & Q(reserved_price_12m_per_gpu_hour__gt=0),
                 name="offer_prices_positive",
+            ),
+            # Reserved prices are bounded too, by offer_reserved_not_above_on_demand.
+            models.CheckConstraint(
+                condition=Q(on_demand_price_per_gpu_hour__lte=MAX_PRICE_PER_GPU_HOUR),
+                name="offer_price_bounded",
+                violation_error_message=PRICE_BOUND_MESSAGE,
             ),
             models.CheckConstraint(
                 condition=Q(reserved_price_1m_per_gpu_hour__lte=F("on_demand_price_per_gpu_hour"))

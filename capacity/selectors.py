@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import cast
 
 from django.db.models import Count, Q, QuerySet, Sum
@@ -94,6 +95,22 @@ def register_future_allocation_check(check: Callable[[Node], bool]) -> None:
     """Called once by an app that holds reservations (contracts), at start-up."""
     if check not in _future_allocation_checks:
         _future_allocation_checks.append(check)
+
+
+# How many GPUs of an offer reservations hold at once from a moment on, registered by
+# contracts in ``ContractsConfig.ready`` (capacity must not import contracts).
+_offer_commitments: list[Callable[[Offer, datetime], int]] = []
+
+
+def register_offer_commitment(commitment: Callable[[Offer, datetime], int]) -> None:
+    """Called once by an app that holds reservations (contracts), at start-up."""
+    if commitment not in _offer_commitments:
+        _offer_commitments.append(commitment)
+
+
+def offer_committed_gpus(offer: Offer, *, now: datetime) -> int:
+    """The most GPUs of ``offer`` that reservations hold at one moment from ``now`` on."""
+    return max((commitment(offer, now) for commitment in _offer_commitments), default=0)
 
 
 def node_has_future_allocations(node: Node) -> bool:

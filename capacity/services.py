@@ -25,6 +25,8 @@ from capacity import selectors
 from capacity.countries import is_country_code
 from capacity.enrollment import IssuedCode, issue_enrollment_code, node_enroll
 from capacity.models import (
+    MAX_PRICE_PER_GPU_HOUR,
+    PRICE_BOUND_MESSAGE,
     Currency,
     EnergySource,
     EnrollmentCode,
@@ -440,10 +442,14 @@ def _validate_offer(offer: Offer) -> None:
     on_demand = offer.on_demand_price_per_gpu_hour
     if on_demand is None or on_demand <= 0:
         add("on_demand_price_per_gpu_hour", "The on-demand price must be greater than zero.")
+    elif on_demand > MAX_PRICE_PER_GPU_HOUR:
+        add("on_demand_price_per_gpu_hour", PRICE_BOUND_MESSAGE)
     for months, field in RESERVED_PRICE_FIELDS.items():
         price = getattr(offer, field)
         if price is None or price <= 0:
             add(field, f"The {months}-month reserved price must be greater than zero.")
+        elif price > MAX_PRICE_PER_GPU_HOUR:
+            add(field, PRICE_BOUND_MESSAGE)
         elif on_demand is not None and on_demand > 0 and price > on_demand:
             add(
                 field,
@@ -532,6 +538,16 @@ def offer_update(*, offer: Offer, actor: User | None, data: Mapping[str, Any]) -
     for name, value in changes.items():
         setattr(offer, name, value)
     _validate_offer(offer)
+    if "gpu_count" in changes:
+        # Checkouts share-lock the offer row, so none is in flight while we hold it.
+        committed = selectors.offer_committed_gpus(offer, now=timezone.now())
+        if offer.gpu_count < committed:
+            raise ValidationError(
+                {
+                    "gpu_count": f"Reservations hold {committed} GPUs of this offer at once "
+                    "(now or later); it cannot list fewer until they end."
+                }
+            )
     offer.save()
     audit(
         action="offer.updated",

@@ -35,5 +35,8 @@ class ContractsConfig(AppConfig):
         capacity_selectors.register_future_allocation_check(
             lambda node: selectors.node_has_future_allocations(node_id=node.pk, now=timezone.now())
         )
+        capacity_selectors.register_offer_commitment(
+            lambda offer, now: selectors.offer_committed_gpus(offer_id=offer.pk, now=now)
+        )
         metering_attribution.register_attributor(attribute_usage_records)
         metering_selectors.register_served_products(selectors.served_inference_products)

@@ -5,11 +5,21 @@ creates the contract (or a new line on the buyer's open contract) and one ``Allo
 per GPU over ``[start, end)``. Double booking is impossible by the allocation exclusion
 constraint; the application only makes conflicts rare and recovers from them:
 (``contracts.allocations``).
+
+A checkout is tied to what the buyer was shown and submitted once:
+
+- the confirmation carries the quote (``QuotedPrice``: rate, currency, total); checkout
+  share-locks the offer row, prices the request from the locked row and refuses with
+  ``QuoteChanged`` when anything priced differs, so a partner who raises the price
+  between the quote and the confirm cannot sell at the new price;
+- the confirmation carries a key minted when its form was rendered (``submission_key``);
+  the key is claimed first, unique per buyer (``CheckoutSubmission``), so two identical
+  submissions create one line and the second gets the first's result.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -26,13 +36,14 @@ from contracts.allocations import add_line_with_allocations, pick_free_devices
 from contracts.models import (
     TERM_MONTHS,
     Allocation,
+    CheckoutSubmission,
     Contract,
     ContractLine,
     ContractState,
     LineKind,
     SlaPolicy,
 )
-from contracts.money import hours_between, reserved_charge, round_money
+from contracts.money import hours_between, minor_to_major, reserved_charge, round_money
 from contracts.selectors import buyer_has_payment_method
 from contracts.terms import add_months
 
@@ -68,12 +79,67 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class QuotedPrice:
+    """What the buyer was quoted and confirms. Checkout refuses when the offer, locked,
+    prices the same request differently; a field left None is not compared (an API client
+    may send only the rate)."""
+
+    price_per_gpu_hour: Decimal | None = None
+    currency: str | None = None
+    total_minor: int | None = None
+
+    def differs_from(self, quote: Quote) -> bool:
+        return (
+            (
+                self.price_per_gpu_hour is not None
+                and self.price_per_gpu_hour != quote.price_per_gpu_hour
+            )
+            or (self.currency is not None and self.currency != quote.currency)
+            or (self.total_minor is not None and self.total_minor != quote.total_minor)
+        )
+
+
+class QuoteChanged(ValidationError):
+    """The offer's price changed since the buyer's quote: nothing was reserved. ``quote``
+    is the price now, for the buyer to review and confirm again."""
+
+    def __init__(self, *, quoted: QuotedPrice, quote: Quote) -> None:
+        was = _describe(
+            price_per_gpu_hour=quoted.price_per_gpu_hour,
+            currency=quoted.currency or quote.currency,
+            total_minor=quoted.total_minor,
+        )
+        now = _describe(
+            price_per_gpu_hour=quote.price_per_gpu_hour,
+            currency=quote.currency,
+            total_minor=quote.total_minor,
+        )
+        super().__init__(
+            f"The price changed since your quote: it was {was}, it is now {now}. Nothing was "
+            "reserved; check the new price and confirm again.",
+            code="quote_changed",
+        )
+        self.quote = quote
+
+
+def _describe(*, price_per_gpu_hour: Decimal | None, currency: str, total_minor: int | None) -> str:
+    parts = []
+    if price_per_gpu_hour is not None:
+        parts.append(f"{price_per_gpu_hour} {currency} per GPU-hour")
+    if total_minor is not None:
+        parts.append(f"{minor_to_major(total_minor)} {currency} for the term")
+    return ", ".join(parts) or currency
+
+
+@dataclass(frozen=True)
 class CheckoutResult:
     contract: Contract
     line: ContractLine
     allocations: list[Allocation]
     quote: Quote
     created_contract: bool
+    # True when this was a repeated submission: the line is the first submission's.
+    replayed: bool = False
 
 
 def _validate_request(
@@ -141,6 +207,8 @@ def reservation_quote(
         ends_at=ends_at,
         term_months=term_months,
         free_gpus=free_gpus,
+        rate=offer.reserved_prices()[term_months],
+        currency=offer.currency,
     )
 
 
@@ -152,8 +220,9 @@ def _price(
     ends_at: datetime,
     term_months: int,
     free_gpus: int,
+    rate: Decimal,
+    currency: str,
 ) -> Quote:
-    rate = offer.reserved_prices()[term_months]
     exact_total = reserved_charge(gpu_count=gpu_count, start=starts_at, end=ends_at, rate=rate)
     return Quote(
         offer=offer,
@@ -165,8 +234,93 @@ def _price(
         hours_per_gpu=hours_between(starts_at, ends_at),
         total_minor=round_money(exact_total),
         monthly_average_minor=round_money(exact_total / term_months),
-        currency=offer.currency,
+        currency=currency,
         free_gpus=free_gpus,
+    )
+
+
+def _locked_offer(offer: Offer) -> Offer:
+    """``offer`` as committed, share-locked until the transaction ends.
+
+    ``offer_update`` locks the row for update, so it waits for this checkout, and this
+    checkout waits for a price change in flight and then reads the new price: the price
+    checked is the price sold. A share lock, not an update lock: concurrent checkouts of
+    one offer do not queue on each other. Site and GPU model never change on an offer, so
+    the caller's loaded ones are kept.
+    """
+    sql = f"SELECT * FROM {Offer._meta.db_table} WHERE id = %s FOR SHARE"  # noqa: S608
+    locked = next(iter(Offer.objects.raw(sql, [offer.pk])), None)
+    if locked is None:
+        raise ValidationError("This offer is no longer listed.", code="offer_inactive")
+    for name in ("site", "gpu_model"):
+        relation = Offer._meta.get_field(name)
+        if relation.is_cached(offer):  # type: ignore[union-attr]
+            relation.set_cached_value(locked, relation.get_cached_value(offer))  # type: ignore[union-attr]
+    return locked
+
+
+_CLAIM_SUBMISSION_SQL = """
+INSERT INTO {table} (buyer_id, key, created_at) VALUES (%s, %s, %s)
+ON CONFLICT (buyer_id, key) DO NOTHING
+RETURNING id
+"""
+
+
+def _claim_submission(*, buyer: Organization, key: str, now: datetime) -> int | None:
+    """Claim ``key`` for this checkout and return the claim's id; None when an earlier
+    submission of the same form committed it. A submission still in flight makes this
+    insert wait on the unique index until it commits (then None) or rolls back (then the
+    claim is ours)."""
+    sql = _CLAIM_SUBMISSION_SQL.format(table=CheckoutSubmission._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [buyer.pk, key, now])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _replayed(
+    *,
+    buyer: Organization,
+    key: str,
+    offer: Offer,
+    gpu_count: int,
+    starts_at: datetime,
+    term_months: int,
+) -> CheckoutResult:
+    """The result of the earlier submission of ``key``, which must have asked the same."""
+    submission = CheckoutSubmission.objects.select_related("line__contract", "line__offer").get(
+        buyer=buyer, key=key
+    )
+    line = submission.line
+    if line is None or (line.offer_id, line.gpu_count, line.starts_at, line.term_months) != (
+        offer.pk,
+        gpu_count,
+        starts_at,
+        term_months,
+    ):
+        raise ValidationError(
+            "This confirmation was already used for another reservation; get a new quote.",
+            code="submission_reused",
+        )
+    assert line.offer is not None and line.starts_at is not None and line.ends_at is not None
+    assert line.term_months is not None and line.price_per_gpu_hour is not None
+    quote = _price(
+        offer=line.offer,
+        gpu_count=line.gpu_count,
+        starts_at=line.starts_at,
+        ends_at=line.ends_at,
+        term_months=line.term_months,
+        free_gpus=line.gpu_count,
+        rate=line.price_per_gpu_hour,
+        currency=line.contract.currency,
+    )
+    return CheckoutResult(
+        contract=line.contract,
+        line=line,
+        allocations=list(line.allocations.order_by("pk")),
+        quote=quote,
+        created_contract=False,
+        replayed=True,
     )
 
 
@@ -264,21 +418,53 @@ def reservation_checkout(
     term_months: int,
     actor: User | None,
     auto_renew: bool = True,
+    quoted: QuotedPrice | None = None,
+    submission_key: str | None = None,
     now: datetime | None = None,
 ) -> CheckoutResult:
     """Reserve ``gpu_count`` GPUs of ``offer`` for the term, in one transaction.
 
     Creates and activates a contract when the buyer has no open one, else adds a line to
     it (extending its term to cover the line). Requires a saved payment method.
+    ``quoted``: what the buyer confirmed; ``QuoteChanged`` when the offer now prices the
+    request differently. ``submission_key``: the confirming form's key; a repeated
+    submission returns the first one's result (``replayed``) and creates nothing.
     """
     now = now or timezone.now()
     if not buyer.is_buyer:
         raise ValidationError("Only buyer organizations can reserve GPUs.", code="not_buyer")
+    claim = None
+    if submission_key is not None:
+        claim = _claim_submission(buyer=buyer, key=submission_key, now=now)
+        if claim is None:
+            return _replayed(
+                buyer=buyer,
+                key=submission_key,
+                offer=offer,
+                gpu_count=gpu_count,
+                starts_at=starts_at,
+                term_months=term_months,
+            )
+    offer = _locked_offer(offer)
     ends_at = _validate_request(
         offer=offer, gpu_count=gpu_count, starts_at=starts_at, term_months=term_months, now=now
     )
-    # Pick (and lock) the GPUs first: a buyer who loses the race is refused in one
-    # statement, before anything else is read or written.
+    rate = offer.reserved_prices()[term_months]
+    quote = _price(
+        offer=offer,
+        gpu_count=gpu_count,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        term_months=term_months,
+        free_gpus=gpu_count,
+        rate=rate,
+        currency=offer.currency,
+    )
+    if quoted is not None and quoted.differs_from(quote):
+        free_gpus = selectors.free_gpu_count(offer=offer, start=starts_at, end=ends_at)
+        raise QuoteChanged(quoted=quoted, quote=replace(quote, free_gpus=free_gpus))
+    # Pick (and lock) the GPUs before the contract: a buyer who loses the race is refused
+    # in one statement, before any contract row is locked or written.
     devices = pick_free_devices(offer=offer, gpu_count=gpu_count, start=starts_at, end=ends_at)
     if not buyer_has_payment_method(buyer):
         raise ValidationError(
@@ -298,7 +484,6 @@ def reservation_checkout(
         raise ValidationError(
             "Your contract is suspended; settle it before reserving more GPUs.", code="suspended"
         )
-    rate = offer.reserved_prices()[term_months]
     line = ContractLine(
         contract=contract,
         kind=LineKind.RESERVED,
@@ -311,14 +496,8 @@ def reservation_checkout(
         created_at=now,
     )
     allocations = add_line_with_allocations(line=line, offer=offer, devices=devices)
-    quote = _price(
-        offer=offer,
-        gpu_count=gpu_count,
-        starts_at=starts_at,
-        ends_at=ends_at,
-        term_months=term_months,
-        free_gpus=gpu_count,
-    )
+    if claim is not None:
+        CheckoutSubmission.objects.filter(pk=claim).update(line=line)
     if ends_at > contract.term_ends_at:
         contract.term_ends_at = ends_at
         contract.save(update_fields=["term_ends_at"])

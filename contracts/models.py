@@ -363,3 +363,36 @@ class LineApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"key {self.api_key_id} → line {self.line_id}"
+
+
+class CheckoutSubmissionQuerySet(TenantQuerySet):
+    tenant_path = "buyer"
+
+
+class CheckoutSubmission(models.Model):
+    """One submission of a checkout: the key its form carried from when it was rendered (or
+    the API request's ``Idempotency-Key``), claimed first in the checkout transaction.
+
+    Unique per buyer: a second submission of the same form waits on the index for the
+    first to commit and then gets the first's line instead of creating another one; if the
+    first rolled back, the key is free again.
+    """
+
+    buyer = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=64)
+    # The reserved line this submission created; set in the transaction that claimed the
+    # key, so a committed row always has one.
+    line = models.OneToOneField(
+        ContractLine, null=True, on_delete=models.CASCADE, related_name="submission"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = CheckoutSubmissionQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["buyer", "key"], name="checkout_submission_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"submission {self.key} → line {self.line_id}"

@@ -180,6 +180,27 @@ def node_has_future_allocations(*, node_id: int, now: datetime) -> bool:
     ).exists()
 
 
+def offer_committed_gpus(*, offer_id: int, now: datetime) -> int:
+    """The most GPUs of the offer that reservations hold at one moment from ``now`` on:
+    the least the offer may list. A sweep over the allocations' periods (half-open, so one
+    ending where another starts is not counted twice).
+
+    Registered with capacity (``capacity.selectors``) in ``ContractsConfig.ready``: capacity
+    asks before an offer is shrunk without importing contracts.
+    """
+    periods = Allocation.objects.filter(
+        line__offer_id=offer_id, period__overlap=DateTimeTZRange(now, None, "[)")
+    ).values_list("period", flat=True)
+    steps: list[tuple[datetime, int]] = []
+    for period in periods:
+        steps += [(max(period.lower, now), 1), (period.upper, -1)]
+    held = peak = 0
+    for _, step in sorted(steps):  # at one instant an end (-1) sorts before a start (+1)
+        held += step
+        peak = max(peak, held)
+    return peak
+
+
 def api_key_refusal(api_key: ApiKey) -> str | None:
     """Why ``api_key`` must not authenticate now: it is linked to a line of a suspended
     contract (dunning's end). Registered with ``accounts.selectors`` at start-up."""

@@ -3,13 +3,15 @@ the input; ``marketplace.search`` and ``contracts.checkout`` hold the rules."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC
 from decimal import Decimal
 
 from django import forms
 
 from capacity.forms import DateTimeLocalInput
-from capacity.models import EnergySource, GpuModel, Region
+from capacity.models import Currency, EnergySource, GpuModel, Region
+from contracts.checkout import Quote, QuotedPrice
 from marketplace.search import SORTS, SearchFilters
 
 TERM_CHOICES = [(1, "1 month"), (3, "3 months"), (6, "6 months"), (12, "12 months")]
@@ -97,3 +99,53 @@ class ReservationForm(forms.Form):
         if not cleaned.get("offer") and not cleaned.get("gpu_model"):
             raise forms.ValidationError("Pick an offer, or a GPU model to find the best offer.")
         return cleaned
+
+
+_NOT_FROM_A_QUOTE = "This confirmation does not carry its quote; get a quote and confirm it."
+
+
+class CheckoutForm(ReservationForm):
+    """The confirmation of a quote: the reservation, the price the buyer was shown for it
+    (checkout refuses when the offer prices it differently now), and a key minted when the
+    quote page rendered this form, so a second submission of it creates nothing."""
+
+    quoted_price_per_gpu_hour = forms.DecimalField(
+        max_digits=10,
+        decimal_places=4,
+        widget=forms.HiddenInput,
+        error_messages={"required": _NOT_FROM_A_QUOTE},
+    )
+    quoted_currency = forms.ChoiceField(
+        choices=Currency.choices,
+        widget=forms.HiddenInput,
+        error_messages={"required": _NOT_FROM_A_QUOTE},
+    )
+    quoted_total_minor = forms.IntegerField(
+        min_value=0, widget=forms.HiddenInput, error_messages={"required": _NOT_FROM_A_QUOTE}
+    )
+    submission_key = forms.CharField(
+        min_length=16,
+        max_length=64,
+        widget=forms.HiddenInput,
+        error_messages={"required": _NOT_FROM_A_QUOTE},
+    )
+
+    @classmethod
+    def for_quote(cls, quote: Quote) -> CheckoutForm:
+        """A fresh confirmation of ``quote``, with a new submission key."""
+        return cls(
+            initial={
+                "quoted_price_per_gpu_hour": quote.price_per_gpu_hour,
+                "quoted_currency": quote.currency,
+                "quoted_total_minor": quote.total_minor,
+                "submission_key": secrets.token_urlsafe(24),
+            }
+        )
+
+    def quoted(self) -> QuotedPrice:
+        data = self.cleaned_data
+        return QuotedPrice(
+            price_per_gpu_hour=data["quoted_price_per_gpu_hour"],
+            currency=data["quoted_currency"],
+            total_minor=data["quoted_total_minor"],
+        )

@@ -34,7 +34,7 @@ from contracts.money import minor_to_major
 from contracts.selectors import buyer_has_payment_method
 from marketplace import search_cache
 from marketplace.search import best_offer, next_minute, offer_search
-from marketplace.storefront_forms import ReservationForm, SearchForm
+from marketplace.storefront_forms import CheckoutForm, ReservationForm, SearchForm
 
 PAGE_SIZE = 20
 # What the search form and its pagination send; other query strings are not cached.
@@ -171,6 +171,8 @@ def _render_quote(
             "monthly": minor_to_major(quote.monthly_average_minor) if quote else None,
             "has_payment_method": buyer_has_payment_method(membership.organization),
             "can_reserve": membership.can_operate,
+            # A new key on every render: a form submitted twice creates one reservation.
+            "confirm_form": CheckoutForm.for_quote(quote) if quote else None,
         },
         status=status,
     )
@@ -189,7 +191,10 @@ def quote(request: HttpRequest) -> HttpResponse:
 @buyer_operator
 @require_http_methods(["POST"])
 def checkout_confirm(request: HttpRequest) -> HttpResponse:
-    form = ReservationForm(request.POST)
+    """Confirm a quote: refused (409, with the new price to review) when the offer's price
+    changed since; a repeated submission of one rendered form lands on the contract of the
+    first without reserving again."""
+    form = CheckoutForm(request.POST)
     result = _quote_from(request, form) if form.is_valid() else None
     if result is None:
         return _render_quote(request, form, None, status=400)
@@ -201,10 +206,22 @@ def checkout_confirm(request: HttpRequest) -> HttpResponse:
             starts_at=result.starts_at,
             term_months=result.term_months,
             actor=request_actor(request),
+            quoted=form.quoted(),
+            submission_key=form.cleaned_data["submission_key"],
         )
+    except checkout.QuoteChanged as error:
+        add_service_errors(form, error)
+        return _render_quote(request, form, error.quote, status=409)
     except ValidationError as error:
         add_service_errors(form, error)
         return _render_quote(request, form, result, status=409)
+    if done.replayed:
+        messages.info(
+            request,
+            f"This reservation was already confirmed on contract {done.contract.reference}; "
+            "nothing more was reserved.",
+        )
+        return redirect("contracts:detail", pk=done.contract.pk)
     messages.success(
         request,
         f"Reserved {done.line.gpu_count} x {result.offer.gpu_model.name} at "

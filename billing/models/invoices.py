@@ -294,6 +294,9 @@ class CreditNote(models.Model):
         User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now)
+    # The key of the finance form that issued it (minted per render; empty when issued
+    # without a form): a form submitted twice issues one credit note per invoice.
+    submission_key = models.CharField(max_length=64, blank=True, default="")
     # -- refund fields: the only columns that change ---------------------------------------
     refund_status = models.CharField(
         max_length=16, choices=RefundStatus.choices, default=RefundStatus.NONE
@@ -313,6 +316,11 @@ class CreditNote(models.Model):
                 condition=Q(refund_amount_minor__gte=0)
                 & Q(refund_amount_minor__lte=models.F("amount_minor")),
                 name="creditnote_refund_within_amount",
+            ),
+            models.UniqueConstraint(
+                fields=["invoice", "submission_key"],
+                condition=~Q(submission_key=""),
+                name="creditnote_submission_once",
             ),
         ]
 

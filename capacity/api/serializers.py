@@ -8,7 +8,17 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import Organization
-from capacity.models import Currency, EnergySource, GpuModel, NodeStatus, Region, Site, WindowKind
+from capacity.models import (
+    MAX_PRICE_PER_GPU_HOUR,
+    PRICE_BOUND_MESSAGE,
+    Currency,
+    EnergySource,
+    GpuModel,
+    NodeStatus,
+    Region,
+    Site,
+    WindowKind,
+)
 
 
 @extend_schema_field(
@@ -123,8 +133,14 @@ class WindowInputSerializer(serializers.Serializer):
 
 
 def _price(**kwargs: Any) -> serializers.DecimalField:
-    """A price per GPU-hour: Decimal, 4 decimals, as stored."""
-    return serializers.DecimalField(max_digits=10, decimal_places=4, **kwargs)
+    """A price per GPU-hour: Decimal, 4 decimals, as stored, at most ``MAX_PRICE_PER_GPU_HOUR``."""
+    return serializers.DecimalField(
+        max_digits=10,
+        decimal_places=4,
+        max_value=MAX_PRICE_PER_GPU_HOUR,
+        error_messages={"max_value": PRICE_BOUND_MESSAGE},
+        **kwargs,
+    )
 
 
 class OfferOutputSerializer(serializers.Serializer):

@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from capacity.api.serializers import CurrencyField
 from capacity.models import Currency, EnergySource, GpuModel, Region
 from contracts import checkout
 from contracts.api.serializers import ContractSerializer, LineSerializer
@@ -72,6 +73,37 @@ class ReservationInputSerializer(serializers.Serializer):
         if not attrs.get("offer") and not attrs.get("gpu_model"):
             raise serializers.ValidationError("Give an offer, or a gpu_model for the best offer.")
         return attrs
+
+
+class ReservationCreateInputSerializer(ReservationInputSerializer):
+    """A reservation, with what the client was quoted: send back the quote's
+    ``price_per_gpu_hour``, ``currency`` and ``total_minor``, and the reservation is refused
+    (409) instead of created when the offer prices it differently now."""
+
+    expected_price_per_gpu_hour = serializers.DecimalField(
+        max_digits=10,
+        decimal_places=4,
+        required=False,
+        help_text="The quote's price_per_gpu_hour; refused (409) if the price is different now.",
+    )
+    expected_currency = CurrencyField(
+        required=False,
+        help_text="The quote's currency; refused (409) if the offer's currency is different.",
+    )
+    expected_total_minor = serializers.IntegerField(
+        min_value=0,
+        required=False,
+        help_text="The quote's total_minor; refused (409) if the total is different now.",
+    )
+
+    def quoted(self) -> checkout.QuotedPrice | None:
+        data = self.validated_data
+        quoted = checkout.QuotedPrice(
+            price_per_gpu_hour=data.get("expected_price_per_gpu_hour"),
+            currency=data.get("expected_currency"),
+            total_minor=data.get("expected_total_minor"),
+        )
+        return None if quoted == checkout.QuotedPrice() else quoted
 
 
 class QuoteSerializer(serializers.Serializer):

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, permissions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -32,6 +32,7 @@ from marketplace.api.serializers import (
     OfferResultSerializer,
     OfferSearchInputSerializer,
     QuoteSerializer,
+    ReservationCreateInputSerializer,
     ReservationInputSerializer,
     ReservationSerializer,
 )
@@ -41,6 +42,10 @@ MARKET_TAG = "marketplace"
 # Asking for a quote changes nothing: every member of a buyer may, whatever the method.
 BUYER_READ_PERMISSIONS = [permissions.IsAuthenticated, HasOrganization, BuyerOnly]
 _REFUSED = OpenApiResponse(description="Refused: the body names each field at fault and why.")
+_NO_OFFER = OpenApiResponse(description="No listed offer has that id.")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# A key from a client that sends 16 to 64 characters of its own choosing.
+_IDEMPOTENCY_KEY_LENGTHS = range(16, 65)
 
 
 class OfferSearchApi(APIView):
@@ -104,7 +109,7 @@ class QuoteApi(APIView):
         tags=[MARKET_TAG],
         operation_id="reservation_quote",
         request=ReservationInputSerializer,
-        responses={200: QuoteSerializer, 400: _REFUSED},
+        responses={200: QuoteSerializer, 400: _REFUSED, 404: _NO_OFFER},
         summary="Price N GPUs of an offer (or the best offer) for a term",
     )
     def post(self, request: Request) -> Response:
@@ -129,14 +134,38 @@ class ReservationCreateApi(APIView):
     @extend_schema(
         tags=[CONTRACTS_TAG],
         operation_id="reservation_create",
-        request=ReservationInputSerializer,
-        responses={201: ReservationSerializer, 400: _REFUSED, 409: _REFUSED},
+        request=ReservationCreateInputSerializer,
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                description="16-64 characters, new for each reservation: a request repeated "
+                "with the same key returns the first one's reservation (200) and creates "
+                "nothing.",
+            )
+        ],
+        responses={
+            200: ReservationSerializer,
+            201: ReservationSerializer,
+            400: _REFUSED,
+            404: _NO_OFFER,
+            409: OpenApiResponse(
+                description="No GPUs free, or the price changed since the quote (the body "
+                "carries the new `quote`)."
+            ),
+        },
         summary="Reserve GPUs: creates the contract or a new line on the open one",
     )
     def post(self, request: Request) -> Response:
-        payload = ReservationInputSerializer(data=request.data)
+        payload = ReservationCreateInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
+        submission_key = request.headers.get(IDEMPOTENCY_HEADER)
+        if submission_key is not None and len(submission_key) not in _IDEMPOTENCY_KEY_LENGTHS:
+            raise exceptions.ValidationError(
+                {IDEMPOTENCY_HEADER: ["Send 16 to 64 characters, new for each reservation."]}
+            )
         offer = _requested_offer(data)
         try:
             result = checkout.reservation_checkout(
@@ -146,6 +175,13 @@ class ReservationCreateApi(APIView):
                 starts_at=data["starts_at"],
                 term_months=int(data["term_months"]),
                 actor=request_actor(request),
+                quoted=payload.quoted(),
+                submission_key=submission_key,
+            )
+        except checkout.QuoteChanged as error:
+            return Response(
+                {"detail": error.messages, "quote": QuoteSerializer(error.quote).data},
+                status=status.HTTP_409_CONFLICT,
             )
         except CapacityUnavailable as error:
             return Response({"detail": error.messages}, status=status.HTTP_409_CONFLICT)
@@ -157,4 +193,7 @@ class ReservationCreateApi(APIView):
             "quote": result.quote,
             "allocated_gpus": len(result.allocations),
         }
-        return Response(ReservationSerializer(body).data, status=status.HTTP_201_CREATED)
+        return Response(
+            ReservationSerializer(body).data,
+            status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED,
+        )

@@ -212,6 +212,28 @@ def test_approving_out_of_order_is_refused_and_nothing_changes(finance_client, o
     assert not AuditEvent.objects.filter(action="billing.statement_approved").exists()
 
 
+def test_a_credit_form_submitted_twice_issues_one_credit_note(finance_client, buyer_org):
+    """Issue 13 #8: finance double-clicks "Issue credit notes": one note, one refund."""
+    invoice = finalized_invoice_for(buyer_org, total_minor=50_000)
+    form = _action(finance_client, "invoice", "credit", [invoice.pk]).context["form"]
+    key = form.initial["submission_key"]
+    assert len(key) == 32
+    submitted = {"apply": "1", "amount": "120.00", "reason": "Late start", "submission_key": key}
+    for _ in range(2):
+        _action(finance_client, "invoice", "credit", [invoice.pk], **submitted)
+    note = CreditNote.objects.get()
+    assert (note.amount_minor, note.submission_key) == (12_000, key)
+    invoice.refresh_from_db()
+    assert invoice.amount_credited_minor == 12_000
+    assert AuditEvent.objects.filter(action="billing.credit_note_issued").count() == 1
+    # A new render is a new form: it credits again.
+    again = _action(finance_client, "invoice", "credit", [invoice.pk]).context["form"]
+    assert again.initial["submission_key"] != key
+    submitted["submission_key"] = again.initial["submission_key"]
+    _action(finance_client, "invoice", "credit", [invoice.pk], **submitted)
+    assert CreditNote.objects.count() == 2
+
+
 def test_invoice_actions_credit_void_retry_and_finalize(finance, finance_client, buyer_org):
     invoice = finalized_invoice_for(buyer_org, total_minor=50_000)
     form = _action(finance_client, "invoice", "credit", [invoice.pk])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 import time_machine
@@ -147,6 +148,18 @@ def test_offers_create_patch_deactivate(partner_api, node):
     )
     assert again.status_code == 400
     assert Offer.objects.get(pk=offer_id).gpu_count == 1
+    absurd = partner_api.patch(
+        f"/api/v1/offers/{offer_id}",
+        {"on_demand_price_per_gpu_hour": "999999.9999"},
+        format="json",
+    )
+    assert absurd.status_code == 400
+    assert absurd.json() == {
+        "on_demand_price_per_gpu_hour": [
+            "A price per GPU-hour is at most 1000.0000; check the decimal point."
+        ]
+    }
+    assert Offer.objects.get(pk=offer_id).on_demand_price_per_gpu_hour == Decimal("2.5000")
 
 
 @pytest.mark.django_db

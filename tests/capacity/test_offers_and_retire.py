@@ -72,6 +72,20 @@ def test_offer_create(node):
             },
         ),
         (
+            {
+                "on_demand_price_per_gpu_hour": Decimal("999999.9999"),
+                "reserved_price_1m_per_gpu_hour": Decimal("999999.9999"),
+            },
+            {
+                "on_demand_price_per_gpu_hour": [
+                    "A price per GPU-hour is at most 1000.0000; check the decimal point."
+                ],
+                "reserved_price_1m_per_gpu_hour": [
+                    "A price per GPU-hour is at most 1000.0000; check the decimal point."
+                ],
+            },
+        ),
+        (
             {"gpu_count": 3},
             {
                 "gpu_count": [
@@ -120,6 +134,30 @@ def test_offer_check_constraints_hold_in_the_database(site):
     with pytest.raises(IntegrityError), transaction.atomic():
         OfferFactory(site=site, on_demand_price_per_gpu_hour=Decimal("0"))
     assert Offer.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_offer_prices_are_bounded_in_the_model_and_the_database(site):
+    """1000.0000 per GPU-hour is the most; 999999.9999 fits the column but not the rule."""
+    at_bound = OfferFactory(
+        site=site,
+        on_demand_price_per_gpu_hour=Decimal("1000.0000"),
+        reserved_price_1m_per_gpu_hour=Decimal("1000.0000"),
+    )
+    at_bound.full_clean()
+    at_bound.on_demand_price_per_gpu_hour = Decimal("1000.0001")
+    with pytest.raises(ValidationError) as caught:
+        at_bound.full_clean()
+    assert caught.value.message_dict == {
+        "on_demand_price_per_gpu_hour": [
+            "A price per GPU-hour is at most 1000.0000; check the decimal point."
+        ]
+    }
+    with pytest.raises(IntegrityError, match="offer_price_bounded"), transaction.atomic():
+        Offer.objects.filter(pk=at_bound.pk).update(
+            on_demand_price_per_gpu_hour=Decimal("999999.9999")
+        )
+    assert Offer.objects.get(pk=at_bound.pk).on_demand_price_per_gpu_hour == Decimal("1000.0000")
 
 
 @pytest.mark.django_db

@@ -169,6 +169,13 @@ def test_offer_create_refusal_message(partner_client, node):
         in response.content.decode()
     )
     assert Offer.objects.count() == 0
+    too_high = {**data, "on_demand_price_per_gpu_hour": "999999.9999"}
+    response = partner_client.post(reverse("capacity:offer_create"), too_high)
+    assert response.status_code == 200
+    assert response.context["form"].errors["on_demand_price_per_gpu_hour"] == [
+        "A price per GPU-hour is at most 1000.0000; check the decimal point."
+    ]
+    assert Offer.objects.count() == 0
     data["reserved_price_1m_per_gpu_hour"] = "1.95"
     assert partner_client.post(reverse("capacity:offer_create"), data).status_code == 302
     assert Offer.objects.get().reserved_price_1m_per_gpu_hour == Decimal("1.9500")

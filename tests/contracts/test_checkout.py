@@ -10,7 +10,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from accounts.models import AuditEvent
-from contracts.checkout import reservation_checkout, reservation_quote
+from capacity import services as capacity_services
+from capacity.models import Offer
+from contracts.checkout import QuoteChanged, QuotedPrice, reservation_checkout, reservation_quote
 from contracts.models import Allocation, Contract, ContractLine, ContractState
 from contracts.money import round_money
 from contracts.selectors import window
@@ -214,6 +216,71 @@ class TestCheckout:
             now=NOW,
         )
         assert len(result.allocations) == 8
+
+
+class TestTiedToTheQuote:
+    """Issue 13 #5: checkout prices the offer row it locks and refuses a changed price."""
+
+    def _checkout(self, offer, buyer, quoted):
+        return reservation_checkout(
+            buyer=buyer,
+            offer=offer,
+            gpu_count=3,
+            starts_at=NOW,
+            term_months=1,
+            actor=None,
+            quoted=quoted,
+            now=NOW,
+        )
+
+    def test_the_quote_confirms(self, offer_now, buyer_org):
+        quote = reservation_quote(
+            offer=offer_now, gpu_count=3, starts_at=NOW, term_months=1, now=NOW
+        )
+        quoted = QuotedPrice(
+            price_per_gpu_hour=quote.price_per_gpu_hour,
+            currency=quote.currency,
+            total_minor=quote.total_minor,
+        )
+        assert (quoted.price_per_gpu_hour, quoted.total_minor) == (Decimal("2.0417"), 455707)
+        result = self._checkout(offer_now, buyer_org, quoted)
+        assert result.line.price_per_gpu_hour == Decimal("2.0417")
+
+    def test_the_callers_stale_copy_of_the_offer_is_not_what_is_sold(self, offer_now, buyer_org):
+        stale = Offer.objects.get(pk=offer_now.pk)  # read before the partner's change
+        capacity_services.offer_update(
+            offer=offer_now,
+            actor=None,
+            data={
+                "on_demand_price_per_gpu_hour": Decimal("9.9000"),
+                "reserved_price_1m_per_gpu_hour": Decimal("9.5000"),
+            },
+        )
+        with pytest.raises(QuoteChanged) as refused:
+            self._checkout(stale, buyer_org, QuotedPrice(price_per_gpu_hour=Decimal("2.0417")))
+        assert refused.value.code == "quote_changed"
+        assert (refused.value.quote.price_per_gpu_hour, refused.value.quote.free_gpus) == (
+            Decimal("9.5000"),
+            8,
+        )
+        assert not ContractLine.objects.exists() and not Contract.objects.exists()
+        # Without a quote (an old API client) the price sold is the row's, never the copy's.
+        assert self._checkout(stale, buyer_org, None).line.price_per_gpu_hour == Decimal("9.5000")
+
+    def test_a_currency_change_refuses(self, offer_now, buyer_org):
+        capacity_services.offer_update(offer=offer_now, actor=None, data={"currency": "EUR"})
+        with pytest.raises(QuoteChanged) as refused:
+            self._checkout(
+                offer_now,
+                buyer_org,
+                QuotedPrice(price_per_gpu_hour=Decimal("2.0417"), currency="USD"),
+            )
+        assert refused.value.messages == [
+            "The price changed since your quote: it was 2.0417 USD per GPU-hour, it is now "
+            "2.0417 EUR per GPU-hour, 4557.07 EUR for the term. Nothing was reserved; check the "
+            "new price and confirm again."
+        ]
+        assert not Contract.objects.exists()
 
 
 class TestExclusionConstraint:

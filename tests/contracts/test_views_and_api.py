@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
 from django.apps import apps
 from django.urls import reverse
 from django.utils import timezone
@@ -17,7 +18,15 @@ from contracts import on_demand
 from contracts.attribution import attribute_usage_records, workload_ref_for_key
 from contracts.billable_usage import MeteredQuantities, UsageKey, metered_quantities
 from contracts.checkout import reservation_checkout
-from contracts.models import Contract, ContractState, InferenceProduct, LineApiKey, LineKind
+from contracts.models import (
+    Allocation,
+    Contract,
+    ContractLine,
+    ContractState,
+    InferenceProduct,
+    LineApiKey,
+    LineKind,
+)
 from tests.factories import stored_usage
 from tests.tenancy import assert_hidden_from
 
@@ -156,6 +165,80 @@ def test_api_reserve_quote_and_read(offer, buyer_owner, start):
     taken = client.post(reverse("api_reservations"), {**body, "gpu_count": 6}, format="json")
     assert taken.status_code == 409  # 5 of the 8 are still free
     assert "Only 5 GPUs" in taken.json()["detail"][0]
+
+
+def test_api_confirm_is_tied_to_the_quote(offer, partner_owner, buyer_owner):
+    """Issue 13 #5: quoted at 2.10 (1 GPU for January: 744 h, 1,562.40), the partner cannot
+    list 999999.9999, and a price raised within bounds refuses the buyer's confirm."""
+    with time_machine.travel(datetime(2026, 12, 20, 9, tzinfo=UTC), tick=True):
+        buyer, partner = api_client(buyer_owner), api_client(partner_owner)
+        body = {"offer": offer.pk, "gpu_count": 1, "starts_at": "2027-01-01T00:00:00Z"}
+        body["term_months"] = 1
+        quote = buyer.post(reverse("api_market_quote"), body, format="json").json()
+        assert (quote["price_per_gpu_hour"], quote["currency"], quote["total_minor"]) == (
+            "2.1000",
+            "USD",
+            156240,
+        )
+        absurd = {"on_demand_price_per_gpu_hour": "999999.9999"}
+        absurd["reserved_price_1m_per_gpu_hour"] = "999999.9999"
+        refused = partner.patch(reverse("api_offer", args=[offer.pk]), absurd, format="json")
+        assert refused.status_code == 400
+        assert set(refused.json()) == set(absurd)
+        raised = {"on_demand_price_per_gpu_hour": "9.9000", "reserved_price_1m_per_gpu_hour": "9.5"}
+        changed = partner.patch(reverse("api_offer", args=[offer.pk]), raised, format="json")
+        assert changed.status_code == 200
+        confirm = {
+            **body,
+            "expected_price_per_gpu_hour": quote["price_per_gpu_hour"],
+            "expected_currency": quote["currency"],
+            "expected_total_minor": quote["total_minor"],
+        }
+        response = buyer.post(reverse("api_reservations"), confirm, format="json")
+        assert response.status_code == 409
+        assert response.json()["detail"] == [
+            "The price changed since your quote: it was 2.1000 USD per GPU-hour, 1562.40 USD "
+            "for the term, it is now 9.5000 USD per GPU-hour, 7068.00 USD for the term. "
+            "Nothing was reserved; check the new price and confirm again."
+        ]
+        assert response.json()["quote"]["total_minor"] == 706800
+        assert response.json()["quote"]["free_gpus"] == 8
+        assert (Contract.objects.count(), ContractLine.objects.count()) == (0, 0)
+        assert Allocation.objects.count() == 0
+        # Only the price counts: the quote's total alone refuses too; the new quote passes.
+        only_total = {**body, "expected_total_minor": 156240}
+        response = buyer.post(reverse("api_reservations"), only_total, format="json")
+        assert response.status_code == 409
+        confirm["expected_price_per_gpu_hour"] = "9.5000"
+        confirm["expected_total_minor"] = 706800
+        created = buyer.post(reverse("api_reservations"), confirm, format="json")
+        assert created.status_code == 201
+        assert created.json()["line"]["price_per_gpu_hour"] == "9.5000"
+
+
+def test_api_idempotency_key_reserves_once(offer, buyer_owner, start):
+    client = api_client(buyer_owner)
+    body = {"offer": offer.pk, "gpu_count": 2, "starts_at": start.isoformat(), "term_months": 1}
+    key = {"HTTP_IDEMPOTENCY_KEY": "order-7f3c9a2e-0001"}
+    first = client.post(reverse("api_reservations"), body, format="json", **key)
+    again = client.post(reverse("api_reservations"), body, format="json", **key)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    assert ContractLine.objects.count() == 1
+    assert Allocation.objects.count() == 2
+    other = client.post(reverse("api_reservations"), {**body, "gpu_count": 3}, format="json", **key)
+    assert other.status_code == 400
+    assert other.json() == {
+        "detail": ["This confirmation was already used for another reservation; get a new quote."]
+    }
+    short = client.post(
+        reverse("api_reservations"), body, format="json", HTTP_IDEMPOTENCY_KEY="short"
+    )
+    assert short.status_code == 400
+    assert short.json() == {
+        "Idempotency-Key": ["Send 16 to 64 characters, new for each reservation."]
+    }
+    assert ContractLine.objects.count() == 1
 
 
 def test_api_offer_search(offer, buyer_owner):
