@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0005_payment_attempt_payment_method'),
+        ('billing', '0006_draft_failures'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

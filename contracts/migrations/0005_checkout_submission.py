@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0002_accounts_tables'),
-        ('contracts', '0003_fill_usage_line_ids'),
+        ('contracts', '0004_inference_product_throughput'),
     ]
 
     operations = [
