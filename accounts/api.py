@@ -42,7 +42,7 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 
 
 class CanManageOrganization(permissions.BasePermission):
-    """Reads for every member; writes for owners and admins (an API key is a member)."""
+    """Reads for every member; writes for owners and admins (never an API key: a member at most)."""
 
     message = "Only owners and admins can do this."
 
@@ -88,7 +88,10 @@ class MeOutputSerializer(serializers.Serializer):
     role = serializers.ChoiceField(
         choices=Role.choices,
         allow_null=True,
-        help_text="The caller's role in the organization; an API key acts as a member.",
+        help_text=(
+            "The caller's role in the organization; an API key acts as a member at most, "
+            "never above its creator's current role."
+        ),
     )
     authentication = serializers.ChoiceField(
         choices=[("session", "session"), ("api_key", "api_key")]
