@@ -23,6 +23,7 @@ from accounts import selectors, services
 from accounts.api_support import paginated_response
 from accounts.models import MANAGER_ROLES, ApiKey, Role
 from accounts.requests import request_actor
+from accounts.response_headers import no_store
 from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
 
 
@@ -202,10 +203,8 @@ class ApiKeyListCreateApi(APIView):
         except DjangoPermissionDenied as error:
             raise exceptions.PermissionDenied(str(error)) from None
         api_key.key = key  # type: ignore[attr-defined]
-        return Response(
-            ApiKeyCreatedOutputSerializer(api_key).data,
-            status=status.HTTP_201_CREATED,
-            headers={"Cache-Control": "no-store"},  # the body carries the secret
+        return no_store(  # the body carries the secret
+            Response(ApiKeyCreatedOutputSerializer(api_key).data, status=status.HTTP_201_CREATED)
         )
 
 

@@ -18,7 +18,6 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import selectors, services
@@ -328,7 +327,6 @@ def invitation_respond(request: HttpRequest, token: str) -> HttpResponse:
 # -- API keys ----------------------------------------------------------------------------
 
 
-@never_cache  # the response to a creation carries the secret: keep it out of caches
 @org_required()
 @require_http_methods(["GET", "POST"])
 def api_keys(request: HttpRequest) -> HttpResponse:

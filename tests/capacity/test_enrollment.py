@@ -14,6 +14,7 @@ from capacity import services
 from capacity.models import EnrollmentCode, GpuDevice, Node, NodeStatus, hash_enrollment_code
 from tests.capacity.conftest import h100_inventory
 from tests.factories import catalog_gpu
+from tests.http_headers import NO_STORE, cache_headers
 
 ENROLL_URL = "/api/v1/agents/enroll"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -81,6 +82,7 @@ def test_enroll_happy_path(site, anonymous_api, agent_public_key):
             ENROLL_URL, _body(created.enrollment_code, agent_public_key), format="json"
         )
     assert response.status_code == 201, response.content
+    assert cache_headers(response) == NO_STORE  # the body carries the poll token
     data = response.json()
     assert set(data) == {"node_id", "poll_token", "poll_interval_seconds"}
     assert data["node_id"] == created.node.pk
