@@ -38,6 +38,10 @@ _NONCE_ATTR = "_hashgrid_csp_nonce"
 # already send never-cache headers of their own).
 _SECRET_URL_NAMES = frozenset({"mfa_activate_totp", "mfa_generate_recovery_codes"})
 
+# Swagger UI (the API reference) applies inline styles as it renders: its page alone
+# allows them. Scripts stay nonce-only there too, and the page shows no user content.
+_INLINE_STYLE_URL_NAMES = frozenset({"api-docs"})
+
 # Stripe's own hosts beside Stripe.js: its API (card confirmation) and 3-D Secure frames.
 _STRIPE_API_ORIGIN = "https://api.stripe.com"
 _STRIPE_HOOKS_ORIGIN = "https://hooks.stripe.com"
@@ -76,7 +80,7 @@ def _origin(url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def content_security_policy(*, nonce: str) -> str:
+def content_security_policy(*, nonce: str, inline_styles: bool = False) -> str:
     """The policy for one response. Stripe's origins follow the settings, so development's
     localstripe (``STRIPE_JS_URL`` and ``STRIPE_API_BASE`` on loopback) is allowed as
     Stripe is in production."""
@@ -86,7 +90,8 @@ def content_security_policy(*, nonce: str) -> str:
     directives: dict[str, list[str | None]] = {
         "default-src": ["'self'"],
         "script-src": ["'self'", f"'nonce-{nonce}'", stripe_js],
-        "style-src": ["'self'", f"'nonce-{nonce}'"],
+        # A nonce would make browsers ignore 'unsafe-inline': one or the other.
+        "style-src": ["'self'", "'unsafe-inline'" if inline_styles else f"'nonce-{nonce}'"],
         "img-src": ["'self'", "data:"],
         "font-src": ["'self'"],
         "connect-src": ["'self'", stripe_js, stripe_api],
@@ -112,9 +117,8 @@ class ResponseHeadersMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         match = getattr(request, "resolver_match", None)
-        if getattr(request, _CARRIES_SECRET_ATTR, False) or (
-            match is not None and match.url_name in _SECRET_URL_NAMES
-        ):
+        url_name = match.url_name if match is not None else None
+        if getattr(request, _CARRIES_SECRET_ATTR, False) or url_name in _SECRET_URL_NAMES:
             no_store(response)
         technical_page = settings.DEBUG and response.status_code >= 400
         if (
@@ -122,5 +126,7 @@ class ResponseHeadersMiddleware:
             and not technical_page
             and "Content-Security-Policy" not in response
         ):
-            response["Content-Security-Policy"] = content_security_policy(nonce=csp_nonce(request))
+            response["Content-Security-Policy"] = content_security_policy(
+                nonce=csp_nonce(request), inline_styles=url_name in _INLINE_STYLE_URL_NAMES
+            )
         return response

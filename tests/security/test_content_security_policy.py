@@ -95,6 +95,9 @@ def test_api_docs_load_their_script_from_a_url(buyer_owner):
     assert response.status_code == 200
     assert '<script src="/api/docs/?script="></script>' in html
     assert re.findall(r"<script>", html) == []
+    policy = _directives(response)
+    assert policy["style-src"] == ["'self'", "'unsafe-inline'"]  # Swagger UI's own styles
+    assert policy["script-src"][1].startswith("'nonce-")
 
 
 def test_totp_setup_page_showing_the_secret_is_not_stored(buyer_owner):
