@@ -22,9 +22,13 @@ from django.utils import timezone
 from accounts.audit import audit
 from accounts.models import Organization, User
 from capacity import selectors
-from capacity.countries import is_country_code
+from capacity.countries import is_country_code, regions_of
 from capacity.enrollment import IssuedCode, issue_enrollment_code, node_enroll
 from capacity.models import (
+    NODE_MAX_CPU_CORES,
+    NODE_MAX_GPUS,
+    NODE_MAX_RAM_GIB,
+    SITE_MAX_POWER_CAPACITY_KW,
     Currency,
     EnergySource,
     EnrollmentCode,
@@ -104,12 +108,22 @@ def _validate_site(site: Site) -> None:
         )
     if site.region not in Region.values:
         errors["region"] = f"Unknown region {site.region!r}."
+    elif "country" not in errors and site.region not in regions_of(site.country):
+        allowed = " or ".join(sorted(Region(region).label for region in regions_of(site.country)))
+        errors["region"] = (
+            f"A site in {site.country} is in {allowed}, not {Region(site.region).label}."
+        )
     if not Decimal(-90) <= Decimal(site.latitude) <= Decimal(90):
         errors["latitude"] = "Latitude must be between -90 and 90 degrees."
     if not Decimal(-180) <= Decimal(site.longitude) <= Decimal(180):
         errors["longitude"] = "Longitude must be between -180 and 180 degrees."
-    if site.power_capacity_kw is None or site.power_capacity_kw < 1:
-        errors["power_capacity_kw"] = "Power capacity must be at least 1 kW."
+    if (
+        site.power_capacity_kw is None
+        or not 1 <= site.power_capacity_kw <= SITE_MAX_POWER_CAPACITY_KW
+    ):
+        errors["power_capacity_kw"] = (
+            f"Power capacity must be between 1 and {SITE_MAX_POWER_CAPACITY_KW:,} kW."
+        )
     if site.energy_source not in EnergySource.values:
         errors["energy_source"] = f"Unknown energy source {site.energy_source!r}."
     if Decimal(site.energy_price_per_kwh) < 0:
@@ -220,12 +234,12 @@ def node_create(
     errors: dict[str, str] = {}
     if not name.strip():
         errors["name"] = "Name is required."
-    if not 1 <= gpu_count <= 64:
-        errors["gpu_count"] = "A node has between 1 and 64 GPUs."
-    if cpu_cores < 1:
-        errors["cpu_cores"] = "A node has at least one CPU core."
-    if ram_gib < 1:
-        errors["ram_gib"] = "A node has at least 1 GiB of RAM."
+    if not 1 <= gpu_count <= NODE_MAX_GPUS:
+        errors["gpu_count"] = f"A node has between 1 and {NODE_MAX_GPUS} GPUs."
+    if not 1 <= cpu_cores <= NODE_MAX_CPU_CORES:
+        errors["cpu_cores"] = f"A node has between 1 and {NODE_MAX_CPU_CORES:,} CPU cores."
+    if not 1 <= ram_gib <= NODE_MAX_RAM_GIB:
+        errors["ram_gib"] = f"A node has between 1 and {NODE_MAX_RAM_GIB:,} GiB of RAM."
     if errors:
         raise ValidationError(errors)
     node = Node(

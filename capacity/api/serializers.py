@@ -40,8 +40,9 @@ class SiteInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=120)
     country = serializers.CharField(max_length=2, min_length=2, help_text="ISO 3166 alpha-2.")
     region = serializers.ChoiceField(choices=Region.choices)
-    latitude = serializers.DecimalField(max_digits=8, decimal_places=6)
-    longitude = serializers.DecimalField(max_digits=9, decimal_places=6)
+    # No max_digits: out of range gets the service's range message, not a count of digits.
+    latitude = serializers.DecimalField(max_digits=None, decimal_places=6)
+    longitude = serializers.DecimalField(max_digits=None, decimal_places=6)
     power_capacity_kw = serializers.IntegerField(min_value=1)
     energy_source = serializers.ChoiceField(choices=EnergySource.choices)
     energy_price_per_kwh = serializers.DecimalField(max_digits=10, decimal_places=6, min_value=0)
