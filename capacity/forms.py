@@ -59,9 +59,7 @@ class SiteForm(forms.Form):
         min_value=1, label="Power capacity (kW)", help_text="Power available to GPU nodes."
     )
     energy_source = forms.ChoiceField(choices=EnergySource.choices)
-    energy_price_per_kwh = forms.DecimalField(
-        max_digits=10, decimal_places=6, min_value=Decimal("0"), label="Energy price per kWh"
-    )
+    energy_price_per_kwh = forms.DecimalField(decimal_places=6, label="Energy price per kWh")
     energy_currency = forms.ChoiceField(choices=Currency.choices, initial=Currency.USD)
 
     @classmethod

@@ -28,6 +28,7 @@ from capacity.models import (
     NODE_MAX_CPU_CORES,
     NODE_MAX_GPUS,
     NODE_MAX_RAM_GIB,
+    SITE_MAX_ENERGY_PRICE_PER_KWH,
     SITE_MAX_POWER_CAPACITY_KW,
     Currency,
     EnergySource,
@@ -126,8 +127,10 @@ def _validate_site(site: Site) -> None:
         )
     if site.energy_source not in EnergySource.values:
         errors["energy_source"] = f"Unknown energy source {site.energy_source!r}."
-    if Decimal(site.energy_price_per_kwh) < 0:
-        errors["energy_price_per_kwh"] = "The energy price cannot be negative."
+    if not 0 <= Decimal(site.energy_price_per_kwh) <= SITE_MAX_ENERGY_PRICE_PER_KWH:
+        errors["energy_price_per_kwh"] = (
+            f"The energy price must be between 0 and {SITE_MAX_ENERGY_PRICE_PER_KWH} per kWh."
+        )
     if site.energy_currency not in Currency.values:
         errors["energy_currency"] = f"Unsupported currency {site.energy_currency!r}."
     if errors:

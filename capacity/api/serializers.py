@@ -45,7 +45,7 @@ class SiteInputSerializer(serializers.Serializer):
     longitude = serializers.DecimalField(max_digits=None, decimal_places=6)
     power_capacity_kw = serializers.IntegerField(min_value=1)
     energy_source = serializers.ChoiceField(choices=EnergySource.choices)
-    energy_price_per_kwh = serializers.DecimalField(max_digits=10, decimal_places=6, min_value=0)
+    energy_price_per_kwh = serializers.DecimalField(max_digits=None, decimal_places=6)
     energy_currency = CurrencyField(default=Currency.USD)
 
 

@@ -31,6 +31,8 @@ def _site_api(client, **changes):
         ("power_capacity_kw", HUGE, "Power capacity must be between 1 and 1,000,000 kW."),
         ("latitude", "200", "Latitude must be between -90 and 90 degrees."),
         ("longitude", "-200.5", "Longitude must be between -180 and 180 degrees."),
+        ("energy_price_per_kwh", "123456", "The energy price must be between 0 and 100 per kWh."),
+        ("energy_price_per_kwh", "-0.01", "The energy price must be between 0 and 100 per kWh."),
     ],
 )
 def test_site_figures_out_of_range(partner_client, partner_api, field, value, message):
