@@ -51,15 +51,19 @@ class SiteForm(forms.Form):
         max_length=2, min_length=2, help_text="ISO 3166 two-letter code, e.g. US, OM, PY."
     )
     region = forms.ChoiceField(choices=Region.choices)
-    # No max_digits: a number out of range gets the service's range message, not a count
-    # of digits.
-    latitude = forms.DecimalField(decimal_places=6, help_text="Degrees, -90 to 90.")
-    longitude = forms.DecimalField(decimal_places=6, help_text="Degrees, -180 to 180.")
+    # Digits well beyond the columns': a number out of range gets the service's range
+    # message, not a count of digits.
+    latitude = forms.DecimalField(max_digits=20, decimal_places=6, help_text="Degrees, -90 to 90.")
+    longitude = forms.DecimalField(
+        max_digits=20, decimal_places=6, help_text="Degrees, -180 to 180."
+    )
     power_capacity_kw = forms.IntegerField(
         min_value=1, label="Power capacity (kW)", help_text="Power available to GPU nodes."
     )
     energy_source = forms.ChoiceField(choices=EnergySource.choices)
-    energy_price_per_kwh = forms.DecimalField(decimal_places=6, label="Energy price per kWh")
+    energy_price_per_kwh = forms.DecimalField(
+        max_digits=20, decimal_places=6, label="Energy price per kWh"
+    )
     energy_currency = forms.ChoiceField(choices=Currency.choices, initial=Currency.USD)
 
     @classmethod

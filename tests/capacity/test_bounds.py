@@ -45,6 +45,17 @@ def test_site_figures_out_of_range(partner_client, partner_api, field, value, me
     assert Site.objects.count() == 0
 
 
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "1" * 40])
+def test_absurd_coordinates_are_refused_with_a_message(partner_client, partner_api, value):
+    page = _site_page(partner_client, latitude=value)
+    api = _site_api(partner_api, latitude=value)
+
+    message = "Ensure that there are no more than 20 digits in total."
+    assert page.context["form"].errors == {"latitude": [message]}
+    assert (api.status_code, api.json()) == (400, {"latitude": [message]})
+    assert Site.objects.count() == 0
+
+
 def test_site_region_must_match_its_country(partner_client, partner_api):
     page = _site_page(partner_client, country="US", region=Region.EAST_AFRICA)
     api = _site_api(partner_api, country="US", region=Region.EAST_AFRICA)
