@@ -23,6 +23,7 @@ from accounts import selectors, services
 from accounts.api_support import paginated_response
 from accounts.models import MANAGER_ROLES, ApiKey, Role
 from accounts.requests import request_actor
+from accounts.response_headers import no_store
 from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
 
 
@@ -42,7 +43,7 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 
 
 class CanManageOrganization(permissions.BasePermission):
-    """Reads for every member; writes for owners and admins (an API key is a member)."""
+    """Reads for every member; writes for owners and admins (never an API key: a member at most)."""
 
     message = "Only owners and admins can do this."
 
@@ -88,7 +89,10 @@ class MeOutputSerializer(serializers.Serializer):
     role = serializers.ChoiceField(
         choices=Role.choices,
         allow_null=True,
-        help_text="The caller's role in the organization; an API key acts as a member.",
+        help_text=(
+            "The caller's role in the organization; an API key acts as a member at most, "
+            "never above its creator's current role."
+        ),
     )
     authentication = serializers.ChoiceField(
         choices=[("session", "session"), ("api_key", "api_key")]
@@ -199,10 +203,8 @@ class ApiKeyListCreateApi(APIView):
         except DjangoPermissionDenied as error:
             raise exceptions.PermissionDenied(str(error)) from None
         api_key.key = key  # type: ignore[attr-defined]
-        return Response(
-            ApiKeyCreatedOutputSerializer(api_key).data,
-            status=status.HTTP_201_CREATED,
-            headers={"Cache-Control": "no-store"},  # the body carries the secret
+        return no_store(  # the body carries the secret
+            Response(ApiKeyCreatedOutputSerializer(api_key).data, status=status.HTTP_201_CREATED)
         )
 
 

@@ -29,3 +29,18 @@ def shared_default_cache(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+@register(Tags.security, deploy=True)
+def content_security_policy_on(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Pages without the Content-Security-Policy (``accounts.response_headers``) run any
+    script an injection slips in."""
+    if not settings.CSP_ENABLED:
+        return [
+            Warning(
+                "HASHGRID_CSP is off: pages are sent without a Content-Security-Policy.",
+                hint="Unset HASHGRID_CSP (it is on by default).",
+                id="hashgrid.W002",
+            )
+        ]
+    return []

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from django import forms
 
-from accounts.models import ApiKey, Organization, Role
+from accounts.models import ApiKey, Invitation, Organization, Role
 
 NO_KIND_ERROR = "Choose at least one: buyer, partner, or both."
 
@@ -51,7 +51,8 @@ class RoleForm(forms.Form):
 
 
 class InvitationForm(forms.Form):
-    email = forms.EmailField()
+    # The column's length: a longer address would otherwise reach the database (a 500).
+    email = forms.EmailField(max_length=Invitation._meta.get_field("email").max_length)
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
 
     def __init__(self, *args: Any, actor_role: str, **kwargs: Any) -> None:

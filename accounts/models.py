@@ -15,7 +15,7 @@ from typing import Self
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 
@@ -187,11 +187,25 @@ class Invitation(models.Model):
 
 
 API_KEY_PREFIX = "hg_"
+# The most an API key can do: operate (sites, nodes, offers, reservations), never manage
+# the organization (members, keys) nor see its finances.
+API_KEY_ROLE = Role.MEMBER
 
 
 class ApiKeyQuerySet(TenantQuerySet):
     def active(self) -> Self:
         return self.filter(revoked_at__isnull=True)
+
+    def with_creator_role(self) -> Self:
+        """Annotate ``creator_role``: the creator's current role in the key's organization,
+        None when they are no longer a member (``ApiKey.acting_role`` reads it)."""
+        return self.annotate(
+            creator_role=Subquery(
+                Membership.objects.filter(
+                    organization_id=OuterRef("organization_id"), user_id=OuterRef("created_by_id")
+                ).values("role")[:1]
+            )
+        )
 
 
 class ApiKey(models.Model):
@@ -243,6 +257,19 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+    @property
+    def acting_role(self) -> str | None:
+        """The role the key acts with; needs ``ApiKeyQuerySet.with_creator_role``.
+
+        A key acts as a member at most and never above its creator's current role: when
+        the creator can no longer operate (finance, viewer), the key only reads. None when
+        the creator has left the organization: the key is refused.
+        """
+        creator_role = getattr(self, "creator_role", None)
+        if creator_role is None:
+            return None
+        return API_KEY_ROLE if creator_role in OPERATOR_ROLES else Role.VIEWER
 
 
 class AuditEvent(models.Model):

@@ -34,11 +34,23 @@ def pending_invitations(*, organization: Organization) -> QuerySet[Invitation]:
 
 
 def api_keys(*, organization: Organization) -> QuerySet[ApiKey]:
-    """Every key of the organization, active ones first, newest first."""
+    """Every key of the organization, active ones first, newest first, each with the
+    role it acts with (``ApiKey.acting_role``)."""
     return (
         ApiKey.objects.for_organization(organization)
         .select_related("created_by")
+        .with_creator_role()
         .order_by("revoked_at", "-created_at")
+    )
+
+
+def api_keys_created_by(*, organization: Organization, user: User) -> QuerySet[ApiKey]:
+    """The active keys ``user`` created in ``organization``: those that stop when they leave."""
+    return (
+        ApiKey.objects.active()
+        .for_organization(organization)
+        .filter(created_by=user)
+        .order_by("name", "pk")
     )
 
 

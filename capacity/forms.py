@@ -61,16 +61,18 @@ class SiteForm(forms.Form):
         max_length=2, min_length=2, help_text="ISO 3166 two-letter code, e.g. US, OM, PY."
     )
     region = forms.ChoiceField(choices=Region.choices)
-    latitude = forms.DecimalField(max_digits=8, decimal_places=6, help_text="Degrees, -90 to 90.")
+    # Digits well beyond the columns': a number out of range gets the service's range
+    # message, not a count of digits.
+    latitude = forms.DecimalField(max_digits=20, decimal_places=6, help_text="Degrees, -90 to 90.")
     longitude = forms.DecimalField(
-        max_digits=9, decimal_places=6, help_text="Degrees, -180 to 180."
+        max_digits=20, decimal_places=6, help_text="Degrees, -180 to 180."
     )
     power_capacity_kw = forms.IntegerField(
         min_value=1, label="Power capacity (kW)", help_text="Power available to GPU nodes."
     )
     energy_source = forms.ChoiceField(choices=EnergySource.choices)
     energy_price_per_kwh = forms.DecimalField(
-        max_digits=10, decimal_places=6, min_value=Decimal("0"), label="Energy price per kWh"
+        max_digits=20, decimal_places=6, label="Energy price per kWh"
     )
     energy_currency = forms.ChoiceField(choices=Currency.choices, initial=Currency.USD)
 

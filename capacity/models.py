@@ -75,6 +75,16 @@ class EnergySource(models.TextChoices):
     MIXED = "mixed", "Mixed"
 
 
+# What a partner may enter for a site or a node: beyond these no real site or server
+# exists, and the columns would refuse the value with a database error (a 500) instead
+# of a message. The services check them (``capacity.services``); forms and the API parse.
+SITE_MAX_POWER_CAPACITY_KW = 1_000_000  # 1 GW, several times the largest mining site
+SITE_MAX_ENERGY_PRICE_PER_KWH = Decimal("100")  # in any currency we settle in
+NODE_MAX_GPUS = 64
+NODE_MAX_CPU_CORES = 4096
+NODE_MAX_RAM_GIB = 65_536  # 64 TiB
+
+
 class SiteQuerySet(TenantQuerySet):
     tenant_path = "organization"
 

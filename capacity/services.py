@@ -22,11 +22,16 @@ from django.utils import timezone
 from accounts.audit import audit
 from accounts.models import Organization, User
 from capacity import selectors
-from capacity.countries import is_country_code
+from capacity.countries import is_country_code, regions_of
 from capacity.enrollment import IssuedCode, issue_enrollment_code, node_enroll
 from capacity.models import (
     MAX_PRICE_PER_GPU_HOUR,
+    NODE_MAX_CPU_CORES,
+    NODE_MAX_GPUS,
+    NODE_MAX_RAM_GIB,
     PRICE_BOUND_MESSAGE,
+    SITE_MAX_ENERGY_PRICE_PER_KWH,
+    SITE_MAX_POWER_CAPACITY_KW,
     Currency,
     EnergySource,
     EnrollmentCode,
@@ -81,12 +86,6 @@ def _changes(obj: models.Model, data: Mapping[str, Any], allowed: frozenset[str]
 
 # ----------------------------------------------------------------------------- sites
 
-# Upper bounds of what a partner declares: beyond them a figure is a typo, and the
-# columns (integer, smallint) would refuse it with a database error instead of a message.
-MAX_SITE_POWER_KW = 10_000_000  # 10 GW, larger than any data-centre campus
-MAX_NODE_CPU_CORES = 4_096
-MAX_NODE_RAM_GIB = 65_536  # 64 TiB
-
 SITE_FIELDS = frozenset(
     {
         "name",
@@ -112,18 +111,28 @@ def _validate_site(site: Site) -> None:
         )
     if site.region not in Region.values:
         errors["region"] = f"Unknown region {site.region!r}."
+    elif "country" not in errors and site.region not in regions_of(site.country):
+        allowed = " or ".join(sorted(Region(region).label for region in regions_of(site.country)))
+        errors["region"] = (
+            f"A site in {site.country} is in {allowed}, not {Region(site.region).label}."
+        )
     if not Decimal(-90) <= Decimal(site.latitude) <= Decimal(90):
         errors["latitude"] = "Latitude must be between -90 and 90 degrees."
     if not Decimal(-180) <= Decimal(site.longitude) <= Decimal(180):
         errors["longitude"] = "Longitude must be between -180 and 180 degrees."
-    if site.power_capacity_kw is None or not 1 <= site.power_capacity_kw <= MAX_SITE_POWER_KW:
+    if (
+        site.power_capacity_kw is None
+        or not 1 <= site.power_capacity_kw <= SITE_MAX_POWER_CAPACITY_KW
+    ):
         errors["power_capacity_kw"] = (
-            f"Power capacity must be between 1 and {MAX_SITE_POWER_KW:,} kW."
+            f"Power capacity must be between 1 and {SITE_MAX_POWER_CAPACITY_KW:,} kW."
         )
     if site.energy_source not in EnergySource.values:
         errors["energy_source"] = f"Unknown energy source {site.energy_source!r}."
-    if Decimal(site.energy_price_per_kwh) < 0:
-        errors["energy_price_per_kwh"] = "The energy price cannot be negative."
+    if not 0 <= Decimal(site.energy_price_per_kwh) <= SITE_MAX_ENERGY_PRICE_PER_KWH:
+        errors["energy_price_per_kwh"] = (
+            f"The energy price must be between 0 and {SITE_MAX_ENERGY_PRICE_PER_KWH} per kWh."
+        )
     if site.energy_currency not in Currency.values:
         errors["energy_currency"] = f"Unsupported currency {site.energy_currency!r}."
     if errors:
@@ -230,12 +239,12 @@ def node_create(
     errors: dict[str, str] = {}
     if not name.strip():
         errors["name"] = "Name is required."
-    if not 1 <= gpu_count <= 64:
-        errors["gpu_count"] = "A node has between 1 and 64 GPUs."
-    if not 1 <= cpu_cores <= MAX_NODE_CPU_CORES:
-        errors["cpu_cores"] = f"A node has between 1 and {MAX_NODE_CPU_CORES:,} CPU cores."
-    if not 1 <= ram_gib <= MAX_NODE_RAM_GIB:
-        errors["ram_gib"] = f"A node has between 1 and {MAX_NODE_RAM_GIB:,} GiB of RAM."
+    if not 1 <= gpu_count <= NODE_MAX_GPUS:
+        errors["gpu_count"] = f"A node has between 1 and {NODE_MAX_GPUS} GPUs."
+    if not 1 <= cpu_cores <= NODE_MAX_CPU_CORES:
+        errors["cpu_cores"] = f"A node has between 1 and {NODE_MAX_CPU_CORES:,} CPU cores."
+    if not 1 <= ram_gib <= NODE_MAX_RAM_GIB:
+        errors["ram_gib"] = f"A node has between 1 and {NODE_MAX_RAM_GIB:,} GiB of RAM."
     if errors:
         raise ValidationError(errors)
     node = Node(

@@ -61,6 +61,7 @@ if not PRODUCTION:
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "accounts.response_headers.ResponseHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -94,6 +95,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "accounts.tenancy.organization_context",
+                "accounts.response_headers.csp_context",
             ],
         },
     },
@@ -240,6 +242,14 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
+# The client's address, wherever one is read (DRF's throttles, allauth's rate limits): how
+# many proxies in front of the app append to X-Forwarded-For (a load balancer: 1). At 0,
+# the default, no forwarded address is trusted and the client is REMOTE_ADDR; at N, it is
+# the Nth entry from the right, the one our outermost proxy wrote, so a client cannot
+# choose its address (and dodge a rate limit) by sending the header itself.
+TRUSTED_PROXY_COUNT = env_int("HASHGRID_TRUSTED_PROXY_COUNT", 0, minimum=0)
+ALLAUTH_TRUSTED_PROXY_COUNT = TRUSTED_PROXY_COUNT
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.api_auth.ApiKeyAuthentication",
@@ -250,6 +260,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_RATES": {"enroll": "30/min"},
+    # Throttles key on the client's address (TRUSTED_PROXY_COUNT, above).
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Hashgrid API",
@@ -283,6 +295,10 @@ CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Content-Security-Policy on every page (accounts.response_headers): scripts and styles
+# from this origin and Stripe.js only, inline blocks by nonce. On in every environment, so
+# development and the browser tests run under the policy production sends.
+CSP_ENABLED = env_bool("HASHGRID_CSP", True)
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)

@@ -101,6 +101,12 @@ def test_check_deploy_warns_when_rate_limits_would_be_per_process() -> None:
     assert "?: (hashgrid.W001) The default cache is each process's own memory" in result.stderr
 
 
+def test_check_deploy_warns_when_the_content_security_policy_is_off() -> None:
+    result = _check_deploy({**_production_environment(), "HASHGRID_CSP": "0"})
+    assert result.returncode == 1
+    assert "?: (hashgrid.W002) HASHGRID_CSP is off" in result.stderr
+
+
 def test_production_refuses_to_start_without_a_secret_key() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
     env.update({"HASHGRID_ENV": "production", "DJANGO_SETTINGS_MODULE": "config.settings"})

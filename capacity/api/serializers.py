@@ -50,11 +50,13 @@ class SiteInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=120)
     country = serializers.CharField(max_length=2, min_length=2, help_text="ISO 3166 alpha-2.")
     region = serializers.ChoiceField(choices=Region.choices)
-    latitude = serializers.DecimalField(max_digits=8, decimal_places=6)
-    longitude = serializers.DecimalField(max_digits=9, decimal_places=6)
+    # Digits well beyond the columns': out of range gets the service's range message, not a
+    # count of digits (a bound there is still needed: DRF cannot round 1e400 without one).
+    latitude = serializers.DecimalField(max_digits=20, decimal_places=6)
+    longitude = serializers.DecimalField(max_digits=20, decimal_places=6)
     power_capacity_kw = serializers.IntegerField(min_value=1)
     energy_source = serializers.ChoiceField(choices=EnergySource.choices)
-    energy_price_per_kwh = serializers.DecimalField(max_digits=10, decimal_places=6, min_value=0)
+    energy_price_per_kwh = serializers.DecimalField(max_digits=20, decimal_places=6)
     energy_currency = CurrencyField(default=Currency.USD)
 
 

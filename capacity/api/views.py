@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from accounts.api_support import paginated_response, service_errors
 from accounts.models import OPERATOR_ROLES
 from accounts.requests import request_actor, request_organization
+from accounts.response_headers import no_store
 from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
 from capacity import selectors, services
 from capacity.api.serializers import (
@@ -191,7 +192,9 @@ class NodeListCreateApi(APIView):
         node = created.node
         node.enrollment_code = created.enrollment_code  # type: ignore[attr-defined]
         node.enrollment_code_expires_at = created.enrollment.expires_at  # type: ignore[attr-defined]
-        return Response(NodeCreatedOutputSerializer(node).data, status=status.HTTP_201_CREATED)
+        return no_store(
+            Response(NodeCreatedOutputSerializer(node).data, status=status.HTTP_201_CREATED)
+        )
 
 
 def _int_param(request: Request, name: str) -> int:
@@ -238,7 +241,9 @@ class NodeEnrollmentCodeApi(APIView):
         with service_errors():
             issued = services.enrollment_code_regenerate(node=node, actor=request_actor(request))
         data = {"enrollment_code": issued.code, "expires_at": issued.expires_at}
-        return Response(EnrollmentCodeOutputSerializer(data).data, status=status.HTTP_201_CREATED)
+        return no_store(
+            Response(EnrollmentCodeOutputSerializer(data).data, status=status.HTTP_201_CREATED)
+        )
 
 
 # -- windows -----------------------------------------------------------------------------
@@ -405,4 +410,4 @@ class AgentEnrollApi(APIView):
             "poll_token": result.poll_token,
             "poll_interval_seconds": result.poll_interval_seconds,
         }
-        return Response(EnrollOutputSerializer(data).data, status=status.HTTP_201_CREATED)
+        return no_store(Response(EnrollOutputSerializer(data).data, status=status.HTTP_201_CREATED))

@@ -4,7 +4,7 @@ The API twin of the storefront pages (``storefront_views``): search reads
 ``marketplace.search``, a quote or a reservation goes through ``contracts.checkout``, the
 one service that writes contracts. Thin views: an input serializer parses, a service or
 selector does the work, an output serializer renders. Buyer organizations only (else 404,
-as the pages); reserving needs an operator role (an API key acts as a member).
+as the pages); reserving needs an operator role (an API key acts as a member at most).
 """
 
 from __future__ import annotations

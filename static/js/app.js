@@ -104,6 +104,18 @@
     });
   }
 
+  // "Go back" links on error pages: back in history, else their href (the home page).
+  function initBackLinks() {
+    document.querySelectorAll("[data-history-back]").forEach(function (link) {
+      link.addEventListener("click", function (event) {
+        if (window.history.length > 1) {
+          event.preventDefault();
+          window.history.back();
+        }
+      });
+    });
+  }
+
   function enhance(root) {
     initMessages(root);
     initSecrets(root);
@@ -112,6 +124,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     initNavToggle();
     initMenus();
+    initBackLinks();
     enhance(document);
   });
   // Content swapped in by htmx gets the same treatment.

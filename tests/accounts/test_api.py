@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import API_KEY_PREFIX, ApiKey, AuditEvent, Role
 from tests.factories import ApiKeyFactory, MembershipFactory
+from tests.http_headers import NO_STORE, cache_headers
 
 pytestmark = pytest.mark.django_db
 
@@ -155,7 +156,7 @@ def test_create_key_returns_it_once(buyer_org, buyer_owner):
     response = client.post(reverse("api_api_keys"), {"name": "deploy"}, format="json")
 
     assert response.status_code == 201
-    assert response["Cache-Control"] == "no-store"
+    assert cache_headers(response) == NO_STORE
     body = response.json()
     key = body["key"]
     api_key = ApiKey.objects.get()

@@ -335,3 +335,15 @@ def test_viewer_cannot_revoke(buyer_org):
     assert response.status_code == 403
     invitation.refresh_from_db()
     assert invitation.status == "pending"
+
+
+def test_an_address_longer_than_the_column_is_refused_with_a_message(buyer_client):
+    email = "a" * 290 + "@example.com"
+
+    response = buyer_client.post(reverse("invitation_create"), {"email": email, "role": "member"})
+
+    assert response.status_code == 200
+    assert response.context["invite_form"].errors == {
+        "email": ["Ensure this value has at most 254 characters (it has 302)."]
+    }
+    assert Invitation.objects.count() == 0

@@ -19,6 +19,7 @@ from capacity.models import (
     hash_enrollment_code,
 )
 from tests.factories import ApiKeyFactory, NodeFactory, NodeWindowFactory, OfferFactory
+from tests.http_headers import NO_STORE, cache_headers
 
 SITE_BODY = {
     "name": "Hernandarias Hydro",
@@ -66,6 +67,7 @@ def test_node_create_returns_code_once(partner_api, site):
         format="json",
     )
     assert response.status_code == 201, response.content
+    assert cache_headers(response) == NO_STORE  # the body carries the code
     data = response.json()
     node = Node.objects.get(pk=data["id"])
     code_row = EnrollmentCode.objects.get(node=node)
@@ -77,6 +79,7 @@ def test_node_create_returns_code_once(partner_api, site):
     assert detail["gpus"] == []
     regenerated = partner_api.post(f"/api/v1/nodes/{node.pk}/enrollment-code")
     assert regenerated.status_code == 201
+    assert cache_headers(regenerated) == NO_STORE
     assert EnrollmentCode.objects.get(
         node=node, revoked_at__isnull=True
     ).code_hash == hash_enrollment_code(regenerated.json()["enrollment_code"])

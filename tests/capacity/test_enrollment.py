@@ -14,6 +14,7 @@ from capacity import services
 from capacity.models import EnrollmentCode, GpuDevice, Node, NodeStatus, hash_enrollment_code
 from tests.capacity.conftest import h100_inventory
 from tests.factories import catalog_gpu
+from tests.http_headers import NO_STORE, cache_headers
 
 ENROLL_URL = "/api/v1/agents/enroll"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -81,6 +82,7 @@ def test_enroll_happy_path(site, anonymous_api, agent_public_key):
             ENROLL_URL, _body(created.enrollment_code, agent_public_key), format="json"
         )
     assert response.status_code == 201, response.content
+    assert cache_headers(response) == NO_STORE  # the body carries the poll token
     data = response.json()
     assert set(data) == {"node_id", "poll_token", "poll_interval_seconds"}
     assert data["node_id"] == created.node.pk
@@ -337,3 +339,47 @@ def test_production_rules_refuse_an_internal_agent_url(
     )
     assert response.status_code == 201
     assert Node.objects.get(pk=created.node.pk).agent_url == "https://8.8.8.8:8443"
+
+
+@pytest.mark.django_db
+def test_enroll_throttle_ignores_a_forwarded_for_the_client_chose(anonymous_api, agent_public_key):
+    """With no trusted proxy (the default) X-Forwarded-For is the client's own words: a
+    new one per request must not make a new client."""
+    statuses = [
+        anonymous_api.post(
+            ENROLL_URL,
+            _body("WRONG", agent_public_key),
+            format="json",
+            HTTP_X_FORWARDED_FOR=f"198.51.100.{attempt}",
+        ).status_code
+        for attempt in range(31)
+    ]
+    assert statuses == [400] * 30 + [429]
+
+
+@pytest.mark.django_db
+def test_behind_one_proxy_the_throttle_keys_on_the_address_it_wrote(
+    anonymous_api, agent_public_key, settings
+):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+
+    def attempt(forwarded_for: str) -> int:
+        return anonymous_api.post(
+            ENROLL_URL,
+            _body("WRONG", agent_public_key),
+            format="json",
+            HTTP_X_FORWARDED_FOR=forwarded_for,
+        ).status_code
+
+    # The client prepends whatever it likes; the proxy appends the address it saw.
+    spoofed = [attempt(f"198.51.100.{n}, 203.0.113.7") for n in range(31)]
+    other_client = attempt("198.51.100.1, 203.0.113.8")
+
+    assert spoofed == [400] * 30 + [429]
+    assert other_client == 400
+
+
+def test_one_setting_says_how_many_proxies_are_trusted(settings):
+    """DRF and allauth read the client's address with the same count of trusted proxies."""
+    assert settings.REST_FRAMEWORK["NUM_PROXIES"] == settings.TRUSTED_PROXY_COUNT == 0
+    assert settings.ALLAUTH_TRUSTED_PROXY_COUNT == settings.TRUSTED_PROXY_COUNT

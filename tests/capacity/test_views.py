@@ -29,6 +29,7 @@ from tests.factories import (
     catalog_gpu,
 )
 from tests.fixtures import client_for
+from tests.http_headers import NO_STORE, cache_headers
 from tests.tenancy import assert_hidden_from
 
 SITE_POST = {
@@ -87,8 +88,10 @@ def test_node_create_shows_code_once_with_the_enroll_command(partner_client, sit
         f"python -m capacity.agent enroll --platform https://hashgrid.example --code {code} "
         "--url http://&lt;node-host&gt;:9100"
     ) in html
+    assert cache_headers(response) == NO_STORE
     again = partner_client.get(reverse("capacity:node_detail", args=[node.pk]))
     assert code not in again.content.decode()
+    assert cache_headers(again) == (None, None)  # only the page with the code is marked
 
 
 @pytest.mark.django_db
@@ -98,6 +101,7 @@ def test_regenerate_code_confirm_then_post(partner_client, node):
     assert EnrollmentCode.objects.filter(node=node).count() == 0
     response = partner_client.post(url)
     assert response.status_code == 200
+    assert cache_headers(response) == NO_STORE
     code = response.context["enrollment_code"]
     assert EnrollmentCode.objects.get(
         node=node, revoked_at__isnull=True

@@ -28,6 +28,7 @@ from contracts.models import (
     LineKind,
 )
 from tests.factories import stored_usage
+from tests.http_headers import NO_STORE, cache_headers
 from tests.tenancy import assert_hidden_from
 
 # Reservations start minutes from now and usage lands in this hour: the calendar matters.
@@ -138,6 +139,24 @@ def test_enable_inference_and_create_key_through_pages(reservation, buyer_client
     link = LineApiKey.objects.select_related("api_key").get(line=line)
     assert page.context["secret"].startswith(link.api_key.prefix)
     assert link.api_key.organization == buyer_org
+
+
+def test_line_api_key_page_with_the_secret_is_not_stored(reservation, buyer_client):
+    contract = reservation.contract
+    product = InferenceProduct.objects.get(slug="llama-3.1-70b-instruct")
+    buyer_client.post(
+        reverse("contracts:on_demand", args=[contract.pk]), {"choice": f"product:{product.pk}"}
+    )
+    url = reverse(
+        "contracts:line_api_key", args=[contract.pk, contract.lines.get(kind=LineKind.INFERENCE).pk]
+    )
+
+    form = buyer_client.get(url)
+    page = buyer_client.post(url, {"name": "chatbot"})
+
+    assert cache_headers(form) == (None, None)
+    assert page.context["secret"] in page.content.decode()
+    assert cache_headers(page) == NO_STORE
 
 
 def test_api_reserve_quote_and_read(offer, buyer_owner, start):
