@@ -370,3 +370,17 @@ METERING_BATCH_TIME_LIMIT_SECONDS = METERING_BATCH_SOFT_TIME_LIMIT_SECONDS + 60
 
 # Secret used to encrypt agent credentials at rest (derived from SECRET_KEY by default).
 FIELD_ENCRYPTION_KEY = env_str("HASHGRID_FIELD_ENCRYPTION_KEY", "")
+
+# Inference gateway (gateway/, its own ASGI process; docs/gateway.md).
+# Where buyers send OpenAI-compatible requests; shown next to every key.
+GATEWAY_URL = env_str("HASHGRID_GATEWAY_URL", "http://127.0.0.1:8001")
+# The platform's Ed25519 key that signs gateway receipts: base64 of the raw 32-byte
+# private seed. Required in production; in development and tests derived from
+# SECRET_KEY (config.gateway_keys) so every process of one checkout agrees.
+GATEWAY_SIGNING_KEY = env_str("HASHGRID_GATEWAY_SIGNING_KEY", "" if not PRODUCTION else None)
+# The store every gateway process shares for budgets and rate limits (Redis URL). Empty:
+# an in-process store, right only for a single gateway process (make run).
+GATEWAY_STORE_URL = env_str("HASHGRID_GATEWAY_STORE_URL", "")
+# Requests and tokens per minute of a key whose line sets none.
+GATEWAY_DEFAULT_REQUESTS_PER_MINUTE = env_int("HASHGRID_GATEWAY_DEFAULT_RPM", 600, minimum=1)
+GATEWAY_DEFAULT_TOKENS_PER_MINUTE = env_int("HASHGRID_GATEWAY_DEFAULT_TPM", 2_000_000, minimum=1)

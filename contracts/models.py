@@ -57,6 +57,9 @@ class InferenceProduct(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(MAX_TOKENS_PER_GPU_SECOND)],
         help_text="Input + output tokens one GPU can serve per second; more is quarantined.",
     )
+    # GPU memory one replica of the model needs (weights plus KV cache), summed over a
+    # node's GPUs: only nodes with at least this much may opt in to serve it.
+    memory_required_mib = models.PositiveIntegerField(default=20_480)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -189,6 +192,9 @@ class Contract(models.Model):
     suspended_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)  # cancelled or expired
     renewal_count = models.PositiveIntegerField(default=0)
+    # Hard cap on the contract's inference spend per calendar month, minor units of its
+    # currency; null = no cap. The gateway reserves each request's worst case against it.
+    inference_monthly_cap_minor = models.PositiveBigIntegerField(null=True, blank=True)
 
     objects = ContractQuerySet.as_manager()
 
@@ -355,6 +361,11 @@ class LineApiKey(models.Model):
         ApiKey, on_delete=models.CASCADE, related_name="contract_line_link"
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # The key's own hard monthly spend cap (minor units of the contract's currency) and
+    # its rate limits; null = no key cap / the platform's default limits.
+    monthly_cap_minor = models.PositiveBigIntegerField(null=True, blank=True)
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
 
     objects = LineApiKeyQuerySet.as_manager()
 

@@ -332,3 +332,75 @@ class AttributionCursor(models.Model):
 
     def __str__(self) -> str:
         return f"attributed through usage record {self.last_id}"
+
+
+class InferenceRequest(models.Model):
+    """One inference request the gateway routed to a node: both witnesses side by side.
+
+    The gateway creates the row from its request log (its receipt's claims and what it
+    relayed to the buyer); metering fills the agent's side when it stores the journal
+    record that names the receipt. Either may arrive first: both write with
+    ``INSERT … ON CONFLICT (request_id) DO UPDATE`` of their own columns only. The
+    billed tokens are fixed when the agent's record is stored (docs/gateway.md
+    "Witnessed usage"): never more than either side counted, and nothing without the
+    agent's record of a receipt the platform signed. Ids of the key and line are plain
+    integers, as on ``HourlyUsage``: metering never imports contracts.
+    """
+
+    # The receipt's ``rid``: the id the buyer sees (``X-Request-Id``, the API lookup).
+    request_id = models.UUIDField(primary_key=True)
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="inference_requests")
+    api_key_id = models.BigIntegerField()
+    line_id = models.BigIntegerField()
+    product_slug = models.CharField(max_length=64)
+    # The receipt's bounds (its ``max_input_tokens`` and ``max_output_tokens``).
+    max_input_tokens = models.BigIntegerField()
+    max_output_tokens = models.BigIntegerField()
+    # When the gateway issued the receipt (its ``iat``).
+    issued_at = models.DateTimeField()
+
+    # The gateway's side; null until its log batch lands (lost if the process died).
+    gateway_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    gateway_input_tokens = models.BigIntegerField(null=True, blank=True)
+    gateway_output_tokens = models.BigIntegerField(null=True, blank=True)
+    time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    logged_at = models.DateTimeField(null=True, blank=True)
+
+    # The agent's side; null until metering stores the record that names the receipt.
+    usage_record = models.OneToOneField(
+        UsageRecord, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    gpu = models.ForeignKey(
+        GpuDevice, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    agent_input_tokens = models.BigIntegerField(null=True, blank=True)
+    agent_output_tokens = models.BigIntegerField(null=True, blank=True)
+    served_at = models.DateTimeField(null=True, blank=True)
+
+    # What the buyer pays and the partner earns for this request (0 until the agent's
+    # record is stored).
+    billed_input_tokens = models.BigIntegerField(default=0)
+    billed_output_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-issued_at"]
+        indexes = [
+            models.Index(fields=["line_id", "issued_at"], name="inferencereq_line_time_idx"),
+            models.Index(fields=["api_key_id", "issued_at"], name="inferencereq_key_time_idx"),
+            models.Index(fields=["node", "issued_at"], name="inferencereq_node_time_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_input_tokens__gte=0)
+                & Q(max_output_tokens__gte=0)
+                & Q(billed_input_tokens__gte=0)
+                & Q(billed_output_tokens__gte=0)
+                & Q(billed_input_tokens__lte=F("max_input_tokens"))
+                & Q(billed_output_tokens__lte=F("max_output_tokens")),
+                name="inferencereq_billed_within_receipt",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"request {self.request_id.hex} on node {self.node_id}"
