@@ -534,7 +534,12 @@ def offer_create(
 
 @transaction.atomic
 def offer_update(*, offer: Offer, actor: User | None, data: Mapping[str, Any]) -> Offer:
-    """Change prices, size, currency or availability of an offer (``OFFER_FIELDS``)."""
+    """Change prices, size, currency or availability of an offer (``OFFER_FIELDS``).
+
+    Live reservations are not changed by it: a contract line keeps the rate and currency
+    it was sold at (new prices apply to new quotes), so the offer cannot list fewer GPUs
+    than reservations hold at once, nor change its currency while any holds a GPU.
+    """
     site = Site.objects.select_for_update().select_related("organization").get(pk=offer.site_id)
     offer = (
         Offer.objects.select_for_update(of=("self",)).select_related("gpu_model").get(pk=offer.pk)
@@ -547,14 +552,24 @@ def offer_update(*, offer: Offer, actor: User | None, data: Mapping[str, Any]) -
     for name, value in changes.items():
         setattr(offer, name, value)
     _validate_offer(offer)
-    if "gpu_count" in changes:
+    if "gpu_count" in changes or "currency" in changes:
         # Checkouts share-lock the offer row, so none is in flight while we hold it.
         committed = selectors.offer_committed_gpus(offer, now=timezone.now())
-        if offer.gpu_count < committed:
+        if "gpu_count" in changes and offer.gpu_count < committed:
             raise ValidationError(
                 {
                     "gpu_count": f"Reservations hold {committed} GPUs of this offer at once "
                     "(now or later); it cannot list fewer until they end."
+                }
+            )
+        if "currency" in changes and committed:
+            # A reservation keeps the currency (and rate) it was sold at; its renewals and
+            # its partner's settlement stay in that currency too.
+            raise ValidationError(
+                {
+                    "currency": f"Reservations of this offer were sold in {before['currency']} "
+                    "and hold its GPUs now or later; its currency cannot change until they "
+                    f"end. To sell in {offer.currency}, list a new offer."
                 }
             )
     offer.save()
