@@ -31,6 +31,23 @@ def _reserve(offer, buyer, *, gpus, starts_at, term_months=1):
     )
 
 
+def _post_edit_form(client, offer, **changes):
+    """The partner's offer edit form, posted with the factory's values and ``changes``."""
+    return client.post(
+        f"/partner/offers/{offer.pk}/edit/",
+        {
+            "gpu_count": "8",
+            "on_demand_price_per_gpu_hour": "2.4000",
+            "reserved_price_1m_per_gpu_hour": "2.1000",
+            "reserved_price_3m_per_gpu_hour": "1.9000",
+            "reserved_price_6m_per_gpu_hour": "1.8000",
+            "reserved_price_12m_per_gpu_hour": "1.6000",
+            "currency": "USD",
+            **changes,
+        },
+    )
+
+
 @pytest.fixture
 def soon():
     return timezone.now() + timedelta(minutes=5)
@@ -55,6 +72,9 @@ def test_an_offer_cannot_shrink_below_the_gpus_reserved(
     partner.force_login(partner_owner)
     response = partner.patch(f"/api/v1/offers/{offer.pk}", {"gpu_count": 2}, format="json")
     assert (response.status_code, response.json()) == (400, {"gpu_count": [SHRINK_REFUSED]})
+    page = _post_edit_form(partner, offer, gpu_count="2")
+    assert page.status_code == 200
+    assert SHRINK_REFUSED in page.content.decode()
     assert Offer.objects.get(pk=offer.pk).gpu_count == 8
     assert (
         capacity_services.offer_update(offer=offer, actor=None, data={"gpu_count": 4}).gpu_count
@@ -113,18 +133,7 @@ def test_the_currency_cannot_change_while_reservations_hold_gpus(
     partner.force_login(partner_owner)
     response = partner.patch(f"/api/v1/offers/{offer.pk}", {"currency": "EUR"}, format="json")
     assert (response.status_code, response.json()) == (400, {"currency": [CURRENCY_REFUSED]})
-    page = partner.post(
-        f"/partner/offers/{offer.pk}/edit/",
-        {
-            "gpu_count": "8",
-            "on_demand_price_per_gpu_hour": "2.4000",
-            "reserved_price_1m_per_gpu_hour": "2.1000",
-            "reserved_price_3m_per_gpu_hour": "1.9000",
-            "reserved_price_6m_per_gpu_hour": "1.8000",
-            "reserved_price_12m_per_gpu_hour": "1.6000",
-            "currency": "EUR",
-        },
-    )
+    page = _post_edit_form(partner, offer, currency="EUR")
     assert page.status_code == 200
     assert CURRENCY_REFUSED in page.content.decode()
     assert Offer.objects.get(pk=offer.pk).currency == "USD"
