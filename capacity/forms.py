@@ -15,6 +15,10 @@ from accounts.models import Organization
 from capacity.models import (
     MAX_PRICE_PER_GPU_HOUR,
     PRICE_BOUND_MESSAGE,
+    PRICE_DECIMALS_MESSAGE,
+    PRICE_POSITIVE_MESSAGE,
+    WINDOW_MAX_LEAD,
+    WINDOW_MAX_LENGTH,
     Currency,
     EnergySource,
     GpuModel,
@@ -28,13 +32,17 @@ from capacity.models import (
 
 def _price(label: str) -> forms.DecimalField:
     """A price per GPU-hour as stored: Decimal, 4 decimals, at most ``MAX_PRICE_PER_GPU_HOUR``
-    (the service checks it is > 0)."""
+    (the service checks it is > 0). No digit count: the bound says it in words, once."""
     return forms.DecimalField(
-        max_digits=10,
+        max_digits=None,
         decimal_places=4,
         min_value=Decimal("0"),
         max_value=MAX_PRICE_PER_GPU_HOUR,
-        error_messages={"max_value": PRICE_BOUND_MESSAGE},
+        error_messages={
+            "max_value": PRICE_BOUND_MESSAGE,
+            "min_value": PRICE_POSITIVE_MESSAGE,
+            "max_decimal_places": PRICE_DECIMALS_MESSAGE,
+        },
         label=label,
     )
 
@@ -107,8 +115,14 @@ class NodeFilterForm(forms.Form):
 
 class WindowForm(forms.Form):
     kind = forms.ChoiceField(choices=WindowKind.choices)
-    start = forms.DateTimeField(widget=DateTimeLocalInput(), help_text="UTC.")
-    end = forms.DateTimeField(widget=DateTimeLocalInput(), help_text="UTC.")
+    start = forms.DateTimeField(
+        widget=DateTimeLocalInput(),
+        help_text=f"UTC, within {WINDOW_MAX_LEAD.days} days from now.",
+    )
+    end = forms.DateTimeField(
+        widget=DateTimeLocalInput(),
+        help_text=f"UTC, at most {WINDOW_MAX_LENGTH.days} days after the start.",
+    )
     reason = forms.CharField(max_length=200, required=False)
 
 

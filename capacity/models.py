@@ -298,6 +298,13 @@ class EnrollmentCode(models.Model):
         return f"enrollment code for node {self.node_id}"
 
 
+# How far ahead a window may be announced and how long one may last: plans beyond a year
+# are not plans, and an outage longer than a month is a retirement. Enforced by
+# ``capacity.services.window_schedule`` (they depend on now, so not by a constraint).
+WINDOW_MAX_LEAD = timedelta(days=365)
+WINDOW_MAX_LENGTH = timedelta(days=31)
+
+
 class WindowKind(models.TextChoices):
     MAINTENANCE = "maintenance", "Maintenance"
     CURTAILMENT = "curtailment", "Power curtailment"
@@ -418,6 +425,9 @@ MAX_PRICE_PER_GPU_HOUR = Decimal("1000.0000")
 PRICE_BOUND_MESSAGE = (
     f"A price per GPU-hour is at most {MAX_PRICE_PER_GPU_HOUR}; check the decimal point."
 )
+# Prices are stored with 4 decimals; more is refused, not rounded behind the partner's back.
+PRICE_DECIMALS_MESSAGE = "A price per GPU-hour has at most 4 decimals, e.g. 2.1250."
+PRICE_POSITIVE_MESSAGE = "A price per GPU-hour must be greater than zero."
 
 
 def _price_per_gpu_hour() -> models.DecimalField:

@@ -32,6 +32,8 @@ from capacity.models import (
     PRICE_BOUND_MESSAGE,
     SITE_MAX_ENERGY_PRICE_PER_KWH,
     SITE_MAX_POWER_CAPACITY_KW,
+    WINDOW_MAX_LEAD,
+    WINDOW_MAX_LENGTH,
     Currency,
     EnergySource,
     EnrollmentCode,
@@ -374,6 +376,20 @@ def window_schedule(
         raise ValidationError({"end": "The window must end after it starts."})
     if start < now:
         raise ValidationError({"start": "The window cannot start in the past."})
+    if start > now + WINDOW_MAX_LEAD:
+        raise ValidationError(
+            {
+                "start": f"A window starts within {WINDOW_MAX_LEAD.days} days from now "
+                f"(by {now + WINDOW_MAX_LEAD:%Y-%m-%d %H:%M} UTC)."
+            }
+        )
+    if end - start > WINDOW_MAX_LENGTH:
+        raise ValidationError(
+            {
+                "end": f"A window lasts at most {WINDOW_MAX_LENGTH.days} days; this one lasts "
+                f"{(end - start).days} days."
+            }
+        )
     period = DateTimeTZRange(start, end, "[)")
     window = NodeWindow(
         node=node, kind=kind, period=period, reason=reason.strip(), announced_at=now

@@ -11,6 +11,9 @@ from accounts.models import Organization
 from capacity.models import (
     MAX_PRICE_PER_GPU_HOUR,
     PRICE_BOUND_MESSAGE,
+    PRICE_DECIMALS_MESSAGE,
+    WINDOW_MAX_LEAD,
+    WINDOW_MAX_LENGTH,
     Currency,
     EnergySource,
     GpuModel,
@@ -129,8 +132,12 @@ class WindowOutputSerializer(serializers.Serializer):
 
 class WindowInputSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=WindowKind.choices)
-    start = serializers.DateTimeField()
-    end = serializers.DateTimeField()
+    start = serializers.DateTimeField(
+        help_text=f"Within {WINDOW_MAX_LEAD.days} days from now, not in the past."
+    )
+    end = serializers.DateTimeField(
+        help_text=f"After the start, at most {WINDOW_MAX_LENGTH.days} days after it."
+    )
     reason = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
 
 
@@ -140,7 +147,13 @@ def _price(**kwargs: Any) -> serializers.DecimalField:
         max_digits=10,
         decimal_places=4,
         max_value=MAX_PRICE_PER_GPU_HOUR,
-        error_messages={"max_value": PRICE_BOUND_MESSAGE},
+        # The digit counts DRF checks first are the bound, said in words.
+        error_messages={
+            "max_value": PRICE_BOUND_MESSAGE,
+            "max_digits": PRICE_BOUND_MESSAGE,
+            "max_whole_digits": PRICE_BOUND_MESSAGE,
+            "max_decimal_places": PRICE_DECIMALS_MESSAGE,
+        },
         **kwargs,
     )
 

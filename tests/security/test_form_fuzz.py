@@ -61,6 +61,7 @@ HOSTILE_VALUES = (
 )
 # Fields that are not user data: posting garbage there is a 403 (CSRF) or a no-op.
 SKIPPED_FIELDS = {"csrfmiddlewaretoken"}
+_WINDOW_START = (timezone.now() + timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
 # Valid values for fields a blank form leaves empty, so that every post but the fuzzed
 # field passes validation and the hostile value reaches the service and the database.
 VALID = {
@@ -73,8 +74,9 @@ VALID = {
     "gpu_count": "4",
     "cpu_cores": "64",
     "ram_gib": "512",
-    "start": "2030-01-01T00:00",
-    "end": "2030-01-02T00:00",
+    # A window inside the bounds (a start within 365 days, at most 31 days long).
+    "start": f"{_WINDOW_START:%Y-%m-%dT%H:%M}",
+    "end": f"{_WINDOW_START + timedelta(days=1):%Y-%m-%dT%H:%M}",
     "reason": "fuzz",
     "on_demand_price_per_gpu_hour": "2.5000",
     "reserved_price_1m_per_gpu_hour": "2.0000",
@@ -341,8 +343,8 @@ API_WRITES = (
         "/api/v1/nodes/{node}/windows",
         {
             "kind": "maintenance",
-            "start": "2030-01-01T00:00:00Z",
-            "end": "2030-01-02T00:00:00Z",
+            "start": "{next_month}",
+            "end": "{next_month_and_a_day}",
             "reason": "fuzz",
         },
     ),
@@ -411,6 +413,7 @@ def test_every_api_write_refuses_hostile_values_without_a_5xx_or_a_write(setting
         "{node}": devices[0].node.pk,
         "{offer}": offer.pk,
         "{next_month}": next_month.isoformat(),
+        "{next_month_and_a_day}": (next_month + timedelta(days=1)).isoformat(),
     }
     key_client = APIClient(raise_request_exception=False)
     key_client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key.key}")
