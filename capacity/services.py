@@ -8,10 +8,11 @@ for a refused action — leaving nothing changed — and writes an audit event. 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -57,6 +58,7 @@ __all__ = [
     "offer_create",
     "offer_deactivate",
     "offer_update",
+    "register_window_listener",
     "site_create",
     "site_update",
     "window_cancel",
@@ -336,6 +338,22 @@ def node_retire(*, node: Node, actor: User | None) -> Node:
 
 # --------------------------------------------------------------------------- windows
 
+# Told on commit of every window scheduled or cancelled (``window_id=``, ``event=``
+# "scheduled" or "cancelled"), by apps above capacity that tell people about it: contracts
+# registers the buyers' notice in ``ContractsConfig.ready`` (capacity must not import it).
+_window_listeners: list[Callable[..., object]] = []
+
+
+def register_window_listener(listener: Callable[..., object]) -> None:
+    """Called once by an app that tells someone about windows (contracts), at start-up."""
+    if listener not in _window_listeners:
+        _window_listeners.append(listener)
+
+
+def _window_changed(window: NodeWindow, event: str) -> None:
+    for listener in _window_listeners:
+        transaction.on_commit(partial(listener, window_id=window.pk, event=event))
+
 
 def _overlap_message(node: Node, kind: str, period: DateTimeTZRange) -> str:
     clash = (
@@ -401,6 +419,7 @@ def window_schedule(
         if _constraint_name(error) == "nodewindow_no_overlap_per_node_kind":
             raise ValidationError({"start": _overlap_message(node, kind, period)}) from error
         raise
+    _window_changed(window, "scheduled")
     audit(
         action="window.scheduled",
         actor=actor,
@@ -426,6 +445,7 @@ def window_cancel(*, window: NodeWindow, actor: User | None) -> NodeWindow:
         if window.cancelled_at is not None:
             raise ValidationError("This window is already cancelled.")
         raise ValidationError("This window has already started; it can no longer be cancelled.")
+    _window_changed(window, "cancelled")
     audit(
         action="window.cancelled",
         actor=actor,
