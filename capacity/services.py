@@ -351,8 +351,10 @@ def register_window_listener(listener: Callable[..., object]) -> None:
 
 
 def _window_changed(window: NodeWindow, event: str) -> None:
+    # Robust: the window is committed whatever a listener's mail server says (its failure
+    # is logged, not the partner's error).
     for listener in _window_listeners:
-        transaction.on_commit(partial(listener, window_id=window.pk, event=event))
+        transaction.on_commit(partial(listener, window_id=window.pk, event=event), robust=True)
 
 
 def _overlap_message(node: Node, kind: str, period: DateTimeTZRange) -> str:

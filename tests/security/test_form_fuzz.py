@@ -184,6 +184,7 @@ def owner_world(settings):
         "/partner/nodes/new/",
         f"/partner/nodes/{node.pk}/",
         f"/partner/nodes/{node.pk}/windows/new/",
+        f"/partner/nodes/{node.pk}/windows/new/?kind=curtailment",
         "/partner/offers/new/",
         f"/partner/offers/{offer.pk}/edit/",
         f"/marketplace/offers/{offer.pk}/",
@@ -264,7 +265,7 @@ def test_every_form_refuses_hostile_values_without_a_5xx_or_a_write(owner_world)
     assert failures == [], "\n".join(failures)
     # Every form accepts its own defaults, so a refusal above is about the hostile value.
     assert defaults_refused == []
-    assert len(found) == 14, found
+    assert len(found) == 15, found
 
 
 def test_the_finance_admin_form_refuses_hostile_values_without_a_5xx_or_a_write():
@@ -338,15 +339,18 @@ API_WRITES = (
             "ram_gib": 512,
         },
     ),
-    (
-        "post",
-        "/api/v1/nodes/{node}/windows",
-        {
-            "kind": "maintenance",
-            "start": "{next_month}",
-            "end": "{next_month_and_a_day}",
-            "reason": "fuzz",
-        },
+    *(
+        (
+            "post",
+            "/api/v1/nodes/{node}/windows",
+            {
+                "kind": kind,
+                "start": "{next_month}",
+                "end": "{next_month_and_a_day}",
+                "reason": "fuzz",
+            },
+        )
+        for kind in ("maintenance", "curtailment")
     ),
     (
         "post",
