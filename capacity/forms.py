@@ -17,6 +17,7 @@ from capacity.models import (
     PRICE_BOUND_MESSAGE,
     PRICE_DECIMALS_MESSAGE,
     PRICE_POSITIVE_MESSAGE,
+    SITE_FIGURE_MESSAGES,
     WINDOW_MAX_LEAD,
     WINDOW_MAX_LENGTH,
     Currency,
@@ -47,6 +48,22 @@ def _price(label: str) -> forms.DecimalField:
     )
 
 
+def _site_figure(name: str, **kwargs: str) -> forms.DecimalField:
+    """A site's decimal figure (6 decimals, as stored); a number too long to hold gets the
+    service's range message (``SITE_FIGURE_MESSAGES``), not a count of digits."""
+    message = SITE_FIGURE_MESSAGES[name]
+    return forms.DecimalField(
+        max_digits=20,
+        decimal_places=6,
+        error_messages={
+            "max_digits": message,
+            "max_whole_digits": message,
+            "max_decimal_places": "At most 6 decimals.",
+        },
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
 class DateTimeLocalInput(forms.DateTimeInput):
     input_type = "datetime-local"
 
@@ -70,18 +87,14 @@ class SiteForm(forms.Form):
     )
     region = forms.ChoiceField(choices=Region.choices)
     # Digits well beyond the columns': a number out of range gets the service's range
-    # message, not a count of digits.
-    latitude = forms.DecimalField(max_digits=20, decimal_places=6, help_text="Degrees, -90 to 90.")
-    longitude = forms.DecimalField(
-        max_digits=20, decimal_places=6, help_text="Degrees, -180 to 180."
-    )
+    # message; one too long to hold gets the same message, not a count of digits.
+    latitude = _site_figure("latitude", help_text="Degrees, -90 to 90.")
+    longitude = _site_figure("longitude", help_text="Degrees, -180 to 180.")
     power_capacity_kw = forms.IntegerField(
         min_value=1, label="Power capacity (kW)", help_text="Power available to GPU nodes."
     )
     energy_source = forms.ChoiceField(choices=EnergySource.choices)
-    energy_price_per_kwh = forms.DecimalField(
-        max_digits=20, decimal_places=6, label="Energy price per kWh"
-    )
+    energy_price_per_kwh = _site_figure("energy_price_per_kwh", label="Energy price per kWh")
     energy_currency = forms.ChoiceField(choices=Currency.choices, initial=Currency.USD)
 
     @classmethod

@@ -80,6 +80,15 @@ class EnergySource(models.TextChoices):
 # of a message. The services check them (``capacity.services``); forms and the API parse.
 SITE_MAX_POWER_CAPACITY_KW = 1_000_000  # 1 GW, several times the largest mining site
 SITE_MAX_ENERGY_PRICE_PER_KWH = Decimal("100")  # in any currency we settle in
+# The services' messages for out-of-range site figures; forms and the API give the same
+# one for a number too long to parse, instead of a count of digits.
+SITE_FIGURE_MESSAGES = {
+    "latitude": "Latitude must be between -90 and 90 degrees.",
+    "longitude": "Longitude must be between -180 and 180 degrees.",
+    "energy_price_per_kwh": (
+        f"The energy price must be between 0 and {SITE_MAX_ENERGY_PRICE_PER_KWH} per kWh."
+    ),
+}
 NODE_MAX_GPUS = 64
 NODE_MAX_CPU_CORES = 4096
 NODE_MAX_RAM_GIB = 65_536  # 64 TiB

@@ -31,6 +31,7 @@ from capacity.models import (
     NODE_MAX_GPUS,
     NODE_MAX_RAM_GIB,
     PRICE_BOUND_MESSAGE,
+    SITE_FIGURE_MESSAGES,
     SITE_MAX_ENERGY_PRICE_PER_KWH,
     SITE_MAX_POWER_CAPACITY_KW,
     WINDOW_MAX_LEAD,
@@ -121,9 +122,9 @@ def _validate_site(site: Site) -> None:
             f"A site in {site.country} is in {allowed}, not {Region(site.region).label}."
         )
     if not Decimal(-90) <= Decimal(site.latitude) <= Decimal(90):
-        errors["latitude"] = "Latitude must be between -90 and 90 degrees."
+        errors["latitude"] = SITE_FIGURE_MESSAGES["latitude"]
     if not Decimal(-180) <= Decimal(site.longitude) <= Decimal(180):
-        errors["longitude"] = "Longitude must be between -180 and 180 degrees."
+        errors["longitude"] = SITE_FIGURE_MESSAGES["longitude"]
     if (
         site.power_capacity_kw is None
         or not 1 <= site.power_capacity_kw <= SITE_MAX_POWER_CAPACITY_KW
@@ -134,9 +135,7 @@ def _validate_site(site: Site) -> None:
     if site.energy_source not in EnergySource.values:
         errors["energy_source"] = f"Unknown energy source {site.energy_source!r}."
     if not 0 <= Decimal(site.energy_price_per_kwh) <= SITE_MAX_ENERGY_PRICE_PER_KWH:
-        errors["energy_price_per_kwh"] = (
-            f"The energy price must be between 0 and {SITE_MAX_ENERGY_PRICE_PER_KWH} per kWh."
-        )
+        errors["energy_price_per_kwh"] = SITE_FIGURE_MESSAGES["energy_price_per_kwh"]
     if site.energy_currency not in Currency.values:
         errors["energy_currency"] = f"Unsupported currency {site.energy_currency!r}."
     if errors:

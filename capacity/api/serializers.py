@@ -12,6 +12,7 @@ from capacity.models import (
     MAX_PRICE_PER_GPU_HOUR,
     PRICE_BOUND_MESSAGE,
     PRICE_DECIMALS_MESSAGE,
+    SITE_FIGURE_MESSAGES,
     WINDOW_MAX_LEAD,
     WINDOW_MAX_LENGTH,
     Currency,
@@ -49,17 +50,31 @@ class SiteOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+def _site_figure(name: str) -> serializers.DecimalField:
+    """A site's decimal figure; too long to hold gets the service's range message."""
+    message = SITE_FIGURE_MESSAGES[name]
+    return serializers.DecimalField(
+        max_digits=20,
+        decimal_places=6,
+        error_messages={
+            "max_digits": message,
+            "max_whole_digits": message,
+            "max_decimal_places": "At most 6 decimals.",
+        },
+    )
+
+
 class SiteInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=120)
     country = serializers.CharField(max_length=2, min_length=2, help_text="ISO 3166 alpha-2.")
     region = serializers.ChoiceField(choices=Region.choices)
     # Digits well beyond the columns': out of range gets the service's range message, not a
     # count of digits (a bound there is still needed: DRF cannot round 1e400 without one).
-    latitude = serializers.DecimalField(max_digits=20, decimal_places=6)
-    longitude = serializers.DecimalField(max_digits=20, decimal_places=6)
+    latitude = _site_figure("latitude")
+    longitude = _site_figure("longitude")
     power_capacity_kw = serializers.IntegerField(min_value=1)
     energy_source = serializers.ChoiceField(choices=EnergySource.choices)
-    energy_price_per_kwh = serializers.DecimalField(max_digits=20, decimal_places=6)
+    energy_price_per_kwh = _site_figure("energy_price_per_kwh")
     energy_currency = CurrencyField(default=Currency.USD)
 
 

@@ -50,7 +50,8 @@ def test_absurd_coordinates_are_refused_with_a_message(partner_client, partner_a
     page = _site_page(partner_client, latitude=value)
     api = _site_api(partner_api, latitude=value)
 
-    message = "Ensure that there are no more than 20 digits in total."
+    # The range, in words, not a count of digits (issue 13, item 11).
+    message = "Latitude must be between -90 and 90 degrees."
     assert page.context["form"].errors == {"latitude": [message]}
     assert (api.status_code, api.json()) == (400, {"latitude": [message]})
     assert Site.objects.count() == 0
