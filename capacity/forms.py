@@ -17,7 +17,6 @@ from capacity.models import (
     PRICE_BOUND_MESSAGE,
     PRICE_DECIMALS_MESSAGE,
     PRICE_POSITIVE_MESSAGE,
-    SITE_FIGURE_MESSAGES,
     WINDOW_MAX_LEAD,
     WINDOW_MAX_LENGTH,
     Currency,
@@ -28,6 +27,7 @@ from capacity.models import (
     Region,
     Site,
     WindowKind,
+    site_figure_errors,
 )
 
 
@@ -49,17 +49,11 @@ def _price(label: str) -> forms.DecimalField:
 
 
 def _site_figure(name: str, **kwargs: str) -> forms.DecimalField:
-    """A site's decimal figure (6 decimals, as stored); a number too long to hold gets the
-    service's range message (``SITE_FIGURE_MESSAGES``), not a count of digits."""
-    message = SITE_FIGURE_MESSAGES[name]
+    """A site's decimal figure (6 decimals, as stored), with plain messages."""
     return forms.DecimalField(
         max_digits=20,
         decimal_places=6,
-        error_messages={
-            "max_digits": message,
-            "max_whole_digits": message,
-            "max_decimal_places": "At most 6 decimals.",
-        },
+        error_messages=site_figure_errors(name),
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -89,6 +89,20 @@ SITE_FIGURE_MESSAGES = {
         f"The energy price must be between 0 and {SITE_MAX_ENERGY_PRICE_PER_KWH} per kWh."
     ),
 }
+
+
+def site_figure_errors(name: str) -> dict[str, str]:
+    """Error messages of a site's decimal figure in forms and the API: a number too long
+    to parse gets its range message (``SITE_FIGURE_MESSAGES``), never a count of digits.
+    Django's and DRF's decimal fields use the same codes."""
+    message = SITE_FIGURE_MESSAGES[name]
+    return {
+        "max_digits": message,
+        "max_whole_digits": message,
+        "max_decimal_places": "At most 6 decimals.",
+    }
+
+
 NODE_MAX_GPUS = 64
 NODE_MAX_CPU_CORES = 4096
 NODE_MAX_RAM_GIB = 65_536  # 64 TiB

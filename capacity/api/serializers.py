@@ -12,7 +12,6 @@ from capacity.models import (
     MAX_PRICE_PER_GPU_HOUR,
     PRICE_BOUND_MESSAGE,
     PRICE_DECIMALS_MESSAGE,
-    SITE_FIGURE_MESSAGES,
     WINDOW_MAX_LEAD,
     WINDOW_MAX_LENGTH,
     Currency,
@@ -22,6 +21,7 @@ from capacity.models import (
     Region,
     Site,
     WindowKind,
+    site_figure_errors,
 )
 
 
@@ -51,16 +51,9 @@ class SiteOutputSerializer(serializers.Serializer):
 
 
 def _site_figure(name: str) -> serializers.DecimalField:
-    """A site's decimal figure; too long to hold gets the service's range message."""
-    message = SITE_FIGURE_MESSAGES[name]
+    """A site's decimal figure (6 decimals, as stored), with plain messages."""
     return serializers.DecimalField(
-        max_digits=20,
-        decimal_places=6,
-        error_messages={
-            "max_digits": message,
-            "max_whole_digits": message,
-            "max_decimal_places": "At most 6 decimals.",
-        },
+        max_digits=20, decimal_places=6, error_messages=site_figure_errors(name)
     )
 
 
