@@ -52,9 +52,8 @@ class SiteOutputSerializer(serializers.Serializer):
 
 def _site_figure(name: str) -> serializers.DecimalField:
     """A site's decimal figure (6 decimals, as stored), with plain messages."""
-    return serializers.DecimalField(
-        max_digits=20, decimal_places=6, error_messages=site_figure_errors(name)
-    )
+    messages: dict[str, Any] = site_figure_errors(name)  # DRF's stubs want lazy strings too
+    return serializers.DecimalField(max_digits=20, decimal_places=6, error_messages=messages)
 
 
 class SiteInputSerializer(serializers.Serializer):
