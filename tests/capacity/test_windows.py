@@ -198,6 +198,10 @@ def test_the_form_and_the_api_refuse_a_window_of_73_years(node, partner_client, 
     assert page.status_code == 200
     assert "A window lasts at most 31 days; this one lasts 26532 days." in page.content.decode()
     assert "UTC, at most 31 days after the start." in page.content.decode()
+    assert (
+        "does not count against SLA availability, up to 8 hours per GPU per calendar month"
+        in page.content.decode()
+    )
     response = partner_api.post(
         f"/api/v1/nodes/{node.pk}/windows",
         {"kind": "curtailment", "start": "2028-01-01T00:00:00Z", "end": "2028-01-02T00:00:00Z"},
