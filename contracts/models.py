@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Organization, TenantQuerySet
 from capacity.metering.validation import MAX_TOKENS_PER_GPU_SECOND
-from capacity.models import Currency, GpuDevice, Node, Offer
+from capacity.models import Currency, GpuDevice, Node, NodeWindow, Offer
 
 
 class _DecimalOptions(TypedDict):
@@ -407,3 +407,37 @@ class CheckoutSubmission(models.Model):
 
     def __str__(self) -> str:
         return f"submission {self.key} → line {self.line_id}"
+
+
+class WindowNoticeEvent(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class WindowNoticeQuerySet(TenantQuerySet):
+    tenant_path = "buyer"
+
+
+class WindowNotice(models.Model):
+    """A buyer was told that a partner scheduled (or cancelled) a maintenance or
+    curtailment window over GPUs the buyer's contract reserves: claimed before the email
+    is sent, unique per window, buyer and event, so each buyer is told once per window."""
+
+    window = models.ForeignKey(NodeWindow, on_delete=models.CASCADE, related_name="+")
+    buyer = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    event = models.CharField(max_length=16, choices=WindowNoticeEvent.choices)
+    # Recipients the email went to (members of the buyer when it was sent).
+    recipient_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = WindowNoticeQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["window", "buyer", "event"], name="window_notice_once_per_buyer"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"window {self.window_id} {self.event} → buyer {self.buyer_id}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -27,7 +28,7 @@ from accounts.tenancy import (
     org_required,
 )
 from capacity.models import Offer
-from contracts import dashboard, lifecycle, on_demand, selectors, usage
+from contracts import dashboard, lifecycle, on_demand, selectors, usage, window_notices
 from contracts.forms import LineApiKeyForm, OnDemandForm
 from contracts.models import Contract, ContractLine, InferenceProduct, LineKind
 from contracts.money import minor_to_major
@@ -75,6 +76,7 @@ def contract_detail(request: HttpRequest, pk: int) -> HttpResponse:
     allocations = Paginator(selectors.contract_allocations(contract=contract), 50).get_page(
         request.GET.get("page")
     )
+    windows = window_notices.contract_windows(contract=contract, now=timezone.now())
     return render(
         request,
         "contracts/detail.html",
@@ -82,6 +84,8 @@ def contract_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "contract": contract,
             "lines": lines,
             "allocations": allocations,
+            "windows": windows,
+            "maintenance_allowance_hours": settings.SLA_MAINTENANCE_ALLOWANCE_HOURS,
             "commitment": minor_to_major(contract.monthly_commitment_minor),
             "fee": minor_to_major(contract.early_termination_fee_minor),
             "can_manage": membership is not None and membership.can_manage,

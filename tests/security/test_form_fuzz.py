@@ -61,6 +61,7 @@ HOSTILE_VALUES = (
 )
 # Fields that are not user data: posting garbage there is a 403 (CSRF) or a no-op.
 SKIPPED_FIELDS = {"csrfmiddlewaretoken"}
+_WINDOW_START = (timezone.now() + timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
 # Valid values for fields a blank form leaves empty, so that every post but the fuzzed
 # field passes validation and the hostile value reaches the service and the database.
 VALID = {
@@ -73,8 +74,9 @@ VALID = {
     "gpu_count": "4",
     "cpu_cores": "64",
     "ram_gib": "512",
-    "start": "2030-01-01T00:00",
-    "end": "2030-01-02T00:00",
+    # A window inside the bounds (a start within 365 days, at most 31 days long).
+    "start": f"{_WINDOW_START:%Y-%m-%dT%H:%M}",
+    "end": f"{_WINDOW_START + timedelta(days=1):%Y-%m-%dT%H:%M}",
     "reason": "fuzz",
     "on_demand_price_per_gpu_hour": "2.5000",
     "reserved_price_1m_per_gpu_hour": "2.0000",
@@ -182,6 +184,7 @@ def owner_world(settings):
         "/partner/nodes/new/",
         f"/partner/nodes/{node.pk}/",
         f"/partner/nodes/{node.pk}/windows/new/",
+        f"/partner/nodes/{node.pk}/windows/new/?kind=curtailment",
         "/partner/offers/new/",
         f"/partner/offers/{offer.pk}/edit/",
         f"/marketplace/offers/{offer.pk}/",
@@ -262,7 +265,7 @@ def test_every_form_refuses_hostile_values_without_a_5xx_or_a_write(owner_world)
     assert failures == [], "\n".join(failures)
     # Every form accepts its own defaults, so a refusal above is about the hostile value.
     assert defaults_refused == []
-    assert len(found) == 14, found
+    assert len(found) == 15, found
 
 
 def test_the_finance_admin_form_refuses_hostile_values_without_a_5xx_or_a_write():
@@ -336,15 +339,18 @@ API_WRITES = (
             "ram_gib": 512,
         },
     ),
-    (
-        "post",
-        "/api/v1/nodes/{node}/windows",
-        {
-            "kind": "maintenance",
-            "start": "2030-01-01T00:00:00Z",
-            "end": "2030-01-02T00:00:00Z",
-            "reason": "fuzz",
-        },
+    *(
+        (
+            "post",
+            "/api/v1/nodes/{node}/windows",
+            {
+                "kind": kind,
+                "start": "{next_month}",
+                "end": "{next_month_and_a_day}",
+                "reason": "fuzz",
+            },
+        )
+        for kind in ("maintenance", "curtailment")
     ),
     (
         "post",
@@ -411,6 +417,7 @@ def test_every_api_write_refuses_hostile_values_without_a_5xx_or_a_write(setting
         "{node}": devices[0].node.pk,
         "{offer}": offer.pk,
         "{next_month}": next_month.isoformat(),
+        "{next_month_and_a_day}": (next_month + timedelta(days=1)).isoformat(),
     }
     key_client = APIClient(raise_request_exception=False)
     key_client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key.key}")
