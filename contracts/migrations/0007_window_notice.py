@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('accounts', '0002_accounts_tables'),
         ('capacity', '0003_offer_price_bounded'),
-        ('contracts', '0005_checkout_submission'),
+        ('contracts', '0006_gateway_budgets'),
     ]
 
     operations = [
