@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -172,6 +172,14 @@ def receipt_record_fields(served: ServedRequest, *, gpu_uuid: str) -> dict[str, 
     )
     fields["workload"] = {"kind": "inference", "ref": receipt.rid, "receipt": served.token}
     return fields
+
+
+def record_tokens(fields: Mapping[str, object]) -> tuple[int, int]:
+    """``(input_tokens, output_tokens)`` of a record's fields."""
+    input_tokens, output_tokens = fields["input_tokens"], fields["output_tokens"]
+    if not isinstance(input_tokens, int) or not isinstance(output_tokens, int):
+        raise TypeError("a record's tokens are integers")
+    return input_tokens, output_tokens
 
 
 def _usage_pair(usage: object) -> tuple[int, int] | None:
