@@ -34,12 +34,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from capacity.agent.engine import (
-    Engine,
-    EngineDisconnected,
-    EngineUnavailable,
-    abort_connection,
-)
+from capacity.agent.engine import Engine, EngineDisconnected, EngineUnavailable, write_answer
 from capacity.agent.journal import Journal
 from capacity.agent.protocol import time_from_unix, usage_fields
 from capacity.agent.receipts import RECEIPT_HEADER, Receipt, ReceiptError, parse_receipt
@@ -335,31 +330,8 @@ async def _relay(
         answer = await engine.open(endpoint, body)
     except EngineUnavailable:
         return _error(502, "engine_unavailable")
-    try:
-        if not answer.is_stream:
-            try:
-                whole = b"".join([chunk async for chunk in answer.chunks])
-            except EngineDisconnected:
-                return _error(502, "engine_disconnected")
-            if answer.status == 200:
-                meter.feed_whole(whole)
-            return web.Response(
-                body=whole, status=answer.status, headers={"Content-Type": answer.content_type}
-            )
-        response = web.StreamResponse(
-            status=answer.status,
-            headers={"Content-Type": answer.content_type, "Cache-Control": "no-cache"},
-        )
-        await response.prepare(request)
-        try:
-            async for chunk in answer.chunks:
-                await response.write(chunk)
-                meter.feed_stream(chunk)
-            await response.write_eof()
-        except EngineDisconnected:
-            abort_connection(request)
-        except ConnectionError:
-            pass  # the client left: what it received is what was served
-        return response
-    finally:
-        await answer.aclose()
+    except EngineDisconnected:
+        return _error(502, "engine_disconnected")
+    return await write_answer(
+        request, answer, observer=meter, whole_cut=lambda _: _error(502, "engine_disconnected")
+    )
