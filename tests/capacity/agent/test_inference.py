@@ -154,6 +154,8 @@ def test_a_replay_after_a_restart_is_refused(tmp_path: Path, launcher: Launcher)
         assert (replay.status_code, replay.json()) == (409, {"error": "receipt_replayed"})
         records = all_records(client, restarted.url, _public_key(client, restarted))
         assert list(receipt_records(records)) == [rid]
+        truth = client.get(f"{restarted.url}/v1/_sim/truth").json()
+        assert truth["receipts"] == {"records": 1, "input_tokens": 15, "output_tokens": 2}
 
 
 def test_without_a_platform_key_no_receipt_is_accepted(tmp_path: Path, launcher: Launcher) -> None:
