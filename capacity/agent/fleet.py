@@ -163,7 +163,7 @@ class ReceiptLog:
     """``receipts.jsonl`` under ``--state-dir``: the fleet's only per-request state.
 
     One JSON line per served rid (``{"node", "rid", "iat"}``) and per receipt record
-    (``{"node", "det_before", "fields"}``), each written with one ``write`` to a file
+    (``{"node", "windows_before", "fields"}``), each written with one ``write`` to a file
     opened for appending, so a killed fleet loses at most the line being written (a torn
     last line is skipped when read back).
     """
@@ -284,7 +284,7 @@ class FleetNode:
         windows_before = self.append_receipt_record(fields, real_now_ms=unix_ms_now())
         if self.config.receipt_log is not None:
             self.config.receipt_log.write(
-                {"node": self.index, "det_before": windows_before, "fields": fields}
+                {"node": self.index, "windows_before": windows_before, "fields": fields}
             )
 
     def append_receipt_record(self, fields: dict[str, object], *, real_now_ms: int) -> int:
@@ -458,7 +458,7 @@ class Fleet:
                 continue
             node = self.node(index)
             if "fields" in entry:
-                node.restore_receipt_record(entry["fields"], windows_before=entry["det_before"])
+                node.restore_receipt_record(entry["fields"], windows_before=entry["windows_before"])
             else:
                 node.ledger.remember(str(entry["rid"]), int(entry["iat"]))
 
