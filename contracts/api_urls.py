@@ -3,6 +3,7 @@
 from django.urls import path
 
 from contracts import api
+from contracts.api import serving as serving_api
 
 urlpatterns = [
     path("contracts", api.ContractListApi.as_view(), name="api_contracts"),
@@ -14,4 +15,14 @@ urlpatterns = [
         name="api_contract_allocations",
     ),
     path("contracts/<int:pk>/usage", api.ContractUsageApi.as_view(), name="api_contract_usage"),
+    path(
+        "nodes/<int:pk>/inference-products",
+        serving_api.NodeServingListApi.as_view(),
+        name="api_node_inference_products",
+    ),
+    path(
+        "nodes/<int:pk>/inference-products/<str:slug>",
+        serving_api.NodeServingDetailApi.as_view(),
+        name="api_node_inference_product",
+    ),
 ]
