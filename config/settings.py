@@ -265,7 +265,11 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Hashgrid API",
-    "DESCRIPTION": "GPU capacity marketplace: buyers, partners and node agents.",
+    "DESCRIPTION": (
+        "GPU capacity marketplace: buyers, partners and node agents. "
+        "Model inference (OpenAI-compatible, on the gateway) is described in the "
+        "[inference API reference](/docs/inference-api/)."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -3,6 +3,7 @@
 from django.urls import path
 
 from contracts import api
+from contracts.api import budget as budget_api
 from contracts.api import serving as serving_api
 
 urlpatterns = [
@@ -15,6 +16,21 @@ urlpatterns = [
         name="api_contract_allocations",
     ),
     path("contracts/<int:pk>/usage", api.ContractUsageApi.as_view(), name="api_contract_usage"),
+    path(
+        "contracts/<int:pk>/inference-budget",
+        budget_api.ContractBudgetApi.as_view(),
+        name="api_contract_inference_budget",
+    ),
+    path(
+        "contracts/<int:pk>/api-keys",
+        budget_api.ContractKeyListApi.as_view(),
+        name="api_contract_keys",
+    ),
+    path(
+        "contracts/<int:pk>/api-keys/<int:api_key_id>",
+        budget_api.ContractKeyDetailApi.as_view(),
+        name="api_contract_key",
+    ),
     path(
         "nodes/<int:pk>/inference-products",
         serving_api.NodeServingListApi.as_view(),

@@ -211,6 +211,24 @@ def api_key_refusal(api_key: ApiKey) -> str | None:
     return None
 
 
+def api_key_uses(api_key_ids: list[int]) -> dict[int, str]:
+    """{key id: "Inference: <product> on <contract>"} for keys linked to a line: what the
+    keys page shows. Registered with ``accounts.selectors`` at start-up; one query."""
+    links = LineApiKey.objects.filter(api_key_id__in=api_key_ids).select_related(
+        "line__inference_product", "line__offer__gpu_model", "line__contract"
+    )
+    uses: dict[int, str] = {}
+    for link in links:
+        line = link.line
+        what = (
+            line.inference_product.name
+            if line.inference_product
+            else (line.offer.gpu_model.name if line.offer else "")
+        )
+        uses[link.api_key_id] = f"{line.get_kind_display()}: {what} on {line.contract.reference}"
+    return uses
+
+
 # The seam between checkout and payments. Billing keeps the buyer's Stripe customer and
 # the card saved for it through a SetupIntent; it registers its answer here in
 # ``BillingConfig.ready``, so contracts never imports billing.
