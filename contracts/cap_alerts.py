@@ -29,7 +29,9 @@ from contracts.inference_budget import (
 from contracts.models import OPEN_STATES, Contract, InferenceCapAlert, LineApiKey
 
 
-def _claim(*, contract: Contract, link: LineApiKey | None, use: CapUse, now: datetime) -> int | None:
+def _claim(
+    *, contract: Contract, link: LineApiKey | None, use: CapUse, now: datetime
+) -> int | None:
     """Claim every threshold ``use`` has reached; the highest newly claimed, or None."""
     assert use.cap_minor is not None and use.percent is not None
     month = month_period(now)[0].date()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 import time_machine
@@ -136,4 +136,4 @@ def test_a_new_month_alerts_again(
     )
     # January: 8.00 of 5.00 (160 %) for the key, 80 % of the contract's 10.00.
     assert run(django_capture_on_commit_callbacks) == 2
-    assert InferenceCapAlert.objects.filter(month=datetime(2027, 1, 1).date()).count() == 3
+    assert InferenceCapAlert.objects.filter(month=date(2027, 1, 1)).count() == 3
