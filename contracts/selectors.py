@@ -23,6 +23,7 @@ from contracts.models import (
     ContractState,
     InferenceProduct,
     LineApiKey,
+    LineKind,
 )
 
 
@@ -139,6 +140,21 @@ def contract_lines(*, contract: Contract) -> QuerySet[ContractLine]:
             )
         )
         .order_by("pk")
+    )
+
+
+def buyer_inference_lines(*, organization: Organization) -> QuerySet[ContractLine]:
+    """The buyer's current inference lines on active contracts: what the playground and
+    the gateway can serve for it."""
+    return (
+        ContractLine.objects.for_organization(organization)
+        .filter(
+            kind=LineKind.INFERENCE,
+            ended_at__isnull=True,
+            contract__state=ContractState.ACTIVE,
+        )
+        .select_related("contract", "inference_product")
+        .order_by("contract_id", "inference_product__name")
     )
 
 
