@@ -11,6 +11,7 @@ organization's owners, admins and finance people.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 
 from django.conf import settings
 from django.core.mail import send_mass_mail
@@ -123,10 +124,12 @@ def inference_cap_alerts_send(*, now: datetime) -> int:
                 threshold = _claim(contract=contract, link=link, use=use, now=now)
                 if threshold is not None:
                     transaction.on_commit(
-                        lambda link=link, use=use, threshold=threshold, contract=contract: (
-                            send_cap_alert(
-                                contract=contract, link=link, use=use, threshold=threshold
-                            )
+                        partial(
+                            send_cap_alert,
+                            contract=contract,
+                            link=link,
+                            use=use,
+                            threshold=threshold,
                         )
                     )
                     sent += 1
