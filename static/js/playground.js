@@ -52,13 +52,14 @@
     return BigInt(parts[0] + fraction);
   }
 
-  // Exact cost, rounded half up once to 6 places for display.
+  // Exact cost (tokens x price per million, in units of 1e-10), written out in full:
+  // a few tokens cost millionths of a cent, which rounding to cents would hide.
   function formatCost(inputTokens, outputTokens, data) {
     var units = BigInt(inputTokens) * priceE4(data.inputPrice) + BigInt(outputTokens) * priceE4(data.outputPrice);
-    var millionths = (units + 5000n) / 10000n;
-    var whole = millionths / 1000000n;
-    var fraction = (millionths % 1000000n).toString().padStart(6, "0");
-    return whole.toString() + "." + fraction + " " + data.currency;
+    var scale = 10000000000n;
+    var fraction = (units % scale).toString().padStart(10, "0").replace(/0+$/, "");
+    if (fraction.length < 2) fraction = (fraction + "00").slice(0, 2);
+    return (units / scale).toString() + "." + fraction + " " + data.currency;
   }
 
   function showError(message) {
