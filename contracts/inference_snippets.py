@@ -13,6 +13,8 @@ from django.conf import settings
 # Shown in place of a key the page cannot show (keys are shown once, at creation).
 KEY_VARIABLE = "HASHGRID_API_KEY"
 _PROMPT = "Say hello in one sentence."
+# A short answer: the snippets are for trying the API, not for spending.
+_MAX_TOKENS = 64
 
 
 def inference_base_url() -> str:
@@ -24,7 +26,12 @@ def curl_snippet(*, model: str, api_key: str | None = None, one_line: bool = Fal
     """A curl command that streams a chat completion (``-N``: print as it arrives).
     Without ``api_key`` it reads the key from ``$HASHGRID_API_KEY``."""
     body = json.dumps(
-        {"model": model, "stream": True, "messages": [{"role": "user", "content": _PROMPT}]}
+        {
+            "model": model,
+            "stream": True,
+            "max_tokens": _MAX_TOKENS,
+            "messages": [{"role": "user", "content": _PROMPT}],
+        }
     )
     parts = [
         f"curl -N {inference_base_url()}/chat/completions",
@@ -47,6 +54,7 @@ def openai_python_snippet(*, model: str, api_key: str | None = None) -> str:
         "stream = client.chat.completions.create(\n"
         f'    model="{model}",\n'
         f'    messages=[{{"role": "user", "content": "{_PROMPT}"}}],\n'
+        f"    max_tokens={_MAX_TOKENS},\n"
         "    stream=True,\n"
         ")\n"
         "for chunk in stream:\n"

@@ -84,7 +84,7 @@ def _inference_demo_lines() -> list[str]:
     api_key = key_file.read_text().strip()
     return [
         f"  demo API key (buyer, {DEMO_INFERENCE_PRODUCT}): {api_key}",
-        "  stream an answer through the gateway:",
+        "  stream an answer through the gateway (nodes serve once first polled, within a minute):",
         "  " + curl_snippet(model=DEMO_INFERENCE_PRODUCT, api_key=api_key, one_line=True),
     ]
 

@@ -281,7 +281,7 @@ CURL = (
     f"curl -N {GATEWAY}/v1/chat/completions \\\n"
     '  -H "Authorization: Bearer $HASHGRID_API_KEY" \\\n'
     '  -H "Content-Type: application/json" \\\n'
-    """  -d '{"model": "llama-3.1-8b-instruct", "stream": true, "messages": [{"role": "user", "content": "Say hello in one sentence."}]}'"""
+    """  -d '{"model": "llama-3.1-8b-instruct", "stream": true, "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello in one sentence."}]}'"""
 )
 
 

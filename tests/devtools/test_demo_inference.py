@@ -73,9 +73,9 @@ def test_devrun_prints_the_key_and_a_one_line_streaming_curl(settings, tmp_path,
     monkeypatch.setattr(devrun, "ROOT", tmp_path)
     assert devrun._inference_demo_lines() == [
         "  demo API key (buyer, llama-3.1-8b-instruct): hg_demo_secret",
-        "  stream an answer through the gateway:",
+        "  stream an answer through the gateway (nodes serve once first polled, within a minute):",
         "  curl -N http://127.0.0.1:8001/v1/chat/completions "
         '-H "Authorization: Bearer hg_demo_secret" -H "Content-Type: application/json" '
-        """-d '{"model": "llama-3.1-8b-instruct", "stream": true, "messages": """
+        """-d '{"model": "llama-3.1-8b-instruct", "stream": true, "max_tokens": 64, "messages": """
         """[{"role": "user", "content": "Say hello in one sentence."}]}'""",
     ]
