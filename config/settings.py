@@ -265,7 +265,11 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Hashgrid API",
-    "DESCRIPTION": "GPU capacity marketplace: buyers, partners and node agents.",
+    "DESCRIPTION": (
+        "GPU capacity marketplace: buyers, partners and node agents. "
+        "Model inference (OpenAI-compatible, on the gateway) is described in the "
+        "[inference API reference](/docs/inference-api/)."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -341,6 +345,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "billing: dunning": {"task": "billing.tasks.run_dunning", "schedule": 3600},
     "contracts: roll over ended terms": {"task": "contracts.tasks.roll_over", "schedule": 3600},
+    "contracts: inference cap alerts (80 %, 100 %)": {
+        "task": "contracts.tasks.inference_cap_alerts",
+        "schedule": 300,
+    },
     "metering: attribute usage to allocations and API keys": {
         "task": "capacity.metering.tasks.attribute_usage",
         "schedule": 60,

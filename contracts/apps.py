@@ -34,6 +34,7 @@ class ContractsConfig(AppConfig):
             ),
         )
         account_selectors.register_api_key_refusal(selectors.api_key_refusal)
+        account_selectors.register_api_key_uses(selectors.api_key_uses)
         capacity_selectors.register_future_allocation_check(
             lambda node: selectors.node_has_future_allocations(node_id=node.pk, now=timezone.now())
         )

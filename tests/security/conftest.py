@@ -79,6 +79,7 @@ def build_tenant_b() -> TenantB:
     """Organization B (buyer and partner) with a member, an invitation, an API key, a site
     with an online node, a maintenance window, an offer, an active contract with an
     on-demand line and its key, a finalized invoice and a settlement statement."""
+    from contracts.models import InferenceProduct
     from contracts.on_demand import line_api_key_create, on_demand_enable
     from tests.billing.conftest import finalized_invoice_for
 
@@ -103,7 +104,7 @@ def build_tenant_b() -> TenantB:
     # One open contract per buyer: the invoiced contract also gets the on-demand line.
     invoice = finalized_invoice_for(org)
     line = on_demand_enable(buyer=org, actor=owner, offer=offer)
-    line_api_key_create(line=line, name="zebra-line-key", actor=owner)
+    line_key, _secret = line_api_key_create(line=line, name="zebra-line-key", actor=owner)
     statement = SettlementStatement.objects.create(
         partner=org, month=date(2026, 10, 1), currency="USD"
     )
@@ -120,6 +121,11 @@ def build_tenant_b() -> TenantB:
             "offer": offer,
             "contract": line.contract,
             "contract_line": line,
+            "line_api_key": line_key.contract_line_link,
+            "line_key": line_key,
+            # Products are the platform's: the node (B's) is what a foreign caller must
+            # not reach; the product's pk stands in for its slug.
+            "inference_product": InferenceProduct.objects.order_by("pk").first(),
             "invoice": invoice,
             "statement": statement,
         },
