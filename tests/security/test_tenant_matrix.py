@@ -34,6 +34,13 @@ pytestmark = pytest.mark.django_db
 PUBLIC_ROUTES: dict[str, str] = {
     "landing": "marketing page; renders no tenant data",
     "healthz": "load-balancer probe; reports database and broker state only",
+    "status": "the human page beside healthz; database and broker state only",
+    "pricing": "list prices of inference products and listed GPUs; no tenant data "
+    "(tests/marketplace/test_public_storefront.py)",
+    "marketplace:search": "public offers (issue 16): sites, prices, free GPUs; no buyer, "
+    "partner name or node (tests/marketplace/test_public_storefront.py)",
+    "marketplace:offer_detail": "one public offer: prices, servers in aggregate, default "
+    "terms (tests/marketplace/test_public_storefront.py)",
     "api-schema": "the OpenAPI document; describes the API, holds no data",
     "api-docs": "Swagger UI shell that loads the schema",
     "api_agents_enroll": "the node agent's enrollment; the one-time code is the credential "
