@@ -27,6 +27,8 @@ from accounts.models import FINANCE_ROLES
 from accounts.requests import request_actor, request_organization
 from accounts.tenancy import get_for_org_or_404, org_required
 from billing import customers, payments, selectors, stripe_gateway, webhooks
+from billing.invoice_document import invoice_document
+from billing.invoice_pdf import invoice_pdf
 from billing.models import AttemptStatus, Invoice
 from billing.money import minor_to_major
 
@@ -77,12 +79,14 @@ def invoice_detail(request: HttpRequest, pk: int) -> HttpResponse:
             client_secret = payments.client_secret_for(attempt=attempt)
         except stripe_gateway.StripeGatewayError:
             messages.error(request, "Stripe cannot be reached right now; try again shortly.")
+    lines = list(invoice.lines.all())
     return render(
         request,
         "billing/invoice_detail.html",
         {
             "invoice": invoice,
-            "lines": list(invoice.lines.all()),
+            "lines": lines,
+            "document": invoice_document(invoice=invoice, lines=lines),
             "attempts": list(invoice.attempts.all()),
             "credit_notes": list(invoice.credit_notes.all()),
             "latest_attempt": attempt,
@@ -102,10 +106,23 @@ def invoice_print(request: HttpRequest, pk: int) -> HttpResponse:
         "billing/invoice_print.html",
         {
             "invoice": invoice,
-            "lines": list(invoice.lines.all()),
+            "document": invoice_document(invoice=invoice, lines=list(invoice.lines.all())),
             "credit_notes": list(invoice.credit_notes.all()),
         },
     )
+
+
+@buyer_finance
+@require_GET
+def invoice_pdf_download(request: HttpRequest, pk: int) -> HttpResponse:
+    """The invoice as PDF: the page's document (``billing.invoice_document``) laid out
+    by ``billing.invoice_pdf``."""
+    invoice = _invoice(request, pk)
+    document = invoice_document(invoice=invoice, lines=list(invoice.lines.all()))
+    name = invoice.number or f"draft-{invoice.contract_id}-{invoice.month:%Y-%m}"
+    response = HttpResponse(invoice_pdf(document), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{name}.pdf"'
+    return response
 
 
 @buyer_finance
