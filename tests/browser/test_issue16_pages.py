@@ -25,7 +25,13 @@ from tests.billing.conftest import (  # noqa: F401 (fixtures)
     stripe_settings,
 )
 from tests.browser.conftest import snap
-from tests.factories import MembershipFactory, OfferFactory, OrganizationFactory, SiteFactory, gpu_pool
+from tests.factories import (
+    MembershipFactory,
+    OfferFactory,
+    OrganizationFactory,
+    SiteFactory,
+    gpu_pool,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -74,7 +80,7 @@ def _fully_visible(page: Page, locator) -> None:  # type: ignore[no-untyped-def]
     box = locator.bounding_box()
     assert box is not None
     width = page.viewport_size["width"]  # type: ignore[index]
-    assert 0 <= box["x"] and box["x"] + box["width"] <= width, (box, width)
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width, (box, width)
     clipped = locator.evaluate(
         """element => {
           const mine = element.getBoundingClientRect();
@@ -151,7 +157,10 @@ def test_anyone_browses_offers_and_is_invited_to_sign_up(sized_page: Page, live_
 
 
 def test_quote_sends_the_buyer_to_the_card_page_and_back(
-    page: Page, live_url: str, settings, stripe_settings  # noqa: F811
+    page: Page,
+    live_url: str,
+    settings,
+    stripe_settings,  # noqa: F811
 ) -> None:
     settings.CONTRACTS_ASSUME_PAYMENT_METHOD = False
     partner = OrganizationFactory(name="Andes Hash", is_buyer=False, is_partner=True)
