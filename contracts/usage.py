@@ -23,6 +23,7 @@ from django.db.models.functions import Trunc
 
 from capacity.metering.models import HourlyUsage
 from capacity.models import Node
+from config.charts import ChartSeries, chart_spec
 from contracts.billable_usage import BUCKETS, Bucket, metered_quantities, reserved_gpu_seconds
 from contracts.charges import PRECISION, line_charges, metered_charges, reserved_charge
 from contracts.models import Allocation, Contract, ContractLine, LineKind
@@ -225,3 +226,30 @@ def month_to_date(*, contracts: list[Contract], since: datetime, until: datetime
             result.inference_energy_mj += quantities.energy_mj
     result.energy_mj_by_source = dict(energy_by_source)
     return result
+
+
+def usage_chart(*, rows: list[UsageBucket], bucket: str) -> dict[str, Any]:
+    """Busy GPU-hours and tokens per bucket as a Chart.js spec (``config.charts``): two
+    scales, since an hour of a GPU and a million tokens share no unit."""
+    labels = [
+        f"{row.start:%d %b %H:%M}" if bucket == "hour" else f"{row.start.day} {row.start:%b}"
+        for row in rows
+    ]
+    return chart_spec(
+        kind="bar",
+        labels=labels,
+        series=[
+            ChartSeries(
+                label="Busy GPU time", values=[row.busy_gpu_hours for row in rows], unit="GPU-h"
+            ),
+            ChartSeries(
+                label="Tokens",
+                values=[row.input_tokens + row.output_tokens for row in rows],
+                unit="tokens",
+                axis="y1",
+            ),
+        ],
+        x_title=f"{bucket.capitalize()} (UTC)",
+        y_title="Busy GPU time (GPU-h)",
+        y1_title="Tokens, input + output",
+    )

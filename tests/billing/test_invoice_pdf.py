@@ -23,10 +23,11 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def invoice(buyer_org, partner_org):
+def invoice(buyer_org, partner_org, settings):
     """October 2026: 2 reserved GPUs for the whole month at 2.10 (1,488 GPU-hours), no
     availability measured (the SLA's 50 % credit), a commitment of 5,000.00 (a true-up
     line for the shortfall); finalized on 4 November."""
+    settings.CONTRACTS_ASSUME_PAYMENT_METHOD = True
     site = SiteFactory(organization=partner_org, name="Permian Flare 1")
     gpu_pool(site=site, gpus=2)
     offer = OfferFactory(

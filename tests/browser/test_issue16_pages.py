@@ -5,12 +5,14 @@ offers table whose actions never hide behind a sideways scroll (point 10)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
+import time_machine
 from django.conf import settings
 from django.test import Client
 from django.utils import timezone
@@ -19,6 +21,7 @@ from playwright.sync_api import Browser, Page, expect
 from accounts.models import Role
 from billing.models import BillingCustomer
 from capacity.models import Region
+from contracts import checkout
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
     localstripe,
     stripe_proxy,
@@ -230,3 +233,61 @@ def test_every_offer_action_is_visible(sized_page: Page, live_url: str) -> None:
 
     rows.nth(2).get_by_role("link", name="Deactivate").click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("Deactivate")
+
+
+CHART_OF = "document.querySelector('canvas[data-chart=cost-per-day]')"
+
+
+def test_cost_chart_is_drawn_by_chart_js_with_axes_and_units(
+    sized_page: Page, live_url: str, settings
+) -> None:
+    """Issue 16, point 5: the dashboard's cost per day is a Chart.js chart (served by the
+    app from npm's package) with titled axes and a value with its unit on hover."""
+    settings.CONTRACTS_ASSUME_PAYMENT_METHOD = True
+    page = sized_page
+    width = page.viewport_size["width"]  # type: ignore[index]
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text[:120])
+            if "Content Security Policy" in message.text
+            else None
+        ),
+    )
+    partner = OrganizationFactory(name="Andes Hash", is_buyer=False, is_partner=True)
+    offer = _offer(partner, name="Permian Flare 1")
+    buyer = OrganizationFactory(name="Acme Vision", is_buyer=True)
+    owner = MembershipFactory(organization=buyer, role=Role.OWNER).user
+    checkout.reservation_checkout(
+        buyer=buyer,
+        offer=offer,
+        gpu_count=2,
+        starts_at=(timezone.now() + timedelta(minutes=5)).replace(second=0, microsecond=0),
+        term_months=1,
+        actor=None,
+    )
+    with time_machine.travel(timezone.now() + timedelta(hours=3), tick=True):
+        _sign_in(page, owner, live_url)
+        page.goto("/dashboard/")
+        expect(page.locator("canvas[data-chart=cost-per-day]")).to_be_visible()
+        page.wait_for_function(f"() => window.Chart && Chart.getChart({CHART_OF})")
+        expect(page.locator("[data-chart-fallback]")).to_be_hidden()
+        spec = json.loads(page.locator("#cost-per-day").text_content() or "")
+        axes = page.evaluate(
+            f"() => {{ const c = Chart.getChart({CHART_OF}); "
+            "return [c.options.scales.x.title.text, c.options.scales.y.title.text]; }"
+        )
+        assert axes == ["Day (UTC)", "Estimated cost (USD)"]
+        hover = page.evaluate(
+            f"() => {{ const c = Chart.getChart({CHART_OF}); const ds = c.data.datasets[0]; "
+            "const last = ds.data.length - 1; "
+            "return c.options.plugins.tooltip.callbacks.label("
+            "{dataset: ds, parsed: {y: ds.data[last]}}); }"
+        )
+        today = Decimal(spec["series"][0]["values"][-1])
+        assert today > 0
+        assert hover == f"Estimated cost: {today:,.2f} USD"
+        _no_sideways_scroll(page)
+        snap(page, f"{width}-cost-chart")
+    assert violations == []
