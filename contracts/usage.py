@@ -121,8 +121,8 @@ def usage_buckets(
         lines=lines, since=since, until=until, bucket=unit
     ).items():
         buckets.setdefault(start, UsageBucket(start=start)).cost_minor = cost_minor
-    for row in buckets.values():
-        row.currency = contract.currency
+    for bucket_row in buckets.values():
+        bucket_row.currency = contract.currency
     return [buckets[start] for start in sorted(buckets)]
 
 

@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import Count, DecimalField, F, IntegerField, Min, QuerySet, Sum
 from django.db.models.expressions import RawSQL
@@ -176,11 +177,11 @@ def listed_regions() -> list[tuple[str, str]]:
     return [(value, label) for value, label in Region.choices if value in present]
 
 
-def gpu_price_summary() -> list[dict[str, object]]:
+def gpu_price_summary() -> list[dict[str, Any]]:
     """Per GPU model and currency listed now: the lowest on-demand and 12-month reserved
     price per GPU-hour, the GPUs listed and the regions. The public pricing page; one
     query."""
-    return list(
+    rows = (
         Offer.objects.active()
         .values("gpu_model__name", "currency")
         .annotate(
@@ -191,3 +192,4 @@ def gpu_price_summary() -> list[dict[str, object]]:
         )
         .order_by("gpu_model__name", "currency")
     )
+    return [dict(row) for row in rows]

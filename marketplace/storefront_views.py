@@ -213,10 +213,10 @@ def _quote_url(quote: checkout.Quote) -> str:
     """The quote page for ``quote``: where the card page sends the buyer back to."""
     query = urlencode(
         {
-            "offer": quote.offer.pk,
-            "gpu_count": quote.gpu_count,
+            "offer": str(quote.offer.pk),
+            "gpu_count": str(quote.gpu_count),
             "starts_at": quote.starts_at.strftime("%Y-%m-%dT%H:%M"),
-            "term_months": quote.term_months,
+            "term_months": str(quote.term_months),
         }
     )
     return f"{reverse('marketplace:quote')}?{query}"

@@ -106,6 +106,7 @@ OBJECT_KWARGS: dict[str, dict[str, str]] = {
     "billing:invoice_detail": {"pk": "invoice"},
     "billing:invoice_print": {"pk": "invoice"},
     "billing:invoice_csv": {"pk": "invoice"},
+    "billing:invoice_pdf": {"pk": "invoice"},
     "billing:invoice_pay": {"pk": "invoice"},
     "billing:invoice_payment_refresh": {"pk": "invoice"},
     "billing:statement_detail": {"pk": "statement"},
