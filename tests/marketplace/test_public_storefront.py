@@ -361,3 +361,39 @@ def test_status_page_says_what_is_down(db, settings):
         "Task broker Down Background work (metering polls, invoices, payments) is queued and "
         "delayed."
     ) in text
+
+
+def test_a_partner_states_the_hardware_on_the_node_form_and_sees_it(partner_org, partner_client):
+    site = SiteFactory(organization=partner_org, name="Permian Flare 1")
+    response = partner_client.post(
+        reverse("capacity:node_create"),
+        {
+            "site": site.pk,
+            "name": "rack-7",
+            "gpu_model": catalog_gpu().pk,
+            "gpu_count": 8,
+            "cpu_cores": 96,
+            "ram_gib": 1536,
+            "cpu_model": " AMD EPYC 9454 ",
+            "disk_gib": 15360,
+            "network_gbps": 200,
+            "interconnect": Interconnect.NVSWITCH,
+            "driver_version": "550.54.15",
+            "cuda_version": "12.4",
+        },
+    )
+    assert response.status_code == 201
+    node = site.nodes.get()
+    assert (
+        node.cpu_model,
+        node.disk_gib,
+        node.network_gbps,
+        node.interconnect,
+        node.driver_version,
+        node.cuda_version,
+    ) == ("AMD EPYC 9454", 15360, 200, "nvswitch", "550.54.15", "12.4")
+    page = _text(partner_client.get(reverse("capacity:node_detail", args=[node.pk])))
+    assert (
+        "Hardware buyers see CPU 96 cores (AMD EPYC 9454) RAM 1536 GiB Disk 15360 GiB Network "
+        "200 Gbit/s GPU interconnect NVLink with NVSwitch Driver / CUDA 550.54.15 / CUDA 12.4"
+    ) in page
