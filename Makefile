@@ -6,11 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install run test lint format typecheck clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml package-lock.json
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Hashgrid needs Python >= 3.11"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# Browser libraries the app serves itself (chart.js): npm from Debian when missing.
+	command -v npm >/dev/null || bash devtools/provision.sh npm
+	npm ci --omit=dev --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,7 +21,8 @@ install: $(STAMP)
 run: install
 	$(BIN)/python -m devtools.devrun
 
-# Chromium and Redis come from Debian (devtools/provision.sh); everything else from pip.
+# Chromium and Redis come from Debian (devtools/provision.sh); Python packages from pip,
+# the browser libraries the app serves (package.json) from npm.
 test: install
 	bash devtools/provision.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -38,3 +38,30 @@ class StaffMfaRequiredMiddleware:
             )
             return redirect("mfa_activate_totp")
         return self.get_response(request)
+
+
+def count_sign_in_as_recent_authentication(
+    sender: object, request: HttpRequest, user: object, **kwargs: object
+) -> None:
+    """allauth's ``user_logged_in`` receiver: the password typed to sign in counts as a
+    recent authentication, so a page that asks for one (setting up TOTP, which staff are
+    sent to at once) does not ask for the password again right after sign-in.
+
+    allauth (65.x) counts only records it marked ``reauthenticated``, and records a
+    sign-in without the mark; this marks the sign-in's own password record. The usual
+    window still applies (``ACCOUNT_REAUTHENTICATION_TIMEOUT``): later, sensitive pages
+    ask again. Any other record (a code, a password reset) is left as it is.
+    """
+    from allauth.account.internal.flows.login import (
+        AUTHENTICATION_METHODS_SESSION_KEY,
+        get_authentication_records,
+    )
+
+    records = [dict(record) for record in get_authentication_records(request, user)]
+    if not records or records[-1].get("method") not in {"password", "mfa"}:
+        return
+    for record in reversed(records):
+        if record.get("method") == "password":
+            record["reauthenticated"] = True
+            break
+    request.session[AUTHENTICATION_METHODS_SESSION_KEY] = records

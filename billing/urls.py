@@ -12,6 +12,7 @@ urlpatterns = [
     path("invoices/<int:pk>/", views.invoice_detail, name="invoice_detail"),
     path("invoices/<int:pk>/print/", views.invoice_print, name="invoice_print"),
     path("invoices/<int:pk>/csv/", views.invoice_csv, name="invoice_csv"),
+    path("invoices/<int:pk>/pdf/", views.invoice_pdf_download, name="invoice_pdf"),
     path("invoices/<int:pk>/pay/", views.invoice_pay, name="invoice_pay"),
     path(
         "invoices/<int:pk>/payment-refresh/",

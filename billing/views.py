@@ -18,6 +18,8 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -25,6 +27,8 @@ from accounts.models import FINANCE_ROLES
 from accounts.requests import request_actor, request_organization
 from accounts.tenancy import get_for_org_or_404, org_required
 from billing import customers, payments, selectors, stripe_gateway, webhooks
+from billing.invoice_document import invoice_document
+from billing.invoice_pdf import invoice_pdf
 from billing.models import AttemptStatus, Invoice
 from billing.money import minor_to_major
 
@@ -75,12 +79,14 @@ def invoice_detail(request: HttpRequest, pk: int) -> HttpResponse:
             client_secret = payments.client_secret_for(attempt=attempt)
         except stripe_gateway.StripeGatewayError:
             messages.error(request, "Stripe cannot be reached right now; try again shortly.")
+    lines = list(invoice.lines.all())
     return render(
         request,
         "billing/invoice_detail.html",
         {
             "invoice": invoice,
-            "lines": list(invoice.lines.all()),
+            "lines": lines,
+            "document": invoice_document(invoice=invoice, lines=lines),
             "attempts": list(invoice.attempts.all()),
             "credit_notes": list(invoice.credit_notes.all()),
             "latest_attempt": attempt,
@@ -100,10 +106,23 @@ def invoice_print(request: HttpRequest, pk: int) -> HttpResponse:
         "billing/invoice_print.html",
         {
             "invoice": invoice,
-            "lines": list(invoice.lines.all()),
+            "document": invoice_document(invoice=invoice, lines=list(invoice.lines.all())),
             "credit_notes": list(invoice.credit_notes.all()),
         },
     )
+
+
+@buyer_finance
+@require_GET
+def invoice_pdf_download(request: HttpRequest, pk: int) -> HttpResponse:
+    """The invoice as PDF: the page's document (``billing.invoice_document``) laid out
+    by ``billing.invoice_pdf``."""
+    invoice = _invoice(request, pk)
+    document = invoice_document(invoice=invoice, lines=list(invoice.lines.all()))
+    name = invoice.number or f"draft-{invoice.contract_id}-{invoice.month:%Y-%m}"
+    response = HttpResponse(invoice_pdf(document), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{name}.pdf"'
+    return response
 
 
 @buyer_finance
@@ -204,6 +223,16 @@ def invoice_payment_refresh(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("billing:invoice_detail", pk=invoice.pk)
 
 
+def _return_to(request: HttpRequest, candidate: str) -> str:
+    """Where the card page sends the buyer once a card is saved: a path on this site
+    (the quote that asked for a card), never another host; "" for none."""
+    if candidate.startswith("/") and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return ""
+
+
 @buyer_finance
 @require_GET
 def payment_method(request: HttpRequest) -> HttpResponse:
@@ -219,6 +248,7 @@ def payment_method(request: HttpRequest) -> HttpResponse:
         {
             "customer": customers.customer_of(organization),
             "setup_intent_client_secret": setup_intent.client_secret if setup_intent else "",
+            "return_to": _return_to(request, request.GET.get("next", "")),
             **_stripe_context(),
         },
     )
@@ -229,6 +259,7 @@ def payment_method(request: HttpRequest) -> HttpResponse:
 def payment_method_confirm(request: HttpRequest) -> HttpResponse:
     """Stripe.js confirmed a SetupIntent in the browser; check it at Stripe and save it."""
     setup_intent_id = request.POST.get("setup_intent", "").strip()
+    return_to = _return_to(request, request.POST.get("next", ""))
     wants_json = "application/json" in request.headers.get("Accept", "")
     try:
         customer = customers.card_setup_complete(
@@ -245,12 +276,13 @@ def payment_method_confirm(request: HttpRequest) -> HttpResponse:
         if wants_json:
             return JsonResponse({"ok": False, "error": text}, status=400)
         messages.error(request, text)
-        return redirect("billing:payment_method")
+        again = reverse("billing:payment_method")
+        return redirect(f"{again}?{urlencode({'next': return_to})}" if return_to else again)
     text = f"Card saved: {customer.card_brand.title()} ending in {customer.card_last4}."
     if wants_json:
-        return JsonResponse({"ok": True, "message": text})
+        return JsonResponse({"ok": True, "message": text, "next": return_to})
     messages.success(request, text)
-    return redirect("billing:payment_method")
+    return redirect(return_to or "billing:payment_method")
 
 
 @csrf_exempt

@@ -22,6 +22,7 @@ from capacity.models import (
     Currency,
     EnergySource,
     GpuModel,
+    Interconnect,
     NodeStatus,
     Offer,
     Region,
@@ -103,6 +104,17 @@ class NodeForm(forms.Form):
     gpu_count = forms.IntegerField(min_value=1, max_value=64, label="GPUs")
     cpu_cores = forms.IntegerField(min_value=1, label="CPU cores")
     ram_gib = forms.IntegerField(min_value=1, label="RAM (GiB)")
+    # Shown to buyers on the offer page; optional.
+    cpu_model = forms.CharField(max_length=120, required=False, label="CPU model")
+    disk_gib = forms.IntegerField(min_value=1, required=False, label="Disk (GiB)")
+    network_gbps = forms.IntegerField(min_value=1, required=False, label="Network (Gbit/s)")
+    interconnect = forms.ChoiceField(
+        choices=[("", "Not stated"), *Interconnect.choices],
+        required=False,
+        label="GPU interconnect",
+    )
+    driver_version = forms.CharField(max_length=32, required=False, label="NVIDIA driver version")
+    cuda_version = forms.CharField(max_length=16, required=False, label="CUDA version")
 
     def __init__(self, *args: object, organization: Organization, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

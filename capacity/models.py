@@ -106,6 +106,16 @@ def site_figure_errors(name: str) -> dict[str, str]:
 NODE_MAX_GPUS = 64
 NODE_MAX_CPU_CORES = 4096
 NODE_MAX_RAM_GIB = 65_536  # 64 TiB
+NODE_MAX_DISK_GIB = 10_485_760  # 10 PiB
+NODE_MAX_NETWORK_GBPS = 3_200  # 8 x 400 Gbit/s, the densest GPU server's uplinks
+
+
+class Interconnect(models.TextChoices):
+    """How a node's GPUs talk to each other: what multi-GPU training cares about."""
+
+    PCIE = "pcie", "PCIe"
+    NVLINK = "nvlink", "NVLink"
+    NVSWITCH = "nvswitch", "NVLink with NVSwitch"
 
 
 class SiteQuerySet(TenantQuerySet):
@@ -190,6 +200,16 @@ class Node(models.Model):
     )
     cpu_cores = models.PositiveSmallIntegerField()
     ram_gib = models.PositiveIntegerField()
+    # What buyers see on the offer page: entered by the partner, blank or null = not stated.
+    cpu_model = models.CharField(max_length=120, blank=True)  # e.g. "AMD EPYC 9454"
+    # Local disk for buyers' workloads, GiB.
+    disk_gib = models.PositiveIntegerField(null=True, blank=True)
+    # The node's network uplink, Gbit/s.
+    network_gbps = models.PositiveIntegerField(null=True, blank=True)
+    interconnect = models.CharField(max_length=16, choices=Interconnect.choices, blank=True)
+    # NVIDIA driver and CUDA versions installed, e.g. "550.54.15" and "12.4".
+    driver_version = models.CharField(max_length=32, blank=True)
+    cuda_version = models.CharField(max_length=16, blank=True)
     # Base URL of the agent (".../v1/info" is appended); set by enrollment.
     agent_url = models.URLField(max_length=300, blank=True)
     status = models.CharField(max_length=16, choices=NodeStatus.choices, default=NodeStatus.PENDING)
@@ -223,6 +243,16 @@ class Node(models.Model):
             models.CheckConstraint(
                 condition=Q(gpu_utilization_pct__isnull=True) | Q(gpu_utilization_pct__lte=100),
                 name="node_gpu_utilization_pct_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(disk_gib__isnull=True)
+                | (Q(disk_gib__gte=1) & Q(disk_gib__lte=NODE_MAX_DISK_GIB)),
+                name="node_disk_gib_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(network_gbps__isnull=True)
+                | (Q(network_gbps__gte=1) & Q(network_gbps__lte=NODE_MAX_NETWORK_GBPS)),
+                name="node_network_gbps_range",
             ),
         ]
 

@@ -18,6 +18,7 @@ from accounts.models import Organization
 from capacity.models import (
     GpuDevice,
     GpuModel,
+    Interconnect,
     Node,
     NodeStatus,
     NodeWindow,
@@ -158,3 +159,60 @@ def partner_overview(organization: Organization) -> PartnerOverview:
         active_offer_count=counts["offers"],
         nodes_by_status=nodes_by_status,
     )
+
+
+@dataclass(frozen=True)
+class OfferHardware:
+    """One kind of server behind an offer: the nodes of the offer's site and GPU model that
+    share these figures. What buyers see; never a node's name or its partner. Blank or
+    None = the partner did not state it."""
+
+    node_count: int
+    gpus_per_node: int
+    cpu_cores: int
+    cpu_model: str
+    ram_gib: int
+    disk_gib: int | None
+    network_gbps: int | None
+    interconnect: str  # label, e.g. "NVLink"; blank when not stated
+    driver_version: str
+    cuda_version: str
+
+
+def offer_hardware(*, offer: Offer) -> list[OfferHardware]:
+    """The servers behind ``offer`` (non-retired nodes of its site and GPU model), grouped
+    by identical figures, most nodes first: one query."""
+    labels = dict(Interconnect.choices)
+    fields = (
+        "gpu_count",
+        "cpu_cores",
+        "cpu_model",
+        "ram_gib",
+        "disk_gib",
+        "network_gbps",
+        "interconnect",
+        "driver_version",
+        "cuda_version",
+    )
+    rows = (
+        Node.objects.filter(site_id=offer.site_id, gpu_model_id=offer.gpu_model_id)
+        .exclude(status=NodeStatus.RETIRED)
+        .values(*fields)
+        .annotate(node_count=Count("pk"))
+        .order_by("-node_count", "-gpu_count", "cpu_model")
+    )
+    return [
+        OfferHardware(
+            node_count=row["node_count"],
+            gpus_per_node=row["gpu_count"],
+            cpu_cores=row["cpu_cores"],
+            cpu_model=row["cpu_model"],
+            ram_gib=row["ram_gib"],
+            disk_gib=row["disk_gib"],
+            network_gbps=row["network_gbps"],
+            interconnect=labels.get(row["interconnect"], ""),
+            driver_version=row["driver_version"],
+            cuda_version=row["cuda_version"],
+        )
+        for row in rows
+    ]

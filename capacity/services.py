@@ -28,7 +28,9 @@ from capacity.enrollment import IssuedCode, issue_enrollment_code, node_enroll
 from capacity.models import (
     MAX_PRICE_PER_GPU_HOUR,
     NODE_MAX_CPU_CORES,
+    NODE_MAX_DISK_GIB,
     NODE_MAX_GPUS,
+    NODE_MAX_NETWORK_GBPS,
     NODE_MAX_RAM_GIB,
     PRICE_BOUND_MESSAGE,
     SITE_FIGURE_MESSAGES,
@@ -40,6 +42,7 @@ from capacity.models import (
     EnergySource,
     EnrollmentCode,
     GpuModel,
+    Interconnect,
     Node,
     NodeStatus,
     NodeWindow,
@@ -237,9 +240,24 @@ def node_create(
     gpu_count: int,
     cpu_cores: int,
     ram_gib: int,
+    cpu_model: str = "",
+    disk_gib: int | None = None,
+    network_gbps: int | None = None,
+    interconnect: str = "",
+    driver_version: str = "",
+    cuda_version: str = "",
 ) -> NodeCreated:
-    """Create a node in ``pending`` with a one-time enrollment code (valid 24 h)."""
+    """Create a node in ``pending`` with a one-time enrollment code (valid 24 h). The
+    hardware details after ``ram_gib`` are optional: buyers see them on offer pages."""
     errors: dict[str, str] = {}
+    if disk_gib is not None and not 1 <= disk_gib <= NODE_MAX_DISK_GIB:
+        errors["disk_gib"] = f"A node has between 1 and {NODE_MAX_DISK_GIB:,} GiB of disk."
+    if network_gbps is not None and not 1 <= network_gbps <= NODE_MAX_NETWORK_GBPS:
+        errors["network_gbps"] = (
+            f"A node's network is between 1 and {NODE_MAX_NETWORK_GBPS:,} Gbit/s."
+        )
+    if interconnect and interconnect not in Interconnect.values:
+        errors["interconnect"] = "Choose PCIe, NVLink or NVLink with NVSwitch."
     if not name.strip():
         errors["name"] = "Name is required."
     if not 1 <= gpu_count <= NODE_MAX_GPUS:
@@ -257,6 +275,12 @@ def node_create(
         gpu_count=gpu_count,
         cpu_cores=cpu_cores,
         ram_gib=ram_gib,
+        cpu_model=cpu_model.strip(),
+        disk_gib=disk_gib,
+        network_gbps=network_gbps,
+        interconnect=interconnect,
+        driver_version=driver_version.strip(),
+        cuda_version=cuda_version.strip(),
         status=NodeStatus.PENDING,
     )
     _save_unique(

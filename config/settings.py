@@ -195,7 +195,13 @@ STATIC_ROOT = (
 )
 WHITENOISE_USE_FINDERS = not PRODUCTION
 WHITENOISE_AUTOREFRESH = DEBUG
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# Browser libraries installed by npm (package.json, `make install`), served by the app
+# under static/vendor/: never a CDN, never copied into the repository.
+NODE_MODULES = BASE_DIR / "node_modules"
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/chartjs", NODE_MODULES / "chart.js" / "dist"),
+]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

@@ -15,6 +15,8 @@ admin.site.site_title = "Hashgrid admin"
 urlpatterns = [
     path("", marketplace_views.landing, name="landing"),
     path("healthz", marketplace_views.healthz, name="healthz"),
+    path("status/", marketplace_views.status_page, name="status"),
+    path("pricing/", marketplace_views.pricing, name="pricing"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("", include("accounts.urls")),

@@ -142,6 +142,18 @@ class CheckoutResult:
     replayed: bool = False
 
 
+def start_problem(*, starts_at: datetime, now: datetime) -> str | None:
+    """Why a reservation cannot start at ``starts_at`` (None when it can): the one rule
+    checkout and the marketplace's search form both apply."""
+    if timezone.is_naive(starts_at):
+        return "The start needs a time zone."
+    if starts_at < now - START_GRACE:
+        return "The reservation cannot start in the past."
+    if starts_at > now + MAX_LEAD_TIME:
+        return "The reservation must start within a year."
+    return None
+
+
 def _validate_request(
     *, offer: Offer, gpu_count: int, starts_at: datetime, term_months: int, now: datetime
 ) -> datetime:
@@ -153,12 +165,9 @@ def _validate_request(
         errors["gpu_count"] = "Reserve at least one GPU."
     elif gpu_count > offer.gpu_count:
         errors["gpu_count"] = f"This offer lists {offer.gpu_count} GPUs; you asked for {gpu_count}."
-    if timezone.is_naive(starts_at):
-        errors["starts_at"] = "The start needs a time zone."
-    elif starts_at < now - START_GRACE:
-        errors["starts_at"] = "The reservation cannot start in the past."
-    elif starts_at > now + MAX_LEAD_TIME:
-        errors["starts_at"] = "The reservation must start within a year."
+    start_error = start_problem(starts_at=starts_at, now=now)
+    if start_error is not None:
+        errors["starts_at"] = start_error
     if errors:
         raise ValidationError(errors, code="invalid")
     if not offer.is_active:
@@ -527,3 +536,16 @@ def reservation_checkout(
     return CheckoutResult(
         contract=contract, line=line, allocations=allocations, quote=quote, created_contract=created
     )
+
+
+def early_termination_fee_at_start_minor(*, quote: Quote, fee_percent: Decimal) -> int:
+    """The most ending the quoted reservation early can cost: ``fee_percent`` of its whole
+    reserved charge (cancelled before it starts), by ``lifecycle.early_termination_fee``'s
+    rule (exact charge, one rounding)."""
+    charge = reserved_charge(
+        gpu_count=quote.gpu_count,
+        start=quote.starts_at,
+        end=quote.ends_at,
+        rate=quote.price_per_gpu_hour,
+    )
+    return round_money(charge * fee_percent / Decimal(100))

@@ -6,12 +6,15 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import Count, Prefetch, Q
 
 from accounts.models import Membership, Organization
 from capacity.models import EnergySource, Region
+from config.charts import ChartSeries, chart_spec
 from contracts.models import OPEN_STATES, Allocation, Contract, ContractLine, LineApiKey
+from contracts.money import minor_to_major
 from contracts.terms import month_start
 from contracts.usage import MonthToDate, month_to_date
 
@@ -50,6 +53,23 @@ class BuyerDashboard:
     commitment_percent: int | None  # month-to-date cost / commitment, capped at 100
     api_keys: list[LineApiKey]
     team_size: int
+
+    @property
+    def cost_chart(self) -> dict[str, Any]:
+        """The cost per day as a Chart.js spec (``config.charts``): days on x, money on y."""
+        return chart_spec(
+            kind="bar",
+            labels=[f"{bar.day.day} {bar.day:%b}" for bar in self.chart],
+            series=[
+                ChartSeries(
+                    label="Estimated cost",
+                    values=[minor_to_major(bar.amount_minor) for bar in self.chart],
+                    unit=self.currency,
+                )
+            ],
+            x_title="Day (UTC)",
+            y_title=f"Estimated cost ({self.currency})",
+        )
 
     @property
     def chart_width(self) -> int:

@@ -7,7 +7,9 @@ querysets with the joins their callers render, so list pages run a fixed number 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
@@ -24,6 +26,8 @@ from contracts.models import (
     InferenceProduct,
     LineApiKey,
     LineKind,
+    SlaCreditTier,
+    SlaPolicy,
 )
 
 
@@ -267,3 +271,58 @@ def buyer_has_payment_method(organization: Organization) -> bool:
     if any(check(organization) for check in _payment_method_checks):
         return True
     return bool(getattr(settings, "CONTRACTS_ASSUME_PAYMENT_METHOD", settings.DEBUG))
+
+
+@dataclass(frozen=True)
+class ReservationTerms:
+    """The terms a reservation signs up to, shown with its quote and confirmation: the
+    buyer's open contract's when checkout would add the line to it, else a new
+    contract's (what ``checkout.open_contract_for_update`` creates)."""
+
+    # The open contract the line joins; None = checkout signs a new contract.
+    contract: Contract | None
+    auto_renew: bool
+    # Percent of the reserved charge left in the term, charged when cancelled early.
+    early_termination_fee_percent: Decimal
+    sla_policy: SlaPolicy | None
+    # The SLA's credit tiers, highest availability first.
+    sla_tiers: list[SlaCreditTier]
+
+    @property
+    def sla_tier_rows(self) -> list[tuple[Decimal, Decimal | None, Decimal]]:
+        """``(from percent, below percent or None for the top tier, credit percent)``."""
+        uppers: list[Decimal | None] = [None]
+        uppers += [tier.min_availability_percent for tier in self.sla_tiers[:-1]]
+        return [
+            (tier.min_availability_percent, upper, tier.credit_percent)
+            for tier, upper in zip(self.sla_tiers, uppers, strict=True)
+        ]
+
+
+def reservation_terms(*, buyer: Organization | None, currency: str) -> ReservationTerms:
+    """The terms of a reservation in ``currency`` for ``buyer`` (None: someone not signed
+    in, who would sign a new contract). Three queries at most."""
+    contract = (
+        Contract.objects.filter(buyer=buyer, currency=currency)
+        .open()
+        .select_related("sla_policy")
+        .first()
+        if buyer is not None
+        else None
+    )
+    if contract is not None:
+        auto_renew = contract.auto_renew and not contract.cancel_at_term_end
+        fee_percent = contract.early_termination_fee_percent
+        policy = contract.sla_policy
+    else:
+        auto_renew = True  # checkout's default
+        fee_percent = Contract._meta.get_field("early_termination_fee_percent").default
+        policy = SlaPolicy.objects.filter(is_default=True).order_by("pk").first()
+    tiers = list(policy.tiers.order_by("-min_availability_percent")) if policy else []
+    return ReservationTerms(
+        contract=contract,
+        auto_renew=auto_renew,
+        early_termination_fee_percent=fee_percent,
+        sla_policy=policy,
+        sla_tiers=tiers,
+    )

@@ -23,10 +23,18 @@ from django.db.models.functions import Trunc
 
 from capacity.metering.models import HourlyUsage
 from capacity.models import Node
-from contracts.billable_usage import BUCKETS, Bucket, metered_quantities, reserved_gpu_seconds
+from config.charts import ChartSeries, chart_spec
+from contracts.billable_usage import (
+    BUCKETS,
+    Bucket,
+    MeteredQuantities,
+    UsageKey,
+    metered_quantities,
+    reserved_gpu_seconds,
+)
 from contracts.charges import PRECISION, line_charges, metered_charges, reserved_charge
 from contracts.models import Allocation, Contract, ContractLine, LineKind
-from contracts.money import round_money
+from contracts.money import minor_to_major, round_money
 
 MJ_PER_KWH = Decimal(3_600_000_000)
 QUANTITIES = ("busy_ms", "energy_mj", "input_tokens", "output_tokens", "requests")
@@ -40,6 +48,14 @@ class UsageBucket:
     input_tokens: int = 0
     output_tokens: int = 0
     requests: int = 0
+    # What the bucket's billable usage costs, minor units of ``currency`` (without SLA
+    # credits, which are the month's): ``bucket_costs_minor``.
+    cost_minor: int = 0
+    currency: str = ""
+
+    @property
+    def cost(self) -> Decimal:
+        return minor_to_major(self.cost_minor)
 
     @property
     def busy_gpu_hours(self) -> Decimal:
@@ -94,6 +110,19 @@ def usage_buckets(
     for key, quantities in on_demand.items():
         assert key.start is not None  # asked for by bucket
         buckets.setdefault(key.start, UsageBucket(start=key.start)).add(asdict(quantities))
+    lines = {
+        line.pk: line
+        for line in ContractLine.objects.filter(contract=contract).select_related(
+            "offer__site", "offer__gpu_model", "inference_product", "contract__sla_policy"
+        )
+    }
+    # Reserved GPUs cost while held, used or not: such a bucket is listed for its cost.
+    for start, cost_minor in bucket_costs_minor(
+        lines=lines, since=since, until=until, bucket=unit
+    ).items():
+        buckets.setdefault(start, UsageBucket(start=start)).cost_minor = cost_minor
+    for bucket_row in buckets.values():
+        bucket_row.currency = contract.currency
     return [buckets[start] for start in sorted(buckets)]
 
 
@@ -153,6 +182,37 @@ def _days(since: datetime, until: datetime) -> list[datetime]:
     return days
 
 
+def bucket_costs_minor(
+    *,
+    lines: Mapping[int, ContractLine],
+    since: datetime,
+    until: datetime,
+    bucket: Bucket,
+    metered: Mapping[UsageKey, MeteredQuantities] | None = None,
+) -> dict[datetime, int]:
+    """Cost of ``lines`` per UTC hour or day in ``[since, until)``, minor units: each
+    bucket's billable usage priced alone (reserved GPU-seconds held, on-demand busy time
+    or tokens) and rounded once, without SLA credits (a credit is the month's). Buckets
+    that cost nothing are absent. ``metered``: the lines' metered quantities by the same
+    bucket when the caller already read them (by node or not)."""
+    exact: dict[datetime, Decimal] = defaultdict(Decimal)
+    reserved = reserved_gpu_seconds(start=since, end=until, line_ids=list(lines), bucket=bucket)
+    if metered is None:
+        metered = metered_quantities(start=since, end=until, line_ids=list(lines), bucket=bucket)
+    with localcontext() as context:
+        context.prec = PRECISION
+        for key, seconds in reserved.items():
+            assert key.start is not None  # asked for by bucket
+            line = lines[key.line_id]
+            exact[key.start] += reserved_charge(line=line, gpu_seconds=seconds).exact_amount
+        for key, quantities in metered.items():
+            assert key.start is not None  # asked for by bucket
+            line = lines[key.line_id]
+            for charge in metered_charges(line=line, usage=quantities):
+                exact[key.start] += charge.exact_amount
+        return {start: round_money(amount) for start, amount in exact.items() if amount}
+
+
 def month_to_date(*, contracts: list[Contract], since: datetime, until: datetime) -> MonthToDate:
     """Cost (each line's charges as its invoice lines will carry them, each rounded once)
     and usage of ``contracts`` in ``[since, until)``.
@@ -176,23 +236,11 @@ def month_to_date(*, contracts: list[Contract], since: datetime, until: datetime
         cost[charge.line.pk] += charge.amount_minor
     result.line_costs = [LineCost(line=line, amount_minor=cost[pk]) for pk, line in lines.items()]
 
-    daily_exact: dict[datetime, Decimal] = defaultdict(Decimal)
-    reserved = reserved_gpu_seconds(start=since, end=until, line_ids=list(lines), bucket="day")
     metered = metered_quantities(
         start=since, end=until, line_ids=list(lines), by_node=True, bucket="day"
     )
-    with localcontext() as context:
-        context.prec = PRECISION
-        for key, seconds in reserved.items():
-            assert key.start is not None  # asked for by day
-            line = lines[key.line_id]
-            daily_exact[key.start] += reserved_charge(line=line, gpu_seconds=seconds).exact_amount
-        for key, quantities in metered.items():
-            assert key.start is not None  # asked for by day
-            line = lines[key.line_id]
-            for charge in metered_charges(line=line, usage=quantities):
-                daily_exact[key.start] += charge.exact_amount
-        result.daily_cost_minor = [(day, round_money(daily_exact[day])) for day in days]
+    daily = bucket_costs_minor(lines=lines, since=since, until=until, bucket="day", metered=metered)
+    result.daily_cost_minor = [(day, daily.get(day, 0)) for day in days]
 
     on_demand_nodes = {key.node_id for key in metered if key.node_id is not None}
     # Reserved GPUs' own work, summed per node then labelled with the node's energy
@@ -225,3 +273,30 @@ def month_to_date(*, contracts: list[Contract], since: datetime, until: datetime
             result.inference_energy_mj += quantities.energy_mj
     result.energy_mj_by_source = dict(energy_by_source)
     return result
+
+
+def usage_chart(*, rows: list[UsageBucket], bucket: str) -> dict[str, Any]:
+    """Busy GPU-hours and tokens per bucket as a Chart.js spec (``config.charts``): two
+    scales, since an hour of a GPU and a million tokens share no unit."""
+    labels = [
+        f"{row.start:%d %b %H:%M}" if bucket == "hour" else f"{row.start.day} {row.start:%b}"
+        for row in rows
+    ]
+    return chart_spec(
+        kind="bar",
+        labels=labels,
+        series=[
+            ChartSeries(
+                label="Busy GPU time", values=[row.busy_gpu_hours for row in rows], unit="GPU-h"
+            ),
+            ChartSeries(
+                label="Tokens",
+                values=[row.input_tokens + row.output_tokens for row in rows],
+                unit="tokens",
+                axis="y1",
+            ),
+        ],
+        x_title=f"{bucket.capitalize()} (UTC)",
+        y_title="Busy GPU time (GPU-h)",
+        y1_title="Tokens, input + output",
+    )

@@ -368,5 +368,6 @@ def usage_overview(request: HttpRequest) -> HttpResponse:
             "chosen": chosen,
             "bucket": bucket,
             "rows": rows,
+            "usage_chart": usage.usage_chart(rows=rows, bucket=bucket),
         },
     )

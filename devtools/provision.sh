@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What pip cannot install, for `make test` and CI (.ci/run runs `make test`, which runs
-# this): Debian's Chromium for the browser tests, and a Redis on 127.0.0.1:6379 for the
+# this; `make install` runs `provision.sh npm` for npm alone): Debian's Chromium for the browser tests, and a Redis on 127.0.0.1:6379 for the
 # tests that run a real Celery worker. Installs a missing one from Debian when we are
 # root; otherwise prints one line saying what to install, and fails. Idempotent: on a
 # machine that has both, it only checks.
@@ -22,6 +22,18 @@ apt_install() {
   echo "provision: installing $* from Debian"
   apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+
+# `provision.sh npm`: only npm, which `make install` needs for package.json's browser
+# libraries (served by the app itself; no CDN).
+if [ "${1:-}" = "npm" ]; then
+  if ! command -v npm >/dev/null; then
+    if can_install; then apt_install npm; else
+      echo "provision: make install needs npm: install it with 'sudo apt-get install npm' (Debian)" >&2
+      exit 1
+    fi
+  fi
+  exit 0
+fi
 
 # Chromium: Playwright drives /usr/bin/chromium (no browser download at run time).
 if [ ! -x /usr/bin/chromium ]; then

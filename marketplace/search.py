@@ -25,14 +25,15 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from django.db.models import DecimalField, F, IntegerField, QuerySet
+from django.db.models import Count, DecimalField, F, IntegerField, Min, QuerySet, Sum
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Least
 from django.utils import timezone
 
 from capacity.metering.pool_availability import stored_or_live_availability_sql
-from capacity.models import Offer
+from capacity.models import GpuModel, Offer, Region
 from contracts.models import TERM_MONTHS
 from contracts.selectors import free_gpus_by_pool
 from contracts.terms import add_months
@@ -159,3 +160,36 @@ def best_offer(
         sort="price",
     )
     return offer_search(filters=filters).first()
+
+
+def listed_gpu_models() -> QuerySet[GpuModel]:
+    """GPU models some active offer lists: what the search and quote forms offer to pick
+    (a catalogue model nobody lists would only ever find nothing)."""
+    return GpuModel.objects.filter(offers__is_active=True).distinct().order_by("name")
+
+
+def listed_regions() -> list[tuple[str, str]]:
+    """``(value, label)`` of the regions where some active offer lists GPUs, in the
+    catalogue's order: the search form's choices and the landing page's count."""
+    present = set(
+        Offer.objects.active().values_list("site__region", flat=True).distinct().order_by()
+    )
+    return [(value, label) for value, label in Region.choices if value in present]
+
+
+def gpu_price_summary() -> list[dict[str, Any]]:
+    """Per GPU model and currency listed now: the lowest on-demand and 12-month reserved
+    price per GPU-hour, the GPUs listed and the regions. The public pricing page; one
+    query."""
+    rows = (
+        Offer.objects.active()
+        .values("gpu_model__name", "currency")
+        .annotate(
+            lowest_on_demand=Min("on_demand_price_per_gpu_hour"),
+            lowest_reserved_12m=Min("reserved_price_12m_per_gpu_hour"),
+            gpus_listed=Sum("gpu_count"),
+            region_count=Count("site__region", distinct=True),
+        )
+        .order_by("gpu_model__name", "currency")
+    )
+    return [dict(row) for row in rows]

@@ -6,13 +6,15 @@ from __future__ import annotations
 import secrets
 from datetime import UTC
 from decimal import Decimal
+from typing import Any
 
 from django import forms
+from django.utils import timezone
 
 from capacity.forms import DateTimeLocalInput
 from capacity.models import Currency, EnergySource, GpuModel, Region
-from contracts.checkout import Quote, QuotedPrice
-from marketplace.search import SORTS, SearchFilters
+from contracts.checkout import Quote, QuotedPrice, start_problem
+from marketplace.search import SORTS, SearchFilters, listed_gpu_models, listed_regions
 
 TERM_CHOICES = [(1, "1 month"), (3, "3 months"), (6, "6 months"), (12, "12 months")]
 SORT_CHOICES = [
@@ -26,6 +28,12 @@ assert {value for value, _ in SORT_CHOICES} <= set(SORTS)
 def _utc(value):  # type: ignore[no-untyped-def]
     """A ``datetime-local`` value is entered in UTC (the page says so)."""
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _offer_only_listed(form: forms.Form) -> None:
+    """Offer only the GPU models and regions some active offer lists."""
+    form.fields["gpu_model"].queryset = listed_gpu_models()  # type: ignore[attr-defined]
+    form.fields["region"].choices = [("", "Any region"), *listed_regions()]  # type: ignore[attr-defined]
 
 
 class SearchForm(forms.Form):
@@ -61,6 +69,20 @@ class SearchForm(forms.Form):
     )
     sort = forms.ChoiceField(choices=SORT_CHOICES, required=False, initial="price")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _offer_only_listed(self)
+
+    def clean_starts_at(self):  # type: ignore[no-untyped-def]
+        """A start checkout would refuse is refused here with checkout's reason, rather
+        than searched and answered with an empty list."""
+        starts_at = _utc(self.cleaned_data.get("starts_at"))
+        if starts_at is not None:
+            problem = start_problem(starts_at=starts_at, now=timezone.now())
+            if problem is not None:
+                raise forms.ValidationError(problem, code="start")
+        return starts_at
+
     def filters(self) -> SearchFilters:
         data = self.cleaned_data if self.is_valid() else {}
         model = data.get("gpu_model")
@@ -89,6 +111,10 @@ class ReservationForm(forms.Form):
     gpu_count = forms.IntegerField(min_value=1, max_value=512, initial=1, label="GPUs")
     starts_at = forms.DateTimeField(widget=DateTimeLocalInput(), label="Start (UTC)")
     term_months = forms.TypedChoiceField(choices=TERM_CHOICES, coerce=int, initial=1, label="Term")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _offer_only_listed(self)
 
     def clean_starts_at(self):  # type: ignore[no-untyped-def]
         return _utc(self.cleaned_data["starts_at"])

@@ -1,9 +1,11 @@
 """Buyer storefront: search offers, see one, get a quote, confirm the reservation.
 
-Thin: parse the form, call one selector or service, render. Offers are public listings
-(any buyer may see any active offer); what a checkout creates belongs to the buyer and is
-reached through ``contracts.views`` with ``get_for_org_or_404``. Reading needs a buyer
-organization; confirming needs an operator role (owner, admin, member).
+Thin: parse the form, call one selector or service, render. Offers are public listings:
+anyone, signed in or not, may search them and open an offer page (prices, hardware,
+terms: nothing of any buyer, nor the partner's name or nodes). A quote needs a buyer
+organization; confirming needs an operator role (owner, admin, member). What a checkout
+creates belongs to the buyer and is reached through ``contracts.views`` with
+``get_for_org_or_404``.
 """
 
 from __future__ import annotations
@@ -18,20 +20,22 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 
-from accounts.models import OPERATOR_ROLES
+from accounts.models import OPERATOR_ROLES, Organization
 from accounts.requests import request_actor, request_membership, request_organization
-from accounts.tenancy import org_required
+from accounts.tenancy import current_membership, org_required
 from capacity.forms import add_service_errors
 from capacity.metering.selectors import offer_availability
 from capacity.models import Offer
+from capacity.selectors import offer_hardware
 from contracts import checkout
 from contracts.money import minor_to_major
-from contracts.selectors import buyer_has_payment_method
+from contracts.selectors import buyer_has_payment_method, reservation_terms
 from marketplace import search_cache
 from marketplace.search import best_offer, next_minute, offer_search
 from marketplace.storefront_forms import CheckoutForm, ReservationForm, SearchForm
@@ -49,7 +53,6 @@ def _default_start() -> str:
     return start.strftime("%Y-%m-%dT%H:%M")
 
 
-@buyer_member
 @require_http_methods(["GET"])
 def search(request: HttpRequest) -> HttpResponse:
     """Offers matching the filters. The form and its results are one fragment that depends
@@ -98,10 +101,10 @@ def _search_fragment(request: HttpRequest, now: datetime) -> dict[str, Any]:
     return {"html": str(html), "window_start": start, "window_end": end}
 
 
-@buyer_member
 @require_http_methods(["GET"])
 def offer_detail(request: HttpRequest, pk: int) -> HttpResponse:
     offer = get_object_or_404(Offer.objects.active().select_related("site", "gpu_model"), pk=pk)
+    buyer = _buyer_of(request)
     initial = {
         "offer": offer.pk,
         "gpu_count": request.GET.get("gpu_count") or 1,
@@ -116,8 +119,21 @@ def offer_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "form": ReservationForm(initial=initial),
             "availability": _availability(offer),
             "reserved_prices": sorted(offer.reserved_prices().items()),
+            "hardware": offer_hardware(offer=offer),
+            "terms": reservation_terms(buyer=buyer, currency=offer.currency),
+            # Who may ask for a quote here; others are invited to sign up or in.
+            "can_quote": buyer is not None,
+            "here": request.get_full_path(),
         },
     )
+
+
+def _buyer_of(request: HttpRequest) -> Organization | None:
+    """The signed-in user's current organization when it buys; None otherwise."""
+    membership = current_membership(request) if request.user.is_authenticated else None
+    if membership is None or not membership.organization.is_buyer:
+        return None
+    return membership.organization
 
 
 def _availability(offer: Offer) -> Decimal | None:
@@ -161,21 +177,49 @@ def _render_quote(
     request: HttpRequest, form: ReservationForm, quote: checkout.Quote | None, status: int = 200
 ) -> HttpResponse:
     membership = request_membership(request)
+    terms = (
+        reservation_terms(buyer=membership.organization, currency=quote.currency) if quote else None
+    )
     return render(
         request,
         "marketplace/storefront/quote.html",
         {
             "form": form,
             "quote": quote,
+            "terms": terms,
+            "early_termination_fee": (
+                minor_to_major(
+                    checkout.early_termination_fee_at_start_minor(
+                        quote=quote, fee_percent=terms.early_termination_fee_percent
+                    )
+                )
+                if quote and terms
+                else None
+            ),
+            "quote_url": _quote_url(quote) if quote else None,
             "total": minor_to_major(quote.total_minor) if quote else None,
             "monthly": minor_to_major(quote.monthly_average_minor) if quote else None,
             "has_payment_method": buyer_has_payment_method(membership.organization),
             "can_reserve": membership.can_operate,
+            "can_add_card": membership.can_see_finance,
             # A new key on every render: a form submitted twice creates one reservation.
             "confirm_form": CheckoutForm.for_quote(quote) if quote else None,
         },
         status=status,
     )
+
+
+def _quote_url(quote: checkout.Quote) -> str:
+    """The quote page for ``quote``: where the card page sends the buyer back to."""
+    query = urlencode(
+        {
+            "offer": str(quote.offer.pk),
+            "gpu_count": str(quote.gpu_count),
+            "starts_at": quote.starts_at.strftime("%Y-%m-%dT%H:%M"),
+            "term_months": str(quote.term_months),
+        }
+    )
+    return f"{reverse('marketplace:quote')}?{query}"
 
 
 @buyer_member

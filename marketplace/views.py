@@ -1,4 +1,5 @@
-"""Pages of the front door that belong to no organization page: landing, dashboard, health.
+"""Pages of the front door that belong to no organization page: landing, pricing,
+dashboard, status and health.
 
 The dashboard reads every layer below (the organization's summary, its buying, its
 fleet); it writes nothing.
@@ -22,7 +23,9 @@ from capacity.models import NodeStatus
 from contracts.dashboard import buyer_dashboard
 from contracts.inference_snippets import inference_base_url, snippets
 from contracts.reference_data import PRODUCTS
+from contracts.selectors import inference_products
 from marketplace import health
+from marketplace.search import gpu_price_summary, listed_regions
 
 # Nodes listed on a partner's dashboard; the nodes page lists them all.
 DASHBOARD_NODE_ROWS = 10
@@ -32,7 +35,19 @@ DASHBOARD_NODE_ROWS = 10
 
 
 def landing(request: HttpRequest) -> HttpResponse:
-    return render(request, "marketplace/landing.html")
+    # Labels of the regions where GPUs are listed now: the page's counts come from data.
+    regions = [label for _value, label in listed_regions()]
+    return render(request, "marketplace/landing.html", {"regions": regions})
+
+
+@require_GET
+def pricing(request: HttpRequest) -> HttpResponse:
+    """Public prices: inference products per million tokens, GPUs from the listed offers."""
+    return render(
+        request,
+        "marketplace/pricing.html",
+        {"products": list(inference_products()), "gpu_prices": gpu_price_summary()},
+    )
 
 
 @login_required
@@ -40,7 +55,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """The organization's home: its buying and, for partners, its fleet at a glance."""
     membership = current_membership(request)
     if membership is None:
-        return redirect("organization_create")
+        # Staff (finance) work in the admin and need no organization of their own.
+        return redirect("admin:index" if request.user.is_staff else "organization_create")
     organization = membership.organization
     context: dict[str, Any] = {
         "membership": membership,
@@ -67,6 +83,39 @@ def inference_api_docs(request: HttpRequest) -> HttpResponse:
         request,
         "marketplace/inference_api.html",
         {"base_url": inference_base_url(), "snippets": snippets(model=example_model)},
+    )
+
+
+@never_cache
+@require_GET
+def status_page(request: HttpRequest) -> HttpResponse:
+    """The human page beside ``/healthz``: the same checks, in words (public, no tenant
+    data: only whether each part answers)."""
+    database = health.database_ok()
+    broker = health.broker_ok()
+    parts = [
+        ("Web application", True, "Serving pages and the REST API."),
+        (
+            "Database",
+            database,
+            "Accounts, contracts, invoices and usage are stored."
+            if database
+            else "The database does not answer: pages that read or write data fail.",
+        ),
+        (
+            "Task broker",
+            broker,
+            "Metering, invoicing, payments and payouts run in the background."
+            if broker
+            else "Background work (metering polls, invoices, payments) is queued and delayed.",
+        ),
+    ]
+    operational = database and broker
+    return render(
+        request,
+        "marketplace/status.html",
+        {"parts": parts, "operational": operational, "checked_at": timezone.now()},
+        status=200 if operational else 503,
     )
 
 

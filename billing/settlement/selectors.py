@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from django.db.models import Q, QuerySet, Sum
 from django.utils.crypto import salted_hmac
@@ -22,6 +23,8 @@ from billing.models import (
     StatementAdjustment,
     StatementStatus,
 )
+from billing.money import minor_to_major
+from config.charts import ChartSeries, chart_spec
 
 CHART_HEIGHT = 120
 BAR_PITCH = 48
@@ -64,6 +67,30 @@ class Chart:
     bars: list[Bar]
     width: int
     height: int
+
+    def spec(self, *, x_title: str, label: str) -> dict[str, Any]:
+        """These bars as a Chart.js spec (``config.charts``), money on the value axis."""
+        return chart_spec(
+            kind="bar",
+            labels=[bar.label for bar in self.bars],
+            series=[
+                ChartSeries(
+                    label=label,
+                    values=[minor_to_major(bar.amount_minor) for bar in self.bars],
+                    unit=self.currency,
+                )
+            ],
+            x_title=x_title,
+            y_title=f"{label} ({self.currency})",
+        )
+
+    @property
+    def month_spec(self) -> dict[str, Any]:
+        return self.spec(x_title="Statement month (UTC)", label="Net earnings")
+
+    @property
+    def site_spec(self) -> dict[str, Any]:
+        return self.spec(x_title="Site", label="Your share")
 
 
 def _scale(value: int, largest: int, span: int) -> int:

@@ -84,6 +84,26 @@ class UsageBucketSerializer(serializers.Serializer):
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
     requests = serializers.IntegerField()
+    cost = serializers.DecimalField(
+        max_digits=20,
+        decimal_places=2,
+        help_text="What the bucket's billable usage costs (reserved GPUs while held, "
+        "on-demand use), in currency; SLA credits are the month's and not included.",
+    )
+    currency = serializers.CharField()
+
+
+# The CSV's column headers, with units (the JSON keeps its names: units are in them).
+USAGE_CSV_HEADERS = {
+    "start": "start (UTC)",
+    "busy_ms": "busy GPU time (ms)",
+    "energy_mj": "energy (mJ)",
+    "input_tokens": "input tokens (tokens)",
+    "output_tokens": "output tokens (tokens)",
+    "requests": "requests (count)",
+    "cost": "cost ({currency})",
+    "currency": "currency (ISO 4217)",
+}
 
 
 class UsageInputSerializer(serializers.Serializer):

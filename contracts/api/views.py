@@ -28,6 +28,7 @@ from accounts.requests import request_organization
 from accounts.tenancy import HasOrganization, api_membership_role, api_organization, api_scoped
 from contracts import selectors, usage
 from contracts.api.serializers import (
+    USAGE_CSV_HEADERS,
     AllocationSerializer,
     ContractSerializer,
     LineSerializer,
@@ -131,7 +132,7 @@ class ContractAllocationListApi(APIView):
 
 
 class UsageCsvRenderer(renderers.BaseRenderer):
-    """``?format=csv``: one row per bucket, the columns of the JSON."""
+    """``?format=csv``: one row per bucket, the columns of the JSON, headed with units."""
 
     media_type = "text/csv"
     format = "csv"
@@ -144,7 +145,8 @@ class UsageCsvRenderer(renderers.BaseRenderer):
         writer = csv.writer(buffer)
         if isinstance(data, list):
             fields = list(UsageBucketSerializer().fields)
-            writer.writerow(fields)
+            currency = data[0]["currency"] if data else "currency"
+            writer.writerow([USAGE_CSV_HEADERS[name].format(currency=currency) for name in fields])
             writer.writerows([row[name] for name in fields] for row in data)
         else:  # an error body: one "field,message" row each
             writer.writerow(["field", "message"])

@@ -31,7 +31,16 @@ from accounts.models import Organization
 from capacity import selectors, services
 from capacity.agent_client import AgentError, AgentInfo, fetch_info, fleet_set_poll_token
 from capacity.enrollment import issue_enrollment_code, node_enroll
-from capacity.models import EnergySource, GpuModel, Node, NodeStatus, Offer, Region, Site
+from capacity.models import (
+    EnergySource,
+    GpuModel,
+    Interconnect,
+    Node,
+    NodeStatus,
+    Offer,
+    Region,
+    Site,
+)
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -224,6 +233,13 @@ def _node_for(index: int, site: Site, spec: DemoSite, out: SupportsWrite[str]) -
             gpu_count=gpu_count,
             cpu_cores=64,
             ram_gib=1024,
+            # What buyers see on the offer page (issue 16): a typical 8-GPU server.
+            cpu_model="AMD EPYC 9354",
+            disk_gib=7680,
+            network_gbps=100,
+            interconnect=Interconnect.NVLINK if gpu_count >= 4 else Interconnect.PCIE,
+            driver_version="550.54.15",
+            cuda_version="12.4",
         ).node
     if info is None:
         return node, False

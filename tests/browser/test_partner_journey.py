@@ -251,11 +251,8 @@ def test_partner_enrolls_a_node_plans_maintenance_and_reads_earnings_and_payout(
             GPU_MODEL,
             str(GPU_COUNT),
             "0.9500 USD",
-            "0.8500",
-            "0.8000",
-            "0.7500",
-            "0.7000",
-            f"{today} {EN_DASH} open",
+            "1 mo 0.8500 3 mo 0.8000 6 mo 0.7500 12 mo 0.7000",
+            f"from {today} open-ended",
             "Active",
             re.compile(r"Edit\s+Deactivate"),
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 import time_machine
@@ -27,6 +28,7 @@ from contracts.models import (
     LineApiKey,
     LineKind,
 )
+from contracts.money import minor_to_major, round_money
 from tests.factories import stored_usage
 from tests.http_headers import NO_STORE, cache_headers
 from tests.tenancy import assert_hidden_from
@@ -450,28 +452,69 @@ def test_usage_api_json_and_csv(reservation, inference_line, buyer_owner, device
     client = api_client(buyer_owner)
     url = reverse("api_contract_usage", args=[reservation.contract.pk])
     rows = client.get(url, {"bucket": "hour", **period}).json()
-    assert rows == [
+    until = hour + timedelta(hours=2)
+    rate = reservation.line.price_per_gpu_hour
+    # Tokens at the product's prices per million: 1500 in at 0.05, 750 out at 0.08.
+    tokens_exact = Decimal(1500) * Decimal("0.05") / 10**6 + Decimal(750) * Decimal("0.08") / 10**6
+
+    def cost(bucket_start: datetime, length: timedelta, *, tokens: bool) -> str:
+        """2 reserved GPUs for the part of the bucket they are held, plus the tokens."""
+        held = min(bucket_start + length, until) - max(bucket_start, reservation.line.starts_at)
+        hours = Decimal(max(held, timedelta(0)) // timedelta(microseconds=1)) / 3_600_000_000
+        exact = 2 * hours * rate + (tokens_exact if tokens else 0)
+        return str(minor_to_major(round_money(exact)))
+
+    def stamp(moment: datetime) -> str:
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    used_hour = hour.replace(minute=0)
+    assert [row for row in rows if row["input_tokens"]] == [
         {
-            "start": hour.replace(minute=0).astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "start": stamp(used_hour),
             "busy_ms": 60_000,
             "energy_mj": 36_000_000,
             "input_tokens": 1500,
             "output_tokens": 750,
             "requests": 2,
+            "cost": cost(used_hour, timedelta(hours=1), tokens=True),
+            "currency": "USD",
         }
+    ]
+    # Reserved GPUs cost while held, used or not: every hour they were held is listed.
+    first_hour = reservation.line.starts_at.replace(minute=0, second=0, microsecond=0)
+    held_hours = [
+        first_hour + timedelta(hours=n) for n in range(6) if first_hour + timedelta(hours=n) < until
+    ]
+    assert [row["start"] for row in rows] == [stamp(start) for start in held_hours]
+    assert [row["cost"] for row in rows] == [
+        cost(start, timedelta(hours=1), tokens=start == used_hour) for start in held_hours
     ]
     response = client.get(url, {"bucket": "day", "format": "csv", **period})
     assert response["Content-Type"].startswith("text/csv")
     table = list(csv.reader(io.StringIO(response.content.decode())))
     assert table[0] == [
-        "start",
-        "busy_ms",
-        "energy_mj",
-        "input_tokens",
-        "output_tokens",
-        "requests",
+        "start (UTC)",
+        "busy GPU time (ms)",
+        "energy (mJ)",
+        "input tokens (tokens)",
+        "output tokens (tokens)",
+        "requests (count)",
+        "cost (USD)",
+        "currency (ISO 4217)",
     ]
-    assert table[1][1:] == ["60000", "36000000", "1500", "750", "2"]
+    used_day = used_hour.replace(hour=0)
+    used = [row for row in table[1:] if row[0] == stamp(used_day)]
+    assert [row[1:] for row in used] == [
+        [
+            "60000",
+            "36000000",
+            "1500",
+            "750",
+            "2",
+            cost(used_day, timedelta(days=1), tokens=True),
+            "USD",
+        ]
+    ]
 
 
 def test_dashboard_partial_renders(reservation, buyer_client):

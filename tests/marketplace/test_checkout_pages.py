@@ -109,9 +109,13 @@ def test_read_only_roles_cannot_confirm(offer, buyer_org, role):
     assert not Contract.objects.exists()
 
 
-def test_partners_have_no_storefront(offer, partner_client):
+def test_partners_browse_but_do_not_get_quotes(offer, partner_client):
+    """Offers are public; a quote needs a buyer organization."""
     for name, args in [("marketplace:search", []), ("marketplace:offer_detail", [offer.pk])]:
-        assert partner_client.get(reverse(name, args=args)).status_code == 404
+        assert partner_client.get(reverse(name, args=args)).status_code == 200
+    page = partner_client.get(reverse("marketplace:offer_detail", args=[offer.pk]))
+    assert b"Get a quote" not in page.content
+    assert partner_client.get(reverse("marketplace:quote")).status_code == 404
 
 
 def test_confirm_is_refused_when_the_price_changed_since_the_quote(offer, buyer_client, buyer_org):

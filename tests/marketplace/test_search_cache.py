@@ -178,10 +178,11 @@ def test_query_strings_the_form_never_sends_are_computed_not_cached(
     url = reverse("marketplace:search")
     assert free_cell(buyer_client.get(url, {"utm": "x"})) == "8 of 8"
     # The whole page again, not the 4 queries of a cached one: session, user, memberships,
-    # the version (free GPUs per window are still cached), the form's model choices, the
-    # pools without a fresh stored availability and the five reads that compute theirs
-    # (no beat here: nodes, GPUs, bitmaps, maintenance, polls), the count and the page.
-    with django_assert_num_queries(13):
+    # the version (free GPUs per window are still cached), the form's model and region
+    # choices (models and regions listed), the pools without a fresh stored availability
+    # and the five reads that compute theirs (no beat here: nodes, GPUs, bitmaps,
+    # maintenance, polls), the count and the page.
+    with django_assert_num_queries(14):
         again = buyer_client.get(url, {"utm": "x"})
     assert free_cell(again) == "8 of 8"
 

@@ -34,6 +34,13 @@ pytestmark = pytest.mark.django_db
 PUBLIC_ROUTES: dict[str, str] = {
     "landing": "marketing page; renders no tenant data",
     "healthz": "load-balancer probe; reports database and broker state only",
+    "status": "the human page beside healthz; database and broker state only",
+    "pricing": "list prices of inference products and listed GPUs; no tenant data "
+    "(tests/marketplace/test_public_storefront.py)",
+    "marketplace:search": "public offers (issue 16): sites, prices, free GPUs; no buyer, "
+    "partner name or node (tests/marketplace/test_public_storefront.py)",
+    "marketplace:offer_detail": "one public offer: prices, servers in aggregate, default "
+    "terms (tests/marketplace/test_public_storefront.py)",
     "api-schema": "the OpenAPI document; describes the API, holds no data",
     "api-docs": "Swagger UI shell that loads the schema",
     "inference_api_docs": "describes the inference API (base URL, endpoints, errors); no data",
@@ -110,6 +117,7 @@ OBJECT_KWARGS: dict[str, dict[str, str]] = {
     "billing:invoice_detail": {"pk": "invoice"},
     "billing:invoice_print": {"pk": "invoice"},
     "billing:invoice_csv": {"pk": "invoice"},
+    "billing:invoice_pdf": {"pk": "invoice"},
     "billing:invoice_pay": {"pk": "invoice"},
     "billing:invoice_payment_refresh": {"pk": "invoice"},
     "billing:statement_detail": {"pk": "statement"},
