@@ -1,0 +1,741 @@
+"""The gateway's ASGI application: OpenAI's API in front of partner nodes.
+
+A plain ASGI callable, no framework and no database query per request (docs/gateway.md
+"The path of one request"): authenticate against the cached key table, check the
+contract and model, count the request against its limits and reserve its worst case
+(``gateway.budget``), pick a node (``gateway.routing``), sign a receipt, relay to the
+agent (``gateway.upstream``) and the answer back, settle the budget from the usage
+relayed, and log the attempt (``gateway.request_log``). Failover to another node happens
+only before the first byte has reached the buyer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from capacity.agent.receipts import Receipt, sign_receipt
+from config.gateway_keys import receipt_signing_key
+from gateway import bounds, errors
+from gateway.budget import Refusal, Reservation, Store, make_store
+from gateway.catalog import Catalog, CatalogRefresher, ContractView, InferenceLine, KeyGrant
+from gateway.errors import GatewayError
+from gateway.request_log import Attempt, RequestLog
+from gateway.routing import Router
+from gateway.streaming import EventRelay
+from gateway.upstream import AgentClient, AgentResponse, UpstreamFailed, UpstreamTimeout
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MAX_BODY_BYTES = 1024 * 1024
+# Attempt statuses written to the log besides the agent's own (docs/gateway.md "Log").
+STATUS_BUYER_GONE = 499
+STATUS_UPSTREAM_FAILED = 502
+STATUS_UPSTREAM_TIMEOUT = 504
+# Agent answers that say the node, not the request, is at fault: fail over.
+_NODE_FAULT_STATUSES = frozenset({401, 403, 408, 409, 429})
+_JSON = (b"content-type", b"application/json")
+_KINDS = {b"/v1/chat/completions": "chat/completions", b"/v1/completions": "completions"}
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    store_url: str
+    site_url: str
+    default_requests_per_minute: int
+    default_tokens_per_minute: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    max_attempts: int
+    circuit_failures: int
+    circuit_cooldown_s: float
+
+    @classmethod
+    def from_django(cls) -> GatewaySettings:
+        return cls(
+            store_url=settings.GATEWAY_STORE_URL,
+            site_url=settings.SITE_URL.rstrip("/"),
+            default_requests_per_minute=settings.GATEWAY_DEFAULT_REQUESTS_PER_MINUTE,
+            default_tokens_per_minute=settings.GATEWAY_DEFAULT_TOKENS_PER_MINUTE,
+            connect_timeout_s=settings.GATEWAY_CONNECT_TIMEOUT_MS / 1000,
+            read_timeout_s=settings.GATEWAY_READ_TIMEOUT_MS / 1000,
+            max_attempts=settings.GATEWAY_MAX_ATTEMPTS,
+            circuit_failures=settings.GATEWAY_CIRCUIT_FAILURES,
+            circuit_cooldown_s=settings.GATEWAY_CIRCUIT_COOLDOWN_MS / 1000,
+        )
+
+
+def _new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def _seconds_to_next_minute(now: float) -> int:
+    return max(1, 60 - int(now) % 60)
+
+
+def _seconds_to_next_month(now: datetime) -> int:
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return max(1, int((following - now).total_seconds()))
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """How one attempt ended, for the breaker, the log and the budget."""
+
+    status: int
+    node_ok: bool | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    first_byte_sent: bool = False
+    time_to_first_token_ms: int | None = None
+
+
+class Gateway:
+    def __init__(self, config: GatewaySettings | None = None) -> None:
+        self.config = config or GatewaySettings.from_django()
+        self.catalog = CatalogRefresher()
+        self.router = Router(
+            failures_to_open=self.config.circuit_failures,
+            cooldown_s=self.config.circuit_cooldown_s,
+        )
+        self.request_log = RequestLog()
+        self.store: Store | None = None
+        self.agents: AgentClient | None = None
+        self._signing_key = receipt_signing_key()
+        self._cors_origin = self.config.site_url.encode("latin-1")
+
+    # -- lifespan ---------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self.store = make_store(self.config.store_url)
+        self.agents = AgentClient(
+            connect_timeout_s=self.config.connect_timeout_s,
+            read_timeout_s=self.config.read_timeout_s,
+        )
+        await self.catalog.start()
+        self.request_log.start()
+
+    async def shutdown(self) -> None:
+        await self.catalog.stop()
+        await self.request_log.stop()
+        if self.agents is not None:
+            await self.agents.close()
+        if self.store is not None:
+            await self.store.close()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as error:
+                    logger.exception("gateway start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- ASGI entry -------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        cors = self._cors_headers(headers)
+        method = scope["method"]
+        path: str = scope["path"]
+        if method == "OPTIONS":
+            await self._preflight(send, headers, cors)
+            return
+        request_id = _new_request_id()
+        try:
+            if path in ("/v1/chat/completions", "/v1/completions"):
+                if method != "POST":
+                    raise errors.method_not_allowed()
+                await self._completion(
+                    scope, receive, send, headers, cors, _KINDS[path.encode()], request_id
+                )
+            elif path == "/v1/models" or path.startswith("/v1/models/"):
+                if method != "GET":
+                    raise errors.method_not_allowed()
+                await self._models(send, headers, cors, path, request_id)
+            elif path == "/healthz":
+                body = orjson.dumps({"status": "ok", "catalog_reloads": self.catalog.reloads})
+                await self._send_json(send, 200, body, cors, request_id)
+            else:
+                raise errors.not_found(path)
+        except GatewayError as error:
+            await self._send_error(send, error, cors, request_id)
+
+    # -- responses --------------------------------------------------------------------
+
+    def _cors_headers(self, headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+        origin = headers.get(b"origin")
+        if origin is None or origin != self._cors_origin:
+            return []
+        return [
+            (b"access-control-allow-origin", origin),
+            (b"access-control-expose-headers", b"x-request-id, retry-after"),
+            (b"vary", b"origin"),
+        ]
+
+    async def _preflight(
+        self, send: Send, headers: dict[bytes, bytes], cors: list[tuple[bytes, bytes]]
+    ) -> None:
+        response_headers = list(cors)
+        if cors:
+            response_headers += [
+                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                (
+                    b"access-control-allow-headers",
+                    headers.get(b"access-control-request-headers", b"authorization, content-type"),
+                ),
+                (b"access-control-max-age", b"600"),
+            ]
+        await send({"type": "http.response.start", "status": 204, "headers": response_headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _send_json(
+        self,
+        send: Send,
+        status: int,
+        body: bytes,
+        cors: list[tuple[bytes, bytes]],
+        request_id: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        headers = [_JSON, (b"x-request-id", request_id.encode()), *cors]
+        if extra:
+            headers += extra
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _send_error(
+        self, send: Send, error: GatewayError, cors: list[tuple[bytes, bytes]], request_id: str
+    ) -> None:
+        extra = []
+        if error.retry_after_s is not None:
+            extra.append((b"retry-after", str(error.retry_after_s).encode()))
+        await self._send_json(send, error.status, error.body, cors, request_id, extra)
+
+    # -- authentication ---------------------------------------------------------------
+
+    def _authorize(self, headers: dict[bytes, bytes]) -> tuple[Catalog, KeyGrant, ContractView]:
+        catalog = self.catalog.current
+        authorization = headers.get(b"authorization", b"")
+        scheme, _, token = authorization.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            raise errors.invalid_api_key()
+        grant = catalog.keys.get(hashlib.sha256(token.strip()).hexdigest())
+        if grant is None:
+            raise errors.invalid_api_key()
+        if grant.contract_id is None:
+            raise errors.permission_denied("This API key is not tied to an inference line.")
+        if not grant.may_operate:
+            raise errors.permission_denied("This API key's creator can no longer spend.")
+        contract = catalog.contracts.get(grant.contract_id)
+        if contract is None or not contract.is_active:
+            raise errors.permission_denied("The contract of this API key is not active.")
+        return catalog, grant, contract
+
+    async def _models(
+        self,
+        send: Send,
+        headers: dict[bytes, bytes],
+        cors: list[tuple[bytes, bytes]],
+        path: str,
+        request_id: str,
+    ) -> None:
+        _, _, contract = self._authorize(headers)
+        models = [
+            {
+                "id": line.product_slug,
+                "object": "model",
+                "created": line.product_created,
+                "owned_by": "hashgrid",
+            }
+            for line in contract.lines.values()
+        ]
+        if path == "/v1/models":
+            body = orjson.dumps({"object": "list", "data": models})
+        else:
+            wanted = path.removeprefix("/v1/models/")
+            found = [model for model in models if model["id"] == wanted]
+            if not found:
+                raise errors.model_not_found(wanted)
+            body = orjson.dumps(found[0])
+        await self._send_json(send, 200, body, cors, request_id)
+
+    # -- completions ------------------------------------------------------------------
+
+    async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise errors.body_too_large(MAX_BODY_BYTES)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise errors.invalid_request("The client went away.", param=None)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise errors.body_too_large(MAX_BODY_BYTES)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _completion(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[bytes, bytes],
+        cors: list[tuple[bytes, bytes]],
+        kind: str,
+        request_id: str,
+    ) -> None:
+        catalog, grant, contract = self._authorize(headers)
+        raw = await self._read_body(receive, headers)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            raise errors.invalid_request(
+                "We could not parse the JSON body of your request.", param=None
+            ) from error
+        if not isinstance(body, dict):
+            raise errors.invalid_request("The request body must be a JSON object.", param=None)
+        try:
+            bounds.validate_common(body)
+            if kind == "chat/completions":
+                bounds.validate_chat(body)
+                max_input = bounds.max_input_tokens_chat(body)
+            else:
+                bounds.validate_completion(body)
+                max_input = bounds.max_input_tokens_completion(body)
+            max_output = bounds.max_output_tokens(body)
+        except bounds.BodyError as error:
+            raise errors.invalid_request(str(error), param=error.param) from error
+        line = contract.lines.get(body["model"])
+        if line is None:
+            raise errors.model_not_found(body["model"])
+        if max_output is None:
+            # The engine must stop within the receipt's bound.
+            max_output = bounds.DEFAULT_MAX_OUTPUT_TOKENS
+            body["max_tokens"] = max_output
+        streaming = bool(body.get("stream"))
+        include_usage = continuous_usage = False
+        if streaming:
+            options = body.get("stream_options") or {}
+            include_usage = bool(options.get("include_usage"))
+            continuous_usage = bool(options.get("continuous_usage_stats"))
+            body["stream_options"] = {
+                **options,
+                "include_usage": True,
+                "continuous_usage_stats": True,
+            }
+        forwarded = orjson.dumps(body)
+        reservation = await self._reserve(catalog, grant, contract, line, max_input, max_output)
+        spent_tokens = spent_micros = 0
+        try:
+            spent_tokens, spent_micros = await self._route(
+                send=send,
+                receive=receive,
+                cors=cors,
+                kind=kind,
+                forwarded=forwarded,
+                catalog=catalog,
+                grant=grant,
+                line=line,
+                max_input=max_input,
+                max_output=max_output,
+                streaming=streaming,
+                include_usage=include_usage,
+                continuous_usage=continuous_usage,
+                request_id=request_id,
+            )
+        finally:
+            assert self.store is not None
+            await self.store.settle(reservation, tokens=spent_tokens, cost_micros=spent_micros)
+
+    async def _reserve(
+        self,
+        catalog: Catalog,
+        grant: KeyGrant,
+        contract: ContractView,
+        line: InferenceLine,
+        max_input: int,
+        max_output: int,
+    ) -> Reservation:
+        now = time.time()
+        moment = datetime.fromtimestamp(now, tz=UTC)
+        month = f"{moment.year:04d}{moment.month:02d}"
+        same_month = month == catalog.month
+        reservation = Reservation(
+            key_id=grant.key_id,
+            contract_id=contract.contract_id,
+            minute=int(now) // 60,
+            month=month,
+            requests_per_minute=grant.requests_per_minute
+            or self.config.default_requests_per_minute,
+            tokens_per_minute=grant.tokens_per_minute or self.config.default_tokens_per_minute,
+            tokens=max_input + max_output,
+            cost_micros=bounds.cost_micros(
+                input_tokens=max_input,
+                output_tokens=max_output,
+                input_price_ticks=line.input_price_ticks,
+                output_price_ticks=line.output_price_ticks,
+            ),
+            key_cap_micros=grant.cap_micros,
+            contract_cap_micros=contract.cap_micros,
+            key_seed_micros=catalog.key_spend_micros.get(grant.key_id, 0) if same_month else 0,
+            contract_seed_micros=(
+                catalog.contract_spend_micros.get(contract.contract_id, 0) if same_month else 0
+            ),
+        )
+        assert self.store is not None
+        refusal = await self.store.reserve(reservation)
+        if refusal is None:
+            return reservation
+        if refusal.is_budget:
+            whose = "API key" if refusal is Refusal.KEY_BUDGET else "contract"
+            raise errors.insufficient_quota(
+                f"This request could exceed the {whose}'s monthly spend cap.",
+                retry_after_s=_seconds_to_next_month(moment),
+            )
+        what = "requests" if refusal is Refusal.REQUESTS_PER_MINUTE else "tokens"
+        raise errors.rate_limited(
+            f"Rate limit reached: {what} per minute for this API key.",
+            retry_after_s=_seconds_to_next_minute(now),
+        )
+
+    def _receipt(
+        self,
+        *,
+        rid: str,
+        route_node: int,
+        agent: str,
+        grant: KeyGrant,
+        line: InferenceLine,
+        max_input: int,
+        max_output: int,
+        iat: int,
+    ) -> str:
+        return sign_receipt(
+            self._signing_key,
+            Receipt(
+                v=1,
+                rid=rid,
+                node=route_node,
+                agent=agent,
+                line=line.line_id,
+                key=grant.key_id,
+                product=line.product_slug,
+                max_input_tokens=max_input,
+                max_output_tokens=max_output,
+                iat=iat,
+            ),
+        )
+
+    async def _route(
+        self,
+        *,
+        send: Send,
+        receive: Receive,
+        cors: list[tuple[bytes, bytes]],
+        kind: str,
+        forwarded: bytes,
+        catalog: Catalog,
+        grant: KeyGrant,
+        line: InferenceLine,
+        max_input: int,
+        max_output: int,
+        streaming: bool,
+        include_usage: bool,
+        continuous_usage: bool,
+        request_id: str,
+    ) -> tuple[int, int]:
+        """Try nodes until one answers; return the tokens and micros to settle."""
+        routes = catalog.routes.get(line.product_slug, ())
+        tried: set[int] = set()
+        timed_out = False
+        assert self.agents is not None
+        for attempt_number in range(self.config.max_attempts):
+            candidates = self.router.candidates(
+                routes, exclude=tried, now=time.monotonic(), wall=time.time()
+            )
+            if not candidates:
+                break
+            route = candidates[0]
+            tried.add(route.node_id)
+            rid = request_id if attempt_number == 0 else _new_request_id()
+            iat = int(time.time())
+            receipt = self._receipt(
+                rid=rid,
+                route_node=route.node_id,
+                agent=route.agent_public_key,
+                grant=grant,
+                line=line,
+                max_input=max_input,
+                max_output=max_output,
+                iat=iat,
+            )
+            started = time.monotonic()
+            self.router.acquire(route.node_id)
+            outcome = _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
+            try:
+                outcome = await self._attempt(
+                    send=send,
+                    receive=receive,
+                    cors=cors,
+                    agent_url=route.agent_url,
+                    kind=kind,
+                    forwarded=forwarded,
+                    receipt=receipt,
+                    rid=rid,
+                    streaming=streaming,
+                    include_usage=include_usage,
+                    continuous_usage=continuous_usage,
+                    started=started,
+                )
+            finally:
+                self.router.release(route.node_id, ok=outcome.node_ok)
+                input_tokens = min(outcome.input_tokens, max_input)
+                output_tokens = min(outcome.output_tokens, max_output)
+                self.request_log.append(
+                    Attempt(
+                        request_id=rid,
+                        node_id=route.node_id,
+                        api_key_id=grant.key_id,
+                        line_id=line.line_id,
+                        product_slug=line.product_slug,
+                        max_input_tokens=max_input,
+                        max_output_tokens=max_output,
+                        issued_at=iat,
+                        status=outcome.status,
+                        input_tokens=input_tokens,
+                        output_tokens=output_tokens,
+                        time_to_first_token_ms=outcome.time_to_first_token_ms,
+                        duration_ms=int((time.monotonic() - started) * 1000),
+                    )
+                )
+            if outcome.first_byte_sent:
+                return input_tokens + output_tokens, bounds.cost_micros(
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    input_price_ticks=line.input_price_ticks,
+                    output_price_ticks=line.output_price_ticks,
+                )
+            timed_out = outcome.status == STATUS_UPSTREAM_TIMEOUT
+        if timed_out:
+            raise errors.upstream_timeout()
+        raise errors.no_healthy_node(line.product_slug)
+
+    async def _attempt(
+        self,
+        *,
+        send: Send,
+        receive: Receive,
+        cors: list[tuple[bytes, bytes]],
+        agent_url: str,
+        kind: str,
+        forwarded: bytes,
+        receipt: str,
+        rid: str,
+        streaming: bool,
+        include_usage: bool,
+        continuous_usage: bool,
+        started: float,
+    ) -> _Outcome:
+        assert self.agents is not None
+        try:
+            response = await self.agents.post(
+                agent_url=agent_url, kind=kind, body=forwarded, receipt=receipt
+            )
+        except UpstreamTimeout:
+            return _Outcome(status=STATUS_UPSTREAM_TIMEOUT, node_ok=False)
+        except UpstreamFailed:
+            return _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
+        try:
+            if response.status != 200:
+                return await self._relay_refusal(send, cors, response, rid)
+            if streaming:
+                return await self._relay_stream(
+                    send, receive, cors, response, rid, include_usage, continuous_usage, started
+                )
+            return await self._relay_answer(send, cors, response, rid, started)
+        finally:
+            response.close()
+
+    async def _relay_refusal(
+        self, send: Send, cors: list[tuple[bytes, bytes]], response: AgentResponse, rid: str
+    ) -> _Outcome:
+        """A non-200 answer: the node's fault (fail over) or the request's (relay it)."""
+        if response.status >= 500 or response.status in _NODE_FAULT_STATUSES:
+            return _Outcome(status=response.status, node_ok=False)
+        try:
+            body = await response.read()
+        except UpstreamTimeout:
+            return _Outcome(status=STATUS_UPSTREAM_TIMEOUT, node_ok=False)
+        except UpstreamFailed:
+            return _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
+        await self._send_json(send, response.status, body, cors, rid)
+        return _Outcome(status=response.status, node_ok=True, first_byte_sent=True)
+
+    async def _relay_answer(
+        self,
+        send: Send,
+        cors: list[tuple[bytes, bytes]],
+        response: AgentResponse,
+        rid: str,
+        started: float,
+    ) -> _Outcome:
+        try:
+            body = await response.read()
+        except UpstreamTimeout:
+            return _Outcome(status=STATUS_UPSTREAM_TIMEOUT, node_ok=False)
+        except UpstreamFailed:
+            return _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
+        try:
+            usage = orjson.loads(body).get("usage") or {}
+            input_tokens = int(usage["prompt_tokens"])
+            output_tokens = int(usage["completion_tokens"])
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            # An answer without usage cannot be settled or witnessed: the node is at fault.
+            return _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
+        ttft_ms = int((time.monotonic() - started) * 1000)
+        await self._send_json(send, 200, body, cors, rid)
+        return _Outcome(
+            status=200,
+            node_ok=True,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            first_byte_sent=True,
+            time_to_first_token_ms=ttft_ms,
+        )
+
+    async def _relay_stream(
+        self,
+        send: Send,
+        receive: Receive,
+        cors: list[tuple[bytes, bytes]],
+        response: AgentResponse,
+        rid: str,
+        include_usage: bool,
+        continuous_usage: bool,
+        started: float,
+    ) -> _Outcome:
+        relay = EventRelay(include_usage=include_usage, continuous_usage=continuous_usage)
+        outcome = _Outcome(status=200, node_ok=True)
+        buyer_gone = asyncio.Event()
+
+        async def watch_buyer() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    buyer_gone.set()
+                    response.close()
+                    return
+
+        watcher = asyncio.create_task(watch_buyer())
+        try:
+            async for chunk in response.chunks():
+                out = relay.feed(chunk)
+                if not relay.events:
+                    continue
+                if not outcome.first_byte_sent:
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [
+                                (b"content-type", b"text/event-stream; charset=utf-8"),
+                                (b"cache-control", b"no-cache"),
+                                (b"x-request-id", rid.encode()),
+                                *cors,
+                            ],
+                        }
+                    )
+                    outcome.first_byte_sent = True
+                    outcome.time_to_first_token_ms = int((time.monotonic() - started) * 1000)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                relay.mark_relayed()
+        except UpstreamFailed as error:
+            if buyer_gone.is_set():
+                outcome.status, outcome.node_ok = STATUS_BUYER_GONE, None
+            else:
+                timeout = isinstance(error, UpstreamTimeout)
+                outcome.status = STATUS_UPSTREAM_TIMEOUT if timeout else STATUS_UPSTREAM_FAILED
+                outcome.node_ok = False
+                if outcome.first_byte_sent:
+                    await self._end_stream_with_error(send, timeout=timeout)
+        except OSError:
+            # The server could not write to the buyer: gone.
+            outcome.status, outcome.node_ok = STATUS_BUYER_GONE, None
+        else:
+            if buyer_gone.is_set():
+                outcome.status, outcome.node_ok = STATUS_BUYER_GONE, None
+            elif not outcome.first_byte_sent:
+                # The agent ended the stream without a single event.
+                outcome.status, outcome.node_ok = STATUS_UPSTREAM_FAILED, False
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+        outcome.input_tokens = relay.relayed.prompt_tokens
+        outcome.output_tokens = relay.relayed.completion_tokens
+        return outcome
+
+    async def _end_stream_with_error(self, send: Send, *, timeout: bool) -> None:
+        error = errors.upstream_timeout() if timeout else None
+        body = (
+            error.body
+            if error is not None
+            else errors.error_body(
+                message="The node serving this request stopped mid-stream.",
+                type="server_error",
+                code="upstream_failed",
+            )
+        )
+        with contextlib.suppress(OSError):
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + body + b"\n\n",
+                    "more_body": False,
+                }
+            )
+
+
+def create_app() -> Gateway:
+    return Gateway()

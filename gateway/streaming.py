@@ -1,0 +1,102 @@
+"""Server-sent events as they pass through: usage read, and dropped where not asked for.
+
+The gateway always asks the agent for usage on every chunk (``include_usage`` and
+``continuous_usage_stats``), so it knows the tokens relayed so far at any moment. The
+buyer gets usage only as asked: none without ``stream_options.include_usage``; with it,
+the final usage chunk (empty ``choices``), and on every chunk only with
+``continuous_usage_stats``. Events are edited as bytes (a regular expression finds the
+``usage`` member) instead of parsed and re-encoded: it is the streaming path's main
+cost per token.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# `"usage": null` or `"usage": {…}` (one level of nested objects, e.g. *_tokens_details),
+# with the comma that joins it to its neighbour.
+_USAGE_MEMBER = rb'"usage"\s*:\s*(?:null|\{(?:[^{}]|\{[^{}]*\})*\})'
+_USAGE_WITH_COMMA_BEFORE = re.compile(rb",\s*" + _USAGE_MEMBER)
+_USAGE_WITH_COMMA_AFTER = re.compile(_USAGE_MEMBER + rb"\s*,?")
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_EVENT_END = b"\n\n"
+
+
+@dataclass(slots=True)
+class UsageSeen:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # Set once the agent reported usage at all.
+    reported: bool = False
+
+
+def read_usage(event: bytes, usage: UsageSeen) -> None:
+    match = _USAGE.search(event)
+    if match is None:
+        return
+    tail = event[match.end() - 1 :]
+    prompt = _PROMPT_TOKENS.search(tail)
+    completion = _COMPLETION_TOKENS.search(tail)
+    if prompt is not None:
+        usage.prompt_tokens = int(prompt.group(1))
+    if completion is not None:
+        usage.completion_tokens = int(completion.group(1))
+    usage.reported = True
+
+
+def _strip_usage(event: bytes) -> bytes:
+    stripped, count = _USAGE_WITH_COMMA_BEFORE.subn(b"", event, count=1)
+    if count:
+        return stripped
+    return _USAGE_WITH_COMMA_AFTER.sub(b"", event, count=1)
+
+
+class EventRelay:
+    """Splits the agent's byte stream into events and edits them for the buyer."""
+
+    def __init__(self, *, include_usage: bool, continuous_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.continuous_usage = continuous_usage
+        self.usage = UsageSeen()
+        self._buffer = b""
+        # Usage as of the events handed out so far (the tokens relayed to the buyer).
+        self.relayed = UsageSeen()
+        self.events = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete events in ``chunk`` (plus what was buffered), edited for the buyer."""
+        data = self._buffer + chunk if self._buffer else chunk
+        end = data.rfind(_EVENT_END)
+        if end < 0:
+            self._buffer = data
+            return b""
+        complete, self._buffer = data[: end + 2], data[end + 2 :]
+        if self.include_usage and self.continuous_usage:
+            for event in complete.split(_EVENT_END)[:-1]:
+                read_usage(event, self.usage)
+                self.events += 1
+            return complete
+        out: list[bytes] = []
+        for event in complete.split(_EVENT_END)[:-1]:
+            self.events += 1
+            if b'"usage"' not in event:
+                out.append(event)
+                continue
+            read_usage(event, self.usage)
+            if _EMPTY_CHOICES.search(event):
+                if self.include_usage:
+                    out.append(event)
+                continue
+            out.append(_strip_usage(event))
+        if not out:
+            return b""
+        return _EVENT_END.join(out) + _EVENT_END
+
+    def mark_relayed(self) -> None:
+        self.relayed.prompt_tokens = self.usage.prompt_tokens
+        self.relayed.completion_tokens = self.usage.completion_tokens
+        self.relayed.reported = self.usage.reported
