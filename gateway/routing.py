@@ -1,5 +1,8 @@
 """Which node serves a request: least outstanding requests among healthy nodes.
 
+Ties go to the node picked least recently (round robin among equals), so the order is
+deterministic for a given sequence of requests.
+
 Each gateway process counts the requests it has in flight per node and keeps a circuit
 breaker per node: ``FAILURES_TO_OPEN`` consecutive failures (refused connection, 5xx,
 timeout, an agent refusing its receipt) set the node aside for ``cooldown_s``; then one
@@ -11,7 +14,6 @@ process saw.
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 
@@ -25,6 +27,8 @@ class NodeHealth:
     # Monotonic time until which the node is set aside; 0 = closed.
     open_until: float = 0.0
     probing: bool = False
+    # Sequence number of the last time this node was picked (0 = never).
+    last_picked: int = 0
 
 
 class Router:
@@ -32,6 +36,7 @@ class Router:
         self.failures_to_open = failures_to_open
         self.cooldown_s = cooldown_s
         self._health: dict[int, NodeHealth] = {}
+        self._picks = 0
 
     def health(self, node_id: int) -> NodeHealth:
         health = self._health.get(node_id)
@@ -42,21 +47,23 @@ class Router:
     def candidates(
         self, routes: tuple[NodeRoute, ...], *, exclude: set[int], now: float, wall: float
     ) -> list[NodeRoute]:
-        """Usable nodes, best first (least outstanding; ties in random order)."""
-        usable: list[tuple[int, float, NodeRoute]] = []
+        """Usable nodes, best first (least outstanding, then least recently picked)."""
+        usable: list[tuple[int, int, NodeRoute]] = []
         for route in routes:
             if route.node_id in exclude or (route.blocked and route.is_blocked(wall)):
                 continue
             health = self.health(route.node_id)
             if health.open_until and (now < health.open_until or health.probing):
                 continue
-            usable.append((health.outstanding, random.random(), route))  # noqa: S311
+            usable.append((health.outstanding, health.last_picked, route))
         usable.sort(key=lambda item: (item[0], item[1]))
         return [route for _, _, route in usable]
 
     def acquire(self, node_id: int) -> None:
         health = self.health(node_id)
         health.outstanding += 1
+        self._picks += 1
+        health.last_picked = self._picks
         if health.open_until and time.monotonic() >= health.open_until:
             health.probing = True
 
