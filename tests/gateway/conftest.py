@@ -19,7 +19,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
@@ -40,7 +39,7 @@ GATEWAY_PORT = PORT_BASE
 SECOND_GATEWAY_PORT = PORT_BASE + 1
 AGENT_PORTS = (PORT_BASE + 2, PORT_BASE + 3, PORT_BASE + 4)
 STORE_URL = os.environ.get("GATEWAY_TEST_STORE_URL", "redis://127.0.0.1:6379/13")
-POLL_TOKEN = "gateway-test-poll-token"  # noqa: S105 - a test agent's token
+POLL_TOKEN = "gateway-test-poll-token"
 PRODUCT = "llama-3.1-8b-instruct"  # 0.0500 in, 0.0800 out per million tokens
 OTHER_PRODUCT = "llama-3.1-70b-instruct"
 
@@ -69,12 +68,12 @@ class Agent:
         return f"http://127.0.0.1:{self.port}"
 
     def inject(self, fault: str, **options: object) -> None:
-        request = urllib.request.Request(  # noqa: S310 - loopback
+        request = urllib.request.Request(
             f"{self.url}/_admin/faults",
             data=json.dumps({"fault": fault, **options}).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=5):  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5):
             pass
 
 
@@ -84,7 +83,7 @@ def agents(tmp_path_factory) -> Iterator[list[Agent]]:
     started: list[Agent] = []
     try:
         for index, port in enumerate(AGENT_PORTS):
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            process = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -239,7 +238,11 @@ def logged(request_id: str, *, timeout_s: float = 5.0) -> InferenceRequest:
 def logged_rows(*, count: int, timeout_s: float = 5.0) -> list[InferenceRequest]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        rows = list(InferenceRequest.objects.filter(logged_at__isnull=False).order_by("issued_at", "logged_at"))
+        rows = list(
+            InferenceRequest.objects.filter(logged_at__isnull=False).order_by(
+                "issued_at", "logged_at"
+            )
+        )
         if len(rows) >= count:
             return rows
         time.sleep(0.1)
