@@ -48,16 +48,16 @@ class Router:
         self, routes: tuple[NodeRoute, ...], *, exclude: set[int], now: float, wall: float
     ) -> list[NodeRoute]:
         """Usable nodes, best first (least outstanding, then least recently picked)."""
-        usable: list[tuple[int, int, NodeRoute]] = []
-        for route in routes:
+        usable: list[tuple[int, int, int, NodeRoute]] = []
+        for position, route in enumerate(routes):
             if route.node_id in exclude or (route.blocked and route.is_blocked(wall)):
                 continue
             health = self.health(route.node_id)
             if health.open_until and (now < health.open_until or health.probing):
                 continue
-            usable.append((health.outstanding, health.last_picked, route))
-        usable.sort(key=lambda item: (item[0], item[1]))
-        return [route for _, _, route in usable]
+            usable.append((health.outstanding, health.last_picked, position, route))
+        usable.sort(key=lambda item: item[:3])
+        return [item[3] for item in usable]
 
     def acquire(self, node_id: int) -> None:
         health = self.health(node_id)
