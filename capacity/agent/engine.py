@@ -28,7 +28,6 @@ The simulator is deterministic, as docs/gateway.md "The simulator's engine" says
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -84,7 +83,11 @@ class EngineAnswer:
 
 class Engine(Protocol):
     async def open(self, endpoint: str, body: bytes) -> EngineAnswer:
-        """Send ``body`` to ``/v1/<endpoint>`` and return the answer as it starts."""
+        """Send ``body`` to ``/v1/<endpoint>`` and return the answer as it starts.
+
+        Raises ``EngineUnavailable`` when the engine cannot be reached and
+        ``EngineDisconnected`` when it hangs up before answering.
+        """
 
 
 @dataclass(frozen=True)
@@ -364,8 +367,11 @@ class HttpEngine:
                 data=body,
                 headers={"Content-Type": "application/json"},
             )
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except aiohttp.ClientConnectorError as error:
             raise EngineUnavailable(f"engine at {self.base_url}: {error}") from error
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # Connected, sent, then no answer: the engine may have worked on it.
+            raise EngineDisconnected(f"engine at {self.base_url}: {error}") from error
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -391,16 +397,39 @@ def abort_connection(request: web.Request) -> None:
         request.transport.abort()
 
 
-async def serve_engine(request: web.Request, engine: Engine, endpoint: str) -> web.StreamResponse:
-    """An engine on HTTP, bytes as they come; a cut engine cuts the connection too."""
-    answer = await engine.open(endpoint, await request.read())
+class AnswerObserver(Protocol):
+    """Sees what was relayed to the client (``inference.UsageMeter``)."""
+
+    def feed_stream(self, data: bytes) -> None: ...
+
+    def feed_whole(self, body: bytes) -> None: ...
+
+
+def _cut_connection(request: web.Request) -> web.Response:
+    abort_connection(request)
+    return web.Response(status=502)
+
+
+async def write_answer(
+    request: web.Request,
+    answer: EngineAnswer,
+    *,
+    observer: AnswerObserver | None = None,
+    whole_cut: Callable[[web.Request], web.Response] = _cut_connection,
+) -> web.StreamResponse:
+    """Send ``answer`` to the client: a stream chunk by chunk as it comes, anything else
+    whole. A cut stream cuts the client's connection too (a short stream must not look
+    complete); a cut whole answer is ``whole_cut``'s (by default: cut as well). A client
+    that leaves ends the relay; ``observer`` has then seen exactly what it was sent.
+    """
     try:
         if not answer.is_stream:
             try:
                 body = b"".join([chunk async for chunk in answer.chunks])
             except EngineDisconnected:
-                abort_connection(request)
-                return web.Response(status=answer.status)
+                return whole_cut(request)
+            if observer is not None and answer.status == 200:
+                observer.feed_whole(body)
             return web.Response(
                 body=body, status=answer.status, headers={"Content-Type": answer.content_type}
             )
@@ -412,11 +441,18 @@ async def serve_engine(request: web.Request, engine: Engine, endpoint: str) -> w
         try:
             async for chunk in answer.chunks:
                 await response.write(chunk)
+                if observer is not None:
+                    observer.feed_stream(chunk)
+            await response.write_eof()
         except EngineDisconnected:
             abort_connection(request)
-            return response
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
+        except ConnectionError:
+            pass  # the client left
         return response
     finally:
         await answer.aclose()
+
+
+async def serve_engine(request: web.Request, engine: Engine, endpoint: str) -> web.StreamResponse:
+    """An engine on HTTP, bytes as they come; a cut engine cuts the connection."""
+    return await write_answer(request, await engine.open(endpoint, await request.read()))

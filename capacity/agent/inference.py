@@ -27,19 +27,14 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from capacity.agent.engine import (
-    Engine,
-    EngineDisconnected,
-    EngineUnavailable,
-    abort_connection,
-)
+from capacity.agent.engine import Engine, EngineDisconnected, EngineUnavailable, write_answer
 from capacity.agent.journal import Journal
 from capacity.agent.protocol import time_from_unix, usage_fields
 from capacity.agent.receipts import RECEIPT_HEADER, Receipt, ReceiptError, parse_receipt
@@ -172,6 +167,14 @@ def receipt_record_fields(served: ServedRequest, *, gpu_uuid: str) -> dict[str, 
     )
     fields["workload"] = {"kind": "inference", "ref": receipt.rid, "receipt": served.token}
     return fields
+
+
+def record_tokens(fields: Mapping[str, object]) -> tuple[int, int]:
+    """``(input_tokens, output_tokens)`` of a record's fields."""
+    input_tokens, output_tokens = fields["input_tokens"], fields["output_tokens"]
+    if not isinstance(input_tokens, int) or not isinstance(output_tokens, int):
+        raise TypeError("a record's tokens are integers")
+    return input_tokens, output_tokens
 
 
 def _usage_pair(usage: object) -> tuple[int, int] | None:
@@ -327,31 +330,8 @@ async def _relay(
         answer = await engine.open(endpoint, body)
     except EngineUnavailable:
         return _error(502, "engine_unavailable")
-    try:
-        if not answer.is_stream:
-            try:
-                whole = b"".join([chunk async for chunk in answer.chunks])
-            except EngineDisconnected:
-                return _error(502, "engine_disconnected")
-            if answer.status == 200:
-                meter.feed_whole(whole)
-            return web.Response(
-                body=whole, status=answer.status, headers={"Content-Type": answer.content_type}
-            )
-        response = web.StreamResponse(
-            status=answer.status,
-            headers={"Content-Type": answer.content_type, "Cache-Control": "no-cache"},
-        )
-        await response.prepare(request)
-        try:
-            async for chunk in answer.chunks:
-                await response.write(chunk)
-                meter.feed_stream(chunk)
-            await response.write_eof()
-        except EngineDisconnected:
-            abort_connection(request)
-        except ConnectionError:
-            pass  # the client left: what it received is what was served
-        return response
-    finally:
-        await answer.aclose()
+    except EngineDisconnected:
+        return _error(502, "engine_disconnected")
+    return await write_answer(
+        request, answer, observer=meter, whole_cut=lambda _: _error(502, "engine_disconnected")
+    )

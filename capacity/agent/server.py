@@ -43,6 +43,7 @@ from capacity.agent.inference import (
     JournalReceiptLedger,
     ServedRequest,
     receipt_record_fields,
+    record_tokens,
     serve_inference,
 )
 from capacity.agent.protocol import (
@@ -203,11 +204,11 @@ class AgentService:
     def journal_receipt(self, served: ServedRequest) -> None:
         """Append the request's one record, on the node's first GPU (docs/gateway.md 6)."""
         fields = receipt_record_fields(served, gpu_uuid=self.recorder.inventory()[0].uuid)
+        input_tokens, output_tokens = record_tokens(fields)
         totals = {
             "records": self.receipt_totals["records"] + 1,
-            "input_tokens": self.receipt_totals["input_tokens"] + int(str(fields["input_tokens"])),
-            "output_tokens": self.receipt_totals["output_tokens"]
-            + int(str(fields["output_tokens"])),
+            "input_tokens": self.receipt_totals["input_tokens"] + input_tokens,
+            "output_tokens": self.receipt_totals["output_tokens"] + output_tokens,
         }
         self.recorder.journal.append([fields], meta={self.META_RECEIPT_TOTALS: totals})
         self.receipt_totals = totals
