@@ -24,6 +24,8 @@ class GatewayProcess:
     server: str = "granian"
     host: str = "127.0.0.1"
     log_path: Path | None = None
+    # cProfile stats of a one-process gateway written here on exit (``--profile``).
+    profile_path: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -41,6 +43,7 @@ class GatewayProcess:
                 f"--port={self.port}",
                 f"--workers={self.workers}",
                 f"--server={self.server}",
+                *([f"--profile={self.profile_path}"] if self.profile_path else []),
             ],
             cwd=ROOT,
             env={**os.environ, **self.env},

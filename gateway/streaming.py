@@ -55,6 +55,13 @@ def _strip_usage(event: bytes) -> bytes:
     return _USAGE_WITH_COMMA_AFTER.sub(b"", event, count=1)
 
 
+def _strip_all_usage(events: bytes) -> bytes:
+    stripped = _USAGE_WITH_COMMA_BEFORE.sub(b"", events)
+    if b'"usage"' in stripped:
+        stripped = _USAGE_WITH_COMMA_AFTER.sub(b"", stripped)
+    return stripped
+
+
 class EventRelay:
     """Splits the agent's byte stream into events and edits them for the buyer."""
 
@@ -68,30 +75,37 @@ class EventRelay:
         self.events = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        """The complete events in ``chunk`` (plus what was buffered), edited for the buyer."""
+        """The complete events in ``chunk`` (plus what was buffered), edited for the buyer.
+
+        Work per batch, not per event, where it can be: the usage is read from the last
+        event that carries one (it supersedes the others), and the usage members are
+        removed by one substitution over the batch; only a batch holding the final
+        usage chunk (empty ``choices``) is taken apart event by event.
+        """
         data = self._buffer + chunk if self._buffer else chunk
         end = data.rfind(_EVENT_END)
         if end < 0:
             self._buffer = data
             return b""
         complete, self._buffer = data[: end + 2], data[end + 2 :]
-        if self.include_usage and self.continuous_usage:
-            for event in complete.split(_EVENT_END)[:-1]:
-                read_usage(event, self.usage)
-                self.events += 1
+        self.events += complete.count(_EVENT_END)
+        last = complete.rfind(b'"usage"')
+        if last < 0:
             return complete
+        read_usage(complete[last:], self.usage)
+        if self.include_usage and self.continuous_usage:
+            return complete
+        if _EMPTY_CHOICES.search(complete) is None:
+            return _strip_all_usage(complete)
         out: list[bytes] = []
         for event in complete.split(_EVENT_END)[:-1]:
-            self.events += 1
             if b'"usage"' not in event:
                 out.append(event)
-                continue
-            read_usage(event, self.usage)
-            if _EMPTY_CHOICES.search(event):
+            elif _EMPTY_CHOICES.search(event):
                 if self.include_usage:
                     out.append(event)
-                continue
-            out.append(_strip_usage(event))
+            else:
+                out.append(_strip_usage(event))
         if not out:
             return b""
         return _EVENT_END.join(out) + _EVENT_END

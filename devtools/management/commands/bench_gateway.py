@@ -238,6 +238,9 @@ class Command(BaseCommand):
         parser.add_argument("--fleet-port", type=int, default=9650)
         parser.add_argument("--gateway-port", type=int, default=9651)
         parser.add_argument("--skip", action="append", default=[], help="fixed_rate|streams|ramp")
+        parser.add_argument(
+            "--profile", type=Path, help="run one gateway process under cProfile, stats here"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         with tempfile.TemporaryDirectory() as directory:
@@ -250,6 +253,7 @@ class Command(BaseCommand):
                     workers=options["workers"],
                     env=self._gateway_env(options),
                     log_path=Path(directory) / "gateway.log",
+                    profile_path=options["profile"],
                 )
                 with gateway:
                     assert gateway.process is not None
