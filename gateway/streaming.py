@@ -48,13 +48,6 @@ def read_usage(event: bytes, usage: UsageSeen) -> None:
     usage.reported = True
 
 
-def _strip_usage(event: bytes) -> bytes:
-    stripped, count = _USAGE_WITH_COMMA_BEFORE.subn(b"", event, count=1)
-    if count:
-        return stripped
-    return _USAGE_WITH_COMMA_AFTER.sub(b"", event, count=1)
-
-
 def _strip_all_usage(events: bytes) -> bytes:
     stripped = _USAGE_WITH_COMMA_BEFORE.sub(b"", events)
     if b'"usage"' in stripped:
@@ -79,8 +72,8 @@ class EventRelay:
 
         Work per batch, not per event, where it can be: the usage is read from the last
         event that carries one (it supersedes the others), and the usage members are
-        removed by one substitution over the batch; only a batch holding the final
-        usage chunk (empty ``choices``) is taken apart event by event.
+        removed by one substitution over the batch, around the final usage chunk
+        (empty ``choices``) when the batch holds it.
         """
         data = self._buffer + chunk if self._buffer else chunk
         end = data.rfind(_EVENT_END)
@@ -95,20 +88,16 @@ class EventRelay:
         read_usage(complete[last:], self.usage)
         if self.include_usage and self.continuous_usage:
             return complete
-        if _EMPTY_CHOICES.search(complete) is None:
+        final = _EMPTY_CHOICES.search(complete)
+        if final is None:
             return _strip_all_usage(complete)
-        out: list[bytes] = []
-        for event in complete.split(_EVENT_END)[:-1]:
-            if b'"usage"' not in event:
-                out.append(event)
-            elif _EMPTY_CHOICES.search(event):
-                if self.include_usage:
-                    out.append(event)
-            else:
-                out.append(_strip_usage(event))
-        if not out:
-            return b""
-        return _EVENT_END.join(out) + _EVENT_END
+        # The final usage chunk: kept whole with include_usage, dropped without.
+        start = complete.rfind(_EVENT_END, 0, final.start())
+        start = 0 if start < 0 else start + 2
+        stop = complete.find(_EVENT_END, final.end()) + 2
+        before, after = complete[:start], complete[stop:]
+        kept = complete[start:stop] if self.include_usage else b""
+        return _strip_all_usage(before) + kept + _strip_all_usage(after)
 
     def mark_relayed(self) -> None:
         self.relayed.prompt_tokens = self.usage.prompt_tokens

@@ -379,6 +379,7 @@ class Command(BaseCommand):
             "store": "redis" if options["store_url"] else "memory",
             "nodes": options["nodes"],
             "cpu_count": os.cpu_count(),
+            "load_average_before": round(os.getloadavg()[0], 2),
         }
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=120)
@@ -433,6 +434,7 @@ class Command(BaseCommand):
                     "levels": levels,
                     "max_rps": max(level["rps"] for level in levels),
                 }
+        report["load_average_after"] = round(os.getloadavg()[0], 2)
         return report
 
 
