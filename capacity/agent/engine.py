@@ -28,6 +28,7 @@ The simulator is deterministic, as docs/gateway.md "The simulator's engine" says
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -275,17 +276,24 @@ class _Generation:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    def _chunk(self, choice: dict[str, object] | None, completion_tokens: int) -> bytes:
-        chunk: dict[str, object] = {
+    @functools.cached_property
+    def _chunk_head(self) -> bytes:
+        """``data: {"id":…,"object":…,"created":…,"model":…,`` shared by every chunk."""
+        head = {
             "id": self.ident,
             "object": f"{self.object}.chunk" if self.chat else self.object,
             "created": self.created,
             "model": self.request.model,
-            "choices": [] if choice is None else [choice],
         }
+        return b"data: " + _dumps(head)[:-1] + b","
+
+    def _chunk(self, choice: dict[str, object] | None, completion_tokens: int) -> bytes:
+        """One SSE event; assembled from pieces (one per token: keep it cheap)."""
+        choices = b'"choices":[]' if choice is None else b'"choices":[' + _dumps(choice) + b"]"
         if self.request.continuous_usage or choice is None:
-            chunk["usage"] = self.usage(completion_tokens)
-        return b"data: " + _dumps(chunk) + b"\n\n"
+            usage = b',"usage":' + _dumps(self.usage(completion_tokens))
+            return self._chunk_head + choices + usage + b"}\n\n"
+        return self._chunk_head + choices + b"}\n\n"
 
     def _token_choice(self, index: int) -> dict[str, object]:
         finish = "length" if index == self.request.max_tokens - 1 else None

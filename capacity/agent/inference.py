@@ -202,10 +202,21 @@ def _has_content(choices: object) -> bool:
 
 
 class UsageMeter:
-    """Reads the usage out of what was relayed: SSE events or one whole JSON answer."""
+    """Reads the usage out of what was relayed: SSE events or one whole JSON answer.
+
+    Streams are read cheaply, as most of a stream is tokens: only the last event that
+    carries a ``usage`` object is kept (raw) and parsed once at the end; events are
+    parsed one by one only while none has carried one, to count content chunks for an
+    engine that reports no usage.
+    """
+
+    # A "usage" key with an object value (OpenAI sends "usage":null on other chunks);
+    # such bytes cannot occur inside a JSON string, where quotes are escaped.
+    _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 
     def __init__(self) -> None:
-        self.usage: tuple[int, int] | None = None
+        self._usage: tuple[int, int] | None = None
+        self._last_usage_event: bytes | None = None
         self.content_chunks = 0
         self._partial = b""
 
@@ -214,7 +225,7 @@ class UsageMeter:
             return
         usage = _usage_pair(event.get("usage"))
         if usage is not None:
-            self.usage = usage
+            self._usage = usage
         if _has_content(event.get("choices")):
             self.content_chunks += 1
 
@@ -227,24 +238,37 @@ class UsageMeter:
             payload = line[5:].strip()
             if not payload or payload == b"[DONE]":
                 continue
-            try:
-                self._observe(json.loads(payload))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                continue
+            if any(marker in payload for marker in self._USAGE_MARKERS):
+                self._last_usage_event = payload
+            elif self._last_usage_event is None:
+                self._parse(payload)
 
-    def feed_whole(self, body: bytes) -> None:
+    def _parse(self, payload: bytes) -> None:
         try:
-            self._observe(json.loads(body))
+            self._observe(json.loads(payload))
         except (UnicodeDecodeError, json.JSONDecodeError):
             return
 
+    def feed_whole(self, body: bytes) -> None:
+        self._parse(body)
+
+    @property
+    def usage(self) -> tuple[int, int] | None:
+        """``(prompt, completion)`` tokens the engine last reported, if it did."""
+        if self._last_usage_event is not None:
+            event, self._last_usage_event = self._last_usage_event, None
+            self._parse(event)
+        return self._usage
+
     @property
     def input_tokens(self) -> int:
-        return 0 if self.usage is None else self.usage[0]
+        usage = self.usage
+        return 0 if usage is None else usage[0]
 
     @property
     def output_tokens(self) -> int:
-        return self.content_chunks if self.usage is None else self.usage[1]
+        usage = self.usage
+        return self.content_chunks if usage is None else usage[1]
 
 
 def engine_body(request: dict[str, Any], receipt: Receipt) -> bytes:

@@ -6,6 +6,7 @@ The gateway's side is played by the test: it holds a platform key, signs receipt
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -153,6 +154,8 @@ def test_a_replay_after_a_restart_is_refused(tmp_path: Path, launcher: Launcher)
         assert (replay.status_code, replay.json()) == (409, {"error": "receipt_replayed"})
         records = all_records(client, restarted.url, _public_key(client, restarted))
         assert list(receipt_records(records)) == [rid]
+        truth = client.get(f"{restarted.url}/v1/_sim/truth").json()
+        assert truth["receipts"] == {"records": 1, "input_tokens": 15, "output_tokens": 2}
 
 
 def test_without_a_platform_key_no_receipt_is_accepted(tmp_path: Path, launcher: Launcher) -> None:
@@ -544,3 +547,70 @@ def test_an_unreachable_engine_is_a_502_and_a_record_with_no_tokens(
         assert (response.status_code, response.json()) == (502, {"error": "engine_unavailable"})
         record = _record(client, agent, rid)
     assert (record["input_tokens"], record["output_tokens"], record["requests"]) == (0, 0, 1)
+
+
+def test_concurrent_requests_with_one_receipt_are_served_once(
+    client: httpx.Client, agent: Process
+) -> None:
+    rid, token = _receipt(client, agent)
+
+    async def send_all() -> list[int]:
+        async with httpx.AsyncClient(timeout=10) as session:
+            responses = await asyncio.gather(
+                *(
+                    session.post(
+                        f"{agent.url}{CHAT}",
+                        json=chat_body(max_tokens=2),
+                        headers={RECEIPT_HEADER: token},
+                    )
+                    for _ in range(8)
+                )
+            )
+        return sorted(response.status_code for response in responses)
+
+    assert asyncio.run(send_all()) == [200] + [409] * 7
+    assert _record(client, agent, rid)["output_tokens"] == 2
+
+
+def test_a_stalled_engine_answers_whole_after_the_stall(agent: Process) -> None:
+    _fault(agent, fault="engine_stall", delay_ms=400)
+    began = time.monotonic()
+
+    response = httpx.post(
+        f"{agent.url}/engine/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=5
+    )
+
+    assert time.monotonic() - began >= 0.4
+    assert response.json()["usage"] == {
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "total_tokens": 3,
+    }
+
+
+def test_an_under_report_is_journaled_as_reported(client: httpx.Client, agent: Process) -> None:
+    _fault(agent, fault="engine_misreport", factor="0.5")
+    rid, token = _receipt(client, agent)
+
+    events = sse_events(_post(agent, CHAT, token, chat_body(max_tokens=5, stream=True)).content)
+
+    assert events[-2]["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+    record = _record(client, agent, rid)
+    assert (record["input_tokens"], record["output_tokens"]) == (7, 2)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"fault": "engine_misreport", "factor": "many"},
+        {"fault": "engine_misreport", "factor": -1},
+        {"fault": "engine_misreport", "factor": "NaN"},
+        {"fault": "engine_misreport", "factor": True},
+        {"fault": "engine_cut", "after_tokens": -1},
+        {"fault": "engine_stall", "delay_ms": "long"},
+    ],
+)
+def test_bad_engine_faults_are_refused(agent: Process, payload: dict[str, Any]) -> None:
+    response = httpx.post(f"{agent.url}/_admin/faults", json=payload, timeout=5)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_fault"
