@@ -201,6 +201,11 @@ class Gateway:
                 raise errors.not_found(path)
         except GatewayError as error:
             await self._send_error(send, error, cors, request_id)
+        except Exception:
+            # The shared store unreachable, a bug: refuse in OpenAI's shape (budgets fail
+            # closed: nothing is forwarded without a reservation).
+            logger.exception("gateway request %s failed", request_id)
+            await self._send_error(send, errors.internal_error(), cors, request_id)
 
     # -- responses --------------------------------------------------------------------
 
@@ -615,7 +620,7 @@ class Gateway:
             return _Outcome(status=STATUS_UPSTREAM_TIMEOUT, node_ok=False)
         except UpstreamFailed:
             return _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
-        await self._send_json(send, response.status, body, cors, rid)
+        await self._send_json(send, response.status, errors.openai_shaped(body), cors, rid)
         return _Outcome(status=response.status, node_ok=True, first_byte_sent=True)
 
     async def _relay_answer(

@@ -118,3 +118,32 @@ def method_not_allowed() -> GatewayError:
     return GatewayError(
         405, message="Method not allowed.", type="invalid_request_error", code="method_not_allowed"
     )
+
+
+def internal_error() -> GatewayError:
+    return GatewayError(
+        500,
+        message="The gateway failed to handle this request; retry shortly.",
+        type="server_error",
+        code="internal_error",
+    )
+
+
+def openai_shaped(body: bytes) -> bytes:
+    """An error body from the node as OpenAI's shape: the engine's own errors already
+    are; the agent's (``{"error": "<code>"}``, docs/gateway.md) are wrapped."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return error_body(
+            message="The node refused the request.", type="invalid_request_error", code=None
+        )
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        return body
+    code = error if isinstance(error, str) else None
+    return error_body(
+        message=f"The node refused the request ({code or 'no reason given'}).",
+        type="invalid_request_error",
+        code=code,
+    )

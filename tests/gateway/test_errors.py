@@ -210,3 +210,17 @@ def test_cors_for_the_playground(gateway, world):
     assert "x-request-id" in answer.headers["access-control-expose-headers"]
     stranger = post(gateway, world.key, headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in stranger.headers
+
+
+def test_an_unreachable_store_refuses_in_openais_shape_and_forwards_nothing(world, start_gateway):
+    gateway = start_gateway(HASHGRID_GATEWAY_STORE_URL="redis://127.0.0.1:1/0")
+    response = post(gateway, world.key)
+    assert response.status_code == 500
+    assert error_of(response) == {
+        "message": "The gateway failed to handle this request; retry shortly.",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    time.sleep(0.7)  # a log batch would have landed
+    assert not InferenceRequest.objects.exists()
