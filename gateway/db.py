@@ -7,12 +7,13 @@ life of the process; the catalog's refresh and the request log's batches take tu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -26,10 +27,13 @@ async def run(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
 
 
 def reset_connection() -> None:
-    """Drop a connection that failed, so the next call opens a fresh one."""
-    close_old_connections()
-    if connection.connection is not None and not connection.is_usable():
-        connection.close()
+    """Drop a connection that failed, so the next call opens a fresh one (never raises:
+    the database may still be down, and the caller retries on its next tick)."""
+    # ``close`` forgets the connection even when closing it fails.
+    with contextlib.suppress(DatabaseError):
+        close_old_connections()
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
 
 
 def close() -> None:
