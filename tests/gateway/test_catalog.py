@@ -79,3 +79,20 @@ def test_requests_are_served_while_the_database_is_locked(gateway, world):
     assert waiting >= 1  # the gateway's database thread, blocked all along
     assert elapsed < 5
     assert len(logged_rows(count=21)) == 21
+
+
+def test_the_gateway_survives_losing_its_database_connection(gateway, world):
+    """Connections killed under it: requests go on, the log batch is retried, and the
+    cache still follows changes."""
+    assert post(gateway, world).status_code == 200
+    logged_rows(count=1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] >= 1
+    assert [post(gateway, world).status_code for _ in range(5)] == [200] * 5
+    assert len(logged_rows(count=6)) == 6
+    ApiKey.objects.filter(pk=world.key_id).update(revoked_at=timezone.now())
+    assert seconds_until(gateway, world, 401) < 5.0
