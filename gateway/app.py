@@ -11,17 +11,13 @@ only before the first byte has reached the buyer.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from django.conf import settings
@@ -32,26 +28,24 @@ from gateway import bounds, errors
 from gateway.budget import Refusal, Reservation, Store, make_store
 from gateway.catalog import Catalog, CatalogRefresher, ContractView, InferenceLine, KeyGrant
 from gateway.errors import GatewayError
+from gateway.relay import STATUS_UPSTREAM_FAILED, STATUS_UPSTREAM_TIMEOUT, Outcome, relay_attempt
 from gateway.request_log import Attempt, RequestLog
+from gateway.responses import (
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    cors_headers,
+    send_error,
+    send_json,
+    send_preflight,
+)
 from gateway.routing import Router
-from gateway.streaming import EventRelay
-from gateway.upstream import AgentClient, AgentResponse, UpstreamFailed, UpstreamTimeout
+from gateway.upstream import AgentClient
 
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 MAX_BODY_BYTES = 1024 * 1024
-# Attempt statuses written to the log besides the agent's own (docs/gateway.md "Log").
-STATUS_BUYER_GONE = 499
-STATUS_UPSTREAM_FAILED = 502
-STATUS_UPSTREAM_TIMEOUT = 504
-# Agent answers that say the node, not the request, is at fault: fail over.
-_NODE_FAULT_STATUSES = frozenset({401, 403, 408, 409, 429})
-_JSON = (b"content-type", b"application/json")
 _KINDS = {b"/v1/chat/completions": "chat/completions", b"/v1/completions": "completions"}
 
 
@@ -104,18 +98,6 @@ def _seconds_to_next_month(now: datetime) -> int:
         else start.replace(month=start.month + 1)
     )
     return max(1, int((following - now).total_seconds()))
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """How one attempt ended, for the breaker, the log and the budget."""
-
-    status: int
-    node_ok: bool | None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    first_byte_sent: bool = False
-    time_to_first_token_ms: int | None = None
 
 
 class Gateway:
@@ -176,11 +158,11 @@ class Gateway:
         if scope["type"] != "http":
             return
         headers = dict(scope["headers"])
-        cors = self._cors_headers(headers)
+        cors = cors_headers(headers, allowed_origin=self._cors_origin)
         method = scope["method"]
         path: str = scope["path"]
         if method == "OPTIONS":
-            await self._preflight(send, headers, cors)
+            await send_preflight(send, headers, cors)
             return
         request_id = _new_request_id()
         try:
@@ -196,67 +178,16 @@ class Gateway:
                 await self._models(send, headers, cors, path, request_id)
             elif path == "/healthz":
                 body = orjson.dumps({"status": "ok", "catalog_reloads": self.catalog.reloads})
-                await self._send_json(send, 200, body, cors, request_id)
+                await send_json(send, 200, body, cors, request_id)
             else:
                 raise errors.not_found(path)
         except GatewayError as error:
-            await self._send_error(send, error, cors, request_id)
+            await send_error(send, error, cors, request_id)
         except Exception:
             # The shared store unreachable, a bug: refuse in OpenAI's shape (budgets fail
             # closed: nothing is forwarded without a reservation).
             logger.exception("gateway request %s failed", request_id)
-            await self._send_error(send, errors.internal_error(), cors, request_id)
-
-    # -- responses --------------------------------------------------------------------
-
-    def _cors_headers(self, headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
-        origin = headers.get(b"origin")
-        if origin is None or origin != self._cors_origin:
-            return []
-        return [
-            (b"access-control-allow-origin", origin),
-            (b"access-control-expose-headers", b"x-request-id, retry-after"),
-            (b"vary", b"origin"),
-        ]
-
-    async def _preflight(
-        self, send: Send, headers: dict[bytes, bytes], cors: list[tuple[bytes, bytes]]
-    ) -> None:
-        response_headers = list(cors)
-        if cors:
-            response_headers += [
-                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                (
-                    b"access-control-allow-headers",
-                    headers.get(b"access-control-request-headers", b"authorization, content-type"),
-                ),
-                (b"access-control-max-age", b"600"),
-            ]
-        await send({"type": "http.response.start", "status": 204, "headers": response_headers})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def _send_json(
-        self,
-        send: Send,
-        status: int,
-        body: bytes,
-        cors: list[tuple[bytes, bytes]],
-        request_id: str,
-        extra: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        headers = [_JSON, (b"x-request-id", request_id.encode()), *cors]
-        if extra:
-            headers += extra
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _send_error(
-        self, send: Send, error: GatewayError, cors: list[tuple[bytes, bytes]], request_id: str
-    ) -> None:
-        extra = []
-        if error.retry_after_s is not None:
-            extra.append((b"retry-after", str(error.retry_after_s).encode()))
-        await self._send_json(send, error.status, error.body, cors, request_id, extra)
+            await send_error(send, errors.internal_error(), cors, request_id)
 
     # -- authentication ---------------------------------------------------------------
 
@@ -282,7 +213,7 @@ class Gateway:
         self,
         send: Send,
         headers: dict[bytes, bytes],
-        cors: list[tuple[bytes, bytes]],
+        cors: Headers,
         path: str,
         request_id: str,
     ) -> None:
@@ -304,7 +235,7 @@ class Gateway:
             if not found:
                 raise errors.model_not_found(wanted)
             body = orjson.dumps(found[0])
-        await self._send_json(send, 200, body, cors, request_id)
+        await send_json(send, 200, body, cors, request_id)
 
     # -- completions ------------------------------------------------------------------
 
@@ -332,7 +263,7 @@ class Gateway:
         receive: Receive,
         send: Send,
         headers: dict[bytes, bytes],
-        cors: list[tuple[bytes, bytes]],
+        cors: Headers,
         kind: str,
         request_id: str,
     ) -> None:
@@ -483,7 +414,7 @@ class Gateway:
         *,
         send: Send,
         receive: Receive,
-        cors: list[tuple[bytes, bytes]],
+        cors: Headers,
         kind: str,
         forwarded: bytes,
         catalog: Catalog,
@@ -523,9 +454,10 @@ class Gateway:
             )
             started = time.monotonic()
             self.router.acquire(route.node_id)
-            outcome = _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
+            outcome = Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
             try:
-                outcome = await self._attempt(
+                outcome = await relay_attempt(
+                    agents=self.agents,
                     send=send,
                     receive=receive,
                     cors=cors,
@@ -571,182 +503,6 @@ class Gateway:
         if timed_out:
             raise errors.upstream_timeout()
         raise errors.no_healthy_node(line.product_slug)
-
-    async def _attempt(
-        self,
-        *,
-        send: Send,
-        receive: Receive,
-        cors: list[tuple[bytes, bytes]],
-        agent_url: str,
-        kind: str,
-        forwarded: bytes,
-        receipt: str,
-        rid: str,
-        streaming: bool,
-        include_usage: bool,
-        continuous_usage: bool,
-        started: float,
-    ) -> _Outcome:
-        assert self.agents is not None
-        try:
-            response = await self.agents.post(
-                agent_url=agent_url, kind=kind, body=forwarded, receipt=receipt
-            )
-        except UpstreamTimeout:
-            return _Outcome(status=STATUS_UPSTREAM_TIMEOUT, node_ok=False)
-        except UpstreamFailed:
-            return _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
-        try:
-            if response.status != 200:
-                return await self._relay_refusal(send, cors, response, rid)
-            if streaming:
-                return await self._relay_stream(
-                    send, receive, cors, response, rid, include_usage, continuous_usage, started
-                )
-            return await self._relay_answer(send, cors, response, rid, started)
-        finally:
-            response.close()
-
-    async def _relay_refusal(
-        self, send: Send, cors: list[tuple[bytes, bytes]], response: AgentResponse, rid: str
-    ) -> _Outcome:
-        """A non-200 answer: the node's fault (fail over) or the request's (relay it)."""
-        if response.status >= 500 or response.status in _NODE_FAULT_STATUSES:
-            return _Outcome(status=response.status, node_ok=False)
-        try:
-            body = await response.read()
-        except UpstreamTimeout:
-            return _Outcome(status=STATUS_UPSTREAM_TIMEOUT, node_ok=False)
-        except UpstreamFailed:
-            return _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
-        await self._send_json(send, response.status, errors.openai_shaped(body), cors, rid)
-        return _Outcome(status=response.status, node_ok=True, first_byte_sent=True)
-
-    async def _relay_answer(
-        self,
-        send: Send,
-        cors: list[tuple[bytes, bytes]],
-        response: AgentResponse,
-        rid: str,
-        started: float,
-    ) -> _Outcome:
-        try:
-            body = await response.read()
-        except UpstreamTimeout:
-            return _Outcome(status=STATUS_UPSTREAM_TIMEOUT, node_ok=False)
-        except UpstreamFailed:
-            return _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
-        try:
-            usage = orjson.loads(body).get("usage") or {}
-            input_tokens = int(usage["prompt_tokens"])
-            output_tokens = int(usage["completion_tokens"])
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-            # An answer without usage cannot be settled or witnessed: the node is at fault.
-            return _Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
-        ttft_ms = int((time.monotonic() - started) * 1000)
-        await self._send_json(send, 200, body, cors, rid)
-        return _Outcome(
-            status=200,
-            node_ok=True,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            first_byte_sent=True,
-            time_to_first_token_ms=ttft_ms,
-        )
-
-    async def _relay_stream(
-        self,
-        send: Send,
-        receive: Receive,
-        cors: list[tuple[bytes, bytes]],
-        response: AgentResponse,
-        rid: str,
-        include_usage: bool,
-        continuous_usage: bool,
-        started: float,
-    ) -> _Outcome:
-        relay = EventRelay(include_usage=include_usage, continuous_usage=continuous_usage)
-        outcome = _Outcome(status=200, node_ok=True)
-        buyer_gone = asyncio.Event()
-
-        async def watch_buyer() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    buyer_gone.set()
-                    response.close()
-                    return
-
-        watcher = asyncio.create_task(watch_buyer())
-        try:
-            async for chunk in response.chunks():
-                out = relay.feed(chunk)
-                if not relay.events:
-                    continue
-                if not outcome.first_byte_sent:
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 200,
-                            "headers": [
-                                (b"content-type", b"text/event-stream; charset=utf-8"),
-                                (b"cache-control", b"no-cache"),
-                                (b"x-request-id", rid.encode()),
-                                *cors,
-                            ],
-                        }
-                    )
-                    outcome.first_byte_sent = True
-                    outcome.time_to_first_token_ms = int((time.monotonic() - started) * 1000)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-                relay.mark_relayed()
-        except UpstreamFailed as error:
-            if buyer_gone.is_set():
-                outcome.status, outcome.node_ok = STATUS_BUYER_GONE, None
-            else:
-                timeout = isinstance(error, UpstreamTimeout)
-                outcome.status = STATUS_UPSTREAM_TIMEOUT if timeout else STATUS_UPSTREAM_FAILED
-                outcome.node_ok = False
-                if outcome.first_byte_sent:
-                    await self._end_stream_with_error(send, timeout=timeout)
-        except OSError:
-            # The server could not write to the buyer: gone.
-            outcome.status, outcome.node_ok = STATUS_BUYER_GONE, None
-        else:
-            if buyer_gone.is_set():
-                outcome.status, outcome.node_ok = STATUS_BUYER_GONE, None
-            elif not outcome.first_byte_sent:
-                # The agent ended the stream without a single event.
-                outcome.status, outcome.node_ok = STATUS_UPSTREAM_FAILED, False
-            else:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            watcher.cancel()
-        outcome.input_tokens = relay.relayed.prompt_tokens
-        outcome.output_tokens = relay.relayed.completion_tokens
-        return outcome
-
-    async def _end_stream_with_error(self, send: Send, *, timeout: bool) -> None:
-        error = errors.upstream_timeout() if timeout else None
-        body = (
-            error.body
-            if error is not None
-            else errors.error_body(
-                message="The node serving this request stopped mid-stream.",
-                type="server_error",
-                code="upstream_failed",
-            )
-        )
-        with contextlib.suppress(OSError):
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": b"data: " + body + b"\n\n",
-                    "more_body": False,
-                }
-            )
 
 
 def create_app() -> Gateway:
