@@ -77,16 +77,23 @@ async def relay_attempt(
         response.close()
 
 
-async def _relay_refusal(send: Send, cors: Headers, response: AgentResponse, rid: str) -> Outcome:
-    """A non-200 answer: the node's fault (fail over) or the request's (relay it)."""
-    if response.status >= 500 or response.status in _NODE_FAULT_STATUSES:
-        return Outcome(status=response.status, node_ok=False)
+async def _read_whole(response: AgentResponse) -> bytes | Outcome:
+    """The answer's body, or the failed attempt's outcome if it could not be read."""
     try:
-        body = await response.read()
+        return await response.read()
     except UpstreamTimeout:
         return Outcome(status=STATUS_UPSTREAM_TIMEOUT, node_ok=False)
     except UpstreamFailed:
         return Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
+
+
+async def _relay_refusal(send: Send, cors: Headers, response: AgentResponse, rid: str) -> Outcome:
+    """A non-200 answer: the node's fault (fail over) or the request's (relay it)."""
+    if response.status >= 500 or response.status in _NODE_FAULT_STATUSES:
+        return Outcome(status=response.status, node_ok=False)
+    body = await _read_whole(response)
+    if isinstance(body, Outcome):
+        return body
     await send_json(send, response.status, errors.openai_shaped(body), cors, rid)
     return Outcome(status=response.status, node_ok=True, first_byte_sent=True)
 
@@ -98,12 +105,9 @@ async def _relay_answer(
     rid: str,
     started: float,
 ) -> Outcome:
-    try:
-        body = await response.read()
-    except UpstreamTimeout:
-        return Outcome(status=STATUS_UPSTREAM_TIMEOUT, node_ok=False)
-    except UpstreamFailed:
-        return Outcome(status=STATUS_UPSTREAM_FAILED, node_ok=False)
+    body = await _read_whole(response)
+    if isinstance(body, Outcome):
+        return body
     try:
         usage = orjson.loads(body).get("usage") or {}
         input_tokens = int(usage["prompt_tokens"])
