@@ -22,14 +22,13 @@ from decimal import Decimal
 
 import orjson
 
+from contracts.inference_spend import MICROS_PER_MINOR
 from contracts.money import MINOR_UNITS_PER_MAJOR
 
 INPUT_TOKENS_PER_MESSAGE = 16
 INPUT_TOKENS_OVERHEAD = 64
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 MAX_OUTPUT_TOKENS = 32768
-# A spend counts in millionths of a minor unit.
-MICROS_PER_MINOR = 1_000_000
 # Prices per million tokens are stored with 4 decimals.
 TICKS_PER_MAJOR = 10_000
 TOKENS_PER_PRICE = 1_000_000

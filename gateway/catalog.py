@@ -25,9 +25,10 @@ from django.db.models import Q
 
 from accounts.models import OPERATOR_ROLES, ApiKey
 from capacity.models import NodeStatus, NodeWindow
+from contracts.inference_spend import inference_month_spend
 from contracts.models import ContractLine, ContractState, InferenceProduct, LineKind
 from gateway import db
-from gateway.bounds import MICROS_PER_MINOR, cost_micros, price_ticks
+from gateway.bounds import MICROS_PER_MINOR, price_ticks
 
 logger = logging.getLogger(__name__)
 
@@ -136,56 +137,11 @@ SELECT concat_ws('/',
 )
 """
 
-# Month spend per line and key from the request log: each request at the larger of what
-# the gateway relayed and what was billed, priced at its line's prices, rounded up per
-# request as ``bounds.cost_micros`` does (numeric: exact).
-_MONTH_SPEND_SQL = """
-SELECT r.api_key_id, r.line_id, sum(ceil(
-    (greatest(r.billed_input_tokens, coalesce(r.gateway_input_tokens, 0))
-        * l.input_price_per_million_tokens
-     + greatest(r.billed_output_tokens, coalesce(r.gateway_output_tokens, 0))
-        * l.output_price_per_million_tokens) * %s))
-FROM metering_inferencerequest r
-JOIN contracts_contractline l ON l.id = r.line_id
-WHERE r.issued_at >= %s AND r.issued_at < %s
-GROUP BY r.api_key_id, r.line_id
-"""
-
 
 def catalog_fingerprint() -> str:
     with connection.cursor() as cursor:
         cursor.execute(_FINGERPRINT_SQL)
         return str(cursor.fetchone()[0])
-
-
-def _month_bounds(now: datetime) -> tuple[datetime, datetime]:
-    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (
-        start.replace(year=start.year + 1, month=1)
-        if start.month == 12
-        else start.replace(month=start.month + 1)
-    )
-    return start, end
-
-
-def _month_spends(
-    now: datetime, line_contract: dict[int, int]
-) -> tuple[dict[int, int], dict[int, int]]:
-    start, end = _month_bounds(now)
-    # ticks → micros is x10^4 then /100; on a numeric price that is x100.
-    micros_per_price_unit = cost_micros(
-        input_tokens=1, output_tokens=0, input_price_ticks=10_000, output_price_ticks=0
-    )
-    by_key: dict[int, int] = {}
-    by_contract: dict[int, int] = {}
-    with connection.cursor() as cursor:
-        cursor.execute(_MONTH_SPEND_SQL, [micros_per_price_unit, start, end])
-        for key_id, line_id, spend in cursor.fetchall():
-            by_key[key_id] = by_key.get(key_id, 0) + int(spend)
-            contract_id = line_contract.get(line_id)
-            if contract_id is not None:
-                by_contract[contract_id] = by_contract.get(contract_id, 0) + int(spend)
-    return by_key, by_contract
 
 
 def load_catalog(*, now: datetime | None = None) -> Catalog:
@@ -200,7 +156,6 @@ def load_catalog(*, now: datetime | None = None) -> Catalog:
         .order_by("pk")
     )
     contracts: dict[int, ContractView] = {}
-    line_contract: dict[int, int] = {}
     for line in lines:
         contract = line.contract
         view = contracts.get(contract.pk)
@@ -214,7 +169,6 @@ def load_catalog(*, now: datetime | None = None) -> Catalog:
             )
         product = line.inference_product
         assert product is not None
-        line_contract[line.pk] = contract.pk
         # One line per product and contract is the rule; the oldest wins if not.
         view.lines.setdefault(
             product.slug,
@@ -251,14 +205,14 @@ def load_catalog(*, now: datetime | None = None) -> Catalog:
             tokens_per_minute=link.tokens_per_minute if link else None,
         )
     routes = _load_routes(now)
-    key_spend, contract_spend = _month_spends(now, line_contract)
+    spend = inference_month_spend(moment=now)
     return Catalog(
         keys=keys,
         contracts=contracts,
         routes=routes,
         month=month_of(now),
-        key_spend_micros=key_spend,
-        contract_spend_micros=contract_spend,
+        key_spend_micros=spend.by_key_micros,
+        contract_spend_micros=spend.by_contract_micros,
         fingerprint=fingerprint,
         loaded_at=time.monotonic(),
     )
