@@ -77,7 +77,8 @@ from capacity.agent.arguments import (
     window_seconds,
 )
 from capacity.agent.counters import CounterReadings, readings_delta
-from capacity.agent.engine import ENDPOINT_PATTERN, EngineSettings, SimulatedEngine, serve_engine
+from capacity.agent.engine import ENDPOINT_PATTERN, EngineSettings, SimulatedEngine
+from capacity.agent.engine_http import serve_engine
 from capacity.agent.faults import (
     ENGINE_FAULT_KINDS,
     FaultRequestError,

@@ -34,7 +34,8 @@ from typing import Any, Protocol
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from capacity.agent.engine import Engine, EngineDisconnected, EngineUnavailable, write_answer
+from capacity.agent.engine import Engine, EngineDisconnected, EngineUnavailable
+from capacity.agent.engine_http import write_answer
 from capacity.agent.journal import Journal
 from capacity.agent.protocol import time_from_unix, usage_fields
 from capacity.agent.receipts import RECEIPT_HEADER, Receipt, ReceiptError, parse_receipt

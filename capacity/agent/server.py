@@ -31,13 +31,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from capacity.agent import AGENT_VERSION
-from capacity.agent.engine import (
-    ENDPOINT_PATTERN,
-    Engine,
-    HttpEngine,
-    SimulatedEngine,
-    serve_engine,
-)
+from capacity.agent.engine import ENDPOINT_PATTERN, Engine, SimulatedEngine
+from capacity.agent.engine_http import HttpEngine, serve_engine
 from capacity.agent.faults import (
     ENGINE_FAULT_KINDS,
     FaultRequestError,
