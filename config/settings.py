@@ -342,6 +342,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "billing: dunning": {"task": "billing.tasks.run_dunning", "schedule": 3600},
     "contracts: roll over ended terms": {"task": "contracts.tasks.roll_over", "schedule": 3600},
+    "contracts: inference spend alerts": {"task": "contracts.tasks.spend_alerts", "schedule": 300},
     "metering: attribute usage to allocations and API keys": {
         "task": "capacity.metering.tasks.attribute_usage",
         "schedule": 60,

@@ -407,3 +407,35 @@ class CheckoutSubmission(models.Model):
 
     def __str__(self) -> str:
         return f"submission {self.key} → line {self.line_id}"
+
+
+class SpendAlert(models.Model):
+    """An email about inference spend reaching a share of a monthly cap, sent at most
+    once per cap, month and threshold (the unique constraint is the idempotency)."""
+
+    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="+")
+    # The key whose own cap it is; null for the contract's cap.
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    # First day of the UTC month the spend is for.
+    month = models.DateField()
+    # Share of the cap reached, in percent (80 or 100).
+    threshold_percent = models.PositiveSmallIntegerField()
+    # Spend and cap when the alert was sent, minor units of the contract's currency.
+    spend_minor = models.PositiveBigIntegerField()
+    cap_minor = models.PositiveBigIntegerField()
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-sent_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["contract", "api_key", "month", "threshold_percent"],
+                nulls_distinct=False,
+                name="spendalert_once_per_cap_month_threshold",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.threshold_percent} % of a cap on contract {self.contract_id} ({self.month})"

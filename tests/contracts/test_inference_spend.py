@@ -18,17 +18,21 @@ pytestmark = pytest.mark.django_db
 MOMENT = datetime(2026, 12, 15, 12, 0, tzinfo=UTC)
 
 
-def test_each_request_at_the_larger_witness_rounded_up_per_request():
-    contract = ContractFactory()
-    product = InferenceProduct.objects.get(slug="llama-3.1-8b-instruct")
-    line = ContractLine.objects.create(
+def inference_line(contract, *, input_price: str, output_price: str) -> ContractLine:
+    """An inference line of the 8B product on ``contract`` at the given prices."""
+    return ContractLine.objects.create(
         contract=contract,
         kind=LineKind.INFERENCE,
-        inference_product=product,
-        input_price_per_million_tokens=Decimal("10.0000"),
-        output_price_per_million_tokens=Decimal("30.0001"),
+        inference_product=InferenceProduct.objects.get(slug="llama-3.1-8b-instruct"),
+        input_price_per_million_tokens=Decimal(input_price),
+        output_price_per_million_tokens=Decimal(output_price),
         starts_at=contract.starts_at,
     )
+
+
+def test_each_request_at_the_larger_witness_rounded_up_per_request():
+    contract = ContractFactory()
+    line = inference_line(contract, input_price="10.0000", output_price="30.0001")
     node = NodeFactory()
 
     def request(issued_at, *, gateway, billed=(0, 0), key=7):
@@ -37,7 +41,7 @@ def test_each_request_at_the_larger_witness_rounded_up_per_request():
             node=node,
             api_key_id=key,
             line_id=line.pk,
-            product_slug=product.slug,
+            product_slug=line.inference_product.slug,
             max_input_tokens=1000,
             max_output_tokens=1000,
             issued_at=issued_at,
