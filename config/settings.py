@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "capacity.metering",
     "contracts",
     "billing",
+    "gateway",
 ]
 # Development tools (embedded database, dev runner, demo seeder, benchmarks): on top of
 # every app above, never installed in production.
@@ -401,3 +402,14 @@ GATEWAY_STORE_URL = env_str("HASHGRID_GATEWAY_STORE_URL", "")
 # Requests and tokens per minute of a key whose line sets none.
 GATEWAY_DEFAULT_REQUESTS_PER_MINUTE = env_int("HASHGRID_GATEWAY_DEFAULT_RPM", 600, minimum=1)
 GATEWAY_DEFAULT_TOKENS_PER_MINUTE = env_int("HASHGRID_GATEWAY_DEFAULT_TPM", 2_000_000, minimum=1)
+# How long the gateway waits for an agent: to connect, then for its answer's headers and
+# between any two reads of its body (a stall before the first byte fails over; after it,
+# the stream ends with an error). Milliseconds.
+GATEWAY_CONNECT_TIMEOUT_MS = env_int("HASHGRID_GATEWAY_CONNECT_TIMEOUT_MS", 2_000, minimum=1)
+GATEWAY_READ_TIMEOUT_MS = env_int("HASHGRID_GATEWAY_READ_TIMEOUT_MS", 30_000, minimum=1)
+# Nodes one request may be tried on (failover happens only before the first byte).
+GATEWAY_MAX_ATTEMPTS = env_int("HASHGRID_GATEWAY_MAX_ATTEMPTS", 3, minimum=1)
+# Circuit breaker: consecutive failures that set a node aside, and for how long before a
+# probe request may try it again.
+GATEWAY_CIRCUIT_FAILURES = env_int("HASHGRID_GATEWAY_CIRCUIT_FAILURES", 3, minimum=1)
+GATEWAY_CIRCUIT_COOLDOWN_MS = env_int("HASHGRID_GATEWAY_CIRCUIT_COOLDOWN_MS", 10_000, minimum=1)

@@ -2,8 +2,9 @@
 stopped by Ctrl-C.
 
 Starts the embedded PostgreSQL (unless DATABASE_URL is set), migrates, seeds the demo
-once, then runs the fleet simulator, a Celery worker with beat, and the web server. It
-prints the URL and the demo logins, and on Ctrl-C stops everything it started.
+once, then runs the fleet simulator, a Celery worker with beat, the web server and the
+inference gateway. It prints the URLs and the demo logins, and on Ctrl-C stops
+everything it started.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from devtools.demo import DEMO_API_KEY_FILE, DEMO_INFERENCE_PRODUCT, DEMO_PASSWO
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 URL = "http://127.0.0.1:8000"
+GATEWAY_PORT = 8001
+GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
 DEMO_LOGINS = [
     ("buyer", "buyer@hashgrid.test"),
     ("partner", "partner@hashgrid.test"),
@@ -47,6 +50,23 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float
         except OSError:
             time.sleep(0.2)
     raise SystemExit(f"nothing answered on port {port} after {timeout_s:.0f} s")
+
+
+def _receipt_public_key() -> str:
+    """The platform's receipt key (derived from the settings), for the fleet's agents."""
+    return subprocess.run(  # noqa: S603
+        [
+            PYTHON,
+            "-c",
+            "import django; django.setup(); "
+            "from config.gateway_keys import receipt_public_key_b64; "
+            "print(receipt_public_key_b64())",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def _start_localstripe(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
@@ -132,6 +152,8 @@ def main() -> int:
             "7",
             "--state-dir",
             str(ROOT / ".run" / "fleet"),
+            "--platform-key",
+            _receipt_public_key(),
         )
         _wait_for_port(fleet_port, fleet)
         if not os.environ.get("STRIPE_SECRET_KEY"):
@@ -151,10 +173,13 @@ def main() -> int:
             "2",
         )
         spawn(PYTHON, "manage.py", "runserver", "127.0.0.1:8000")
+        gateway = spawn(PYTHON, "-m", "gateway", "--port", str(GATEWAY_PORT))
+        _wait_for_port(GATEWAY_PORT, gateway)
 
         print("\n" + "=" * 64)
         print(f"  Hashgrid is running at {URL}")
         print(f"  API docs: {URL}/api/docs/   health: {URL}/healthz")
+        print(f"  inference gateway (OpenAI-compatible): {GATEWAY_URL}/v1")
         for role, email in DEMO_LOGINS:
             print(f"  {role:<32} {email}  /  {DEMO_PASSWORD}")
         print("\n".join(_inference_demo_lines()))

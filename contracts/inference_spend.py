@@ -1,0 +1,63 @@
+"""What inference has cost this month, per API key and per contract, request by request.
+
+The owner of the rule the gateway's hard monthly caps count by (docs/gateway.md
+"Budgets"), for the gateway and for anything that shows a buyer their current spend
+against a cap: each ``InferenceRequest`` of the month costs the larger of the tokens
+billed and the tokens the gateway relayed, per direction, at its line's prices, rounded
+up to a millionth of a minor unit ("micros") per request. That is never below what
+billing charges, so a cap the gateway holds is never exceeded on the invoice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection
+
+from contracts.money import MINOR_UNITS_PER_MAJOR
+from contracts.terms import add_months, month_start
+
+# Spend counts in millionths of a minor unit.
+MICROS_PER_MINOR = 1_000_000
+
+_MONTH_SPEND_SQL = """
+SELECT r.api_key_id, l.contract_id, sum(ceil(
+    (greatest(r.billed_input_tokens, coalesce(r.gateway_input_tokens, 0))
+        * l.input_price_per_million_tokens
+     + greatest(r.billed_output_tokens, coalesce(r.gateway_output_tokens, 0))
+        * l.output_price_per_million_tokens) * %s))
+FROM metering_inferencerequest r
+JOIN contracts_contractline l ON l.id = r.line_id
+WHERE r.issued_at >= %s AND r.issued_at < %s
+GROUP BY r.api_key_id, l.contract_id
+"""
+
+
+@dataclass(frozen=True)
+class MonthSpend:
+    by_key_micros: dict[int, int]
+    by_contract_micros: dict[int, int]
+
+    def key_minor(self, key_id: int) -> int:
+        """A key's spend in minor units, rounded up."""
+        return -(-self.by_key_micros.get(key_id, 0) // MICROS_PER_MINOR)
+
+    def contract_minor(self, contract_id: int) -> int:
+        return -(-self.by_contract_micros.get(contract_id, 0) // MICROS_PER_MINOR)
+
+
+def inference_month_spend(*, moment: datetime) -> MonthSpend:
+    """Spend of ``moment``'s UTC calendar month, every key and contract, one query."""
+    start = month_start(moment)
+    # A price per million tokens times tokens, in micros: x minor per major x micros per
+    # minor / tokens per million.
+    micros_per_price_token = MINOR_UNITS_PER_MAJOR * MICROS_PER_MINOR // 1_000_000
+    by_key: dict[int, int] = {}
+    by_contract: dict[int, int] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(_MONTH_SPEND_SQL, [micros_per_price_token, start, add_months(start, 1)])
+        for key_id, contract_id, spend in cursor.fetchall():
+            by_key[key_id] = by_key.get(key_id, 0) + int(spend)
+            by_contract[contract_id] = by_contract.get(contract_id, 0) + int(spend)
+    return MonthSpend(by_key_micros=by_key, by_contract_micros=by_contract)
