@@ -63,8 +63,8 @@ def test_stored_usage_gets_the_lines_rating_used_to_find_by_ref(
     )
     allocation = Allocation.objects.get(line=held)
     elsewhere = gpu_pool(site=SiteFactory(organization=partner_org), gpus=1)[0]
-    tokens_ref = workload_ref_for_key(api_key=tokens_key, product_slug=product.slug)
-    busy_ref = workload_ref_for_key(api_key=busy_key, product_slug=None)
+    tokens_ref = f"{product.slug}@{tokens_key.prefix}"  # the retired inference convention
+    busy_ref = workload_ref_for_key(api_key=busy_key)
 
     def rollup(gpu, kind, ref, **quantities):
         return _insert(
@@ -147,9 +147,9 @@ def test_stored_usage_gets_the_lines_rating_used_to_find_by_ref(
         "never_attributed": (allocation.pk, None, held.pk),
         "nobody": (None, None, None),
     }
-    # What rating read by ref before, it reads by line now.
+    # What rating read by ref before, it reads by line now; inference only from receipts
+    # since issue 14, so the stamped hour of key-prefix tokens bills nothing any more.
     october = {"start": datetime(2026, 10, 1, tzinfo=UTC), "end": datetime(2026, 11, 1, tzinfo=UTC)}
     assert metered_quantities(contract_ids=[contract.pk], **october) == {
-        UsageKey(tokens_line.pk): MeteredQuantities(input_tokens=70, output_tokens=7),
         UsageKey(busy_line.pk): MeteredQuantities(busy_ms=5_000),
     }
