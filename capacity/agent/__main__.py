@@ -3,7 +3,10 @@
 ``run`` serves the protocol from the journal at ``--journal`` (key pair in
 ``JOURNAL.key``, enrollment state in ``JOURNAL.state.json``), recording either the
 machine's GPUs through NVML or, with ``--simulate``, a deterministic simulated node.
-``enroll`` registers the agent with the platform and stores the poll token's hash.
+It relays gateway-receipted inference to ``--engine-url`` (an OpenAI-compatible server
+such as vLLM) or, in simulate mode without it, to the simulator's engine.
+``enroll`` registers the agent with the platform and stores the poll token's hash and
+the platform's receipt key.
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from capacity.agent.arguments import non_negative_int, positive_int, window_seconds
+from capacity.agent.arguments import (
+    add_engine_flags,
+    engine_settings,
+    non_negative_int,
+    platform_key,
+    positive_int,
+    window_seconds,
+)
+from capacity.agent.engine import Engine, HttpEngine, SimulatedEngine
 from capacity.agent.enrollment import EnrollmentError, enroll
 from capacity.agent.identity import (
     EnrollmentState,
@@ -33,6 +44,7 @@ from capacity.agent.protocol import (
     hash_token,
     public_key_b64,
 )
+from capacity.agent.receipts import public_key_from_b64
 from capacity.agent.recorder import Recorder, SimulationRecorder, unix_ms_now
 from capacity.agent.server import AgentService, create_app, serve
 from capacity.agent.simulator import GPU_MODELS, SimulatedNode, simulated_gpus
@@ -73,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="simulated seconds per real second while catching up (default: at once)",
     )
+    run.add_argument(
+        "--engine-url",
+        help="OpenAI-compatible engine (e.g. vLLM) serving URL/v1/...; default in "
+        "simulate mode: the simulator's engine; otherwise no inference",
+    )
+    run.add_argument(
+        "--platform-key",
+        type=platform_key,
+        metavar="B64",
+        help="the platform's receipt key (default: the one enrollment stored)",
+    )
+    add_engine_flags(run)
 
     enroll_cmd = commands.add_parser("enroll", help="register with the platform")
     _add_simulation_flags(enroll_cmd)
@@ -154,9 +178,22 @@ def command_run(args: argparse.Namespace) -> int:
             return 2
         default_node_id = socket.gethostname()
     node_id = args.node_id or (state.node_id if state else None) or default_node_id
+    receipt_key = args.platform_key or (state.platform_public_key if state else None)
+    engine: Engine | None = None
+    if args.engine_url:
+        engine = HttpEngine(args.engine_url)
+    elif simulated:
+        engine = SimulatedEngine(settings=engine_settings(args))
     service = AgentService(
-        node_id=node_id, private_key=private_key, token_sha256=token_sha256, recorder=recorder
+        node_id=node_id,
+        private_key=private_key,
+        token_sha256=token_sha256,
+        recorder=recorder,
+        platform_key=public_key_from_b64(receipt_key) if receipt_key else None,
+        engine=engine,
     )
+    if receipt_key is None:
+        print("warning: no platform key: inference requests will be refused", file=sys.stderr)
     try:
         asyncio.run(
             serve(create_app(service), host=args.host, port=args.port, banner=f"agent {node_id}")
@@ -186,6 +223,7 @@ def command_enroll(args: argparse.Namespace) -> int:
         platform=args.platform,
         node_id=result.node_id or args.node_id,
         enrolled_at=format_time(datetime.now(tz=UTC)),
+        platform_public_key=result.platform_public_key,
     ).save(state_path)
     print(
         f"enrolled node {result.node_id or '(unnamed)'} with {args.platform}: "

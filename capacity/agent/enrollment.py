@@ -2,7 +2,8 @@
 
 ``POST {platform}/api/v1/agents/enroll`` with the one-time code, the agent's public key,
 its URL and GPU inventory; the platform answers with the node's poll token, of which the
-agent keeps only the SHA-256.
+agent keeps only the SHA-256, and (protocol v1.1) the platform's public key, with which
+the agent checks the gateway's receipts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import httpx
 
 from capacity.agent import AGENT_VERSION
 from capacity.agent.protocol import GpuInfo
+from capacity.agent.receipts import public_key_from_b64
 
 ENROLL_PATH = "/api/v1/agents/enroll"
 ENROLL_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
@@ -27,6 +29,8 @@ class EnrollmentError(RuntimeError):
 class EnrollmentResult:
     poll_token: str
     node_id: str | None
+    # Base64 of the platform's raw receipt key; None from a platform older than v1.1.
+    platform_public_key: str | None = None
 
 
 def enrollment_request(
@@ -70,4 +74,14 @@ def enroll(
     if not isinstance(token, str) or not token:
         raise EnrollmentError("platform answer has no poll_token")
     node_id = data.get("node_id")
-    return EnrollmentResult(poll_token=token, node_id=None if node_id is None else str(node_id))
+    platform_key = data.get("platform_public_key")
+    if platform_key is not None:
+        try:
+            public_key_from_b64(str(platform_key))
+        except ValueError as error:
+            raise EnrollmentError(f"platform_public_key is unusable: {error}") from error
+    return EnrollmentResult(
+        poll_token=token,
+        node_id=None if node_id is None else str(node_id),
+        platform_public_key=None if platform_key is None else str(platform_key),
+    )

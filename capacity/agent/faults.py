@@ -17,15 +17,37 @@ A fault request is JSON posted to a loopback-only admin endpoint::
   30000) before answering, longer than a poller's read timeout.
 - ``http_5xx``: the next ``count`` authorized requests answer ``status`` (default 503).
 
+Faults of the simulated inference engine (``capacity.agent.engine``) act on its next
+``count`` requests, whoever sends them (the agent's relay or a direct call):
+
+- ``engine_refuse``: answer 503 with an OpenAI-shaped error.
+- ``engine_stall``: send nothing at all (not even headers) for ``delay_ms``, then answer.
+- ``engine_cut``: close the connection after ``after_tokens`` tokens (default 1), with
+  no final chunk, no usage and no ``[DONE]``; a non-streaming answer is cut before any byte.
+- ``engine_misreport``: every ``usage`` it reports is multiplied by ``factor`` (default
+  2, a decimal string or number, rounded down): the agent relays what the engine says,
+  bounded by the receipt.
+
 ``count`` defaults to 1. Faults act only after authentication, so a 401 stays a 401.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 
-FAULT_KINDS = ("restart", "counter_reset", "duplicate_page", "timeout", "http_5xx")
+ENGINE_FAULT_KINDS = ("engine_refuse", "engine_stall", "engine_cut", "engine_misreport")
+FAULT_KINDS = (
+    "restart",
+    "counter_reset",
+    "duplicate_page",
+    "timeout",
+    "http_5xx",
+    *ENGINE_FAULT_KINDS,
+)
+# Largest usage multiplier engine_misreport takes.
+MAX_MISREPORT_FACTOR = Decimal(1000)
 
 
 class FaultRequestError(ValueError):
@@ -38,6 +60,24 @@ class FaultRequest:
     count: int = 1
     delay_ms: int = 30_000
     status: int = 503
+    # engine_cut: tokens sent before the engine closes the connection.
+    after_tokens: int = 1
+    # engine_misreport: multiplier applied to every usage figure the engine reports.
+    factor: Decimal = field(default_factory=lambda: Decimal(2))
+
+
+def _factor_field(payload: Mapping[str, object]) -> Decimal:
+    """``factor`` as a Decimal in [0, 1000]; floats go through ``str`` so 1.1 stays 1.1."""
+    value = payload.get("factor", 2)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise FaultRequestError("factor must be a number")
+    try:
+        factor = Decimal(str(value))
+    except InvalidOperation as error:
+        raise FaultRequestError("factor must be a number") from error
+    if not factor.is_finite() or not 0 <= factor <= MAX_MISREPORT_FACTOR:
+        raise FaultRequestError(f"factor must be in [0, {MAX_MISREPORT_FACTOR}]")
+    return factor
 
 
 def _int_field(payload: Mapping[str, object], name: str, default: int, low: int, high: int) -> int:
@@ -59,6 +99,8 @@ def parse_fault_request(payload: object) -> FaultRequest:
         count=_int_field(payload, "count", 1, 1, 1_000_000),
         delay_ms=_int_field(payload, "delay_ms", 30_000, 0, 3_600_000),
         status=_int_field(payload, "status", 503, 500, 599),
+        after_tokens=_int_field(payload, "after_tokens", 1, 0, 10_000_000),
+        factor=_factor_field(payload),
     )
 
 
@@ -109,3 +151,78 @@ class PendingFaults:
             "errors": self.errors,
             "error_status": self.error_status,
         }
+
+
+@dataclass
+class EngineFaults:
+    """Faults still to be served by one simulated engine, each for its next requests."""
+
+    refusals: int = 0
+    stalls: int = 0
+    stall_ms: int = 30_000
+    cuts: int = 0
+    cut_after_tokens: int = 1
+    misreports: int = 0
+    misreport_factor: Decimal = field(default_factory=lambda: Decimal(2))
+
+    def add(self, request: FaultRequest) -> None:
+        if request.kind == "engine_refuse":
+            self.refusals += request.count
+        elif request.kind == "engine_stall":
+            self.stalls += request.count
+            self.stall_ms = request.delay_ms
+        elif request.kind == "engine_cut":
+            self.cuts += request.count
+            self.cut_after_tokens = request.after_tokens
+        elif request.kind == "engine_misreport":
+            self.misreports += request.count
+            self.misreport_factor = request.factor
+
+    def take(self) -> EngineRequestFaults:
+        """The faults one request meets; each pending fault is used up by one request."""
+        if not (self.refusals or self.stalls or self.cuts or self.misreports):
+            return NO_ENGINE_FAULTS
+        refuse = self.refusals > 0
+        self.refusals -= int(refuse)
+        stall_ms = None
+        if self.stalls > 0:
+            self.stalls -= 1
+            stall_ms = self.stall_ms
+        cut_after_tokens = None
+        if self.cuts > 0:
+            self.cuts -= 1
+            cut_after_tokens = self.cut_after_tokens
+        factor = None
+        if self.misreports > 0:
+            self.misreports -= 1
+            factor = self.misreport_factor
+        return EngineRequestFaults(
+            refuse=refuse,
+            stall_ms=stall_ms,
+            cut_after_tokens=cut_after_tokens,
+            misreport_factor=factor,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "refusals": self.refusals,
+            "stalls": self.stalls,
+            "stall_ms": self.stall_ms,
+            "cuts": self.cuts,
+            "cut_after_tokens": self.cut_after_tokens,
+            "misreports": self.misreports,
+            "misreport_factor": str(self.misreport_factor),
+        }
+
+
+@dataclass(frozen=True)
+class EngineRequestFaults:
+    """What goes wrong with one engine request (``None``: that fault is not pending)."""
+
+    refuse: bool = False
+    stall_ms: int | None = None
+    cut_after_tokens: int | None = None
+    misreport_factor: Decimal | None = None
+
+
+NO_ENGINE_FAULTS = EngineRequestFaults()

@@ -29,6 +29,19 @@ Inference: with ``--inference-client <product>@<key prefix>`` (repeatable) infer
 windows are reported as work for those API keys, as behind the platform's inference
 gateway; without it, by product only.
 
+Receipted inference (protocol v1.1): every node also serves
+``POST /n/<i>/v1/inference/chat/completions`` and ``/completions`` with the agent's
+receipt rules (``capacity.agent.inference``; ``--platform-key`` checks the receipts,
+the node's key is ``fleet_private_key(seed, i)``) from its own simulated engine, which
+loopback clients can also call directly at ``/n/<i>/engine/v1/...`` (benchmarks). Each
+receipted request adds one record to the node's journal at the head it had then: the
+node keeps those records (and only those) in memory, at the seq they were given, and the
+computed window records continue after them, so ``seq`` of window record ``k`` is ``k``
+plus the receipt records before it. A node that never served a receipt keeps the plain
+computation above. With ``--state-dir`` receipt records and served rids are also
+appended to ``receipts.jsonl`` and read back on start, so a resumed fleet serves the same
+journal and refuses replays.
+
 Faults: ``POST /_admin/faults`` with ``{"nodes": [i, ...], "fault": ..., ...}`` (or
 ``"node": i``) injects the faults described in ``capacity.agent.faults``; ``GET
 /_admin/fleet`` describes the fleet. Admin endpoints answer loopback clients only.
@@ -38,9 +51,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import hashlib
 import hmac
 import json
+import os
 import re
 import sys
 import uuid
@@ -48,21 +63,45 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from capacity.agent.arguments import non_negative_int, positive_int, window_seconds
+from capacity.agent.arguments import (
+    add_engine_flags,
+    engine_settings,
+    non_negative_int,
+    platform_key,
+    positive_int,
+    window_seconds,
+)
 from capacity.agent.counters import CounterReadings, readings_delta
-from capacity.agent.faults import FaultRequestError, PendingFaults, parse_fault_request
+from capacity.agent.engine import ENDPOINT_PATTERN, EngineSettings, SimulatedEngine, serve_engine
+from capacity.agent.faults import (
+    ENGINE_FAULT_KINDS,
+    FaultRequestError,
+    PendingFaults,
+    parse_fault_request,
+)
 from capacity.agent.identity import derive_private_key, write_private_file
+from capacity.agent.inference import (
+    InferenceNode,
+    MemoryReceiptLedger,
+    ServedRequest,
+    receipt_record_fields,
+    record_tokens,
+    serve_inference,
+)
 from capacity.agent.protocol import (
     GENESIS_PREV_HASH,
     chain_record,
     hash_token,
+    public_key_b64,
     time_from_unix,
     usage_fields,
 )
+from capacity.agent.receipts import public_key_from_b64
 from capacity.agent.recorder import unix_ms_now
 from capacity.agent.server import (
     UsageParamError,
@@ -120,6 +159,35 @@ def fleet_journal_epoch(seed: int, index: int, origin_window: int) -> str:
     return hashlib.sha256(material).hexdigest()[:32]
 
 
+class ReceiptLog:
+    """``receipts.jsonl`` under ``--state-dir``: the fleet's only per-request state.
+
+    One JSON line per served rid (``{"node", "rid", "iat"}``) and per receipt record
+    (``{"node", "det_before", "fields"}``), each written with one ``write`` to a file
+    opened for appending, so a killed fleet loses at most the line being written (a torn
+    last line is skipped when read back).
+    """
+
+    NAME = "receipts.jsonl"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / self.NAME
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def write(self, entry: dict[str, object]) -> None:
+        os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8"))
+
+    def read(self) -> list[dict[str, Any]]:
+        entries = []
+        with self.path.open("rb") as lines:
+            for line in lines:
+                try:
+                    entries.append(json.loads(line))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    continue  # a line torn by a kill
+        return entries
+
+
 @dataclass
 class FleetConfig:
     seed: int
@@ -136,6 +204,11 @@ class FleetConfig:
     inference_clients: tuple[str, ...] = ()
     # Poll token hashes set through the admin endpoint, by node index.
     token_overrides: dict[int, str] = field(default_factory=dict)
+    # The platform's receipt key; None: every inference request is refused.
+    platform_key: Ed25519PublicKey | None = None
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    # Where receipt records and served rids persist (with --state-dir).
+    receipt_log: ReceiptLog | None = None
 
     def windows_done(self, real_now_ms: int) -> int:
         return max(0, self.clock.now_ms(real_now_ms) // self.window_ms - self.origin_window)
@@ -169,10 +242,67 @@ class FleetNode:
         self.forced_reset_ordinals: set[int] = set()
         self.truth_upto = 0
         self.totals = {gpu.uuid: GpuTotals() for gpu in self.gpus}
+        # Receipt records (protocol v1.1), the only records kept: their seqs, ascending,
+        # and their fields; empty for a node that serves no inference (the fast path).
+        self.receipt_seqs: list[int] = []
+        self.receipt_fields: list[dict[str, object]] = []
+        # Window records published before the last receipt record (never goes back).
+        self.windows_floor = 0
+        self.receipt_totals = {"records": 0, "input_tokens": 0, "output_tokens": 0}
 
     @cached_property
     def private_key(self) -> Ed25519PrivateKey:
         return fleet_private_key(self.config.seed, self.index)
+
+    @cached_property
+    def engine(self) -> SimulatedEngine:
+        return SimulatedEngine(settings=self.config.engine)
+
+    @cached_property
+    def ledger(self) -> MemoryReceiptLedger:
+        log = self.config.receipt_log
+
+        def persist_claim(rid: str, iat: int) -> None:
+            if log is not None:
+                log.write({"node": self.index, "rid": rid, "iat": iat})
+
+        return MemoryReceiptLedger(on_claim=persist_claim)
+
+    @cached_property
+    def inference(self) -> InferenceNode:
+        return InferenceNode(
+            agent_public_key=public_key_b64(self.private_key),
+            platform_key=self.config.platform_key,
+            ledger=self.ledger,
+            engine=self.engine,
+            journal=self.journal_receipt,
+        )
+
+    def journal_receipt(self, served: ServedRequest) -> None:
+        fields = receipt_record_fields(served, gpu_uuid=self.gpus[0].uuid)
+        windows_before = self.append_receipt_record(fields, real_now_ms=unix_ms_now())
+        if self.config.receipt_log is not None:
+            self.config.receipt_log.write(
+                {"node": self.index, "det_before": windows_before, "fields": fields}
+            )
+
+    def append_receipt_record(self, fields: dict[str, object], *, real_now_ms: int) -> int:
+        """Put ``fields`` at the head; return how many window records come before it."""
+        windows_before = max(self._windows_published(real_now_ms), self.windows_floor)
+        self.restore_receipt_record(fields, windows_before=windows_before)
+        return windows_before
+
+    def restore_receipt_record(self, fields: dict[str, object], *, windows_before: int) -> None:
+        self.windows_floor = windows_before
+        self.receipt_seqs.append(windows_before + len(self.receipt_seqs) + 1)
+        self.receipt_fields.append(fields)
+        input_tokens, output_tokens = record_tokens(fields)
+        self.receipt_totals["input_tokens"] += input_tokens
+        self.receipt_totals["output_tokens"] += output_tokens
+        self.receipt_totals["records"] += 1
+
+    def _windows_published(self, real_now_ms: int) -> int:
+        return self.config.windows_done(real_now_ms) * len(self.gpus)
 
     @property
     def token_sha256(self) -> str:
@@ -182,7 +312,10 @@ class FleetNode:
         return hash_token(fleet_poll_token(self.config.seed, self.index, self.config.token_prefix))
 
     def head_seq(self, real_now_ms: int) -> int:
-        return self.config.windows_done(real_now_ms) * len(self.gpus)
+        windows = self._windows_published(real_now_ms)
+        if not self.receipt_seqs:
+            return windows
+        return max(windows, self.windows_floor) + len(self.receipt_seqs)
 
     def _activity(self, gpu: SimulatedGpu, ordinal: int) -> WindowActivity:
         return window_activity(
@@ -201,6 +334,11 @@ class FleetNode:
         return ordinal in self.forced_reset_ordinals or scheduled.energy or scheduled.tokens
 
     def _fields(self, seq: int) -> dict[str, object]:
+        if self.receipt_seqs:
+            before = bisect.bisect_left(self.receipt_seqs, seq)
+            if before < len(self.receipt_seqs) and self.receipt_seqs[before] == seq:
+                return self.receipt_fields[before]
+            seq -= before  # the window record's place among window records
         ordinal, gpu_index = divmod(seq - 1, len(self.gpus))
         gpu = self.gpus[gpu_index]
         activity = self._activity(gpu, ordinal)
@@ -305,6 +443,20 @@ class Fleet:
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
         self._nodes: dict[int, FleetNode] = {}
+        if config.receipt_log is not None:
+            self._restore(config.receipt_log)
+
+    def _restore(self, log: ReceiptLog) -> None:
+        """Receipt records and served rids of a previous run, as ``receipts.jsonl`` has them."""
+        for entry in log.read():
+            index = entry.get("node")
+            if not isinstance(index, int) or not 0 <= index < self.config.nodes:
+                continue
+            node = self.node(index)
+            if "fields" in entry:
+                node.restore_receipt_record(entry["fields"], windows_before=entry["det_before"])
+            else:
+                node.ledger.remember(str(entry["rid"]), int(entry["iat"]))
 
     def node(self, index: int) -> FleetNode:
         node = self._nodes.get(index)
@@ -375,9 +527,26 @@ async def node_view(request: web.Request) -> web.Response:
                 head_seq=node.head_seq(now_ms),
                 gpu_totals=node.truth(now_ms),
                 time=now_rfc3339(),
+                receipts=node.receipt_totals,
             )
         )
     return _not_found()
+
+
+async def inference_view(request: web.Request) -> web.StreamResponse:
+    node = _node_from(request)
+    if node is None:
+        return _not_found()
+    return await serve_inference(request, node.inference, request.match_info["endpoint"])
+
+
+async def engine_view(request: web.Request) -> web.StreamResponse:
+    if not is_loopback(request.remote):
+        return web.json_response({"error": "forbidden"}, status=403)
+    node = _node_from(request)
+    if node is None:
+        return _not_found()
+    return await serve_engine(request, node.engine, request.match_info["endpoint"])
 
 
 async def token_view(request: web.Request) -> web.Response:
@@ -430,6 +599,8 @@ async def faults_view(request: web.Request) -> web.Response:
             node.boot_id = str(uuid.uuid4())
         elif fault.kind == "counter_reset":
             node.forced_reset_ordinals.add(next_ordinal)
+        elif fault.kind in ENGINE_FAULT_KINDS:
+            node.engine.faults.add(fault)
         else:
             node.faults.add(fault)
     return web.json_response({"applied": fault.kind, "nodes": indexes})
@@ -455,6 +626,10 @@ def create_fleet_app(fleet: Fleet) -> web.Application:
     app = web.Application()
     app[FLEET] = fleet
     app.router.add_get(r"/n/{index}/v1/{endpoint:info|health|usage|_sim/truth}", node_view)
+    app.router.add_post(
+        f"/n/{{index}}/v1/inference/{{endpoint:{ENDPOINT_PATTERN}}}", inference_view
+    )
+    app.router.add_post(f"/n/{{index}}/engine/v1/{{endpoint:{ENDPOINT_PATTERN}}}", engine_view)
     app.router.add_post("/n/{index}/_admin/token", token_view)
     app.router.add_post("/_admin/faults", faults_view)
     app.router.add_get("/_admin/fleet", fleet_view)
@@ -475,6 +650,7 @@ def load_config(args: argparse.Namespace, real_now_ms: int) -> FleetConfig:
         "inference_clients": list(args.inference_client),
     }
     token_overrides: dict[int, str] = {}
+    receipt_log: ReceiptLog | None = None
     state_dir: Path | None = args.state_dir
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -494,6 +670,7 @@ def load_config(args: argparse.Namespace, real_now_ms: int) -> FleetConfig:
             token_overrides = {
                 int(i): str(h) for i, h in json.loads(tokens_file.read_text()).items()
             }
+        receipt_log = ReceiptLog(state_dir)
     return FleetConfig(
         seed=args.seed,
         nodes=args.nodes,
@@ -506,6 +683,9 @@ def load_config(args: argparse.Namespace, real_now_ms: int) -> FleetConfig:
         state_dir=state_dir,
         inference_clients=tuple(args.inference_client),
         token_overrides=token_overrides,
+        platform_key=public_key_from_b64(args.platform_key) if args.platform_key else None,
+        engine=engine_settings(args),
+        receipt_log=receipt_log,
     )
 
 
@@ -535,6 +715,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="an API key calling the nodes' inference servers (repeatable): inference is "
         "then reported as '<product>@<key prefix>', which the platform bills to the key",
     )
+    parser.add_argument(
+        "--platform-key",
+        type=platform_key,
+        metavar="B64",
+        help="the platform's receipt key; without it receipted inference is refused",
+    )
+    add_engine_flags(parser)
     return parser
 
 

@@ -74,6 +74,9 @@ class EnrollmentState:
     platform: str
     node_id: str | None
     enrolled_at: str
+    # The platform's receipt key (base64 of the raw 32 bytes), from enrollment's answer;
+    # None for an agent enrolled before protocol v1.1 (enroll again, or --platform-key).
+    platform_public_key: str | None = None
 
     def save(self, path: Path) -> None:
         body = json.dumps(self.__dict__, indent=2, sort_keys=True).encode() + b"\n"
@@ -90,6 +93,9 @@ class EnrollmentState:
                 platform=str(data["platform"]),
                 node_id=None if data.get("node_id") is None else str(data["node_id"]),
                 enrolled_at=str(data["enrolled_at"]),
+                platform_public_key=None
+                if data.get("platform_public_key") is None
+                else str(data["platform_public_key"]),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise IdentityError(f"{path} is not a valid enrollment state: {error}") from error

@@ -30,7 +30,13 @@ CREATE TABLE IF NOT EXISTS records (
     hash TEXT NOT NULL,
     body TEXT NOT NULL  -- canonical JSON of the whole record, hash included
 );
+CREATE TABLE IF NOT EXISTS served_receipts (
+    rid TEXT PRIMARY KEY,  -- a gateway receipt's request id, claimed before it is served
+    iat INTEGER NOT NULL  -- the receipt's issue time (Unix s): kept while it could be replayed
+);
 """
+# Claims between two purges of receipts too old to be honoured anyway.
+PURGE_EVERY_CLAIMS = 1000
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class Journal:
         self._db = connection
         self.path = path
         self.epoch = self._ensure_epoch()
+        self._claims_since_purge = 0
 
     @classmethod
     def open(cls, path: Path) -> Journal:
@@ -133,6 +140,27 @@ class Journal:
             self._db.execute("ROLLBACK")
             raise
         return records
+
+    def claim_receipt(self, *, rid: str, iat: int, forget_before: int) -> bool:
+        """Store ``rid`` as served; False when it already was (a replay, maybe across a
+        restart). One conditional insert, synced like the records: the claim is on disk
+        before the engine sees the request. Claims with ``iat < forget_before`` (receipts
+        too old to pass the freshness check anyway) are purged now and then."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            inserted = self._db.execute(
+                "INSERT INTO served_receipts (rid, iat) VALUES (?, ?) ON CONFLICT (rid) DO NOTHING",
+                (rid, iat),
+            ).rowcount
+            self._claims_since_purge += 1
+            if self._claims_since_purge >= PURGE_EVERY_CLAIMS:
+                self._db.execute("DELETE FROM served_receipts WHERE iat < ?", (forget_before,))
+                self._claims_since_purge = 0
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
+        return inserted == 1
 
     def page(self, *, after: int, limit: int) -> UsagePage:
         """Records with ``seq > after``, oldest first, at most ``limit``, and the head.

@@ -6,6 +6,11 @@ token>``; the agent compares the token's SHA-256 with the one it keeps and other
 answers 401 with nothing but an error code. In simulate mode ``/v1/_sim/truth`` serves
 the ground truth and ``POST /_admin/faults`` (loopback only, see ``faults``) injects
 faults. The helpers here are shared with the fleet simulator.
+
+The exception (protocol v1.1): ``POST /v1/inference/chat/completions`` and
+``/v1/inference/completions`` take a gateway receipt instead of the poll token and relay
+the engine's bytes unsigned (``inference``). The simulated engine is also served as is
+at ``/engine/v1/...`` to loopback clients, for benchmarks.
 """
 
 from __future__ import annotations
@@ -23,10 +28,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from capacity.agent import AGENT_VERSION
-from capacity.agent.faults import FaultRequestError, PendingFaults, parse_fault_request
+from capacity.agent.engine import ENDPOINT_PATTERN, Engine, SimulatedEngine, serve_engine
+from capacity.agent.faults import (
+    ENGINE_FAULT_KINDS,
+    FaultRequestError,
+    PendingFaults,
+    parse_fault_request,
+)
+from capacity.agent.inference import (
+    InferenceNode,
+    JournalReceiptLedger,
+    ServedRequest,
+    receipt_record_fields,
+    record_tokens,
+    serve_inference,
+)
 from capacity.agent.protocol import (
     PROTOCOL_VERSION,
     SIGNATURE_HEADER,
@@ -157,6 +176,42 @@ class AgentService:
     faults: PendingFaults = field(default_factory=PendingFaults)
     # (after, limit) of the last /v1/usage answer, replayed by the duplicate_page fault.
     last_usage_params: tuple[int, int] | None = None
+    # The platform's receipt key; without it every inference request is refused.
+    platform_key: Ed25519PublicKey | None = None
+    # Where receipted requests go; None: this agent serves no inference (503).
+    engine: Engine | None = None
+    # Receipt records journaled and their tokens (the simulator's truth), kept in the
+    # journal's meta with the records so a restart goes on counting.
+    receipt_totals: dict[str, int] = field(init=False)
+
+    META_RECEIPT_TOTALS = "receipt_totals"
+
+    def __post_init__(self) -> None:
+        saved = self.recorder.journal.get_meta(self.META_RECEIPT_TOTALS) or {}
+        self.receipt_totals = {
+            name: int(saved.get(name, 0)) for name in ("records", "input_tokens", "output_tokens")
+        }
+
+    def inference_node(self) -> InferenceNode:
+        return InferenceNode(
+            agent_public_key=public_key_b64(self.private_key),
+            platform_key=self.platform_key,
+            ledger=JournalReceiptLedger(self.recorder.journal),
+            engine=self.engine,
+            journal=self.journal_receipt,
+        )
+
+    def journal_receipt(self, served: ServedRequest) -> None:
+        """Append the request's one record, on the node's first GPU (docs/gateway.md 6)."""
+        fields = receipt_record_fields(served, gpu_uuid=self.recorder.inventory()[0].uuid)
+        input_tokens, output_tokens = record_tokens(fields)
+        totals = {
+            "records": self.receipt_totals["records"] + 1,
+            "input_tokens": self.receipt_totals["input_tokens"] + input_tokens,
+            "output_tokens": self.receipt_totals["output_tokens"] + output_tokens,
+        }
+        self.recorder.journal.append([fields], meta={self.META_RECEIPT_TOTALS: totals})
+        self.receipt_totals = totals
 
     def respond(self, payload: object, *, status: int = 200) -> web.Response:
         return signed_response(self.private_key, payload, status=status)
@@ -172,6 +227,7 @@ class AgentService:
 
 
 SERVICE = web.AppKey("service", AgentService)
+INFERENCE = web.AppKey("inference", InferenceNode)
 
 
 async def _gate(request: web.Request) -> web.Response | None:
@@ -229,21 +285,40 @@ async def truth_view(request: web.Request) -> web.Response:
             head_seq=head_seq,
             gpu_totals=recorder.totals,
             time=now_rfc3339(),
+            receipts=service.receipt_totals,
         )
     )
+
+
+async def inference_view(request: web.Request) -> web.StreamResponse:
+    return await serve_inference(request, request.app[INFERENCE], request.match_info["endpoint"])
+
+
+async def engine_view(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    if not is_loopback(request.remote):
+        return service.respond({"error": "forbidden"}, status=403)
+    if not isinstance(service.engine, SimulatedEngine):
+        return service.respond({"error": "not_simulated"}, status=404)
+    return await serve_engine(request, service.engine, request.match_info["endpoint"])
 
 
 async def faults_view(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if not is_loopback(request.remote):
         return service.respond({"error": "forbidden"}, status=403)
-    recorder = service.recorder
-    if not isinstance(recorder, SimulationRecorder):
-        return service.respond({"error": "not_simulated"}, status=404)
     try:
         fault = parse_fault_request(await request.json())
     except (FaultRequestError, json.JSONDecodeError) as error:
         return service.respond({"error": "invalid_fault", "detail": str(error)}, status=400)
+    if fault.kind in ENGINE_FAULT_KINDS:
+        if not isinstance(service.engine, SimulatedEngine):
+            return service.respond({"error": "not_simulated"}, status=404)
+        service.engine.faults.add(fault)
+        return service.respond({"applied": fault.kind, "pending": service.engine.faults.to_json()})
+    recorder = service.recorder
+    if not isinstance(recorder, SimulationRecorder):
+        return service.respond({"error": "not_simulated"}, status=404)
     if fault.kind == "restart":
         service.boot_id = str(uuid.uuid4())
     elif fault.kind == "counter_reset":
@@ -257,11 +332,14 @@ def create_app(service: AgentService) -> web.Application:
     """The agent's aiohttp application; it records windows while it serves."""
     app = web.Application()
     app[SERVICE] = service
+    app[INFERENCE] = service.inference_node()
     app.router.add_get("/v1/info", info_view)
     app.router.add_get("/v1/health", health_view)
     app.router.add_get("/v1/usage", usage_view)
     app.router.add_get("/v1/_sim/truth", truth_view)
     app.router.add_post("/_admin/faults", faults_view)
+    app.router.add_post(f"/v1/inference/{{endpoint:{ENDPOINT_PATTERN}}}", inference_view)
+    app.router.add_post(f"/engine/v1/{{endpoint:{ENDPOINT_PATTERN}}}", engine_view)
 
     async def recording(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(app[SERVICE].recorder.run())
@@ -276,7 +354,9 @@ def create_app(service: AgentService) -> web.Application:
 
 async def serve(app: web.Application, *, host: str, port: int, banner: str) -> None:
     """Serve ``app`` until SIGINT or SIGTERM, then shut down cleanly."""
-    runner = web.AppRunner(app, access_log=None)
+    # Handlers are cancelled when their client leaves, so a relay abandoned mid-request
+    # stops at once (and journals what was delivered) instead of waiting on its engine.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -253,16 +253,23 @@ def truth_payload(
     head_seq: int,
     gpu_totals: Mapping[str, GpuTotals],
     time: str,
+    receipts: Mapping[str, int] | None = None,
 ) -> dict[str, object]:
-    """Body of ``/v1/_sim/truth``: per GPU and overall totals of what really happened."""
+    """Body of ``/v1/_sim/truth``: per GPU and overall totals of what really happened.
+
+    ``receipts`` counts the receipted inference records (protocol v1.1) and their tokens
+    apart from the GPUs' windows: ``record_count`` is windows plus receipt records.
+    """
     overall = GpuTotals()
     for totals in gpu_totals.values():
         overall.merge(totals)
+    receipt_totals = dict(receipts or {"records": 0, "input_tokens": 0, "output_tokens": 0})
     return {
         "node_id": node_id,
         "journal_epoch": journal_epoch,
         "head_seq": head_seq,
-        "record_count": overall.windows,
+        "record_count": overall.windows + receipt_totals["records"],
+        "receipts": receipt_totals,
         "gpus": [{"gpu_uuid": uuid, **t.to_json()} for uuid, t in gpu_totals.items()],
         "total": overall.to_json(),
         "time": time,

@@ -216,3 +216,8 @@ class EnrollOutputSerializer(serializers.Serializer):
         help_text="Bearer token the platform sends on every poll. Returned once, never again."
     )
     poll_interval_seconds = serializers.IntegerField()
+    platform_public_key = serializers.CharField(
+        help_text="Base64 of the platform's raw 32-byte Ed25519 key that signs gateway "
+        "receipts (agent protocol v1.1): the agent serves inference only with a receipt "
+        "it verifies."
+    )

@@ -41,6 +41,7 @@ from capacity.api.serializers import (
 )
 from capacity.enrollment import node_enroll
 from capacity.models import Node, NodeStatus, NodeWindow, Offer, Site
+from config.gateway_keys import receipt_public_key_b64
 
 TAG = "capacity"
 
@@ -409,5 +410,6 @@ class AgentEnrollApi(APIView):
             "node_id": result.node.pk,
             "poll_token": result.poll_token,
             "poll_interval_seconds": result.poll_interval_seconds,
+            "platform_public_key": receipt_public_key_b64(),
         }
         return no_store(Response(EnrollOutputSerializer(data).data, status=status.HTTP_201_CREATED))

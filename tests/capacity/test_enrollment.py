@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.core.cache import cache
 from django.db import connection
 
 from accounts.models import AuditEvent
 from capacity import services
 from capacity.models import EnrollmentCode, GpuDevice, Node, NodeStatus, hash_enrollment_code
+from config.gateway_keys import receipt_signing_key
 from tests.capacity.conftest import h100_inventory
 from tests.factories import catalog_gpu
 from tests.http_headers import NO_STORE, cache_headers
@@ -84,8 +87,13 @@ def test_enroll_happy_path(site, anonymous_api, agent_public_key):
     assert response.status_code == 201, response.content
     assert cache_headers(response) == NO_STORE  # the body carries the poll token
     data = response.json()
-    assert set(data) == {"node_id", "poll_token", "poll_interval_seconds"}
+    assert set(data) == {"node_id", "poll_token", "poll_interval_seconds", "platform_public_key"}
     assert data["node_id"] == created.node.pk
+    # The key that verifies what the gateway's signing key signs: the receipt key.
+    platform_key = Ed25519PublicKey.from_public_bytes(
+        base64.b64decode(data["platform_public_key"], validate=True)
+    )
+    platform_key.verify(receipt_signing_key().sign(b"receipt"), b"receipt")
     assert data["poll_interval_seconds"] == 60
     node = Node.objects.get(pk=created.node.pk)
     assert node.status == NodeStatus.UNREACHABLE  # enrolled, awaiting the first poll
