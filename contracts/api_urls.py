@@ -3,6 +3,7 @@
 from django.urls import path
 
 from contracts import api
+from contracts.api import inference
 
 urlpatterns = [
     path("contracts", api.ContractListApi.as_view(), name="api_contracts"),
@@ -14,4 +15,14 @@ urlpatterns = [
         name="api_contract_allocations",
     ),
     path("contracts/<int:pk>/usage", api.ContractUsageApi.as_view(), name="api_contract_usage"),
+    path(
+        "inference/requests/export",
+        inference.InferenceRequestExportApi.as_view(),
+        name="api_inference_requests_export",
+    ),
+    path(
+        "inference/requests/<str:request_id>",
+        inference.InferenceRequestDetailApi.as_view(),
+        name="api_inference_request",
+    ),
 ]

@@ -32,7 +32,7 @@ from contracts.forms import LineApiKeyForm, OnDemandForm
 from contracts.models import Contract, ContractLine, InferenceProduct, LineKind
 from contracts.money import minor_to_major
 from contracts.sla import LineSla, line_slas
-from contracts.terms import month_start
+from contracts.terms import add_months, month_start
 
 buyer_member = org_required(buyer=True)
 buyer_operator = org_required(OPERATOR_ROLES, buyer=True)
@@ -226,5 +226,7 @@ def usage_overview(request: HttpRequest) -> HttpResponse:
             "chosen": chosen,
             "bucket": bucket,
             "rows": rows,
+            # The per-request export of inference: this month and the one before.
+            "request_months": [f"{now:%Y-%m}", f"{add_months(month_start(now), -1):%Y-%m}"],
         },
     )
