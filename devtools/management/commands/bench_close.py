@@ -288,7 +288,7 @@ class Command(BaseCommand):
             ),
             batch_size=5000,
         )
-        refs: list[tuple[int, str, str]] = []
+        refs: list[tuple[int, str, str, int]] = []
         by_contract: dict[int, dict[str, str]] = {}
         for line, key in zip(key_lines, keys, strict=True):
             refs_of = by_contract.setdefault(line.contract_id, {})
