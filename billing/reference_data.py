@@ -38,14 +38,19 @@ PERMISSIONS = {
     ],
     "contracts": ["view_contract"],
     "accounts": ["view_organization", "view_auditevent"],
+    # Per node and hour where the gateway's and the agents' token counts differ.
+    "metering": ["view_inferencedisagreementhour"],
 }
 
 
-def ensure_finance_group(*, group_model: Any, permission_model: Any) -> None:
+def ensure_finance_group(
+    *, group_model: Any, permission_model: Any, require_all: bool = True
+) -> None:
     """Reference data of billing (see config.reference_data): the Finance group, with
     exactly ``PERMISSIONS``. Takes the ``auth`` models ``Group`` and ``Permission``; the
     permissions must exist (``post_migrate`` creates them before this runs, the data
-    migration creates them first)."""
+    migrations create them first). ``require_all`` False (an early data migration) grants
+    those that exist yet; a later migration and every ``post_migrate`` grant them all."""
     group, _ = group_model.objects.get_or_create(name=GROUP)
     wanted = []
     for app_label, codenames in PERMISSIONS.items():
@@ -55,7 +60,7 @@ def ensure_finance_group(*, group_model: Any, permission_model: Any) -> None:
             )
         )
         missing = set(codenames) - {permission.codename for permission in found}
-        if missing:
+        if missing and require_all:
             raise RuntimeError(f"permissions not found for {app_label}: {sorted(missing)}")
         wanted += found
     group.permissions.set(wanted)

@@ -7,6 +7,11 @@ from billing.reference_data import GROUP, ensure_finance_group
 
 
 def create_group(apps, schema_editor):
+    # Models of later migrations (metering 0008) get theirs from the later ones.
+    ensure_group_with_permissions(apps, require_all=False)
+
+
+def ensure_group_with_permissions(apps, *, require_all):
     # Permissions are normally created after migrate; make sure they exist now.
     for app_config in apps.get_app_configs():
         stub = getattr(app_config, "models_module", None) is None  # migration state stubs
@@ -18,6 +23,7 @@ def create_group(apps, schema_editor):
     ensure_finance_group(
         group_model=apps.get_model("auth", "Group"),
         permission_model=apps.get_model("auth", "Permission"),
+        require_all=require_all,
     )
 
 
