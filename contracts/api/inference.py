@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 
 from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -105,10 +104,10 @@ class InferenceRequestExportApi(APIView):
     def get(self, request: Request) -> StreamingHttpResponse:
         params = InferenceExportInputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        month = datetime.strptime(params.validated_data["month"], "%Y-%m").replace(tzinfo=UTC)
+        month = params.validated_data["month"]
         rows = buyer_inference_requests(organization=request_organization(request), month=month)
         response = StreamingHttpResponse(csv_lines(rows), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = (
-            f'attachment; filename="inference-requests-{params.validated_data["month"]}.csv"'
+            f'attachment; filename="inference-requests-{month:%Y-%m}.csv"'
         )
         return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -144,5 +145,9 @@ class InferenceRequestSerializer(serializers.Serializer):
 
 class InferenceExportInputSerializer(serializers.Serializer):
     month = serializers.RegexField(
-        r"^\d{4}-(0[1-9]|1[0-2])$", help_text="A UTC calendar month, YYYY-MM."
+        r"^2\d{3}-(0[1-9]|1[0-2])$", help_text="A UTC calendar month, YYYY-MM (2000-2999)."
     )
+
+    def validate_month(self, value: str) -> datetime:
+        """The month's first instant (UTC)."""
+        return datetime.strptime(value, "%Y-%m").replace(tzinfo=UTC)

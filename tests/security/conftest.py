@@ -79,8 +79,10 @@ def build_tenant_b() -> TenantB:
     """Organization B (buyer and partner) with a member, an invitation, an API key, a site
     with an online node, a maintenance window, an offer, an active contract with an
     on-demand line and its key, a finalized invoice and a settlement statement."""
+    from contracts.models import InferenceProduct
     from contracts.on_demand import line_api_key_create, on_demand_enable
     from tests.billing.conftest import finalized_invoice_for
+    from tests.capacity.metering.receipt_builders import meter_requests
 
     org = OrganizationFactory(name="Zebra Holdings", is_buyer=True, is_partner=True)
     owner = MembershipFactory(
@@ -104,6 +106,22 @@ def build_tenant_b() -> TenantB:
     invoice = finalized_invoice_for(org)
     line = on_demand_enable(buyer=org, actor=owner, offer=offer)
     line_api_key_create(line=line, name="zebra-line-key", actor=owner)
+    # An inference request of B's inference line, metered from its receipt record.
+    llm_line = on_demand_enable(
+        buyer=org,
+        actor=owner,
+        inference_product=InferenceProduct.objects.get(slug="llama-3.1-8b-instruct"),
+    )
+    llm_key, _secret = line_api_key_create(line=llm_line, name="zebra-line-key-llm", actor=owner)
+    (inference_request,) = meter_requests(
+        gpu=devices[0],
+        line_id=llm_line.pk,
+        key_id=llm_key.pk,
+        product="llama-3.1-8b-instruct",
+        at=timezone.now().replace(microsecond=0),
+        input_tokens=11,
+        output_tokens=7,
+    )
     statement = SettlementStatement.objects.create(
         partner=org, month=date(2026, 10, 1), currency="USD"
     )
@@ -122,6 +140,7 @@ def build_tenant_b() -> TenantB:
             "contract_line": line,
             "invoice": invoice,
             "statement": statement,
+            "inference_request": inference_request,
         },
     )
 

@@ -95,6 +95,7 @@ OBJECT_KWARGS: dict[str, dict[str, str]] = {
     "api_contract_lines": {"pk": "contract"},
     "api_contract_allocations": {"pk": "contract"},
     "api_contract_usage": {"pk": "contract"},
+    "api_inference_request": {"request_id": "inference_request"},
     # billing
     "billing:invoice_detail": {"pk": "invoice"},
     "billing:invoice_print": {"pk": "invoice"},
