@@ -94,7 +94,8 @@ def content_security_policy(*, nonce: str, inline_styles: bool = False) -> str:
         "style-src": ["'self'", "'unsafe-inline'" if inline_styles else f"'nonce-{nonce}'"],
         "img-src": ["'self'", "data:"],
         "font-src": ["'self'"],
-        "connect-src": ["'self'", stripe_js, stripe_api],
+        # The inference playground streams from the gateway (its own origin).
+        "connect-src": ["'self'", stripe_js, stripe_api, _origin(settings.GATEWAY_URL)],
         "frame-src": stripe_frames,
         "object-src": ["'none'"],
         "base-uri": ["'none'"],

@@ -128,3 +128,22 @@ def api_key_refusal(api_key: ApiKey) -> str | None:
         if reason is not None:
             return reason
     return None
+
+
+# What each key is for (contracts registers "the line and product it bills to" in
+# ``ContractsConfig.ready``), so the keys page says it without importing contracts.
+_api_key_uses: list[Callable[[list[int]], dict[int, str]]] = []
+
+
+def register_api_key_uses(describe: Callable[[list[int]], dict[int, str]]) -> None:
+    """Called once by an app that gives keys a purpose (contracts), at start-up."""
+    if describe not in _api_key_uses:
+        _api_key_uses.append(describe)
+
+
+def api_key_uses(*, api_key_ids: list[int]) -> dict[int, str]:
+    """{key id: what it serves, in words} for the keys some app gave a purpose."""
+    uses: dict[int, str] = {}
+    for describe in _api_key_uses:
+        uses.update(describe(api_key_ids))
+    return uses

@@ -350,6 +350,10 @@ def api_keys(request: HttpRequest) -> HttpResponse:
                 form.add_error(None, error)
             else:
                 form = ApiKeyForm()
+    page = _page(request, selectors.api_keys(organization=organization))
+    uses = selectors.api_key_uses(api_key_ids=[api_key.pk for api_key in page.object_list])
+    for api_key in page.object_list:
+        api_key.serves = uses.get(api_key.pk)
     return render(
         request,
         "accounts/api_keys.html",
@@ -358,7 +362,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             "form": form,
             "new_key": new_key,
             "created": created,
-            "page_obj": _page(request, selectors.api_keys(organization=organization)),
+            "page_obj": page,
         },
     )
 

@@ -1,7 +1,7 @@
 """The Finance group, with exactly the permissions the finance admin needs.
 
-Finance reads invoices, payments, credit notes, the ledger, statements, payouts and the
-audit trail; it finalizes, voids, credits and retries invoices, adds partner agreements,
+Finance reads invoices, payments, credit notes, the ledger, statements, payouts, the
+contracts the period close could not draft (``DraftFailure``) and the audit trail; it finalizes, voids, credits and retries invoices, adds partner agreements,
 approves statements and pays them. It cannot change or delete the ledger or invoices,
 and it has no permission on capacity (nodes, enrollment codes: agents' credentials),
 API keys or users.
@@ -9,6 +9,7 @@ API keys or users.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 GROUP = "Finance"
@@ -35,6 +36,7 @@ PERMISSIONS = {
         "view_statementadjustment",
         "view_connectaccount",
         "view_payout",
+        "view_draftfailure",
     ],
     "contracts": ["view_contract"],
     "accounts": ["view_organization", "view_auditevent"],
@@ -44,23 +46,26 @@ PERMISSIONS = {
 
 
 def ensure_finance_group(
-    *, group_model: Any, permission_model: Any, require_all: bool = True
+    *,
+    group_model: Any,
+    permission_model: Any,
+    permissions: Mapping[str, Sequence[str]] = PERMISSIONS,
 ) -> None:
     """Reference data of billing (see config.reference_data): the Finance group, with
-    exactly ``PERMISSIONS``. Takes the ``auth`` models ``Group`` and ``Permission``; the
-    permissions must exist (``post_migrate`` creates them before this runs, the data
-    migrations create them first). ``require_all`` False (an early data migration) grants
-    those that exist yet; a later migration and every ``post_migrate`` grant them all."""
+    exactly ``permissions`` (``PERMISSIONS``; a data migration passes the list as it was
+    then, since later models' permissions do not exist yet). Takes the ``auth`` models
+    ``Group`` and ``Permission``; the permissions must exist (``post_migrate`` creates
+    them before this runs, the data migrations create them first)."""
     group, _ = group_model.objects.get_or_create(name=GROUP)
     wanted = []
-    for app_label, codenames in PERMISSIONS.items():
+    for app_label, codenames in permissions.items():
         found = list(
             permission_model.objects.filter(
                 content_type__app_label=app_label, codename__in=codenames
             )
         )
         missing = set(codenames) - {permission.codename for permission in found}
-        if missing and require_all:
+        if missing:
             raise RuntimeError(f"permissions not found for {app_label}: {sorted(missing)}")
         wanted += found
     group.permissions.set(wanted)

@@ -15,6 +15,10 @@ from accounts.models import Organization
 from capacity.models import (
     MAX_PRICE_PER_GPU_HOUR,
     PRICE_BOUND_MESSAGE,
+    PRICE_DECIMALS_MESSAGE,
+    PRICE_POSITIVE_MESSAGE,
+    WINDOW_MAX_LEAD,
+    WINDOW_MAX_LENGTH,
     Currency,
     EnergySource,
     GpuModel,
@@ -23,19 +27,34 @@ from capacity.models import (
     Region,
     Site,
     WindowKind,
+    site_figure_errors,
 )
 
 
 def _price(label: str) -> forms.DecimalField:
     """A price per GPU-hour as stored: Decimal, 4 decimals, at most ``MAX_PRICE_PER_GPU_HOUR``
-    (the service checks it is > 0)."""
+    (the service checks it is > 0). No digit count: the bound says it in words, once."""
     return forms.DecimalField(
-        max_digits=10,
+        max_digits=None,
         decimal_places=4,
         min_value=Decimal("0"),
         max_value=MAX_PRICE_PER_GPU_HOUR,
-        error_messages={"max_value": PRICE_BOUND_MESSAGE},
+        error_messages={
+            "max_value": PRICE_BOUND_MESSAGE,
+            "min_value": PRICE_POSITIVE_MESSAGE,
+            "max_decimal_places": PRICE_DECIMALS_MESSAGE,
+        },
         label=label,
+    )
+
+
+def _site_figure(name: str, **kwargs: str) -> forms.DecimalField:
+    """A site's decimal figure (6 decimals, as stored), with plain messages."""
+    return forms.DecimalField(
+        max_digits=20,
+        decimal_places=6,
+        error_messages=site_figure_errors(name),
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -62,18 +81,14 @@ class SiteForm(forms.Form):
     )
     region = forms.ChoiceField(choices=Region.choices)
     # Digits well beyond the columns': a number out of range gets the service's range
-    # message, not a count of digits.
-    latitude = forms.DecimalField(max_digits=20, decimal_places=6, help_text="Degrees, -90 to 90.")
-    longitude = forms.DecimalField(
-        max_digits=20, decimal_places=6, help_text="Degrees, -180 to 180."
-    )
+    # message; one too long to hold gets the same message, not a count of digits.
+    latitude = _site_figure("latitude", help_text="Degrees, -90 to 90.")
+    longitude = _site_figure("longitude", help_text="Degrees, -180 to 180.")
     power_capacity_kw = forms.IntegerField(
         min_value=1, label="Power capacity (kW)", help_text="Power available to GPU nodes."
     )
     energy_source = forms.ChoiceField(choices=EnergySource.choices)
-    energy_price_per_kwh = forms.DecimalField(
-        max_digits=20, decimal_places=6, label="Energy price per kWh"
-    )
+    energy_price_per_kwh = _site_figure("energy_price_per_kwh", label="Energy price per kWh")
     energy_currency = forms.ChoiceField(choices=Currency.choices, initial=Currency.USD)
 
     @classmethod
@@ -107,8 +122,14 @@ class NodeFilterForm(forms.Form):
 
 class WindowForm(forms.Form):
     kind = forms.ChoiceField(choices=WindowKind.choices)
-    start = forms.DateTimeField(widget=DateTimeLocalInput(), help_text="UTC.")
-    end = forms.DateTimeField(widget=DateTimeLocalInput(), help_text="UTC.")
+    start = forms.DateTimeField(
+        widget=DateTimeLocalInput(),
+        help_text=f"UTC, within {WINDOW_MAX_LEAD.days} days from now.",
+    )
+    end = forms.DateTimeField(
+        widget=DateTimeLocalInput(),
+        help_text=f"UTC, at most {WINDOW_MAX_LENGTH.days} days after the start.",
+    )
     reason = forms.CharField(max_length=200, required=False)
 
 

@@ -80,6 +80,29 @@ class EnergySource(models.TextChoices):
 # of a message. The services check them (``capacity.services``); forms and the API parse.
 SITE_MAX_POWER_CAPACITY_KW = 1_000_000  # 1 GW, several times the largest mining site
 SITE_MAX_ENERGY_PRICE_PER_KWH = Decimal("100")  # in any currency we settle in
+# The services' messages for out-of-range site figures; forms and the API give the same
+# one for a number too long to parse, instead of a count of digits.
+SITE_FIGURE_MESSAGES = {
+    "latitude": "Latitude must be between -90 and 90 degrees.",
+    "longitude": "Longitude must be between -180 and 180 degrees.",
+    "energy_price_per_kwh": (
+        f"The energy price must be between 0 and {SITE_MAX_ENERGY_PRICE_PER_KWH} per kWh."
+    ),
+}
+
+
+def site_figure_errors(name: str) -> dict[str, str]:
+    """Error messages of a site's decimal figure in forms and the API: a number too long
+    to parse gets its range message (``SITE_FIGURE_MESSAGES``), never a count of digits.
+    Django's and DRF's decimal fields use the same codes."""
+    message = SITE_FIGURE_MESSAGES[name]
+    return {
+        "max_digits": message,
+        "max_whole_digits": message,
+        "max_decimal_places": "At most 6 decimals.",
+    }
+
+
 NODE_MAX_GPUS = 64
 NODE_MAX_CPU_CORES = 4096
 NODE_MAX_RAM_GIB = 65_536  # 64 TiB
@@ -298,6 +321,13 @@ class EnrollmentCode(models.Model):
         return f"enrollment code for node {self.node_id}"
 
 
+# How far ahead a window may be announced and how long one may last: plans beyond a year
+# are not plans, and an outage longer than a month is a retirement. Enforced by
+# ``capacity.services.window_schedule`` (they depend on now, so not by a constraint).
+WINDOW_MAX_LEAD = timedelta(days=365)
+WINDOW_MAX_LENGTH = timedelta(days=31)
+
+
 class WindowKind(models.TextChoices):
     MAINTENANCE = "maintenance", "Maintenance"
     CURTAILMENT = "curtailment", "Power curtailment"
@@ -418,6 +448,9 @@ MAX_PRICE_PER_GPU_HOUR = Decimal("1000.0000")
 PRICE_BOUND_MESSAGE = (
     f"A price per GPU-hour is at most {MAX_PRICE_PER_GPU_HOUR}; check the decimal point."
 )
+# Prices are stored with 4 decimals; more is refused, not rounded behind the partner's back.
+PRICE_DECIMALS_MESSAGE = "A price per GPU-hour has at most 4 decimals, e.g. 2.1250."
+PRICE_POSITIVE_MESSAGE = "A price per GPU-hour must be greater than zero."
 
 
 def _price_per_gpu_hour() -> models.DecimalField:

@@ -8,10 +8,11 @@ for a refused action — leaving nothing changed — and writes an audit event. 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -30,8 +31,11 @@ from capacity.models import (
     NODE_MAX_GPUS,
     NODE_MAX_RAM_GIB,
     PRICE_BOUND_MESSAGE,
+    SITE_FIGURE_MESSAGES,
     SITE_MAX_ENERGY_PRICE_PER_KWH,
     SITE_MAX_POWER_CAPACITY_KW,
+    WINDOW_MAX_LEAD,
+    WINDOW_MAX_LENGTH,
     Currency,
     EnergySource,
     EnrollmentCode,
@@ -55,6 +59,7 @@ __all__ = [
     "offer_create",
     "offer_deactivate",
     "offer_update",
+    "register_window_listener",
     "site_create",
     "site_update",
     "window_cancel",
@@ -117,9 +122,9 @@ def _validate_site(site: Site) -> None:
             f"A site in {site.country} is in {allowed}, not {Region(site.region).label}."
         )
     if not Decimal(-90) <= Decimal(site.latitude) <= Decimal(90):
-        errors["latitude"] = "Latitude must be between -90 and 90 degrees."
+        errors["latitude"] = SITE_FIGURE_MESSAGES["latitude"]
     if not Decimal(-180) <= Decimal(site.longitude) <= Decimal(180):
-        errors["longitude"] = "Longitude must be between -180 and 180 degrees."
+        errors["longitude"] = SITE_FIGURE_MESSAGES["longitude"]
     if (
         site.power_capacity_kw is None
         or not 1 <= site.power_capacity_kw <= SITE_MAX_POWER_CAPACITY_KW
@@ -130,9 +135,7 @@ def _validate_site(site: Site) -> None:
     if site.energy_source not in EnergySource.values:
         errors["energy_source"] = f"Unknown energy source {site.energy_source!r}."
     if not 0 <= Decimal(site.energy_price_per_kwh) <= SITE_MAX_ENERGY_PRICE_PER_KWH:
-        errors["energy_price_per_kwh"] = (
-            f"The energy price must be between 0 and {SITE_MAX_ENERGY_PRICE_PER_KWH} per kWh."
-        )
+        errors["energy_price_per_kwh"] = SITE_FIGURE_MESSAGES["energy_price_per_kwh"]
     if site.energy_currency not in Currency.values:
         errors["energy_currency"] = f"Unsupported currency {site.energy_currency!r}."
     if errors:
@@ -334,6 +337,24 @@ def node_retire(*, node: Node, actor: User | None) -> Node:
 
 # --------------------------------------------------------------------------- windows
 
+# Told on commit of every window scheduled or cancelled (``window_id=``, ``event=``
+# "scheduled" or "cancelled"), by apps above capacity that tell people about it: contracts
+# registers the buyers' notice in ``ContractsConfig.ready`` (capacity must not import it).
+_window_listeners: list[Callable[..., object]] = []
+
+
+def register_window_listener(listener: Callable[..., object]) -> None:
+    """Called once by an app that tells someone about windows (contracts), at start-up."""
+    if listener not in _window_listeners:
+        _window_listeners.append(listener)
+
+
+def _window_changed(window: NodeWindow, event: str) -> None:
+    # Robust: the window is committed whatever a listener's mail server says (its failure
+    # is logged, not the partner's error).
+    for listener in _window_listeners:
+        transaction.on_commit(partial(listener, window_id=window.pk, event=event), robust=True)
+
 
 def _overlap_message(node: Node, kind: str, period: DateTimeTZRange) -> str:
     clash = (
@@ -374,6 +395,20 @@ def window_schedule(
         raise ValidationError({"end": "The window must end after it starts."})
     if start < now:
         raise ValidationError({"start": "The window cannot start in the past."})
+    if start > now + WINDOW_MAX_LEAD:
+        raise ValidationError(
+            {
+                "start": f"A window starts within {WINDOW_MAX_LEAD.days} days from now "
+                f"(by {now + WINDOW_MAX_LEAD:%Y-%m-%d %H:%M} UTC)."
+            }
+        )
+    if end - start > WINDOW_MAX_LENGTH:
+        raise ValidationError(
+            {
+                "end": f"A window lasts at most {WINDOW_MAX_LENGTH.days} days; this one lasts "
+                f"{(end - start).days} days."
+            }
+        )
     period = DateTimeTZRange(start, end, "[)")
     window = NodeWindow(
         node=node, kind=kind, period=period, reason=reason.strip(), announced_at=now
@@ -385,6 +420,7 @@ def window_schedule(
         if _constraint_name(error) == "nodewindow_no_overlap_per_node_kind":
             raise ValidationError({"start": _overlap_message(node, kind, period)}) from error
         raise
+    _window_changed(window, "scheduled")
     audit(
         action="window.scheduled",
         actor=actor,
@@ -410,6 +446,7 @@ def window_cancel(*, window: NodeWindow, actor: User | None) -> NodeWindow:
         if window.cancelled_at is not None:
             raise ValidationError("This window is already cancelled.")
         raise ValidationError("This window has already started; it can no longer be cancelled.")
+    _window_changed(window, "cancelled")
     audit(
         action="window.cancelled",
         actor=actor,
@@ -534,7 +571,12 @@ def offer_create(
 
 @transaction.atomic
 def offer_update(*, offer: Offer, actor: User | None, data: Mapping[str, Any]) -> Offer:
-    """Change prices, size, currency or availability of an offer (``OFFER_FIELDS``)."""
+    """Change prices, size, currency or availability of an offer (``OFFER_FIELDS``).
+
+    Live reservations are not changed by it: a contract line keeps the rate and currency
+    it was sold at (new prices apply to new quotes), so the offer cannot list fewer GPUs
+    than reservations hold at once, nor change its currency while any holds a GPU.
+    """
     site = Site.objects.select_for_update().select_related("organization").get(pk=offer.site_id)
     offer = (
         Offer.objects.select_for_update(of=("self",)).select_related("gpu_model").get(pk=offer.pk)
@@ -547,14 +589,24 @@ def offer_update(*, offer: Offer, actor: User | None, data: Mapping[str, Any]) -
     for name, value in changes.items():
         setattr(offer, name, value)
     _validate_offer(offer)
-    if "gpu_count" in changes:
+    if "gpu_count" in changes or "currency" in changes:
         # Checkouts share-lock the offer row, so none is in flight while we hold it.
         committed = selectors.offer_committed_gpus(offer, now=timezone.now())
-        if offer.gpu_count < committed:
+        if "gpu_count" in changes and offer.gpu_count < committed:
             raise ValidationError(
                 {
                     "gpu_count": f"Reservations hold {committed} GPUs of this offer at once "
                     "(now or later); it cannot list fewer until they end."
+                }
+            )
+        if "currency" in changes and committed:
+            # A reservation keeps the currency (and rate) it was sold at; its renewals and
+            # its partner's settlement stay in that currency too.
+            raise ValidationError(
+                {
+                    "currency": f"Reservations of this offer were sold in {before['currency']} "
+                    "and hold its GPUs now or later; its currency cannot change until they "
+                    f"end. To sell in {offer.currency}, list a new offer."
                 }
             )
     offer.save()

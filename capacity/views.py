@@ -240,7 +240,15 @@ def window_create(request: HttpRequest, pk: int) -> HttpResponse:
         else:
             messages.success(request, f"{window.get_kind_display()} window scheduled.")
             return redirect("capacity:node_detail", pk=node.pk)
-    return render(request, "capacity/window_form.html", {"form": form, "node": node})
+    return render(
+        request,
+        "capacity/window_form.html",
+        {
+            "form": form,
+            "node": node,
+            "maintenance_allowance_hours": settings.SLA_MAINTENANCE_ALLOWANCE_HOURS,
+        },
+    )
 
 
 @partner_operator

@@ -265,7 +265,11 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Hashgrid API",
-    "DESCRIPTION": "GPU capacity marketplace: buyers, partners and node agents.",
+    "DESCRIPTION": (
+        "GPU capacity marketplace: buyers, partners and node agents. "
+        "Model inference (OpenAI-compatible, on the gateway) is described in the "
+        "[inference API reference](/docs/inference-api/)."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -341,6 +345,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "billing: dunning": {"task": "billing.tasks.run_dunning", "schedule": 3600},
     "contracts: roll over ended terms": {"task": "contracts.tasks.roll_over", "schedule": 3600},
+    "contracts: inference cap alerts (80 %, 100 %)": {
+        "task": "contracts.tasks.inference_cap_alerts",
+        "schedule": 300,
+    },
     "metering: attribute usage to allocations and API keys": {
         "task": "capacity.metering.tasks.attribute_usage",
         "schedule": 60,
@@ -360,6 +368,9 @@ FLEET_URL = env_str("HASHGRID_FLEET_URL", "http://127.0.0.1:9100")
 # production: agents are on partners' networks, and an agent URL aimed at the platform's
 # own would have the poller fetch internal URLs with a bearer token (SSRF).
 AGENT_ALLOW_PRIVATE_URLS = env_bool("HASHGRID_AGENT_ALLOW_PRIVATE_URLS", not PRODUCTION)
+# Announced maintenance (>= 7 days ahead) excluded from availability and the SLA: at most
+# this many hours per GPU per calendar month (UTC); maintenance beyond it counts as downtime.
+SLA_MAINTENANCE_ALLOWANCE_HOURS = env_int("HASHGRID_SLA_MAINTENANCE_ALLOWANCE_HOURS", 8, minimum=0)
 # Celery time limits of one polling batch (seconds). Every poll already has a deadline;
 # these stop a batch that still overruns: the soft limit cancels its polls (what was
 # stored stays, the rest is polled next sweep), the hard one replaces the worker process.

@@ -20,6 +20,7 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("marketplace.urls")),
     path("partner/", include("capacity.urls")),
+    path("partner/", include("contracts.serving_urls")),
     path("billing/", include("billing.urls")),
     path("marketplace/", include("marketplace.storefront_urls")),
     path("contracts/", include("contracts.urls")),

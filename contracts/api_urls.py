@@ -3,7 +3,9 @@
 from django.urls import path
 
 from contracts import api
+from contracts.api import budget as budget_api
 from contracts.api import inference
+from contracts.api import serving as serving_api
 
 urlpatterns = [
     path("contracts", api.ContractListApi.as_view(), name="api_contracts"),
@@ -24,5 +26,30 @@ urlpatterns = [
         "inference/requests/<str:request_id>",
         inference.InferenceRequestDetailApi.as_view(),
         name="api_inference_request",
+    ),
+    path(
+        "contracts/<int:pk>/inference-budget",
+        budget_api.ContractBudgetApi.as_view(),
+        name="api_contract_inference_budget",
+    ),
+    path(
+        "contracts/<int:pk>/api-keys",
+        budget_api.ContractKeyListApi.as_view(),
+        name="api_contract_keys",
+    ),
+    path(
+        "contracts/<int:pk>/api-keys/<int:api_key_id>",
+        budget_api.ContractKeyDetailApi.as_view(),
+        name="api_contract_key",
+    ),
+    path(
+        "nodes/<int:pk>/inference-products",
+        serving_api.NodeServingListApi.as_view(),
+        name="api_node_inference_products",
+    ),
+    path(
+        "nodes/<int:pk>/inference-products/<str:slug>",
+        serving_api.NodeServingDetailApi.as_view(),
+        name="api_node_inference_product",
     ),
 ]

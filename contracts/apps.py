@@ -14,6 +14,7 @@ class ContractsConfig(AppConfig):
 
         from accounts import selectors as account_selectors
         from capacity import selectors as capacity_selectors
+        from capacity import services as capacity_services
         from capacity.metering import attribution as metering_attribution
         from capacity.metering import selectors as metering_selectors
         from config import reference_data
@@ -21,6 +22,7 @@ class ContractsConfig(AppConfig):
         from contracts.attribution import attribute_usage_records
         from contracts.models import InferenceProduct, SlaCreditTier, SlaPolicy
         from contracts.reference_data import ensure_defaults
+        from contracts.window_notices import notify_buyers_of_window
 
         reference_data.connect(
             self,
@@ -32,6 +34,7 @@ class ContractsConfig(AppConfig):
             ),
         )
         account_selectors.register_api_key_refusal(selectors.api_key_refusal)
+        account_selectors.register_api_key_uses(selectors.api_key_uses)
         capacity_selectors.register_future_allocation_check(
             lambda node: selectors.node_has_future_allocations(node_id=node.pk, now=timezone.now())
         )
@@ -39,4 +42,5 @@ class ContractsConfig(AppConfig):
             lambda offer, now: selectors.offer_committed_gpus(offer_id=offer.pk, now=now)
         )
         metering_attribution.register_attributor(attribute_usage_records)
+        capacity_services.register_window_listener(notify_buyers_of_window)
         metering_selectors.register_served_products(selectors.served_inference_products)

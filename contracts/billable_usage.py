@@ -25,9 +25,13 @@ What a line pays for over ``[start, end)``:
     carried a receipt the platform signed for the key when it accepted it;
 
 - SLA: the GPU-minutes each reserved line's allocations were observed available, out of
-  those that counted (maintenance announced 7 days ahead excluded: metering's rule,
-  ``capacity.metering.selectors.maintenance_exclusions``) (``sla_minutes``); the rest are
-  its down minutes (``down_minutes``), which settlement charges back per node.
+  those that counted (``sla_minutes``); the rest are its down minutes (``down_minutes``),
+  which settlement charges back per node. Maintenance excluded from what counts is
+  metering's rule, read from ``capacity.metering.selectors.maintenance_exclusions`` and
+  nowhere else: windows announced at least 7 days ahead, and of those at most
+  ``SLA_MAINTENANCE_ALLOWANCE_HOURS`` (default 8) per GPU per UTC calendar month, used up
+  in time order; maintenance beyond the allowance counts as downtime (so a window from
+  2026 to 2099 excludes 8 hours a month and the rest is down).
 
 The conditions are evaluated when the usage is read, from the keys', lines' and
 allocations' own timestamps, so usage that arrives late (a node that was offline) is

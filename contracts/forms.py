@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django import forms
 
 from contracts.models import InferenceProduct
+from contracts.money import MINOR_UNITS_PER_MAJOR
 
 
 class OnDemandForm(forms.Form):
@@ -37,4 +40,38 @@ class OnDemandForm(forms.Form):
 class LineApiKeyForm(forms.Form):
     name = forms.CharField(
         max_length=80, help_text="A name to tell keys apart, e.g. “chatbot prod”."
+    )
+
+
+def _cap_field(label: str) -> forms.DecimalField:
+    return forms.DecimalField(
+        label=label,
+        required=False,
+        max_digits=14,
+        decimal_places=2,
+        help_text="In the contract's currency, e.g. 250.00. Leave empty for no cap.",
+    )
+
+
+def cap_to_minor(cap: Decimal | None) -> int | None:
+    """A cap typed in major units (two places at most) → integer minor units."""
+    return None if cap is None else int(cap * MINOR_UNITS_PER_MAJOR)
+
+
+class InferenceCapForm(forms.Form):
+    """The contract's monthly inference cap; the service checks its bounds."""
+
+    # Named after the model field, so a service's error lands on it.
+    inference_monthly_cap_minor = _cap_field("Monthly inference cap")
+
+
+class LineApiKeyLimitsForm(forms.Form):
+    """A key's monthly cap and rate limits; the service checks their bounds."""
+
+    monthly_cap_minor = _cap_field("Monthly spend cap of this key")
+    requests_per_minute = forms.IntegerField(
+        required=False, help_text="Leave empty for the platform's default."
+    )
+    tokens_per_minute = forms.IntegerField(
+        required=False, help_text="Input + output tokens. Leave empty for the platform's default."
     )

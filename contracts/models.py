@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Organization, TenantQuerySet
 from capacity.metering.validation import MAX_TOKENS_PER_GPU_SECOND
-from capacity.models import Currency, GpuDevice, Node, Offer
+from capacity.models import Currency, GpuDevice, Node, NodeWindow, Offer
 
 
 class _DecimalOptions(TypedDict):
@@ -376,6 +376,46 @@ class LineApiKey(models.Model):
         return f"key {self.api_key_id} → line {self.line_id}"
 
 
+class InferenceCapAlert(models.Model):
+    """The buyer was told that spend reached ``threshold_percent`` of a monthly cap: the
+    contract's (``line_api_key`` null) or one key's. One row per cap, month and threshold
+    (unique), claimed before the email is sent, so each is sent once whatever the number
+    of beat runs or workers (``contracts.cap_alerts``)."""
+
+    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="cap_alerts")
+    line_api_key = models.ForeignKey(
+        LineApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="cap_alerts"
+    )
+    # First day of the calendar month (UTC) the spend belongs to.
+    month = models.DateField()
+    threshold_percent = models.PositiveSmallIntegerField()
+    # The cap and the spend (minor units of the contract's currency) when it was reached.
+    cap_minor = models.PositiveBigIntegerField()
+    spent_minor = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["contract", "month", "threshold_percent"],
+                condition=Q(line_api_key__isnull=True),
+                name="capalert_once_per_contract_month",
+            ),
+            models.UniqueConstraint(
+                fields=["line_api_key", "month", "threshold_percent"],
+                condition=Q(line_api_key__isnull=False),
+                name="capalert_once_per_key_month",
+            ),
+            models.CheckConstraint(
+                condition=Q(threshold_percent__in=[80, 100]), name="capalert_known_threshold"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.threshold_percent} % of a cap of contract {self.contract_id} in {self.month}"
+
+
 class CheckoutSubmissionQuerySet(TenantQuerySet):
     tenant_path = "buyer"
 
@@ -407,3 +447,37 @@ class CheckoutSubmission(models.Model):
 
     def __str__(self) -> str:
         return f"submission {self.key} → line {self.line_id}"
+
+
+class WindowNoticeEvent(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class WindowNoticeQuerySet(TenantQuerySet):
+    tenant_path = "buyer"
+
+
+class WindowNotice(models.Model):
+    """A buyer was told that a partner scheduled (or cancelled) a maintenance or
+    curtailment window over GPUs the buyer's contract reserves: claimed before the email
+    is sent, unique per window, buyer and event, so each buyer is told once per window."""
+
+    window = models.ForeignKey(NodeWindow, on_delete=models.CASCADE, related_name="+")
+    buyer = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    event = models.CharField(max_length=16, choices=WindowNoticeEvent.choices)
+    # Recipients the email went to (members of the buyer when it was sent).
+    recipient_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = WindowNoticeQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["window", "buyer", "event"], name="window_notice_once_per_buyer"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"window {self.window_id} {self.event} → buyer {self.buyer_id}"

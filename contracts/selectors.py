@@ -23,6 +23,7 @@ from contracts.models import (
     ContractState,
     InferenceProduct,
     LineApiKey,
+    LineKind,
 )
 
 
@@ -142,6 +143,21 @@ def contract_lines(*, contract: Contract) -> QuerySet[ContractLine]:
     )
 
 
+def buyer_inference_lines(*, organization: Organization) -> QuerySet[ContractLine]:
+    """The buyer's current inference lines on active contracts: what the playground and
+    the gateway can serve for it."""
+    return (
+        ContractLine.objects.for_organization(organization)
+        .filter(
+            kind=LineKind.INFERENCE,
+            ended_at__isnull=True,
+            contract__state=ContractState.ACTIVE,
+        )
+        .select_related("contract", "inference_product")
+        .order_by("contract_id", "inference_product__name")
+    )
+
+
 def contract_allocations(*, contract: Contract) -> QuerySet[Allocation]:
     return (
         Allocation.objects.filter(line__contract=contract)
@@ -209,6 +225,24 @@ def api_key_refusal(api_key: ApiKey) -> str | None:
     ).exists():
         return "This API key's contract is suspended until its overdue invoice is paid."
     return None
+
+
+def api_key_uses(api_key_ids: list[int]) -> dict[int, str]:
+    """{key id: "Inference: <product> on <contract>"} for keys linked to a line: what the
+    keys page shows. Registered with ``accounts.selectors`` at start-up; one query."""
+    links = LineApiKey.objects.filter(api_key_id__in=api_key_ids).select_related(
+        "line__inference_product", "line__offer__gpu_model", "line__contract"
+    )
+    uses: dict[int, str] = {}
+    for link in links:
+        line = link.line
+        what = (
+            line.inference_product.name
+            if line.inference_product
+            else (line.offer.gpu_model.name if line.offer else "")
+        )
+        uses[link.api_key_id] = f"{line.get_kind_display()}: {what} on {line.contract.reference}"
+    return uses
 
 
 # The seam between checkout and payments. Billing keeps the buyer's Stripe customer and

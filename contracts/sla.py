@@ -1,7 +1,9 @@
 """SLA: availability of a reserved line over a period and the credit tier it falls in.
 
 Availability = available GPU-minutes of the line's allocations / reserved GPU-minutes,
-excluding maintenance announced at least 7 days ahead. The minutes are billable usage,
+excluding maintenance announced at least 7 days ahead, up to an allowance per GPU and
+calendar month (``SLA_MAINTENANCE_ALLOWANCE_HOURS``, default 8; beyond it maintenance is
+downtime: the rule in ``capacity.metering.availability``). The minutes are billable usage,
 counted by ``contracts.billable_usage.sla_minutes`` (settlement reads the same figures per
 node); metering owns the per-minute observations and the maintenance rule.
 Tiers are compared on the exact ratio, never on a rounded percentage: 99.4999 % is below

@@ -1,9 +1,11 @@
-"""Celery tasks of the contracts app: thin wrappers around the lifecycle services."""
+"""Celery tasks of the contracts app: thin wrappers around its services."""
 
 from __future__ import annotations
 
 from celery import shared_task
+from django.utils import timezone
 
+from contracts.cap_alerts import inference_cap_alerts_send
 from contracts.lifecycle import contracts_roll_over
 
 
@@ -11,3 +13,9 @@ from contracts.lifecycle import contracts_roll_over
 def roll_over() -> dict[str, int]:
     """Renew, expire or cancel every contract whose term has ended (idempotent)."""
     return contracts_roll_over()
+
+
+@shared_task(name="contracts.tasks.inference_cap_alerts", ignore_result=True)
+def inference_cap_alerts() -> int:
+    """Email buyers whose inference spend reached 80 % or 100 % of a cap (once each)."""
+    return inference_cap_alerts_send(now=timezone.now())

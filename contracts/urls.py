@@ -13,4 +13,6 @@ urlpatterns = [
     path("<int:pk>/cancel/", views.contract_cancel, name="cancel"),
     path("<int:pk>/on-demand/", views.on_demand_enable, name="on_demand"),
     path("<int:pk>/lines/<int:line_pk>/api-keys/", views.line_api_key_create, name="line_api_key"),
+    path("<int:pk>/inference-cap/", views.inference_cap_update, name="inference_cap"),
+    path("<int:pk>/api-keys/<int:key_pk>/", views.line_api_key_detail, name="line_api_key_detail"),
 ]

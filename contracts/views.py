@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -26,10 +27,26 @@ from accounts.tenancy import (
     get_for_org_or_404,
     org_required,
 )
+from capacity.forms import add_service_errors
 from capacity.models import Offer
-from contracts import dashboard, lifecycle, on_demand, selectors, usage
-from contracts.forms import LineApiKeyForm, OnDemandForm
-from contracts.models import Contract, ContractLine, InferenceProduct, LineKind
+from contracts import (
+    dashboard,
+    inference_budget,
+    lifecycle,
+    on_demand,
+    selectors,
+    usage,
+    window_notices,
+)
+from contracts.forms import (
+    InferenceCapForm,
+    LineApiKeyForm,
+    LineApiKeyLimitsForm,
+    OnDemandForm,
+    cap_to_minor,
+)
+from contracts.inference_snippets import snippets
+from contracts.models import Contract, ContractLine, InferenceProduct, LineApiKey, LineKind
 from contracts.money import minor_to_major
 from contracts.sla import LineSla, line_slas
 from contracts.terms import add_months, month_start
@@ -75,6 +92,14 @@ def contract_detail(request: HttpRequest, pk: int) -> HttpResponse:
     allocations = Paginator(selectors.contract_allocations(contract=contract), 50).get_page(
         request.GET.get("page")
     )
+    windows = window_notices.contract_windows(contract=contract, now=timezone.now())
+    inference_lines = [
+        line for line in lines if line.kind == LineKind.INFERENCE and line.ended_at is None
+    ]
+    spend = inference_budget.inference_spend(contract=contract, now=timezone.now())
+    for line in lines:
+        for link in line.api_keys.all():
+            link.spend = spend.key(link)  # type: ignore[attr-defined]
     return render(
         request,
         "contracts/detail.html",
@@ -82,10 +107,117 @@ def contract_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "contract": contract,
             "lines": lines,
             "allocations": allocations,
+            "windows": windows,
+            "maintenance_allowance_hours": settings.SLA_MAINTENANCE_ALLOWANCE_HOURS,
             "commitment": minor_to_major(contract.monthly_commitment_minor),
             "fee": minor_to_major(contract.early_termination_fee_minor),
             "can_manage": membership is not None and membership.can_manage,
             "can_operate": membership is not None and membership.can_operate,
+            "inference_lines": inference_lines,
+            "spend": spend.contract,
+            "snippets": snippets(model=inference_lines[0].inference_product.slug)  # type: ignore[union-attr]
+            if inference_lines
+            else None,
+        },
+    )
+
+
+@buyer_operator
+@require_http_methods(["GET", "POST"])
+def inference_cap_update(request: HttpRequest, pk: int) -> HttpResponse:
+    contract = _contract(request, pk)
+    cap = contract.inference_monthly_cap_minor
+    form = InferenceCapForm(
+        request.POST or None,
+        initial={"inference_monthly_cap_minor": None if cap is None else minor_to_major(cap)},
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            inference_budget.contract_inference_cap_set(
+                contract=contract,
+                cap_minor=cap_to_minor(form.cleaned_data["inference_monthly_cap_minor"]),
+                actor=request_actor(request),
+            )
+        except ValidationError as error:
+            add_service_errors(form, error)
+        else:
+            cap = contract.inference_monthly_cap_minor
+            messages.success(
+                request,
+                "No monthly inference cap."
+                if cap is None
+                else f"Monthly inference cap set to {minor_to_major(cap)} {contract.currency}.",
+            )
+            return redirect("contracts:detail", pk=contract.pk)
+    return render(
+        request,
+        "contracts/inference_cap_form.html",
+        {
+            "contract": contract,
+            "form": form,
+            "spend": inference_budget.inference_spend(
+                contract=contract, now=timezone.now()
+            ).contract,
+        },
+    )
+
+
+@buyer_member
+@require_http_methods(["GET", "POST"])
+def line_api_key_detail(request: HttpRequest, pk: int, key_pk: int) -> HttpResponse:
+    contract = _contract(request, pk)
+    link = get_for_org_or_404(
+        LineApiKey.objects.select_related(
+            "api_key", "line__inference_product", "line__offer__site"
+        ),
+        request,
+        pk=key_pk,
+        line__contract=contract,
+    )
+    link.line.contract = contract
+    membership = current_membership(request)
+    can_operate = membership is not None and membership.can_operate
+    form = LineApiKeyLimitsForm(
+        request.POST or None,
+        initial={
+            "monthly_cap_minor": None
+            if link.monthly_cap_minor is None
+            else minor_to_major(link.monthly_cap_minor),
+            "requests_per_minute": link.requests_per_minute,
+            "tokens_per_minute": link.tokens_per_minute,
+        },
+    )
+    if request.method == "POST":
+        if not can_operate:
+            raise PermissionDenied("Your role does not allow this action.")
+        if form.is_valid():
+            try:
+                inference_budget.line_api_key_limits_set(
+                    link=link,
+                    monthly_cap_minor=cap_to_minor(form.cleaned_data["monthly_cap_minor"]),
+                    requests_per_minute=form.cleaned_data["requests_per_minute"],
+                    tokens_per_minute=form.cleaned_data["tokens_per_minute"],
+                    actor=request_actor(request),
+                )
+            except ValidationError as error:
+                add_service_errors(form, error)
+            else:
+                messages.success(request, f"Limits of key “{link.api_key.name}” saved.")
+                return redirect("contracts:line_api_key_detail", pk=contract.pk, key_pk=link.pk)
+    spend = inference_budget.inference_spend(contract=contract, now=timezone.now())
+    product = link.line.inference_product
+    return render(
+        request,
+        "contracts/line_api_key_detail.html",
+        {
+            "contract": contract,
+            "link": link,
+            "line": link.line,
+            "form": form,
+            "can_operate": can_operate,
+            "spend": spend.key(link),
+            "contract_spend": spend.contract,
+            "snippets": snippets(model=product.slug) if product else None,
         },
     )
 
@@ -190,10 +322,20 @@ def line_api_key_create(request: HttpRequest, pk: int, line_pk: int) -> HttpResp
             )
         except ValidationError as error:
             form.add_error(None, error.messages)
+    product = line.inference_product
     return render(
         request,
         "contracts/line_api_key.html",
-        {"contract": contract, "line": line, "form": form, "secret": secret, "created": created},
+        {
+            "contract": contract,
+            "line": line,
+            "form": form,
+            "secret": secret,
+            "created": created,
+            "snippets": snippets(model=product.slug, api_key=secret)
+            if product and secret
+            else None,
+        },
     )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from devtools import devdb
-from devtools.demo import DEMO_PASSWORD
+from devtools.demo import DEMO_API_KEY_FILE, DEMO_INFERENCE_PRODUCT, DEMO_PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -69,6 +69,27 @@ def _start_localstripe(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
         STRIPE_JS_URL=f"{base}/js.stripe.com/v3/",
     )
     print(f"stripe: localstripe at {base}")
+
+
+# -- inference demo: the demo buyer's key and a curl line that streams an answer --------
+
+
+def _inference_demo_lines() -> list[str]:
+    """The demo key (written by seed_demo, 0600) and a one-line curl through the gateway."""
+    key_file = ROOT / DEMO_API_KEY_FILE
+    if not key_file.exists():
+        return [f"  no demo API key ({key_file} is missing: seed_demo could not create it)"]
+    from contracts.inference_snippets import curl_snippet  # settings only, no app registry
+
+    api_key = key_file.read_text().strip()
+    return [
+        f"  demo API key (buyer, {DEMO_INFERENCE_PRODUCT}): {api_key}",
+        "  stream an answer through the gateway (nodes serve once first polled, within a minute):",
+        "  " + curl_snippet(model=DEMO_INFERENCE_PRODUCT, api_key=api_key, one_line=True),
+    ]
+
+
+# ----------------------------------------------------------------------------------------
 
 
 def _stop_on_signal(signum: int, frame: object) -> None:
@@ -136,6 +157,7 @@ def main() -> int:
         print(f"  API docs: {URL}/api/docs/   health: {URL}/healthz")
         for role, email in DEMO_LOGINS:
             print(f"  {role:<32} {email}  /  {DEMO_PASSWORD}")
+        print("\n".join(_inference_demo_lines()))
         print("  Ctrl-C stops everything.")
         print("=" * 64 + "\n", flush=True)
 

@@ -47,6 +47,7 @@ NAVIGATION: tuple[NavEntry, ...] = (
     NavEntry("Marketplace", "marketplace:search", Audience.BUYER),
     NavEntry("Contracts", "contracts:list", Audience.BUYER),
     NavEntry("Usage", "contracts:usage", Audience.BUYER),
+    NavEntry("Playground", "marketplace:playground", Audience.BUYER),
     NavEntry("Invoices", "billing:invoices", Audience.BUYER),
     NavEntry("API keys", "api_keys", Audience.BUYER),
     NavEntry("Sites", "capacity:sites", Audience.PARTNER),

@@ -20,6 +20,8 @@ from accounts.tenancy import current_membership
 from capacity import selectors as capacity_selectors
 from capacity.models import NodeStatus
 from contracts.dashboard import buyer_dashboard
+from contracts.inference_snippets import inference_base_url, snippets
+from contracts.reference_data import PRODUCTS
 from marketplace import health
 
 # Nodes listed on a partner's dashboard; the nodes page lists them all.
@@ -55,6 +57,17 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             )[:DASHBOARD_NODE_ROWS]
         )
     return render(request, "marketplace/dashboard.html", context)
+
+
+@require_GET
+def inference_api_docs(request: HttpRequest) -> HttpResponse:
+    """How to call the gateway: base URL, endpoints, errors, an example (public)."""
+    example_model = PRODUCTS[0][0]
+    return render(
+        request,
+        "marketplace/inference_api.html",
+        {"base_url": inference_base_url(), "snippets": snippets(model=example_model)},
+    )
 
 
 @never_cache

@@ -73,6 +73,8 @@ def _production_environment() -> dict[str, str]:
         "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
         "CACHE_URL": "redis://127.0.0.1:6379/1",
         "STRIPE_SECRET_KEY": "sk_test_placeholder",
+        # base64 of a 32-byte Ed25519 seed (the receipt-signing key production must set).
+        "HASHGRID_GATEWAY_SIGNING_KEY": "cHJvZHVjdGlvbi10ZXN0LXJlY2VpcHQta2V5LTMyYiE=",
         "DJANGO_SETTINGS_MODULE": "config.settings",
     }
 

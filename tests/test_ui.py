@@ -80,6 +80,7 @@ def test_partner_entries_are_shown_only_to_partner_organizations(
         "Marketplace",
         "Contracts",
         "Usage",
+        "Playground",
         "Invoices",
         "API keys",
         "Team",

@@ -27,7 +27,8 @@ from capacity.agent.arguments import (
     positive_int,
     window_seconds,
 )
-from capacity.agent.engine import Engine, HttpEngine, SimulatedEngine
+from capacity.agent.engine import Engine, SimulatedEngine
+from capacity.agent.engine_http import HttpEngine
 from capacity.agent.enrollment import EnrollmentError, enroll
 from capacity.agent.identity import (
     EnrollmentState,

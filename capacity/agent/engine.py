@@ -2,10 +2,10 @@
 
 The agent relays receipted requests to an engine through one small interface,
 ``Engine.open(endpoint, body) -> EngineAnswer``: a status, a content type and the body's
-bytes as they come. ``HttpEngine`` is the adapter for a real OpenAI-compatible server
-(vLLM at ``--engine-url``); ``SimulatedEngine`` runs in-process, so a fleet of thousands
-of nodes serves inference without a socket per hop, and ``serve_engine`` puts either on
-HTTP (``/engine/v1/...`` on the agent, ``/n/<i>/engine/v1/...`` on the fleet).
+bytes as they come. ``SimulatedEngine`` (here) runs in-process, so a fleet of thousands
+of nodes serves inference without a socket per hop; ``engine_http`` holds the adapter
+for a real OpenAI-compatible server (vLLM at ``--engine-url``) and puts an engine's
+answers on HTTP (the relay, and ``/engine/v1/...`` on the agent and the fleet).
 
 The simulator is deterministic, as docs/gateway.md "The simulator's engine" says:
 
@@ -28,7 +28,7 @@ The simulator is deterministic, as docs/gateway.md "The simulator's engine" says
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import json
 import time
 import uuid
@@ -37,13 +37,10 @@ from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Protocol
 
-import aiohttp
-from aiohttp import web
-
 from capacity.agent.faults import EngineFaults, EngineRequestFaults
 
 ENDPOINTS = ("chat/completions", "completions")
-ENDPOINT_PATTERN = "chat/completions|completions"
+ENDPOINT_PATTERN = "|".join(ENDPOINTS)  # for aiohttp routes
 DEFAULT_MAX_TOKENS = 16
 # Largest max_tokens the simulator generates (a receipt allows at most 32768).
 MAX_SIMULATED_TOKENS = 131_072
@@ -84,7 +81,11 @@ class EngineAnswer:
 
 class Engine(Protocol):
     async def open(self, endpoint: str, body: bytes) -> EngineAnswer:
-        """Send ``body`` to ``/v1/<endpoint>`` and return the answer as it starts."""
+        """Send ``body`` to ``/v1/<endpoint>`` and return the answer as it starts.
+
+        Raises ``EngineUnavailable`` when the engine cannot be reached and
+        ``EngineDisconnected`` when it hangs up before answering.
+        """
 
 
 @dataclass(frozen=True)
@@ -272,17 +273,24 @@ class _Generation:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    def _chunk(self, choice: dict[str, object] | None, completion_tokens: int) -> bytes:
-        chunk: dict[str, object] = {
+    @functools.cached_property
+    def _chunk_head(self) -> bytes:
+        """``data: {"id":…,"object":…,"created":…,"model":…,`` shared by every chunk."""
+        head = {
             "id": self.ident,
             "object": f"{self.object}.chunk" if self.chat else self.object,
             "created": self.created,
             "model": self.request.model,
-            "choices": [] if choice is None else [choice],
         }
+        return b"data: " + _dumps(head)[:-1] + b","
+
+    def _chunk(self, choice: dict[str, object] | None, completion_tokens: int) -> bytes:
+        """One SSE event; assembled from pieces (one per token: keep it cheap)."""
+        choices = b'"choices":[]' if choice is None else b'"choices":[' + _dumps(choice) + b"]"
         if self.request.continuous_usage or choice is None:
-            chunk["usage"] = self.usage(completion_tokens)
-        return b"data: " + _dumps(chunk) + b"\n\n"
+            usage = b',"usage":' + _dumps(self.usage(completion_tokens))
+            return self._chunk_head + choices + usage + b"}\n\n"
+        return self._chunk_head + choices + b"}\n\n"
 
     def _token_choice(self, index: int) -> dict[str, object]:
         finish = "length" if index == self.request.max_tokens - 1 else None
@@ -339,84 +347,3 @@ class _Generation:
 
 def _scaled(tokens: int, factor: Decimal) -> int:
     return int((tokens * factor).to_integral_value(rounding=ROUND_FLOOR))
-
-
-class HttpEngine:
-    """Adapter for a real OpenAI-compatible server (vLLM): ``POST {base_url}/v1/<endpoint>``.
-
-    Connecting has 5 s; once connected, a stream may pause up to 10 minutes between
-    bytes (long prompts on a busy engine), and has no overall limit (the gateway keeps
-    its own).
-    """
-
-    TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=600)
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
-
-    async def open(self, endpoint: str, body: bytes) -> EngineAnswer:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.TIMEOUT, auto_decompress=True)
-        try:
-            response = await self._session.post(
-                f"{self.base_url}/v1/{endpoint}",
-                data=body,
-                headers={"Content-Type": "application/json"},
-            )
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise EngineUnavailable(f"engine at {self.base_url}: {error}") from error
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in response.content.iter_any():
-                    yield chunk
-            except (aiohttp.ClientError, TimeoutError) as error:
-                raise EngineDisconnected(str(error)) from error
-
-        async def aclose() -> None:
-            response.close()
-
-        content_type = response.headers.get("Content-Type", "application/json")
-        return EngineAnswer(response.status, content_type, chunks(), aclose)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-def abort_connection(request: web.Request) -> None:
-    """Drop the client's connection at once: a cut stream, not a short complete one."""
-    if request.transport is not None:
-        request.transport.abort()
-
-
-async def serve_engine(request: web.Request, engine: Engine, endpoint: str) -> web.StreamResponse:
-    """An engine on HTTP, bytes as they come; a cut engine cuts the connection too."""
-    answer = await engine.open(endpoint, await request.read())
-    try:
-        if not answer.is_stream:
-            try:
-                body = b"".join([chunk async for chunk in answer.chunks])
-            except EngineDisconnected:
-                abort_connection(request)
-                return web.Response(status=answer.status)
-            return web.Response(
-                body=body, status=answer.status, headers={"Content-Type": answer.content_type}
-            )
-        response = web.StreamResponse(
-            status=answer.status,
-            headers={"Content-Type": answer.content_type, "Cache-Control": "no-cache"},
-        )
-        await response.prepare(request)
-        try:
-            async for chunk in answer.chunks:
-                await response.write(chunk)
-        except EngineDisconnected:
-            abort_connection(request)
-            return response
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-        return response
-    finally:
-        await answer.aclose()

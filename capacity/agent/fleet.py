@@ -77,7 +77,8 @@ from capacity.agent.arguments import (
     window_seconds,
 )
 from capacity.agent.counters import CounterReadings, readings_delta
-from capacity.agent.engine import ENDPOINT_PATTERN, EngineSettings, SimulatedEngine, serve_engine
+from capacity.agent.engine import ENDPOINT_PATTERN, EngineSettings, SimulatedEngine
+from capacity.agent.engine_http import serve_engine
 from capacity.agent.faults import (
     ENGINE_FAULT_KINDS,
     FaultRequestError,
@@ -163,7 +164,7 @@ class ReceiptLog:
     """``receipts.jsonl`` under ``--state-dir``: the fleet's only per-request state.
 
     One JSON line per served rid (``{"node", "rid", "iat"}``) and per receipt record
-    (``{"node", "det_before", "fields"}``), each written with one ``write`` to a file
+    (``{"node", "windows_before", "fields"}``), each written with one ``write`` to a file
     opened for appending, so a killed fleet loses at most the line being written (a torn
     last line is skipped when read back).
     """
@@ -246,7 +247,8 @@ class FleetNode:
         # and their fields; empty for a node that serves no inference (the fast path).
         self.receipt_seqs: list[int] = []
         self.receipt_fields: list[dict[str, object]] = []
-        # Window records published before the last receipt record (never goes back).
+        # Window records published so far (by a poll or before a receipt record): the
+        # head never goes back behind them.
         self.windows_floor = 0
         self.receipt_totals = {"records": 0, "input_tokens": 0, "output_tokens": 0}
 
@@ -283,7 +285,7 @@ class FleetNode:
         windows_before = self.append_receipt_record(fields, real_now_ms=unix_ms_now())
         if self.config.receipt_log is not None:
             self.config.receipt_log.write(
-                {"node": self.index, "det_before": windows_before, "fields": fields}
+                {"node": self.index, "windows_before": windows_before, "fields": fields}
             )
 
     def append_receipt_record(self, fields: dict[str, object], *, real_now_ms: int) -> int:
@@ -312,10 +314,10 @@ class FleetNode:
         return hash_token(fleet_poll_token(self.config.seed, self.index, self.config.token_prefix))
 
     def head_seq(self, real_now_ms: int) -> int:
-        windows = self._windows_published(real_now_ms)
-        if not self.receipt_seqs:
-            return windows
-        return max(windows, self.windows_floor) + len(self.receipt_seqs)
+        # Never behind what was published before, even if the wall clock steps back: a
+        # receipt record goes after every window record a poll may have seen.
+        windows = self.windows_floor = max(self._windows_published(real_now_ms), self.windows_floor)
+        return windows + len(self.receipt_seqs)
 
     def _activity(self, gpu: SimulatedGpu, ordinal: int) -> WindowActivity:
         return window_activity(
@@ -335,10 +337,13 @@ class FleetNode:
 
     def _fields(self, seq: int) -> dict[str, object]:
         if self.receipt_seqs:
-            before = bisect.bisect_left(self.receipt_seqs, seq)
-            if before < len(self.receipt_seqs) and self.receipt_seqs[before] == seq:
-                return self.receipt_fields[before]
-            seq -= before  # the window record's place among window records
+            receipts_before = bisect.bisect_left(self.receipt_seqs, seq)
+            if (
+                receipts_before < len(self.receipt_seqs)
+                and self.receipt_seqs[receipts_before] == seq
+            ):
+                return self.receipt_fields[receipts_before]
+            seq -= receipts_before  # the window record's place among window records
         ordinal, gpu_index = divmod(seq - 1, len(self.gpus))
         gpu = self.gpus[gpu_index]
         activity = self._activity(gpu, ordinal)
@@ -454,7 +459,7 @@ class Fleet:
                 continue
             node = self.node(index)
             if "fields" in entry:
-                node.restore_receipt_record(entry["fields"], windows_before=entry["det_before"])
+                node.restore_receipt_record(entry["fields"], windows_before=entry["windows_before"])
             else:
                 node.ledger.remember(str(entry["rid"]), int(entry["iat"]))
 

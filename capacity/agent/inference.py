@@ -34,12 +34,8 @@ from typing import Any, Protocol
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from capacity.agent.engine import (
-    Engine,
-    EngineDisconnected,
-    EngineUnavailable,
-    abort_connection,
-)
+from capacity.agent.engine import Engine, EngineDisconnected, EngineUnavailable
+from capacity.agent.engine_http import write_answer
 from capacity.agent.journal import Journal
 from capacity.agent.protocol import time_from_unix, usage_fields
 from capacity.agent.receipts import RECEIPT_HEADER, Receipt, ReceiptError, parse_receipt
@@ -207,10 +203,21 @@ def _has_content(choices: object) -> bool:
 
 
 class UsageMeter:
-    """Reads the usage out of what was relayed: SSE events or one whole JSON answer."""
+    """Reads the usage out of what was relayed: SSE events or one whole JSON answer.
+
+    Streams are read cheaply, as most of a stream is tokens: only the last event that
+    carries a ``usage`` object is kept (raw) and parsed once at the end; events are
+    parsed one by one only while none has carried one, to count content chunks for an
+    engine that reports no usage.
+    """
+
+    # A "usage" key with an object value (OpenAI sends "usage":null on other chunks);
+    # such bytes cannot occur inside a JSON string, where quotes are escaped.
+    _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 
     def __init__(self) -> None:
-        self.usage: tuple[int, int] | None = None
+        self._usage: tuple[int, int] | None = None
+        self._last_usage_event: bytes | None = None
         self.content_chunks = 0
         self._partial = b""
 
@@ -219,7 +226,7 @@ class UsageMeter:
             return
         usage = _usage_pair(event.get("usage"))
         if usage is not None:
-            self.usage = usage
+            self._usage = usage
         if _has_content(event.get("choices")):
             self.content_chunks += 1
 
@@ -232,24 +239,37 @@ class UsageMeter:
             payload = line[5:].strip()
             if not payload or payload == b"[DONE]":
                 continue
-            try:
-                self._observe(json.loads(payload))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                continue
+            if any(marker in payload for marker in self._USAGE_MARKERS):
+                self._last_usage_event = payload
+            elif self._last_usage_event is None:
+                self._parse(payload)
 
-    def feed_whole(self, body: bytes) -> None:
+    def _parse(self, payload: bytes) -> None:
         try:
-            self._observe(json.loads(body))
+            self._observe(json.loads(payload))
         except (UnicodeDecodeError, json.JSONDecodeError):
             return
 
+    def feed_whole(self, body: bytes) -> None:
+        self._parse(body)
+
+    @property
+    def usage(self) -> tuple[int, int] | None:
+        """``(prompt, completion)`` tokens the engine last reported, if it did."""
+        if self._last_usage_event is not None:
+            event, self._last_usage_event = self._last_usage_event, None
+            self._parse(event)
+        return self._usage
+
     @property
     def input_tokens(self) -> int:
-        return 0 if self.usage is None else self.usage[0]
+        usage = self.usage
+        return 0 if usage is None else usage[0]
 
     @property
     def output_tokens(self) -> int:
-        return self.content_chunks if self.usage is None else self.usage[1]
+        usage = self.usage
+        return self.content_chunks if usage is None else usage[1]
 
 
 def engine_body(request: dict[str, Any], receipt: Receipt) -> bytes:
@@ -335,31 +355,8 @@ async def _relay(
         answer = await engine.open(endpoint, body)
     except EngineUnavailable:
         return _error(502, "engine_unavailable")
-    try:
-        if not answer.is_stream:
-            try:
-                whole = b"".join([chunk async for chunk in answer.chunks])
-            except EngineDisconnected:
-                return _error(502, "engine_disconnected")
-            if answer.status == 200:
-                meter.feed_whole(whole)
-            return web.Response(
-                body=whole, status=answer.status, headers={"Content-Type": answer.content_type}
-            )
-        response = web.StreamResponse(
-            status=answer.status,
-            headers={"Content-Type": answer.content_type, "Cache-Control": "no-cache"},
-        )
-        await response.prepare(request)
-        try:
-            async for chunk in answer.chunks:
-                await response.write(chunk)
-                meter.feed_stream(chunk)
-            await response.write_eof()
-        except EngineDisconnected:
-            abort_connection(request)
-        except ConnectionError:
-            pass  # the client left: what it received is what was served
-        return response
-    finally:
-        await answer.aclose()
+    except EngineDisconnected:
+        return _error(502, "engine_disconnected")
+    return await write_answer(
+        request, answer, observer=meter, whole_cut=lambda _: _error(502, "engine_disconnected")
+    )

@@ -31,7 +31,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from capacity.agent import AGENT_VERSION
-from capacity.agent.engine import ENDPOINT_PATTERN, Engine, SimulatedEngine, serve_engine
+from capacity.agent.engine import ENDPOINT_PATTERN, Engine, SimulatedEngine
+from capacity.agent.engine_http import HttpEngine, serve_engine
 from capacity.agent.faults import (
     ENGINE_FAULT_KINDS,
     FaultRequestError,
@@ -349,6 +350,13 @@ def create_app(service: AgentService) -> web.Application:
             await task
 
     app.cleanup_ctx.append(recording)
+
+    async def close_engine(app: web.Application) -> None:
+        engine = app[SERVICE].engine
+        if isinstance(engine, HttpEngine):
+            await engine.close()
+
+    app.on_cleanup.append(close_engine)
     return app
 
 

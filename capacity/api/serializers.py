@@ -11,6 +11,9 @@ from accounts.models import Organization
 from capacity.models import (
     MAX_PRICE_PER_GPU_HOUR,
     PRICE_BOUND_MESSAGE,
+    PRICE_DECIMALS_MESSAGE,
+    WINDOW_MAX_LEAD,
+    WINDOW_MAX_LENGTH,
     Currency,
     EnergySource,
     GpuModel,
@@ -18,6 +21,7 @@ from capacity.models import (
     Region,
     Site,
     WindowKind,
+    site_figure_errors,
 )
 
 
@@ -46,17 +50,23 @@ class SiteOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+def _site_figure(name: str) -> serializers.DecimalField:
+    """A site's decimal figure (6 decimals, as stored), with plain messages."""
+    messages: dict[str, Any] = site_figure_errors(name)  # DRF's stubs want lazy strings too
+    return serializers.DecimalField(max_digits=20, decimal_places=6, error_messages=messages)
+
+
 class SiteInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=120)
     country = serializers.CharField(max_length=2, min_length=2, help_text="ISO 3166 alpha-2.")
     region = serializers.ChoiceField(choices=Region.choices)
     # Digits well beyond the columns': out of range gets the service's range message, not a
     # count of digits (a bound there is still needed: DRF cannot round 1e400 without one).
-    latitude = serializers.DecimalField(max_digits=20, decimal_places=6)
-    longitude = serializers.DecimalField(max_digits=20, decimal_places=6)
+    latitude = _site_figure("latitude")
+    longitude = _site_figure("longitude")
     power_capacity_kw = serializers.IntegerField(min_value=1)
     energy_source = serializers.ChoiceField(choices=EnergySource.choices)
-    energy_price_per_kwh = serializers.DecimalField(max_digits=20, decimal_places=6)
+    energy_price_per_kwh = _site_figure("energy_price_per_kwh")
     energy_currency = CurrencyField(default=Currency.USD)
 
 
@@ -129,8 +139,12 @@ class WindowOutputSerializer(serializers.Serializer):
 
 class WindowInputSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=WindowKind.choices)
-    start = serializers.DateTimeField()
-    end = serializers.DateTimeField()
+    start = serializers.DateTimeField(
+        help_text=f"Within {WINDOW_MAX_LEAD.days} days from now, not in the past."
+    )
+    end = serializers.DateTimeField(
+        help_text=f"After the start, at most {WINDOW_MAX_LENGTH.days} days after it."
+    )
     reason = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
 
 
@@ -140,7 +154,13 @@ def _price(**kwargs: Any) -> serializers.DecimalField:
         max_digits=10,
         decimal_places=4,
         max_value=MAX_PRICE_PER_GPU_HOUR,
-        error_messages={"max_value": PRICE_BOUND_MESSAGE},
+        # The digit counts DRF checks first are the bound, said in words.
+        error_messages={
+            "max_value": PRICE_BOUND_MESSAGE,
+            "max_digits": PRICE_BOUND_MESSAGE,
+            "max_whole_digits": PRICE_BOUND_MESSAGE,
+            "max_decimal_places": PRICE_DECIMALS_MESSAGE,
+        },
         **kwargs,
     )
 

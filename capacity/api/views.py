@@ -358,7 +358,9 @@ class OfferDetailApi(APIView):
     )
     def patch(self, request: Request, pk: int) -> Response:
         offer = self._offer(request, pk)
-        payload = OfferUpdateInputSerializer(data=request.data)
+        # Partial: a form body leaves out what it does not change (DRF would otherwise read
+        # a missing is_active as false and deactivate the offer).
+        payload = OfferUpdateInputSerializer(data=request.data, partial=True)
         payload.is_valid(raise_exception=True)
         data = dict(payload.validated_data)
         is_active = data.pop("is_active", None)

@@ -11,10 +11,22 @@ contracts and SLA credits), in one function, ``gpu_availability``: a minute coun
 it is inside the period (after the node's enrollment, the GPU's creation or the
 reservation's start: the caller's ``counted_from``) and already measurable (before
 ``measured_until``: the last minute metering could have polled, ``measured_until``
-below), less maintenance announced at least ``MAINTENANCE_NOTICE`` ahead; of those, the
-minutes observed available are available and every other one is down. Both sides of the
-ratio count the same minutes, so a figure is always between 0 and 100 %, and a period
-with nothing measurable yet has no figure (``percent`` is None), neither 0 nor 100 %.
+below), less excluded maintenance; of those, the minutes observed available are
+available and every other one is down. Both sides of the ratio count the same minutes, so
+a figure is always between 0 and 100 %, and a period with nothing measurable yet has no
+figure (``percent`` is None), neither 0 nor 100 %.
+
+Excluded maintenance, the one rule (``excluded_maintenance``, read through
+``capacity.metering.selectors.maintenance_exclusions`` by node figures, search, offer
+pages, contracts' SLA and settlement's charge-backs alike): a node's maintenance windows
+announced at least ``MAINTENANCE_NOTICE`` (7 days) ahead, and of those at most the
+allowance per calendar month (UTC), the setting ``SLA_MAINTENANCE_ALLOWANCE_HOURS``
+(``HASHGRID_SLA_MAINTENANCE_ALLOWANCE_HOURS``, default 8 hours). A node's windows apply to
+each of its GPUs, so the allowance is per GPU. The allowance is used up in the order the
+windows fall in the month (a window crossing a month's end draws on each month for its
+part in it); maintenance beyond it, maintenance announced late, and curtailment count as
+minutes like any other: down unless observed available. So a partner cannot announce a
+window from 2026 to 2099 and owe nothing: all but 8 hours a month of it is downtime.
 """
 
 from __future__ import annotations
@@ -111,6 +123,46 @@ def _intervals_to_day_masks(intervals: Iterable[tuple[int, int]]) -> dict[int, i
             masks[day] |= _range_mask(first - day_start, day_end - day_start)
             first, day = day_end, day + 1
     return masks
+
+
+def month_start(moment: datetime) -> datetime:
+    """Midnight UTC of the first day of ``moment``'s calendar month."""
+    return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _next_month(month: datetime) -> datetime:
+    return (month + timedelta(days=32)).replace(day=1)
+
+
+def excluded_maintenance(
+    windows: Iterable[tuple[datetime, datetime]],
+    *,
+    since: datetime,
+    until: datetime,
+    allowance: timedelta,
+) -> list[tuple[datetime, datetime]]:
+    """The parts of one node's maintenance ``windows`` (announced in time, not
+    overlapping) excluded from availability, clipped to ``[since, until)``: in each UTC
+    calendar month, the first ``allowance`` of maintenance in the month, in time order
+    (the rule in the module docstring). ``windows`` must hold every such window of the
+    months ``[since, until)`` touches, also those before ``since``: they use the
+    allowance first."""
+    excluded: list[tuple[datetime, datetime]] = []
+    used: dict[datetime, timedelta] = defaultdict(timedelta)
+    first_month = month_start(since)
+    for start, end in sorted(windows):
+        month = max(month_start(start), first_month)
+        while month < until and month < end:
+            next_month = _next_month(month)
+            piece_start, piece_end = max(start, month), min(end, next_month)
+            take = min(piece_end - piece_start, allowance - used[month])
+            if take > timedelta(0):
+                used[month] += take
+                lower, upper = max(piece_start, since), min(piece_start + take, until)
+                if lower < upper:
+                    excluded.append((lower, upper))
+            month = next_month
+    return excluded
 
 
 def measured_until(

@@ -14,8 +14,10 @@ from capacity.metering.availability import (
     MAINTENANCE_NOTICE,
     NOTHING,
     AvailabilityFigure,
+    excluded_maintenance,
     gpu_availability,
     measured_until,
+    month_start,
 )
 from capacity.metering.models import (
     GpuAvailabilityDay,
@@ -81,18 +83,29 @@ def quarantine_counts_for_node(*, node: Node) -> dict[str, int]:
 def maintenance_exclusions(
     *, node_ids: Iterable[int], since: datetime, until: datetime
 ) -> dict[int, list[tuple[datetime, datetime]]]:
-    """Maintenance announced >= 7 days ahead, per node, clipped to ``[since, until)``.
+    """Maintenance excluded from availability, per node, clipped to ``[since, until)``:
+    announced >= 7 days ahead, at most ``SLA_MAINTENANCE_ALLOWANCE_HOURS`` per calendar
+    month (``availability.excluded_maintenance``, the rule in that module's docstring).
 
-    The SLA's exclusion rule lives here alone, so contracts can reuse it.
+    Every figure reads the exclusion through here (node figures, search, contracts' SLA,
+    settlement), so none can exclude more than another.
     """
-    exclusions: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+    allowance = timedelta(hours=settings.SLA_MAINTENANCE_ALLOWANCE_HOURS)
+    in_time: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+    # From the start of since's month: earlier windows of that month use its allowance first.
     windows = MaintenanceWindow.objects.filter(
-        node_id__in=list(node_ids), cancelled_at__isnull=True, period__overlap=(since, until)
-    )
-    for window in windows:
-        start, end = window.period.lower, window.period.upper
-        if window.announced_at <= start - MAINTENANCE_NOTICE:
-            exclusions[window.node_id].append((max(start, since), min(end, until)))
+        node_id__in=list(node_ids),
+        cancelled_at__isnull=True,
+        period__overlap=(month_start(since), until),
+    ).values_list("node_id", "period", "announced_at")
+    for node_id, period, announced_at in windows:
+        if announced_at <= period.lower - MAINTENANCE_NOTICE:
+            in_time[node_id].append((period.lower, period.upper))
+    exclusions: dict[int, list[tuple[datetime, datetime]]] = {}
+    for node_id, node_windows in in_time.items():
+        excluded = excluded_maintenance(node_windows, since=since, until=until, allowance=allowance)
+        if excluded:
+            exclusions[node_id] = excluded
     return exclusions
 
 

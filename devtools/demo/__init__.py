@@ -2,9 +2,15 @@
 
 - ``people``: the demo users and their buyer and partner organizations;
 - ``fleet``: partner sites on four continents, nodes enrolled against the fleet
-  simulator, and their offers.
+  simulator, and their offers;
+- ``inference``: fleet nodes serving the demo product, the demo buyer's inference line
+  and a ready key.
 
 No Django import here: ``devtools.devrun`` prints the logins before Django is set up.
 """
 
 DEMO_PASSWORD = "hashgrid-demo"  # noqa: S105 - the local demo's documented password
+# The demo buyer's inference line serves this product; its key's plaintext is kept in
+# this file (0600, under the checkout) so `make run` can print it with a curl line.
+DEMO_INFERENCE_PRODUCT = "llama-3.1-8b-instruct"
+DEMO_API_KEY_FILE = ".run/demo_api_key"

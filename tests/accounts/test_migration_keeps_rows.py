@@ -131,7 +131,12 @@ def test_an_existing_database_keeps_every_row(scratch_database):
         assert before[table], f"the scenario wrote no {table} row"
     assert [row.pop("target_type") for row in before["auditevent"]] == ["marketplace.apikey"]
     assert [row.pop("target_type") for row in after["auditevent"]] == ["accounts.apikey"]
-    assert after == before
+    # Later migrations may add columns to these tables; the columns the rows had are kept.
+    kept = {
+        table: [{column: row[column] for column in before[table][0]} for row in rows]
+        for table, rows in after.items()
+    }
+    assert kept == before
 
     # Content types kept their ids under the new label: permissions (the Finance group's
     # included, compared above), user permissions and the admin log still point at them.

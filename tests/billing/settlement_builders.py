@@ -66,13 +66,13 @@ def observe_available(devices, *, since: date, until: date, down: dict | None = 
 
 
 def ensure_finance_group():
-    """The Finance group as migration 0004 makes it (a transactional test elsewhere in
-    the run may have flushed the data migrations wrote)."""
-    from importlib import import_module
+    """The Finance group as billing's reference data makes it after every migrate (a
+    transactional test elsewhere in the run may have flushed the data migrations wrote)."""
+    from django.contrib.auth.models import Group, Permission
 
-    from django.apps import apps
-    from django.contrib.auth.models import Group
+    from billing.reference_data import GROUP
+    from billing.reference_data import ensure_finance_group as ensure
 
-    if not Group.objects.filter(name="Finance").exists():
-        import_module("billing.migrations.0004_finance_group").create_group(apps, None)
-    return Group.objects.get(name="Finance")
+    if not Group.objects.filter(name=GROUP).exists():
+        ensure(group_model=Group, permission_model=Permission)
+    return Group.objects.get(name=GROUP)

@@ -60,6 +60,7 @@ FINANCE_PERMISSIONS = {
     "billing.view_statementadjustment",
     "billing.view_connectaccount",
     "billing.view_payout",
+    "billing.view_draftfailure",
     "contracts.view_contract",
     "accounts.view_organization",
     "accounts.view_auditevent",
@@ -104,6 +105,27 @@ def test_the_finance_group_has_exactly_the_intended_permissions():
     assert not {"billing.change_journalentry", "billing.delete_journalline"} & granted
 
 
+def test_migration_0008_lets_finance_read_draft_failures():
+    """The period close records the contracts it could not draft (DraftFailure) for
+    finance, but the Finance group could not open that list: 0008 grants its view."""
+    from importlib import import_module
+
+    from django.apps import apps
+    from django.contrib.auth.models import Permission
+
+    migration = import_module("billing.migrations.0008_finance_views_draft_failures")
+    group = ensure_finance_group()
+    view = Permission.objects.get(content_type__app_label="billing", codename="view_draftfailure")
+    group.permissions.remove(view)
+    migration.grant(apps, None)
+    assert group.permissions.filter(pk=view.pk).exists()
+    migration.revoke(apps, None)
+    assert not group.permissions.filter(pk=view.pk).exists()
+    migration.grant(apps, None)
+    response = client_for(finance_user()).get(reverse("admin:billing_draftfailure_changelist"))
+    assert response.status_code == 200
+
+
 def test_a_finance_user_without_totp_cannot_reach_the_admin():
     client = client_for(finance_user(mfa=False))
     for url in ("/admin/", reverse("admin:billing_settlementstatement_changelist")):
@@ -124,6 +146,7 @@ def test_a_finance_user_without_totp_cannot_reach_the_admin():
         "payout",
         "attribution",
         "connectaccount",
+        "draftfailure",
     ],
 )
 def test_finance_changelists_render_with_search(finance_client, buyer_org, model):

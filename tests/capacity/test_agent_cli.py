@@ -10,8 +10,9 @@ import pytest
 from django.core.cache import cache
 
 from capacity import services
-from capacity.agent.protocol import hash_token
+from capacity.agent.protocol import hash_token, public_key_b64
 from capacity.models import Node, NodeStatus
+from config.gateway_keys import receipt_signing_key
 from tests.factories import catalog_gpu
 
 
@@ -63,6 +64,8 @@ def test_agent_enroll_cli_against_live_server(live_server, site, tmp_path):
     state = json.loads(state_files[0].read_text())
     assert state["poll_token_sha256"] == hash_token(node.poll_token())
     assert str(state["node_id"]) == str(node.pk)
+    # The receipt key the gateway's receipts will be checked with (protocol v1.1).
+    assert state["platform_public_key"] == public_key_b64(receipt_signing_key())
 
     again = subprocess.run(
         [

@@ -222,3 +222,27 @@ def test_every_endpoint_is_hidden_from_other_tenants(other_api, node):
 def test_buyer_gets_404_and_anonymous_gets_403(buyer_client, plain_client):
     assert buyer_client.get("/api/v1/sites").status_code == 404
     assert plain_client.get("/api/v1/sites").status_code in (401, 403)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("content_type", ["multipart", "urlencoded"])
+def test_a_form_encoded_patch_without_is_active_keeps_the_offer_active(
+    partner_api, node, content_type
+):
+    """A form body without ``is_active`` changes what it sends and nothing else: DRF reads
+    a missing checkbox as false unless the serializer is partial."""
+    offer = OfferFactory(site=node.site, gpu_count=2)
+    if content_type == "multipart":
+        response = partner_api.patch(
+            f"/api/v1/offers/{offer.pk}", {"gpu_count": 1}, format="multipart"
+        )
+    else:
+        response = partner_api.patch(
+            f"/api/v1/offers/{offer.pk}",
+            "gpu_count=1",
+            content_type="application/x-www-form-urlencoded",
+        )
+    assert response.status_code == 200
+    assert (response.json()["gpu_count"], response.json()["is_active"]) == (1, True)
+    stored = Offer.objects.get(pk=offer.pk)
+    assert (stored.gpu_count, stored.is_active) == (1, True)

@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 
 from capacity.countries import COUNTRY_REGIONS, ISO_3166_ALPHA2
-from capacity.models import Node, Region, Site
+from capacity.models import Node, Offer, Region, Site
 from tests.capacity.test_api import SITE_BODY
 from tests.capacity.test_views import SITE_POST
 from tests.factories import catalog_gpu
@@ -50,7 +50,8 @@ def test_absurd_coordinates_are_refused_with_a_message(partner_client, partner_a
     page = _site_page(partner_client, latitude=value)
     api = _site_api(partner_api, latitude=value)
 
-    message = "Ensure that there are no more than 20 digits in total."
+    # The range, in words, not a count of digits (issue 13, item 11).
+    message = "Latitude must be between -90 and 90 degrees."
     assert page.context["form"].errors == {"latitude": [message]}
     assert (api.status_code, api.json()) == (400, {"latitude": [message]})
     assert Site.objects.count() == 0
@@ -121,3 +122,57 @@ def test_node_figures_out_of_range(partner_client, partner_api, site, field, val
     assert page.context["form"].errors == {field: [message]}
     assert (api.status_code, api.json()) == (400, {field: [message]})
     assert Node.objects.count() == 0
+
+
+BOUND = "A price per GPU-hour is at most 1000.0000; check the decimal point."
+DECIMALS = "A price per GPU-hour has at most 4 decimals, e.g. 2.1250."
+
+
+@pytest.mark.parametrize(
+    ("value", "page_message", "api_message"),
+    [
+        # Each refused once, in words, never as Django's or DRF's count of digits.
+        (HUGE, BOUND, BOUND),
+        ("1e400", BOUND, BOUND),
+        ("12345678901.5", BOUND, BOUND),
+        ("1000.0001", BOUND, BOUND),
+        ("2.12345", DECIMALS, DECIMALS),
+        ("-1", "A price per GPU-hour must be greater than zero.", None),
+    ],
+)
+def test_offer_prices_out_of_range(
+    partner_client, partner_api, site, value, page_message, api_message
+):
+    """Issue 13 #11: offer prices get a plain message, from the page and the API alike."""
+    from tests.factories import NodeFactory
+
+    NodeFactory(site=site, gpu_count=4)
+    prices = {
+        "on_demand_price_per_gpu_hour": "2.5000",
+        "reserved_price_1m_per_gpu_hour": "2.0000",
+        "reserved_price_3m_per_gpu_hour": "1.9000",
+        "reserved_price_6m_per_gpu_hour": "1.8000",
+        "reserved_price_12m_per_gpu_hour": value,
+    }
+    page = partner_client.post(
+        reverse("capacity:offer_create"),
+        {
+            "site": site.pk,
+            "gpu_model": catalog_gpu().pk,
+            "gpu_count": 2,
+            "currency": "USD",
+            **prices,
+        },
+    )
+    api = partner_api.post(
+        "/api/v1/offers",
+        {"site": site.pk, "gpu_model": "H100 SXM 80GB", "gpu_count": 2, **prices},
+        format="json",
+    )
+
+    assert page.status_code == 200
+    assert page.context["form"].errors == {"reserved_price_12m_per_gpu_hour": [page_message]}
+    # The API lets a negative price through to the service, which says the same in words.
+    expected = api_message or "The 12-month reserved price must be greater than zero."
+    assert (api.status_code, api.json()) == (400, {"reserved_price_12m_per_gpu_hour": [expected]})
+    assert Offer.objects.count() == 0

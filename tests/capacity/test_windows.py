@@ -45,6 +45,9 @@ def test_schedule_stores_the_window(node):
     )
 
 
+FAR_START = "A window starts within 365 days from now (by 2027-05-04 12:00 UTC)."
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("start", "end", "expected"),
@@ -64,9 +67,31 @@ def test_schedule_stores_the_window(node):
             NOW + timedelta(hours=5),
             {"end": ["The window must end after it starts."]},
         ),
+        # Issue 13 #6: a maintenance window from 2026 to 2099 over reserved GPUs.
+        (
+            NOW + timedelta(days=8),
+            datetime(2099, 1, 1, tzinfo=UTC),
+            {"end": ["A window lasts at most 31 days; this one lasts 26531 days."]},
+        ),
+        (
+            NOW + timedelta(days=1),
+            NOW + timedelta(days=33),
+            {"end": ["A window lasts at most 31 days; this one lasts 32 days."]},
+        ),
+        (
+            NOW + timedelta(days=365, seconds=1),
+            NOW + timedelta(days=366),
+            {"start": [FAR_START]},
+        ),
+        (
+            datetime(9999, 12, 30, tzinfo=UTC),
+            datetime(9999, 12, 31, tzinfo=UTC),
+            {"start": [FAR_START]},
+        ),
     ],
 )
-def test_past_and_inverted_windows_are_refused(node, start, end, expected):
+def test_past_inverted_far_and_long_windows_are_refused(node, start, end, expected):
+    """Issue 13 #11: every field has bounds, refused with a message that states them."""
     with pytest.raises(ValidationError) as caught:
         _schedule(node, start, end)
     assert caught.value.message_dict == expected
@@ -156,3 +181,31 @@ def test_started_window_cannot_be_cancelled(node):
         "This window has already started; it can no longer be cancelled."
     ]
     assert NodeWindow.objects.get(pk=window.pk).cancelled_at is None
+
+
+@pytest.mark.django_db
+def test_the_longest_and_farthest_windows_are_accepted(node):
+    last = _schedule(node, NOW + timedelta(days=365), NOW + timedelta(days=396))
+    assert (last.start, last.end) == (NOW + timedelta(days=365), NOW + timedelta(days=396))
+
+
+@pytest.mark.django_db
+def test_the_form_and_the_api_refuse_a_window_of_73_years(node, partner_client, partner_api):
+    page = partner_client.post(
+        f"/partner/nodes/{node.pk}/windows/new/",
+        {"kind": "maintenance", "start": "2026-05-12T00:00", "end": "2099-01-01T00:00"},
+    )
+    assert page.status_code == 200
+    assert "A window lasts at most 31 days; this one lasts 26532 days." in page.content.decode()
+    assert "UTC, at most 31 days after the start." in page.content.decode()
+    assert (
+        "does not count against SLA availability, up to 8 hours per GPU per calendar month"
+        in page.content.decode()
+    )
+    response = partner_api.post(
+        f"/api/v1/nodes/{node.pk}/windows",
+        {"kind": "curtailment", "start": "2028-01-01T00:00:00Z", "end": "2028-01-02T00:00:00Z"},
+        format="json",
+    )
+    assert (response.status_code, response.json()) == (400, {"start": [FAR_START]})
+    assert NodeWindow.objects.count() == 0

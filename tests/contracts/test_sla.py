@@ -68,7 +68,9 @@ def reserved_line(site, devices, buyer_org, settings):
 def _observe(line, *, day: date, minutes: set[int]):
     GpuAvailabilityDay = apps.get_model("metering", "GpuAvailabilityDay")
     gpu_id = line.allocations.get().gpu_device_id
-    GpuAvailabilityDay.objects.create(gpu_id=gpu_id, day=day, minutes=_bits(minutes))
+    GpuAvailabilityDay.objects.update_or_create(
+        gpu_id=gpu_id, day=day, defaults={"minutes": _bits(minutes)}
+    )
 
 
 def test_line_sla_from_availability_minutes(reserved_line):
@@ -157,3 +159,78 @@ def test_a_reservation_nothing_measured_yet_has_no_figure_and_no_credit(site, de
     assert (sla.available_minutes, sla.counted_minutes) == (0, 0)
     assert sla.availability_percent is None
     assert sla.credit_percent == D(0)
+
+
+MARCH = (datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 4, 1, tzinfo=UTC))  # 44,640 minutes
+
+
+def _observe_days(line, *, first: date, last: date, minutes: set[int]):
+    day = first
+    while day <= last:
+        _observe(line, day=day, minutes=minutes)
+        day += timedelta(days=1)
+
+
+def _maintenance(line, start: datetime, end: datetime):
+    return NodeWindowFactory(
+        node=line.allocations.get().gpu_device.node,
+        period=DateTimeTZRange(start, end, "[)"),
+        announced_at=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+
+
+def test_a_window_from_2026_to_2099_excludes_only_the_months_allowance(reserved_line):
+    """Issue 13 #6: maintenance announced 7 days ahead from the 10th to 2099 excluded
+    every reserved minute after it from the SLA: 100 % and no credit for a GPU that was
+    never seen again. Only the month's allowance (8 h) is excluded; the rest is down."""
+    _observe_days(
+        reserved_line, first=date(2025, 3, 1), last=date(2025, 3, 9), minutes=set(range(1440))
+    )
+    _maintenance(reserved_line, datetime(2025, 3, 10, tzinfo=UTC), datetime(2099, 1, 1, tzinfo=UTC))
+    sla = line_sla(line=reserved_line, since=MARCH[0], until=MARCH[1])
+    # 9 days available (12,960 minutes) of 31 days less 8 hours (44,640 - 480).
+    assert (sla.available_minutes, sla.counted_minutes) == (12_960, 44_160)
+    assert sla.availability_percent == D("29.348")
+    assert sla.credit_percent == D(50)
+
+
+def test_maintenance_beyond_the_allowance_is_downtime_and_earns_its_credit(reserved_line, settings):
+    # Down for 12 hours of maintenance announced in time, otherwise always available.
+    everything = set(range(1440))
+    _observe_days(reserved_line, first=date(2025, 3, 1), last=date(2025, 3, 31), minutes=everything)
+    _observe(reserved_line, day=date(2025, 3, 20), minutes=everything - set(range(720)))
+    _maintenance(
+        reserved_line, datetime(2025, 3, 20, tzinfo=UTC), datetime(2025, 3, 20, 12, tzinfo=UTC)
+    )
+    sla = line_sla(line=reserved_line, since=MARCH[0], until=MARCH[1])
+    # 8 hours excluded, 4 hours (240 minutes) down: 43,920 / 44,160 = 99.457 % → 10 %.
+    assert (sla.available_minutes, sla.counted_minutes) == (43_920, 44_160)
+    assert (sla.availability_percent, sla.credit_percent) == (D("99.457"), D(10))
+    # The allowance is a setting: at 12 hours the whole window is excluded.
+    settings.SLA_MAINTENANCE_ALLOWANCE_HOURS = 12
+    sla = line_sla(line=reserved_line, since=MARCH[0], until=MARCH[1])
+    assert (sla.available_minutes, sla.counted_minutes, sla.credit_percent) == (
+        43_920,
+        43_920,
+        D(0),
+    )
+
+
+def test_earlier_maintenance_in_the_month_uses_the_allowance_first(reserved_line):
+    everything = set(range(1440))
+    _observe_days(reserved_line, first=date(2025, 3, 1), last=date(2025, 3, 31), minutes=everything)
+    _observe(reserved_line, day=date(2025, 3, 2), minutes=everything - set(range(300)))
+    _observe(reserved_line, day=date(2025, 3, 20), minutes=everything - set(range(300)))
+    _maintenance(
+        reserved_line, datetime(2025, 3, 2, tzinfo=UTC), datetime(2025, 3, 2, 5, tzinfo=UTC)
+    )
+    _maintenance(
+        reserved_line, datetime(2025, 3, 20, tzinfo=UTC), datetime(2025, 3, 20, 5, tzinfo=UTC)
+    )
+    # Read from the 15th: the 2nd's 5 hours used 5 of the 8, so 3 of the 20th's 5 hours
+    # are excluded and 2 (120 minutes) are down, whatever period is read.
+    since = datetime(2025, 3, 15, tzinfo=UTC)
+    sla = line_sla(line=reserved_line, since=since, until=MARCH[1])
+    assert (sla.available_minutes, sla.counted_minutes) == (17 * 1440 - 300, 17 * 1440 - 180)
+    whole = line_sla(line=reserved_line, since=MARCH[0], until=MARCH[1])
+    assert (whole.available_minutes, whole.counted_minutes) == (44_640 - 600, 44_640 - 480)

@@ -105,7 +105,7 @@ def build_tenant_b() -> TenantB:
     # One open contract per buyer: the invoiced contract also gets the on-demand line.
     invoice = finalized_invoice_for(org)
     line = on_demand_enable(buyer=org, actor=owner, offer=offer)
-    line_api_key_create(line=line, name="zebra-line-key", actor=owner)
+    line_key, _secret = line_api_key_create(line=line, name="zebra-line-key", actor=owner)
     # An inference request of B's inference line, metered from its receipt record.
     llm_line = on_demand_enable(
         buyer=org,
@@ -138,6 +138,11 @@ def build_tenant_b() -> TenantB:
             "offer": offer,
             "contract": line.contract,
             "contract_line": line,
+            "line_api_key": line_key.contract_line_link,
+            "line_key": line_key,
+            # Products are the platform's: the node (B's) is what a foreign caller must
+            # not reach; the product's pk stands in for its slug.
+            "inference_product": InferenceProduct.objects.order_by("pk").first(),
             "invoice": invoice,
             "statement": statement,
             "inference_request": inference_request,

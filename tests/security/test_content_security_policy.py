@@ -30,6 +30,7 @@ def _directives(response) -> dict[str, list[str]]:
 def test_landing_page_policy(settings):
     settings.STRIPE_JS_URL = "https://js.stripe.com/v3/"
     settings.STRIPE_API_BASE = ""
+    settings.GATEWAY_URL = "https://inference.hashgrid.example/"
 
     response = Client().get(reverse("landing"))
 
@@ -41,7 +42,12 @@ def test_landing_page_policy(settings):
         "style-src": ["'self'", f"'nonce-{nonce}'"],
         "img-src": ["'self'", "data:"],
         "font-src": ["'self'"],
-        "connect-src": ["'self'", "https://js.stripe.com", "https://api.stripe.com"],
+        "connect-src": [
+            "'self'",
+            "https://js.stripe.com",
+            "https://api.stripe.com",
+            "https://inference.hashgrid.example",  # the playground streams from the gateway
+        ],
         "frame-src": ["https://js.stripe.com", "https://hooks.stripe.com"],
         "object-src": ["'none'"],
         "base-uri": ["'none'"],
@@ -69,11 +75,12 @@ def test_every_inline_script_carries_the_responses_nonce(buyer_client):
 def test_development_stripe_origin_follows_the_settings(settings):
     settings.STRIPE_JS_URL = "http://127.0.0.1:8420/js.stripe.com/v3/"
     settings.STRIPE_API_BASE = "http://127.0.0.1:8420"
+    settings.GATEWAY_URL = "http://127.0.0.1:8001"
 
     policy = _directives(Client().get(reverse("landing")))
 
     assert policy["script-src"][2:] == ["http://127.0.0.1:8420"]
-    assert policy["connect-src"] == ["'self'", "http://127.0.0.1:8420"]
+    assert policy["connect-src"] == ["'self'", "http://127.0.0.1:8420", "http://127.0.0.1:8001"]
 
 
 def test_no_template_relies_on_what_the_policy_forbids():

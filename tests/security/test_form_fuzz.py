@@ -31,7 +31,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role
 from accounts.tenancy import SESSION_KEY
-from contracts.on_demand import on_demand_enable
+from contracts.models import InferenceProduct
+from contracts.on_demand import line_api_key_create, on_demand_enable
 from tests.billing.settlement_builders import ensure_finance_group
 from tests.factories import (
     ApiKeyFactory,
@@ -61,6 +62,7 @@ HOSTILE_VALUES = (
 )
 # Fields that are not user data: posting garbage there is a 403 (CSRF) or a no-op.
 SKIPPED_FIELDS = {"csrfmiddlewaretoken"}
+_WINDOW_START = (timezone.now() + timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
 # Valid values for fields a blank form leaves empty, so that every post but the fuzzed
 # field passes validation and the hostile value reaches the service and the database.
 VALID = {
@@ -73,8 +75,9 @@ VALID = {
     "gpu_count": "4",
     "cpu_cores": "64",
     "ram_gib": "512",
-    "start": "2030-01-01T00:00",
-    "end": "2030-01-02T00:00",
+    # A window inside the bounds (a start within 365 days, at most 31 days long).
+    "start": f"{_WINDOW_START:%Y-%m-%dT%H:%M}",
+    "end": f"{_WINDOW_START + timedelta(days=1):%Y-%m-%dT%H:%M}",
     "reason": "fuzz",
     "on_demand_price_per_gpu_hour": "2.5000",
     "reserved_price_1m_per_gpu_hour": "2.0000",
@@ -166,6 +169,10 @@ def owner_world(settings):
     NodeWindowFactory(node=node)
     offer = OfferFactory(site=site, gpu_model=gpu_model, gpu_count=4)
     contract = on_demand_enable(buyer=org, actor=owner, offer=offer).contract
+    inference = on_demand_enable(
+        buyer=org, actor=owner, inference_product=InferenceProduct.objects.order_by("pk").first()
+    )
+    line_key, _secret = line_api_key_create(line=inference, name="fuzz", actor=owner)
     starts_at = (timezone.now() + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M")
     client = Client(raise_request_exception=False)
     client.force_login(owner)
@@ -182,12 +189,16 @@ def owner_world(settings):
         "/partner/nodes/new/",
         f"/partner/nodes/{node.pk}/",
         f"/partner/nodes/{node.pk}/windows/new/",
+        f"/partner/nodes/{node.pk}/windows/new/?kind=curtailment",
         "/partner/offers/new/",
         f"/partner/offers/{offer.pk}/edit/",
         f"/marketplace/offers/{offer.pk}/",
         f"/marketplace/quote/?offer={offer.pk}&gpu_count=1&starts_at={starts_at}&term_months=1",
         f"/contracts/{contract.pk}/",
         f"/contracts/{contract.pk}/cancel/",
+        f"/contracts/{contract.pk}/inference-cap/",
+        f"/contracts/{contract.pk}/api-keys/{line_key.contract_line_link.pk}/",
+        f"/partner/nodes/{node.pk}/models/",  # a Serve form per product
         "/billing/payment-method/",
     ]
     # Choices a form's first option would get wrong: the model the site's GPUs are.
@@ -262,7 +273,7 @@ def test_every_form_refuses_hostile_values_without_a_5xx_or_a_write(owner_world)
     assert failures == [], "\n".join(failures)
     # Every form accepts its own defaults, so a refusal above is about the hostile value.
     assert defaults_refused == []
-    assert len(found) == 14, found
+    assert len(found) == 21, found
 
 
 def test_the_finance_admin_form_refuses_hostile_values_without_a_5xx_or_a_write():
@@ -336,15 +347,18 @@ API_WRITES = (
             "ram_gib": 512,
         },
     ),
-    (
-        "post",
-        "/api/v1/nodes/{node}/windows",
-        {
-            "kind": "maintenance",
-            "start": "2030-01-01T00:00:00Z",
-            "end": "2030-01-02T00:00:00Z",
-            "reason": "fuzz",
-        },
+    *(
+        (
+            "post",
+            "/api/v1/nodes/{node}/windows",
+            {
+                "kind": kind,
+                "start": "{next_month}",
+                "end": "{next_month_and_a_day}",
+                "reason": "fuzz",
+            },
+        )
+        for kind in ("maintenance", "curtailment")
     ),
     (
         "post",
@@ -361,6 +375,16 @@ API_WRITES = (
     ("post", "/api/v1/market/quote", {"offer": "{offer}", **_RESERVE}),
     ("post", "/api/v1/reservations", {"offer": "{offer}", **_RESERVE}),
     ("post", "/api/v1/api-keys", {"name": "Fuzz key"}),
+    (
+        "patch",
+        "/api/v1/contracts/{contract}/inference-budget",
+        {"inference_monthly_cap_minor": 500},
+    ),
+    (
+        "patch",
+        "/api/v1/contracts/{contract}/api-keys/{line_key}",
+        {"monthly_cap_minor": 500, "requests_per_minute": 60, "tokens_per_minute": 10_000},
+    ),
     (
         "post",
         "/api/v1/agents/enroll",
@@ -390,7 +414,11 @@ def test_the_table_lists_every_api_write_operation():
     listed = {
         (
             method,
-            path.replace("{site}", "{id}").replace("{node}", "{id}").replace("{offer}", "{id}"),
+            path.replace("{site}", "{id}")
+            .replace("{node}", "{id}")
+            .replace("{offer}", "{id}")
+            .replace("{contract}", "{id}")
+            .replace("{line_key}", "{api_key_id}"),
         )
         for method, path, _ in API_WRITES
     }
@@ -406,11 +434,18 @@ def test_every_api_write_refuses_hostile_values_without_a_5xx_or_a_write(setting
     devices = gpu_pool(site=site, gpus=4, per_node=4, gpu_model=catalog_gpu())
     offer = OfferFactory(site=site, gpu_model=catalog_gpu(), gpu_count=2)
     next_month = (timezone.now() + timedelta(days=30)).replace(second=0, microsecond=0)
+    inference = on_demand_enable(
+        buyer=org, actor=owner, inference_product=InferenceProduct.objects.order_by("pk").first()
+    )
+    line_key, _secret = line_api_key_create(line=inference, name="fuzz", actor=owner)
     own = {
+        "{contract}": inference.contract_id,
+        "{line_key}": line_key.pk,
         "{site}": site.pk,
         "{node}": devices[0].node.pk,
         "{offer}": offer.pk,
         "{next_month}": next_month.isoformat(),
+        "{next_month_and_a_day}": (next_month + timedelta(days=1)).isoformat(),
     }
     key_client = APIClient(raise_request_exception=False)
     key_client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key.key}")

@@ -36,6 +36,7 @@ PUBLIC_ROUTES: dict[str, str] = {
     "healthz": "load-balancer probe; reports database and broker state only",
     "api-schema": "the OpenAPI document; describes the API, holds no data",
     "api-docs": "Swagger UI shell that loads the schema",
+    "inference_api_docs": "describes the inference API (base URL, endpoints, errors); no data",
     "api_agents_enroll": "the node agent's enrollment; the one-time code is the credential "
     "(test_outside_doors.py)",
     "billing:stripe_webhook": "Stripe calls it; the signature is the credential "
@@ -96,6 +97,16 @@ OBJECT_KWARGS: dict[str, dict[str, str]] = {
     "api_contract_allocations": {"pk": "contract"},
     "api_contract_usage": {"pk": "contract"},
     "api_inference_request": {"request_id": "inference_request"},
+    "contracts:inference_cap": {"pk": "contract"},
+    "contracts:line_api_key_detail": {"pk": "contract", "key_pk": "line_api_key"},
+    "api_contract_inference_budget": {"pk": "contract"},
+    "api_contract_keys": {"pk": "contract"},
+    "api_contract_key": {"pk": "contract", "api_key_id": "line_key"},
+    # serving (contracts' pages and API under capacity's node URLs)
+    "serving:node_models": {"pk": "node"},
+    "serving:node_models_update": {"pk": "node"},
+    "api_node_inference_products": {"pk": "node"},
+    "api_node_inference_product": {"pk": "node", "slug": "inference_product"},
     # billing
     "billing:invoice_detail": {"pk": "invoice"},
     "billing:invoice_print": {"pk": "invoice"},

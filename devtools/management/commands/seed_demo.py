@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from devtools.demo import fleet, people
+from devtools.demo import fleet, inference, people
 
 
 class Command(BaseCommand):
@@ -10,5 +10,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         organizations = people.seed_people()
-        fleet.seed_fleet([organizations["partner"], fleet.second_partner()], out=self.stdout)
+        partners = [organizations["partner"], fleet.second_partner()]
+        fleet.seed_fleet(partners, out=self.stdout)
+        demo_inference = inference.seed_inference(
+            buyer=organizations["buyer"], partners=partners, out=self.stdout
+        )
+        self.stdout.write(
+            f"inference: {demo_inference['serving_nodes']} node(s) serve the demo product; "
+            f"the demo key is in {demo_inference['key_file']}"
+        )
         self.stdout.write(self.style.SUCCESS("demo data ready"))

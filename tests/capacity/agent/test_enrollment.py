@@ -23,6 +23,12 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from tests.capacity.agent.conftest import REPO_ROOT, Launcher
+from tests.capacity.agent.receipting import (
+    RECEIPT_HEADER,
+    chat_body,
+    make_receipt,
+    raw_public_b64,
+)
 
 PLATFORM_TOKEN = "tok-issued-by-the-platform"
 
@@ -153,3 +159,38 @@ def test_unreachable_platform_is_a_clear_failure(tmp_path: Path, platform: StubP
 
     assert result.returncode == 1
     assert "enrollment failed: could not reach" in result.stderr
+
+
+def test_enrollment_keeps_the_platform_key_and_run_checks_receipts_with_it(
+    tmp_path: Path, platform: StubPlatform, launcher: Launcher
+) -> None:
+    platform_key = Ed25519PrivateKey.from_private_bytes(bytes(range(50, 82)))
+    platform.answer["platform_public_key"] = raw_public_b64(platform_key)
+    journal = tmp_path / "agent.sqlite3"
+
+    result = _enroll(journal, platform)
+
+    assert result.returncode == 0, result.stderr
+    state = json.loads(Path(f"{journal}.state.json").read_text())
+    assert state["platform_public_key"] == raw_public_b64(platform_key)
+    agent = launcher.agent(journal, "--gpus", "2", "--seed", "7", "--engine-ttft-ms", "0")
+    auth = {"Authorization": f"Bearer {PLATFORM_TOKEN}"}
+    own_key = httpx.get(f"{agent.url}/v1/info", headers=auth, timeout=5).json()["public_key"]
+    _, signed = make_receipt(platform_key, agent=own_key)
+    _, foreign = make_receipt(Ed25519PrivateKey.generate(), agent=own_key)
+    url = f"{agent.url}/v1/inference/chat/completions"
+    body = chat_body(max_tokens=2)
+
+    assert httpx.post(url, json=body, headers={RECEIPT_HEADER: signed}).status_code == 200
+    assert httpx.post(url, json=body, headers={RECEIPT_HEADER: foreign}).status_code == 401
+
+
+def test_an_unusable_platform_key_fails_enrollment(tmp_path: Path, platform: StubPlatform) -> None:
+    platform.answer["platform_public_key"] = "bm90IGEga2V5"  # "not a key"
+    journal = tmp_path / "agent.sqlite3"
+
+    result = _enroll(journal, platform)
+
+    assert result.returncode == 1
+    assert "platform_public_key is unusable: platform key is not 32 bytes" in result.stderr
+    assert not Path(f"{journal}.state.json").exists()

@@ -160,10 +160,12 @@ def test_pages_are_stable_across_polls_after_receipts(fleet: Process) -> None:
     for rid in found:
         seq = found[rid]["seq"]
         for after in (seq - 1, seq - 3, 0, 511, 512):
+            expected = records[after : after + 4]
             page = client.get(
                 f"{fleet.url}/n/{index}/v1/usage", params={"after": after, "limit": 4}
             )
-            assert signed_json(page, agent)["records"] == records[after : after + 4]
+            # Windows closing meanwhile may only add records past what was fetched before.
+            assert signed_json(page, agent)["records"][: len(expected)] == expected
 
 
 def test_receipts_are_per_node_and_served_once(fleet: Process) -> None:

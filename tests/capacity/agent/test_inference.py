@@ -6,6 +6,7 @@ The gateway's side is played by the test: it holds a platform key, signs receipt
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.capacity.agent.conftest import Launcher, Process
+from tests.capacity.agent.conftest import Launcher, Process, free_port
 from tests.capacity.agent.receipting import (
     CHAT_PROMPT_TOKENS,
     RECEIPT_HEADER,
@@ -153,6 +154,8 @@ def test_a_replay_after_a_restart_is_refused(tmp_path: Path, launcher: Launcher)
         assert (replay.status_code, replay.json()) == (409, {"error": "receipt_replayed"})
         records = all_records(client, restarted.url, _public_key(client, restarted))
         assert list(receipt_records(records)) == [rid]
+        truth = client.get(f"{restarted.url}/v1/_sim/truth").json()
+        assert truth["receipts"] == {"records": 1, "input_tokens": 15, "output_tokens": 2}
 
 
 def test_without_a_platform_key_no_receipt_is_accepted(tmp_path: Path, launcher: Launcher) -> None:
@@ -468,3 +471,146 @@ def test_the_truth_counts_receipt_records(client: httpx.Client, agent: Process) 
         "output_tokens": sum(r["output_tokens"] for r in receipted),
     }
     assert truth["record_count"] == truth["head_seq"] >= len(records)
+
+
+# --- a real engine over HTTP (--engine-url) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upstream(module_launcher: Launcher) -> Process:
+    """An OpenAI-compatible server in its own process: a fleet node's engine."""
+    return module_launcher.fleet(
+        *("--nodes", "1", "--engine-ttft-ms", "0", "--engine-tokens-per-second", "0")
+    )
+
+
+@pytest.fixture(scope="module")
+def relaying_agent(module_launcher: Launcher, upstream: Process) -> Process:
+    journal = module_launcher.directory / "relaying.sqlite3"
+    return module_launcher.agent(journal, *_flags("--engine-url", f"{upstream.url}/n/0/engine"))
+
+
+def _upstream_fault(upstream: Process, **payload: Any) -> None:
+    response = httpx.post(f"{upstream.url}/_admin/faults", json={"nodes": [0], **payload})
+    assert response.status_code == 200, response.text
+
+
+def test_engine_url_streams_are_relayed_and_journaled(
+    client: httpx.Client, relaying_agent: Process
+) -> None:
+    rid, token = _receipt(client, relaying_agent)
+
+    response = _post(relaying_agent, CHAT, token, chat_body(max_tokens=6, stream=True))
+
+    events = sse_events(response.content)
+    contents = [e["choices"][0]["delta"]["content"] for e in events[:-1] if e["choices"]]
+    assert contents == ["", *(f" tok{i}" for i in range(6))]
+    assert events[-2]["usage"] == {"prompt_tokens": 15, "completion_tokens": 6, "total_tokens": 21}
+    record = _record(client, relaying_agent, rid)
+    assert (record["input_tokens"], record["output_tokens"]) == (15, 6)
+
+
+def test_engine_url_faults_reach_the_journal(
+    client: httpx.Client, relaying_agent: Process, upstream: Process
+) -> None:
+    _upstream_fault(upstream, fault="engine_cut", after_tokens=4)
+    cut_rid, cut = _receipt(client, relaying_agent)
+    with pytest.raises(httpx.RemoteProtocolError):
+        _post(relaying_agent, CHAT, cut, chat_body(max_tokens=9, stream=True))
+    _upstream_fault(upstream, fault="engine_cut")
+    whole_rid, whole = _receipt(client, relaying_agent)
+    whole_cut = _post(relaying_agent, COMPLETIONS, whole, {"prompt": "a b"})
+    _upstream_fault(upstream, fault="engine_refuse")
+    refused_rid, refused = _receipt(client, relaying_agent)
+    refusal = _post(relaying_agent, CHAT, refused, chat_body())
+
+    assert (whole_cut.status_code, whole_cut.json()) == (502, {"error": "engine_disconnected"})
+    assert refusal.status_code == 503
+    records = receipt_records(
+        all_records(client, relaying_agent.url, _public_key(client, relaying_agent))
+    )
+    assert (records[cut_rid]["input_tokens"], records[cut_rid]["output_tokens"]) == (15, 4)
+    assert (records[whole_rid]["input_tokens"], records[whole_rid]["output_tokens"]) == (0, 0)
+    assert (records[refused_rid]["input_tokens"], records[refused_rid]["output_tokens"]) == (0, 0)
+
+
+def test_an_unreachable_engine_is_a_502_and_a_record_with_no_tokens(
+    tmp_path: Path, launcher: Launcher
+) -> None:
+    closed_port = free_port()
+    agent = launcher.agent(
+        tmp_path / "unreachable.sqlite3", *_flags("--engine-url", f"http://127.0.0.1:{closed_port}")
+    )
+    with httpx.Client(headers=AUTH, timeout=10) as client:
+        rid, token = _receipt(client, agent)
+        response = _post(agent, CHAT, token, chat_body())
+        assert (response.status_code, response.json()) == (502, {"error": "engine_unavailable"})
+        record = _record(client, agent, rid)
+    assert (record["input_tokens"], record["output_tokens"], record["requests"]) == (0, 0, 1)
+
+
+def test_concurrent_requests_with_one_receipt_are_served_once(
+    client: httpx.Client, agent: Process
+) -> None:
+    rid, token = _receipt(client, agent)
+
+    async def send_all() -> list[int]:
+        async with httpx.AsyncClient(timeout=10) as session:
+            responses = await asyncio.gather(
+                *(
+                    session.post(
+                        f"{agent.url}{CHAT}",
+                        json=chat_body(max_tokens=2),
+                        headers={RECEIPT_HEADER: token},
+                    )
+                    for _ in range(8)
+                )
+            )
+        return sorted(response.status_code for response in responses)
+
+    assert asyncio.run(send_all()) == [200] + [409] * 7
+    assert _record(client, agent, rid)["output_tokens"] == 2
+
+
+def test_a_stalled_engine_answers_whole_after_the_stall(agent: Process) -> None:
+    _fault(agent, fault="engine_stall", delay_ms=400)
+    began = time.monotonic()
+
+    response = httpx.post(
+        f"{agent.url}/engine/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=5
+    )
+
+    assert time.monotonic() - began >= 0.4
+    assert response.json()["usage"] == {
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "total_tokens": 3,
+    }
+
+
+def test_an_under_report_is_journaled_as_reported(client: httpx.Client, agent: Process) -> None:
+    _fault(agent, fault="engine_misreport", factor="0.5")
+    rid, token = _receipt(client, agent)
+
+    events = sse_events(_post(agent, CHAT, token, chat_body(max_tokens=5, stream=True)).content)
+
+    assert events[-2]["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+    record = _record(client, agent, rid)
+    assert (record["input_tokens"], record["output_tokens"]) == (7, 2)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"fault": "engine_misreport", "factor": "many"},
+        {"fault": "engine_misreport", "factor": -1},
+        {"fault": "engine_misreport", "factor": "NaN"},
+        {"fault": "engine_misreport", "factor": True},
+        {"fault": "engine_cut", "after_tokens": -1},
+        {"fault": "engine_stall", "delay_ms": "long"},
+    ],
+)
+def test_bad_engine_faults_are_refused(agent: Process, payload: dict[str, Any]) -> None:
+    response = httpx.post(f"{agent.url}/_admin/faults", json=payload, timeout=5)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_fault"

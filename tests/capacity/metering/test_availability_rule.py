@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 import time_machine
 
+from capacity.metering.availability import excluded_maintenance
 from capacity.metering.models import GpuAvailabilityDay, NodePollState
 from capacity.metering.pool_availability import refresh_pool_availability
 from capacity.metering.selectors import node_availability, offer_availability
@@ -69,15 +70,15 @@ def test_minutes_before_enrollment_are_not_counted_available(partner_org):
 
 
 def test_search_excludes_announced_maintenance_as_the_offer_page_does(partner_org):
-    # Down for a day of maintenance announced a month ahead: the offer page excluded it
-    # (100.00 %), search counted it as down (98.33 %).
+    # Down for 8 hours of maintenance announced a month ahead (the month's allowance): the
+    # offer page excluded it (100.00 %), search counted it as down.
     offer = _offer(partner_org, name="Texas", gpus=4)
     nodes = _always_observed(offer, enrolled_at=NOW - timedelta(days=40))
-    GpuAvailabilityDay.objects.filter(day=date(2025, 3, 1)).update(minutes="0" * 1440)
+    GpuAvailabilityDay.objects.filter(day=date(2025, 3, 1)).update(minutes="0" * 480 + "1" * 960)
     for node in nodes:
         MaintenanceWindow.objects.create(
             node=node,
-            period=(datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 3, 2, tzinfo=UTC)),
+            period=(datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 3, 1, 8, tzinfo=UTC)),
             announced_at=datetime(2025, 1, 1, tzinfo=UTC),
         )
     assert offer_availability(offer=offer, now=NOW).percent == Decimal("100.00")
@@ -125,3 +126,55 @@ def test_the_node_page_shows_no_figure_for_a_freshly_enrolled_node(partner_clien
     page = partner_client.get(f"/partner/nodes/{node.pk}/").content.decode()
     assert "not measured yet" in page
     assert "0.00 %" not in page
+
+
+def _at(month: int, day: int, hour: int = 0) -> datetime:
+    return datetime(2025, month, day, hour, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("windows", "since", "until", "excluded"),
+    [
+        # 2025-03-10 to 2099: 8 hours of each month, nothing more.
+        (
+            [(_at(3, 10), datetime(2099, 1, 1, tzinfo=UTC))],
+            _at(3, 1),
+            _at(6, 1),
+            [(_at(3, 10), _at(3, 10, 8)), (_at(4, 1), _at(4, 1, 8)), (_at(5, 1), _at(5, 1, 8))],
+        ),
+        # A window before ``since`` in the same month uses the allowance first.
+        (
+            [(_at(3, 2), _at(3, 2, 5)), (_at(3, 20), _at(3, 20, 10))],
+            _at(3, 15),
+            _at(4, 1),
+            [(_at(3, 20), _at(3, 20, 3))],
+        ),
+        # Across a month's end: each month's part draws on that month.
+        (
+            [(_at(3, 31, 20), _at(4, 1, 10))],
+            _at(3, 1),
+            _at(5, 1),
+            [(_at(3, 31, 20), _at(4, 1)), (_at(4, 1), _at(4, 1, 8))],
+        ),
+        # Clipped to the period read.
+        (
+            [(_at(3, 10), _at(3, 10, 12))],
+            _at(3, 10, 4),
+            _at(3, 10, 6),
+            [(_at(3, 10, 4), _at(3, 10, 6))],
+        ),
+        ([(_at(3, 10), _at(3, 10, 12))], _at(3, 10, 9), _at(3, 11), []),
+    ],
+)
+def test_excluded_maintenance_is_capped_per_calendar_month(windows, since, until, excluded):
+    assert (
+        excluded_maintenance(windows, since=since, until=until, allowance=timedelta(hours=8))
+        == excluded
+    )
+
+
+def test_no_allowance_excludes_nothing():
+    window = [(_at(3, 10), _at(3, 10, 12))]
+    assert (
+        excluded_maintenance(window, since=_at(3, 1), until=_at(4, 1), allowance=timedelta(0)) == []
+    )
