@@ -89,6 +89,8 @@ def _bench_nodes(organization: Organization, count: int) -> list[BenchAgent]:
         },
     )
     model = GpuModel.objects.order_by("pk").first()
+    if model is None:
+        raise RuntimeError("no GPU model in the catalogue: run migrate first")
     existing = list(Node.objects.filter(site=site).order_by("pk"))
     for index in range(len(existing), count):
         node = Node.objects.create(
