@@ -20,7 +20,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -53,6 +52,7 @@ from capacity.metering.polling import PAGE_LIMIT
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Site
 from config import crypto
 from config.gateway_keys import receipt_signing_key
+from devtools.simulated_fleet import SIMULATED_SITE
 
 SITE_NAME = "Metering inference bench"
 POLL_TOKEN = "bench-inference-poll-token"  # noqa: S105 (a bench agent's, not a secret)
@@ -78,15 +78,7 @@ def _bench_nodes(organization: Organization, count: int) -> list[BenchAgent]:
     site, _ = Site.objects.get_or_create(
         organization=organization,
         name=SITE_NAME,
-        defaults={
-            "country": "US",
-            "region": "north-america",
-            "latitude": Decimal("31.000000"),
-            "longitude": Decimal("-100.000000"),
-            "power_capacity_kw": 10_000,
-            "energy_source": "flare-gas",
-            "energy_price_per_kwh": Decimal("0.030000"),
-        },
+        defaults=SIMULATED_SITE,
     )
     model = GpuModel.objects.order_by("pk").first()
     if model is None:

@@ -159,6 +159,18 @@ def catalog_model(simulator_model: str) -> GpuModel:
     return GpuModel.objects.get(name=CATALOG_NAMES[simulator_model])
 
 
+# Where simulated nodes stand (a site of the partner that runs them).
+SIMULATED_SITE = {
+    "country": "US",
+    "region": "north-america",
+    "latitude": Decimal("31.000000"),
+    "longitude": Decimal("-100.000000"),
+    "power_capacity_kw": 10_000,
+    "energy_source": "flare-gas",
+    "energy_price_per_kwh": Decimal("0.030000"),
+}
+
+
 @transaction.atomic
 def register_fleet_nodes(
     *,
@@ -172,15 +184,7 @@ def register_fleet_nodes(
     site, _ = Site.objects.get_or_create(
         organization=organization,
         name=site_name,
-        defaults={
-            "country": "US",
-            "region": "north-america",
-            "latitude": Decimal("31.000000"),
-            "longitude": Decimal("-100.000000"),
-            "power_capacity_kw": 10_000,
-            "energy_source": "flare-gas",
-            "energy_price_per_kwh": Decimal("0.030000"),
-        },
+        defaults=SIMULATED_SITE,
     )
     models = {
         key: catalog_model(key)
