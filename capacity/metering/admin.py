@@ -152,7 +152,7 @@ class InferenceRequestAdmin(ReadOnlyAdmin):
         "billed_input_tokens",
         "billed_output_tokens",
     )
-    search_fields = ("=request_id",)
+    list_filter = ("gateway_status",)
     list_select_related = ("node",)
     date_hierarchy = "issued_at"
     show_full_result_count = False

@@ -88,3 +88,14 @@ def test_finance_reads_them_in_the_admin_and_others_cannot(nodes):
     staff = UserFactory(is_staff=True)
     TOTP.activate(staff, generate_totp_secret())
     assert client_for(staff).get(url).status_code == 403
+
+
+def test_the_requests_and_billed_hours_admins_render_for_a_superuser(nodes):
+    admin_user = UserFactory(is_staff=True, is_superuser=True)
+    TOTP.activate(admin_user, generate_totp_secret())
+    client = client_for(admin_user)
+    for model in ("inferencerequest", "inferenceusagehour", "inferencedisagreementhour"):
+        page = client.get(reverse(f"admin:metering_{model}_changelist"))
+        assert page.status_code == 200, model
+    requests = client.get(reverse("admin:metering_inferencerequest_changelist"))
+    assert len(requests.context["cl"].result_list) == 4
