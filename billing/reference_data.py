@@ -40,6 +40,8 @@ PERMISSIONS = {
     ],
     "contracts": ["view_contract"],
     "accounts": ["view_organization", "view_auditevent"],
+    # Per node and hour where the gateway's and the agents' token counts differ.
+    "metering": ["view_inferencedisagreementhour"],
 }
 
 

@@ -4,6 +4,7 @@ from django.urls import path
 
 from contracts import api
 from contracts.api import budget as budget_api
+from contracts.api import inference
 from contracts.api import serving as serving_api
 
 urlpatterns = [
@@ -16,6 +17,16 @@ urlpatterns = [
         name="api_contract_allocations",
     ),
     path("contracts/<int:pk>/usage", api.ContractUsageApi.as_view(), name="api_contract_usage"),
+    path(
+        "inference/requests/export",
+        inference.InferenceRequestExportApi.as_view(),
+        name="api_inference_requests_export",
+    ),
+    path(
+        "inference/requests/<str:request_id>",
+        inference.InferenceRequestDetailApi.as_view(),
+        name="api_inference_request",
+    ),
     path(
         "contracts/<int:pk>/inference-budget",
         budget_api.ContractBudgetApi.as_view(),

@@ -8,17 +8,20 @@ batch of records fills, where still null:
 - on the records (``UsageRecord``): ``allocation_id`` and ``line_id`` for reserved work,
   the allocation whose GPU is the record's and whose period contains the record's window
   start (the agent's ``ref`` is informative only; our allocation table decides, and the
-  exclusion constraint guarantees at most one match); otherwise ``api_key_id`` and
-  ``line_id`` of the key the ``ref`` names;
+  exclusion constraint guarantees at most one match); otherwise, for on-demand GPU time,
+  ``api_key_id`` and ``line_id`` of the key the ``ref`` names;
 - on the hourly rollups those records were added to (``HourlyUsage``): ``api_key_id`` and
   ``line_id`` of the key the ``ref`` names.
 
-The inference gateway passes the calling key's display prefix to the node, which reports
-``ref = "<product slug>@<key prefix>"`` for inference and ``"gpu@<key prefix>"`` for
-on-demand GPU time. That ref is resolved to a key here and nowhere else: the key with
-that prefix linked to a line of the matching kind (inference: of that product; on-demand
-GPU: of an offer at the GPU's site and of its GPU model). A ref that names no such key,
-or more than one, is nobody's. The answer depends only on the GPU and the ref, never on
+On-demand GPU time is reported as ``ref = "gpu@<key prefix>"`` (until instances carry
+assignments of their own). That ref is resolved to a key here and nowhere else: the key
+with that prefix linked to an on-demand GPU line of an offer at the GPU's site and of its
+GPU model. A ref that names no such key, or more than one, is nobody's.
+
+Inference is not attributed here: a request's receipt names its line by id, and ingest
+bills it (``capacity.metering.ingest``, ``InferenceUsageHour``). The old
+``"<product>@<key prefix>"`` refs of inference windows are no longer resolved, so such
+records are stored for their GPU time and billed to nobody. The answer depends only on the GPU and the ref, never on
 the time, so every record of a rollup row gets the row's line and a stamped row stays
 right as later records add to it. *Whether* the line pays for an hour (the key and the
 line in force, no reservation holding the GPU) is the rule of
@@ -35,7 +38,7 @@ from django.db.models import QuerySet
 from accounts.models import ApiKey
 from capacity.metering.models import HourlyUsage, UsageRecord
 from capacity.models import GpuDevice, Node, Offer
-from contracts.models import Allocation, ContractLine, InferenceProduct, LineApiKey
+from contracts.models import Allocation, ContractLine, LineApiKey
 
 KEY_SEPARATOR = "@"
 ON_DEMAND_GPU_REF = "gpu"
@@ -51,15 +54,10 @@ RESOLVE_REFS_SQL = """
   JOIN {api_key} AS k ON k.prefix = substr(n.workload_ref, strpos(n.workload_ref, '@') + 1)
   JOIN {link} AS l ON l.api_key_id = k.id
   JOIN {line} AS cl ON cl.id = l.line_id
-  LEFT JOIN {product} AS p ON p.id = cl.inference_product_id
-  LEFT JOIN {offer} AS o ON o.id = cl.offer_id
-  WHERE CASE n.workload_kind
-    WHEN 'inference' THEN cl.kind = 'inference'
-      AND p.slug = left(n.workload_ref, strpos(n.workload_ref, '@') - 1)
-    WHEN 'allocation' THEN cl.kind = 'on_demand_gpu'
-      AND left(n.workload_ref, strpos(n.workload_ref, '@') - 1) = 'gpu'
-      AND o.site_id = nd.site_id AND o.gpu_model_id = nd.gpu_model_id
-  END
+  JOIN {offer} AS o ON o.id = cl.offer_id
+  WHERE n.workload_kind = 'allocation' AND cl.kind = 'on_demand_gpu'
+    AND left(n.workload_ref, strpos(n.workload_ref, '@') - 1) = 'gpu'
+    AND o.site_id = nd.site_id AND o.gpu_model_id = nd.gpu_model_id
   GROUP BY n.gpu_id, n.workload_kind, n.workload_ref
   HAVING count(*) = 1
 """
@@ -68,8 +66,7 @@ _ATTRIBUTE_SQL = """
 WITH candidate AS MATERIALIZED (
   SELECT r.id, r.gpu_id, r.window_start, r.workload_kind, r.workload_ref
   FROM {usage} AS r
-  WHERE r.id IN ({ids}) AND r.line_id IS NULL
-    AND r.workload_kind IN ('allocation', 'inference')
+  WHERE r.id IN ({ids}) AND r.line_id IS NULL AND r.workload_kind = 'allocation'
 ), by_allocation AS (
   SELECT r.id, a.id AS allocation_id, a.line_id
   FROM candidate AS r
@@ -112,7 +109,6 @@ def _tables() -> dict[str, str]:
         "link": LineApiKey._meta.db_table,
         "line": ContractLine._meta.db_table,
         "api_key": ApiKey._meta.db_table,
-        "product": InferenceProduct._meta.db_table,
         "gpu": GpuDevice._meta.db_table,
         "node": Node._meta.db_table,
         "offer": Offer._meta.db_table,
@@ -132,6 +128,6 @@ def attribute_usage_records(*, records: QuerySet[UsageRecord]) -> int:
         return cursor.rowcount
 
 
-def workload_ref_for_key(*, api_key: ApiKey, product_slug: str | None) -> str:
-    """The ``ref`` a node reports for work done for ``api_key`` (the gateway's contract)."""
-    return f"{product_slug or ON_DEMAND_GPU_REF}{KEY_SEPARATOR}{api_key.prefix}"
+def workload_ref_for_key(*, api_key: ApiKey) -> str:
+    """The ``ref`` a node reports for on-demand GPU time done for ``api_key``."""
+    return f"{ON_DEMAND_GPU_REF}{KEY_SEPARATOR}{api_key.prefix}"

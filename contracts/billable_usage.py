@@ -3,22 +3,26 @@
 Rating (the invoice), settlement (what each node earned of it), the buyer's dashboard and
 the usage API read these selectors and nothing else, so an invoice, a statement and a
 dashboard cannot disagree. Usage is tied to lines by ids: an allocation names its line;
-attribution (``contracts.attribution``) stamps the hourly rollups of on-demand work with
-the API key and the line their ``ref`` names, once. No query here matches strings.
+attribution (``contracts.attribution``) stamps the hourly rollups of on-demand GPU time
+with the API key and the line their ``ref`` names, once; an inference request's receipt
+(signed by the platform) names its line, and ingest adds its billed tokens to
+``InferenceUsageHour`` by that id. No query here matches strings.
 
 What a line pays for over ``[start, end)``:
 
 - a reserved line: every second each of its allocations holds a GPU, used or not
   (``reserved_gpu_seconds``, exact to the microsecond);
-- an on-demand GPU line its busy GPU-milliseconds, an inference line its input and output
-  tokens (``metered_quantities``), from the rollup hours stamped with the line, counted
-  for a whole hour when
+- an on-demand GPU line its busy GPU-milliseconds, from the rollup hours stamped with the
+  line, an inference line the billed input and output tokens of its requests (the least
+  of the gateway's and the agent's counts, docs/gateway.md point 8), from
+  ``InferenceUsageHour`` (``metered_quantities``), counted for a whole hour when
 
   - the hour starts in ``[start, end)``;
-  - the key existed during the hour and was not revoked before the hour started;
   - the line had started before the hour ended and had not ended before it started;
-  - for on-demand GPU time: no allocation held the GPU during any part of the hour (the
-    reservation pays for that GPU-hour);
+  - for on-demand GPU time: the key existed during the hour and was not revoked before
+    the hour started, and no allocation held the GPU during any part of the hour (the
+    reservation pays for that GPU-hour); inference needs no key condition: each request
+    carried a receipt the platform signed for the key when it accepted it;
 
 - SLA: the GPU-minutes each reserved line's allocations were observed available, out of
   those that counted (``sla_minutes``); the rest are its down minutes (``down_minutes``),
@@ -51,7 +55,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey
 from capacity.metering.availability import NOTHING, AvailabilityFigure, gpu_availability
-from capacity.metering.models import GpuAvailabilityDay, HourlyUsage
+from capacity.metering.models import GpuAvailabilityDay, HourlyUsage, InferenceUsageHour
 from capacity.metering.selectors import maintenance_exclusions, measured_until_by_node
 from capacity.models import GpuDevice
 from contracts.models import Allocation, ContractLine
@@ -170,19 +174,28 @@ def reserved_gpu_seconds(
 
 # -- metered ---------------------------------------------------------------------------------
 
-# The rule, once: which stamped rollup hours (``h``) their line (``cl``) pays for, given
-# the key (``k``) the hour was stamped with. Evaluated at read time (see the docstring).
-_BILLABLE_HOUR = f"""
+# The rule, once: which rollup hours (``h``) their line (``cl``) pays for. Evaluated at
+# read time (see the docstring). Every metered hour: in the period, the line in force.
+_LINE_HOUR = """
     h.hour >= %(start)s AND h.hour < %(end)s
-    AND k.created_at < h.hour + interval '1 hour'
-    AND (k.revoked_at IS NULL OR k.revoked_at > h.hour)
     AND cl.starts_at < h.hour + interval '1 hour'
     AND (cl.ended_at IS NULL OR cl.ended_at > h.hour)
-    AND (cl.kind <> 'on_demand_gpu' OR NOT EXISTS (
+"""
+# On-demand GPU time, from the hours attribution stamped with the key (``k``): the key
+# in force, and no allocation holding the GPU during the hour.
+_GPU_HOUR = f"""
+    cl.kind = 'on_demand_gpu' AND {_LINE_HOUR}
+    AND k.created_at < h.hour + interval '1 hour'
+    AND (k.revoked_at IS NULL OR k.revoked_at > h.hour)
+    AND NOT EXISTS (
         SELECT 1 FROM {Allocation._meta.db_table} AS a
         WHERE a.gpu_device_id = h.gpu_id
-          AND a.period && tstzrange(h.hour, h.hour + interval '1 hour', '[)')))
+          AND a.period && tstzrange(h.hour, h.hour + interval '1 hour', '[)'))
 """  # noqa: S608 (table name from model metadata)
+# Inference, from the billed tokens of receipt records (``InferenceUsageHour``, hour of
+# the receipts' ``iat``): each receipt is the platform's signed word that it accepted the
+# key for the line at that moment, so no key condition is read again.
+_INFERENCE_HOUR = f"cl.kind = 'inference' AND {_LINE_HOUR}"
 
 
 def metered_quantities(
@@ -195,7 +208,10 @@ def metered_quantities(
     bucket: Bucket | None = None,
 ) -> dict[UsageKey, MeteredQuantities]:
     """The billable rollup hours of on-demand lines in ``[start, end)`` (the rule in the
-    module docstring), summed per line and, on request, per node and per UTC hour or day."""
+    module docstring), summed per line and, on request, per node and per UTC hour or day:
+    on-demand GPU lines from the key-stamped ``HourlyUsage`` hours, inference lines from
+    ``InferenceUsageHour`` (tokens of receipt records only; inference hours stamped by
+    the retired key-prefix refs are not read)."""
     unit = _bucket_unit(bucket)
     scope, params = _scope(contract_ids, line_ids)
     sql = f"""
@@ -203,10 +219,20 @@ def metered_quantities(
                {f"date_trunc('{unit}', h.hour, 'UTC')" if unit else "NULL::timestamptz"},
                sum(h.busy_ms), sum(h.energy_mj), sum(h.input_tokens), sum(h.output_tokens),
                sum(h.requests)
-        FROM {HourlyUsage._meta.db_table} AS h
-        JOIN {ContractLine._meta.db_table} AS cl ON cl.id = h.line_id
-        JOIN {ApiKey._meta.db_table} AS k ON k.id = h.api_key_id
-        WHERE h.line_id IS NOT NULL AND {_BILLABLE_HOUR}{scope}
+        FROM (
+            SELECT h.line_id, h.node_id, h.hour, h.busy_ms, h.energy_mj, h.input_tokens,
+                   h.output_tokens, h.requests
+            FROM {HourlyUsage._meta.db_table} AS h
+            JOIN {ContractLine._meta.db_table} AS cl ON cl.id = h.line_id
+            JOIN {ApiKey._meta.db_table} AS k ON k.id = h.api_key_id
+            WHERE h.line_id IS NOT NULL AND {_GPU_HOUR}{scope}
+            UNION ALL
+            SELECT h.line_id, h.node_id, h.hour, 0, 0, h.input_tokens, h.output_tokens,
+                   h.requests
+            FROM {InferenceUsageHour._meta.db_table} AS h
+            JOIN {ContractLine._meta.db_table} AS cl ON cl.id = h.line_id
+            WHERE {_INFERENCE_HOUR}{scope}
+        ) AS h
         GROUP BY 1, 2, 3
     """  # noqa: S608 (table names from model metadata, units from BUCKETS)
     rows = _run(sql, {"start": start, "end": end, **params})

@@ -49,7 +49,7 @@ from contracts.inference_snippets import snippets
 from contracts.models import Contract, ContractLine, InferenceProduct, LineApiKey, LineKind
 from contracts.money import minor_to_major
 from contracts.sla import LineSla, line_slas
-from contracts.terms import month_start
+from contracts.terms import add_months, month_start
 
 buyer_member = org_required(buyer=True)
 buyer_operator = org_required(OPERATOR_ROLES, buyer=True)
@@ -369,5 +369,7 @@ def usage_overview(request: HttpRequest) -> HttpResponse:
             "bucket": bucket,
             "rows": rows,
             "usage_chart": usage.usage_chart(rows=rows, bucket=bucket),
+            # The per-request export of inference: this month and the one before.
+            "request_months": [f"{now:%Y-%m}", f"{add_months(month_start(now), -1):%Y-%m}"],
         },
     )

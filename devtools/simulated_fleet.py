@@ -69,6 +69,11 @@ class FleetProcess:
     state_dir: Path | None = None
     host: str = "127.0.0.1"
     inference_clients: tuple[str, ...] = ()
+    # The platform's receipt key (base64, ``config.gateway_keys.receipt_public_key_b64``):
+    # the nodes then serve receipted inference (protocol v1.1); '' refuses it.
+    platform_key: str = ""
+    # Flags of the nodes' simulated engine (``--engine-tokens-per-second=0``, ...).
+    engine_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     # The timeline's first window (Unix minutes for 60 s windows), read at start.
     origin_window: int = field(default=0, init=False)
@@ -97,6 +102,9 @@ class FleetProcess:
         if self.state_dir is not None:
             command.append(f"--state-dir={self.state_dir}")
         command += [f"--inference-client={client}" for client in self.inference_clients]
+        if self.platform_key:
+            command.append(f"--platform-key={self.platform_key}")
+        command += list(self.engine_args)
         self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
         )
@@ -151,6 +159,18 @@ def catalog_model(simulator_model: str) -> GpuModel:
     return GpuModel.objects.get(name=CATALOG_NAMES[simulator_model])
 
 
+# Where simulated nodes stand (a site of the partner that runs them).
+SIMULATED_SITE = {
+    "country": "US",
+    "region": "north-america",
+    "latitude": Decimal("31.000000"),
+    "longitude": Decimal("-100.000000"),
+    "power_capacity_kw": 10_000,
+    "energy_source": "flare-gas",
+    "energy_price_per_kwh": Decimal("0.030000"),
+}
+
+
 @transaction.atomic
 def register_fleet_nodes(
     *,
@@ -164,15 +184,7 @@ def register_fleet_nodes(
     site, _ = Site.objects.get_or_create(
         organization=organization,
         name=site_name,
-        defaults={
-            "country": "US",
-            "region": "north-america",
-            "latitude": Decimal("31.000000"),
-            "longitude": Decimal("-100.000000"),
-            "power_capacity_kw": 10_000,
-            "energy_source": "flare-gas",
-            "energy_price_per_kwh": Decimal("0.030000"),
-        },
+        defaults=SIMULATED_SITE,
     )
     models = {
         key: catalog_model(key)

@@ -9,14 +9,16 @@ the current one: the sweep ingests the fleet's last half hour, and the clock mov
 Metering runs in-process (``sweep`` enqueues straight into ``batch.poll_and_store``),
 over HTTP to the fleet: the worker itself is what tests/capacity/metering tests.
 
-The buyer's API key calls the fleet's inference servers (``--inference-client
-<product>@<key prefix>``, as behind the platform's inference gateway): the tokens billed
-are the ones the fleet reported and metering attributed to the key, and the expected
-amounts come from the simulator's ground truth, computed apart from the platform.
+The buyer's inference runs on the fleet's nodes with receipts the platform signed (agent
+protocol v1.1, as the gateway sends them): the tokens billed are the ones each node's
+engine answered with, journaled per receipt and metered by a poll; the nodes that
+served them are the ones the partner's statement credits. The fleet's inference windows
+(protocol v1, no receipt) are stored for their GPU time and billed to nobody.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
@@ -24,6 +26,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from io import StringIO
 from pathlib import Path
 
+import httpx
 import pytest
 import time_machine
 from django.core.management import call_command
@@ -48,10 +51,18 @@ from billing.periods import finalizable_at, month_bounds, month_of, next_month
 from billing.settlement.agreements import agreement_create
 from billing.settlement.payouts import statement_pay
 from billing.settlement.statements import statement_approve
+from capacity.agent.receipts import RECEIPT_HEADER, Receipt, sign_receipt
 from capacity.metering import batch, sweep
 from capacity.metering.attribution import attribute_new_records
-from capacity.metering.models import NodePollState, UsageRecord
+from capacity.metering.models import (
+    InferenceRequest,
+    InferenceUsageHour,
+    NodePollState,
+    UsageRecord,
+)
 from capacity.metering.selectors import rollup_totals, usage_totals
+from capacity.models import Node
+from config.gateway_keys import receipt_public_key_b64, receipt_signing_key
 from contracts.checkout import reservation_checkout
 from contracts.models import InferenceProduct
 from contracts.on_demand import line_api_key_create, on_demand_enable
@@ -78,7 +89,10 @@ D = Decimal
 FLEET_NODES = 4
 RESERVED_GPUS = 8
 RESERVED_RATE = D("2.1000")
-INPUT_PRICE, OUTPUT_PRICE = D("0.2000"), D("0.6000")
+# High prices, so the handful of requests sent make whole cents.
+INPUT_PRICE, OUTPUT_PRICE = D("150.0000"), D("600.0000")
+# Requests sent to each fleet node, and their max_tokens (the engine serves exactly that).
+REQUEST_MAX_TOKENS = (700, 1300)
 SHARES = {RevenueKind.RESERVED: D("0.8000"), RevenueKind.INFERENCE: D("0.7000")}
 
 
@@ -87,7 +101,7 @@ def cents(amount: Decimal) -> int:
 
 
 @contextmanager
-def running_fleet(tmp_path: Path, *, inference_clients: tuple[str, ...]) -> Iterator[FleetProcess]:
+def running_fleet(tmp_path: Path) -> Iterator[FleetProcess]:
     process = FleetProcess(
         nodes=FLEET_NODES,
         port=free_port(),
@@ -96,10 +110,49 @@ def running_fleet(tmp_path: Path, *, inference_clients: tuple[str, ...]) -> Iter
         window_seconds=60,
         backfill_windows=30,
         state_dir=tmp_path / "fleet",
-        inference_clients=inference_clients,
+        platform_key=receipt_public_key_b64(),
+        engine_args=("--engine-ttft-ms=0", "--engine-tokens-per-second=0"),
     )
     with process:
         yield process
+
+
+def _serve_requests(
+    fleet: FleetProcess, node_ids: list[int], *, line, api_key
+) -> list[tuple[int, int, int]]:
+    """The buyer's chat completions, ``REQUEST_MAX_TOKENS`` on every fleet node, each with
+    a receipt the platform signed for that node (as the gateway does); ``(node id, prompt
+    tokens, completion tokens)`` of each answer."""
+    delivered = []
+    for index, node in enumerate(Node.objects.filter(pk__in=node_ids).order_by("pk")):
+        assert node.agent_url == fleet.node_url(index)
+        for max_tokens in REQUEST_MAX_TOKENS:
+            receipt = Receipt(
+                v=1,
+                rid=uuid.uuid4().hex,
+                node=node.pk,
+                agent=node.agent_public_key,
+                line=line.pk,
+                key=api_key.pk,
+                product=line.inference_product.slug,
+                max_input_tokens=1_000,
+                max_output_tokens=max_tokens,
+                iat=int(timezone.now().timestamp()),
+            )
+            answer = httpx.post(
+                f"{node.agent_url}/v1/inference/chat/completions",
+                json={
+                    "model": receipt.product,
+                    "messages": [{"role": "user", "content": "summarize the month"}],
+                    "max_tokens": max_tokens,
+                },
+                headers={RECEIPT_HEADER: sign_receipt(receipt_signing_key(), receipt)},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+            usage = answer.json()["usage"]
+            delivered.append((node.pk, usage["prompt_tokens"], usage["completion_tokens"]))
+    return delivered
 
 
 def _sweep_in_process(now: datetime) -> None:
@@ -169,10 +222,9 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
         until=month_end.date(),
     )
 
-    # -- the fleet produces usage (the key calls its inference servers); a sweep ingests
-    # it, exactly, and attributes the key's inference to it ------------------------------
-    ref = f"{llama.slug}@{api_key.prefix}"
-    with running_fleet(tmp_path, inference_clients=(ref,)) as fleet:
+    # -- the fleet produces usage; a sweep ingests it, exactly; the buyer's requests run
+    # on its nodes with receipts, and the next poll meters them ---------------------------
+    with running_fleet(tmp_path) as fleet:
         fleet_node_ids = register_fleet_nodes(organization=partner_org, fleet=fleet)
         nodes = range(len(fleet_node_ids))
         heads_before = fetch_truth(fleet, nodes).head_seqs
@@ -192,29 +244,26 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
         stored = usage_totals(node_ids=fleet_node_ids)
         assert stored == expected_totals(fleet, last_seqs)
         assert rollup_totals(node_ids=fleet_node_ids) == stored
-        keyed = expected_totals(fleet, last_seqs, ref=ref)
-        # What this month's invoice bills: the key's windows inside the month (the fleet's
-        # last half hour may begin in the previous month or reach into the next).
-        billed = expected_totals(
-            fleet,
-            last_seqs,
-            ref=ref,
-            since_ms=int(month_start.timestamp() * 1000),
-            until_ms=int(month_end.timestamp() * 1000),
-        )
-    assert keyed["records"] > 0 and keyed["input_tokens"] > 0
-    attributed = UsageRecord.objects.filter(api_key_id=api_key.pk).aggregate(
-        records=Count("pk"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens")
+        delivered = _serve_requests(fleet, fleet_node_ids, line=inference, api_key=api_key)
+        with django_capture_on_commit_callbacks(execute=True):
+            batch.poll_and_store(fleet_node_ids, now=timezone.now(), interval_seconds=60)
+    # Every request billed exactly what its node's engine answered, once.
+    billed = InferenceRequest.objects.filter(line_id=inference.pk).aggregate(
+        requests=Count("pk"),
+        input_tokens=Sum("billed_input_tokens"),
+        output_tokens=Sum("billed_output_tokens"),
     )
-    assert attributed == {
-        "records": keyed["records"],
-        "input_tokens": keyed["input_tokens"],
-        "output_tokens": keyed["output_tokens"],
+    assert billed == {
+        "requests": len(delivered),
+        "input_tokens": sum(usage[1] for usage in delivered),
+        "output_tokens": sum(usage[2] for usage in delivered),
     }
-    # Every inference window the fleet reported was the key's, so all are attributed.
-    assert not UsageRecord.objects.filter(
-        workload_kind="inference", api_key_id__isnull=True
-    ).exists()
+    assert InferenceUsageHour.objects.filter(line_id=inference.pk).aggregate(
+        input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens")
+    ) == {"input_tokens": billed["input_tokens"], "output_tokens": billed["output_tokens"]}
+    # The fleet's inference windows (no receipt) are stored and nobody's.
+    assert UsageRecord.objects.filter(workload_kind="inference", busy_ms__gt=0).exists()
+    assert not UsageRecord.objects.filter(api_key_id__isnull=False).exists()
 
     # -- the month ends: close it (draft, finalize after grace, charge, statements) -------
     closed_at = finalizable_at(month) + timedelta(hours=1)
@@ -252,6 +301,9 @@ def test_a_month_from_fleet_usage_to_paid_out_statements_reconciles(
         assert sums["amount"] == line.amount_minor == sums["share"] + sums["fee"], line.kind
     reserved_line = invoice.lines.get(kind=LineKind.RESERVED)
     assert {a.node_id for a in reserved_line.attributions.all()} == {d.node_id for d in devices}
+    # Inference is credited to exactly the nodes that served it, by their billed tokens.
+    output_line = invoice.lines.get(kind=LineKind.INFERENCE_OUTPUT)
+    assert {a.node_id for a in output_line.attributions.all()} == set(fleet_node_ids)
 
     statement = SettlementStatement.objects.get(partner=partner_org, month=month)
     partner_total = Attribution.objects.filter(statement=statement).aggregate(

@@ -8,9 +8,9 @@ Every stored ``UsageRecord`` carries what the agent said it was doing
   (``gpu_device = record.gpu AND period @> window_start``; the allocation exclusion
   constraint guarantees at most one). The agent's ``ref`` is informative only: the
   partner controls the agent, so the platform's own allocation table decides.
-- ``api_key_id``: otherwise, the organization ``ApiKey`` whose calls the GPU served, as
-  the ref names it: ``"<product slug>@<key prefix>"`` for inference behind the platform's
-  gateway, ``"gpu@<key prefix>"`` for on-demand GPU time.
+- ``api_key_id``: otherwise, the organization ``ApiKey`` whose on-demand GPU time it was,
+  as the ref names it: ``"gpu@<key prefix>"``. Inference is not attributed: its receipt
+  records name their line by id and ingest bills them (``InferenceUsageHour``).
 - ``line_id``: the contract line of either; null = nobody's (idle windows, a partner's
   own use, refs naming no key) or not attributed yet.
 
@@ -35,8 +35,9 @@ from django.db.models import Max, QuerySet
 
 from capacity.metering.models import AttributionCursor, UsageRecord
 
-# Workload kinds someone may be billed for (idle windows bill nobody).
-BILLABLE_KINDS = ("allocation", "inference")
+# Workload kinds attribution ties to lines (idle windows bill nobody; inference is billed
+# from receipts by ingest).
+BILLABLE_KINDS = ("allocation",)
 # Ids below the cursor scanned again on every run: an ingest transaction that took its ids
 # before a later one but committed after it is still seen (ingest statements last
 # milliseconds; this is about a minute of a 100,000-GPU fleet).

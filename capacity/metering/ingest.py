@@ -11,8 +11,30 @@ one page per node) with a single statement whose data-modifying CTEs
    nothing, and a concurrent one blocks on (1)'s row lock, then finds the cursor moved;
 3. add to the hourly rollups exactly what (2) returned (``ON CONFLICT DO UPDATE SET
    x = x + EXCLUDED.x``): only rows actually inserted are ever counted;
-4. quarantine the refused records (``ON CONFLICT DO NOTHING``), OR the observed minutes
+4. for the inserted **receipt records** (one per inference request, docs/gateway.md
+   points 6 and 8), fill the agent's side of ``InferenceRequest`` (``INSERT … ON
+   CONFLICT (request_id) DO UPDATE … WHERE usage_record_id IS NULL``: the gateway's row
+   may be there already; line, key, product, bounds and ``issued_at`` come from the
+   signed receipt when it is not) and fix its billed tokens: ``least(gateway, agent)``
+   per direction when the gateway's row is there, the agent's (within the receipt's
+   bounds) when not; then add exactly the billed tokens of the rows it filled to
+   ``InferenceUsageHour`` per (line, node, hour of the receipt's ``iat``);
+5. quarantine the refused records (``ON CONFLICT DO NOTHING``), OR the observed minutes
    into the availability bitmaps, and stamp each node's last successful poll.
+
+**Billed tokens are fixed once, when the agent's record is stored.** A gateway row that
+lands later (its log batch was delayed past a poll; a killed gateway process loses its
+batch altogether) fills the gateway's columns only and does not change what was billed:
+invoices read the rollup and a finalized invoice is never edited, so billed figures
+must not move after the fact, and the agent's figure is already bounded by the receipt
+the platform signed. Such a request, like any whose witnesses differ, shows in
+finance's disagreement list (``InferenceDisagreementHour``) with both figures. Batches
+land within about a second and polls come every minute, so in normal operation the
+gateway's row is there first and the buyer pays ``least(gateway, agent)``.
+
+A ``rid`` already stored by an earlier poll is quarantined as ``receipt_replayed`` before
+the statement runs (``_quarantine_replayed_receipts``), and the upsert's ``WHERE`` is
+the database's guarantee that a replay is never billed twice.
 
 The statement runs in its own transaction, so for every node of the group either all
 of that happened or none of it: a node's page is never half stored, and a node whose
@@ -39,7 +61,9 @@ from typing import Any
 import psycopg
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 
-from capacity.metering.polling import PageToStore
+from capacity.metering.models import InferenceRequest, QuarantineReason
+from capacity.metering.polling import PageToStore, QuarantinedEntry
+from capacity.metering.validation import Rejection
 
 # Nodes' pages stored by one statement. Bigger groups save little once a round trip
 # costs less than building the group's parameters, and a failing group is retried
@@ -73,6 +97,14 @@ WITH page AS (
       AND ps.journal_epoch = p.from_epoch
       AND ps.last_seq = p.from_seq
     RETURNING ps.node_id, p.to_epoch, p.success_at, p.gpu_utilization_pct
+), receipts AS MATERIALIZED (
+    SELECT *
+    FROM unnest(
+        %(x_node_id)s::bigint[], %(x_seq)s::bigint[], %(x_rid)s::uuid[], %(x_line)s::bigint[],
+        %(x_key)s::bigint[], %(x_product)s::text[], %(x_max_input)s::bigint[],
+        %(x_max_output)s::bigint[], %(x_iat)s::bigint[]
+    ) AS x(node_id, seq, rid, line_id, api_key_id, product, max_input_tokens,
+           max_output_tokens, iat)
 ), inserted AS (
     INSERT INTO metering_usagerecord (
         node_id, journal_epoch, seq, record_hash, gpu_id, window_start, window_end,
@@ -92,19 +124,20 @@ WITH page AS (
            workload_ref, busy_ms, energy_mj, input_tokens, output_tokens, requests)
     JOIN moved AS m ON m.node_id = r.node_id
     ON CONFLICT (node_id, journal_epoch, seq) DO NOTHING
-    RETURNING node_id, gpu_id, workload_kind, workload_ref, window_start, busy_ms,
-              energy_mj, input_tokens, output_tokens, requests
+    RETURNING id, node_id, seq, gpu_id, workload_kind, workload_ref, window_start,
+              window_end, busy_ms, energy_mj, input_tokens, output_tokens, requests
 ), rolled AS (
     INSERT INTO metering_hourlyusage AS h (
         node_id, gpu_id, workload_kind, workload_ref, hour, busy_ms, energy_mj,
         input_tokens, output_tokens, requests, record_count
     )
-    SELECT node_id, gpu_id, workload_kind, coalesce(workload_ref, ''),
-           date_trunc('hour', window_start, 'UTC'), sum(busy_ms), sum(energy_mj),
-           sum(input_tokens), sum(output_tokens), sum(requests), count(*)
-    FROM inserted
-    GROUP BY node_id, gpu_id, workload_kind, coalesce(workload_ref, ''),
-             date_trunc('hour', window_start, 'UTC')
+    -- A receipt record is rolled up under its product's slug, not its (unique) rid.
+    SELECT i.node_id, i.gpu_id, i.workload_kind, coalesce(x.product, i.workload_ref, ''),
+           date_trunc('hour', i.window_start, 'UTC'), sum(i.busy_ms), sum(i.energy_mj),
+           sum(i.input_tokens), sum(i.output_tokens), sum(i.requests), count(*)
+    FROM inserted AS i
+    LEFT JOIN receipts AS x ON x.node_id = i.node_id AND x.seq = i.seq
+    GROUP BY 1, 2, 3, 4, 5
     ON CONFLICT (gpu_id, workload_kind, workload_ref, hour) DO UPDATE SET
         busy_ms = h.busy_ms + EXCLUDED.busy_ms,
         energy_mj = h.energy_mj + EXCLUDED.energy_mj,
@@ -112,6 +145,42 @@ WITH page AS (
         output_tokens = h.output_tokens + EXCLUDED.output_tokens,
         requests = h.requests + EXCLUDED.requests,
         record_count = h.record_count + EXCLUDED.record_count
+), served AS (
+    INSERT INTO metering_inferencerequest AS ir (
+        request_id, node_id, api_key_id, line_id, product_slug, max_input_tokens,
+        max_output_tokens, issued_at, usage_record_id, gpu_id, agent_input_tokens,
+        agent_output_tokens, served_at, billed_input_tokens, billed_output_tokens
+    )
+    SELECT x.rid, i.node_id, x.api_key_id, x.line_id, x.product, x.max_input_tokens,
+           x.max_output_tokens, to_timestamp(x.iat), i.id, i.gpu_id, i.input_tokens,
+           i.output_tokens, i.window_end, i.input_tokens, i.output_tokens
+    FROM inserted AS i
+    JOIN receipts AS x ON x.node_id = i.node_id AND x.seq = i.seq
+    ON CONFLICT (request_id) DO UPDATE SET
+        usage_record_id = EXCLUDED.usage_record_id,
+        gpu_id = EXCLUDED.gpu_id,
+        agent_input_tokens = EXCLUDED.agent_input_tokens,
+        agent_output_tokens = EXCLUDED.agent_output_tokens,
+        served_at = EXCLUDED.served_at,
+        billed_input_tokens = least(EXCLUDED.agent_input_tokens, ir.max_input_tokens,
+                                    coalesce(ir.gateway_input_tokens, EXCLUDED.agent_input_tokens)),
+        billed_output_tokens = least(EXCLUDED.agent_output_tokens, ir.max_output_tokens,
+                                     coalesce(ir.gateway_output_tokens, EXCLUDED.agent_output_tokens))
+    WHERE ir.usage_record_id IS NULL AND ir.node_id = EXCLUDED.node_id
+    RETURNING ir.line_id, ir.node_id, ir.issued_at, ir.billed_input_tokens,
+              ir.billed_output_tokens
+), billed AS (
+    INSERT INTO metering_inferenceusagehour AS u (
+        line_id, node_id, hour, input_tokens, output_tokens, requests
+    )
+    SELECT line_id, node_id, date_trunc('hour', issued_at, 'UTC'), sum(billed_input_tokens),
+           sum(billed_output_tokens), count(*)
+    FROM served
+    GROUP BY 1, 2, 3
+    ON CONFLICT (line_id, node_id, hour) DO UPDATE SET
+        input_tokens = u.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = u.output_tokens + EXCLUDED.output_tokens,
+        requests = u.requests + EXCLUDED.requests
 ), quarantined AS (
     INSERT INTO metering_quarantinedrecord (
         node_id, journal_epoch, seq, reason, detail, gpu_uuid, window_start, window_end,
@@ -218,6 +287,15 @@ _ARRAY_PARAMS: dict[str, Callable[[list[Any]], str]] = {
     "q_gpu_uuid": _texts_literal,
     "q_payload": _texts_literal,
     "a_minutes": _texts_literal,
+    "x_node_id": _integers_literal,
+    "x_seq": _integers_literal,
+    "x_rid": _texts_literal,
+    "x_line": _integers_literal,
+    "x_key": _integers_literal,
+    "x_product": _texts_literal,
+    "x_max_input": _integers_literal,
+    "x_max_output": _integers_literal,
+    "x_iat": _integers_literal,
 }
 
 
@@ -272,6 +350,19 @@ def _group_params(
         params["input_tokens"] += [r.input_tokens for r in accepted]
         params["output_tokens"] += [r.output_tokens for r in accepted]
         params["requests"] += [r.requests for r in accepted]
+        for record in accepted:
+            receipt = record.receipt
+            if receipt is None:
+                continue
+            params["x_node_id"].append(node_id)
+            params["x_seq"].append(record.seq)
+            params["x_rid"].append(receipt.rid)
+            params["x_line"].append(receipt.line)
+            params["x_key"].append(receipt.key)
+            params["x_product"].append(receipt.product)
+            params["x_max_input"].append(receipt.max_input_tokens)
+            params["x_max_output"].append(receipt.max_output_tokens)
+            params["x_iat"].append(receipt.iat)
         quarantined = page.quarantined
         params["q_node_id"] += [node_id] * len(quarantined)
         params["q_epoch"] += [q.journal_epoch for q in quarantined]
@@ -343,6 +434,7 @@ def store_pages(
         raise ValueError("store_pages takes at most one page per node")
     if not pages:
         return {}
+    _quarantine_replayed_receipts(pages)
     try:
         return _store_alone(pages, polled_at=polled_at, next_poll_at=next_poll_at)
     except (IntegrityError, DataError):
@@ -360,6 +452,53 @@ def store_pages(
     if failure is not None:
         raise failure
     return results
+
+
+def _quarantine_replayed_receipts(pages: Sequence[PageOfNode]) -> None:
+    """Move receipt records whose ``rid`` an earlier poll already stored from accepted to
+    quarantined (``receipt_replayed``), in place. One query per group, only when the
+    group has receipt records.
+
+    A node's pages are stored one after the other, each only if the cursor is still
+    where it was fetched from, and a ``rid`` belongs to one node (its receipt names it),
+    so nothing can store the same ``rid`` between this read and the page's statement.
+    Should it happen anyway, the statement's ``WHERE usage_record_id IS NULL`` leaves
+    the stored request and the billed tokens as they were: a replay is never billed.
+    """
+    rids = [
+        record.receipt.rid
+        for item in pages
+        for record in item.page.accepted
+        if record.receipt is not None
+    ]
+    if not rids:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT replace(request_id::text, '-', '') FROM {InferenceRequest._meta.db_table}"  # noqa: S608
+            " WHERE request_id = ANY(%s::uuid[]) AND usage_record_id IS NOT NULL",
+            [rids],
+        )
+        stored = {rid for (rid,) in cursor.fetchall()}
+    if not stored:
+        return
+    for item in pages:
+        page = item.page
+        kept = []
+        for record in page.accepted:
+            if record.receipt is None or record.receipt.rid not in stored:
+                kept.append(record)
+                continue
+            raw = dict(record.raw or {})
+            rejection = Rejection(
+                QuarantineReason.RECEIPT_REPLAYED,
+                f"receipt {record.receipt.rid} was metered before",
+                str(raw.get("gpu_uuid", ""))[:64],
+                record.window_start,
+                record.window_end,
+            )
+            page.quarantined.append(QuarantinedEntry(page.to_epoch, record.seq, rejection, raw))
+        page.accepted = kept
 
 
 def store_page(

@@ -170,6 +170,10 @@ class QuarantineReason(models.TextChoices):
     QUANTITY_EXCEEDS_BOUND = "quantity_exceeds_bound", "Tokens or requests above any GPU's rate"
     PRODUCT_NOT_SERVED = "product_not_served", "Inference for a product the node does not serve"
     TOKENS_EXCEED_THROUGHPUT = "tokens_exceed_throughput", "Tokens above the product's throughput"
+    RECEIPT_INVALID = "receipt_invalid", "Inference record without a valid gateway receipt"
+    RECEIPT_OTHER_NODE = "receipt_other_node", "Gateway receipt issued for another node"
+    RECEIPT_REPLAYED = "receipt_replayed", "Gateway receipt already metered"
+    TOKENS_OVER_RECEIPT = "tokens_over_receipt", "Tokens above the receipt's bounds"
 
 
 class QuarantinedRecordQuerySet(TenantQuerySet):
@@ -404,3 +408,75 @@ class InferenceRequest(models.Model):
 
     def __str__(self) -> str:
         return f"request {self.request_id.hex} on node {self.node_id}"
+
+
+class InferenceUsageHour(models.Model):
+    """Billed inference tokens per (contract line, node, UTC hour): what rating, settlement
+    and the buyer's pages read (``contracts.billable_usage``).
+
+    Incremented by ingest in the statement that stores the agent's receipt records, by
+    exactly the billed tokens of the ``InferenceRequest`` rows that statement filled (a
+    replayed page fills none, so it adds nothing). The hour is the receipt's ``iat``
+    (the platform's clock, not the agent's). ``line_id`` is a plain integer, as on
+    ``InferenceRequest``: metering never imports contracts.
+    """
+
+    line_id = models.BigIntegerField()
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="inference_hours")
+    # Start of the UTC hour the receipts were issued in.
+    hour = models.DateTimeField()
+    # Billed tokens (``InferenceRequest.billed_*``) and the requests they came from.
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    requests = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["hour", "line_id", "node"]
+        indexes = [models.Index(fields=["line_id", "hour"], name="inferencehour_line_hour_idx")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["line_id", "node", "hour"], name="inferencehour_unique_line_node_hour"
+            ),
+            models.CheckConstraint(
+                condition=Q(input_tokens__gte=0) & Q(output_tokens__gte=0) & Q(requests__gte=0),
+                name="inferencehour_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 line {self.line_id} node {self.node_id}"
+
+
+class InferenceDisagreementHour(models.Model):
+    """Per node and UTC hour (of the receipts' ``iat``) where the gateway's and the
+    agent's token counts differ: both figures, for finance (docs/gateway.md point 9).
+
+    A read-only database view over ``InferenceRequest`` (migration
+    ``0008_inference_usage_hours``), so it always shows the rows as they stand, whichever
+    witness landed last. A request only the gateway logged counts on the gateway's side
+    only (and one only the agent journaled on the agent's side), so it is a disagreement
+    until the other side lands: within a poll interval normally, never if it was lost.
+    """
+
+    # "<node id>:<hour as Unix seconds>": the view's key (admin needs one).
+    key = models.CharField(max_length=40, primary_key=True)
+    node = models.ForeignKey(Node, on_delete=models.DO_NOTHING, related_name="+")
+    hour = models.DateTimeField()
+    requests = models.BigIntegerField()
+    # Requests only one witness has recorded so far.
+    gateway_only_requests = models.BigIntegerField()
+    agent_only_requests = models.BigIntegerField()
+    gateway_input_tokens = models.BigIntegerField()
+    gateway_output_tokens = models.BigIntegerField()
+    agent_input_tokens = models.BigIntegerField()
+    agent_output_tokens = models.BigIntegerField()
+    billed_input_tokens = models.BigIntegerField()
+    billed_output_tokens = models.BigIntegerField()
+
+    class Meta:
+        managed = False
+        db_table = "metering_inferencedisagreementhour"
+        ordering = ["-hour", "node"]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 node {self.node_id}"

@@ -32,10 +32,12 @@ from capacity.metering.models import QuarantineReason
 from capacity.metering.validation import (
     AcceptedRecord,
     GpuRef,
+    ReceiptContext,
     Rejection,
     to_unix_us,
     validate_record,
 )
+from config.gateway_keys import receipt_public_key
 
 if TYPE_CHECKING:
     import httpx
@@ -195,6 +197,12 @@ async def _poll_usage(http: AgentHttp, target: PollTarget, outcome: PollOutcome)
     stored_epoch, stored_seq = target.journal_epoch, target.last_seq
     chain_epoch, chain_seq, chain_hash = target.journal_epoch, target.last_seq, target.last_hash
     window_ends = dict(target.gpu_window_ends)
+    receipts = ReceiptContext(
+        node_id=target.node_id,
+        agent_public_key=target.public_key,
+        platform_key=receipt_public_key(),
+        seen_rids=set(),
+    )
     for _ in range(MAX_PAGES_PER_POLL):
         answer = await http.get(
             target.url("usage"),
@@ -243,10 +251,13 @@ async def _poll_usage(http: AgentHttp, target: PollTarget, outcome: PollOutcome)
                 now_us=now_us,
                 gpu_window_ends=window_ends,
                 served_products=target.served_products,
+                receipts=receipts,
             )
             if isinstance(verdict, AcceptedRecord):
                 page.accepted.append(verdict)
-                page.gpu_window_ends[str(record["gpu_uuid"])] = window_ends[str(record["gpu_uuid"])]
+                if verdict.receipt is None:  # receipt records never move the GPU's cursor
+                    uuid = str(record["gpu_uuid"])
+                    page.gpu_window_ends[uuid] = window_ends[uuid]
             else:
                 seq = int(record["seq"])  # type: ignore[call-overload]  # chain-checked int
                 page.quarantined.append(QuarantinedEntry(epoch, seq, verdict, record))
@@ -264,7 +275,8 @@ async def _poll_usage(http: AgentHttp, target: PollTarget, outcome: PollOutcome)
                     raw_uuid[:64] if isinstance(raw_uuid, str) else "",
                 )
                 page.quarantined.append(QuarantinedEntry(epoch, seq, rejection, record))
-        page.minute_masks = minute_masks(page.accepted)
+        # Availability comes from the GPUs' window records; a request's record adds nothing.
+        page.minute_masks = minute_masks(r for r in page.accepted if r.receipt is None)
         outcome.pages.append(page)
         stored_epoch, stored_seq = page.to_epoch, page.to_seq
         chain_epoch, chain_seq, chain_hash = epoch, page.to_seq, page.to_hash

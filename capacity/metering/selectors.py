@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
 from capacity.metering.availability import (
@@ -22,6 +22,7 @@ from capacity.metering.availability import (
 from capacity.metering.models import (
     GpuAvailabilityDay,
     HourlyUsage,
+    InferenceDisagreementHour,
     NodePollState,
     QuarantinedRecord,
     UsageRecord,
@@ -196,3 +197,15 @@ def rollup_totals(*, node_ids: Iterable[int] | None = None) -> dict[str, int]:
         **{name: Sum(name) for name in USAGE_QUANTITIES}, records=Sum("record_count")
     )
     return {name: int(value or 0) for name, value in sums.items()}
+
+
+def inference_disagreements(
+    *, node_ids: Sequence[int] | None = None
+) -> QuerySet[InferenceDisagreementHour]:
+    """Node-hours where the gateway's and the agents' token counts differ, newest first,
+    with both figures (the view ``InferenceDisagreementHour`` computes them from
+    ``InferenceRequest``); only ``node_ids``' when given."""
+    rows = InferenceDisagreementHour.objects.select_related("node__site__organization")
+    if node_ids is not None:
+        rows = rows.filter(node_id__in=list(node_ids))
+    return rows.order_by("-hour", "node_id")

@@ -14,11 +14,23 @@ hour, windows starting in it) covers at most 3,660 GPU-seconds: at most 3.7e9 to
 and a month of 100,000 GPUs stays below 3e17, far from a bigint's 9.2e18. No sum of
 accepted quantities can overflow.
 
-Inference tokens are only accepted from a node that serves the product the ``ref`` names
-(``<product slug>`` or ``<product slug>@<key prefix>``), and at most at the product's
-throughput (tokens per GPU-second) over the window: until the gateway anchors tokens to
-its receipts, that is all the platform can know of them. What a node serves is
-contracts' answer, handed in by the poller (``served_products``).
+Inference is billed only from **receipt records** (agent protocol v1.1, docs/gateway.md
+points 6 and 8): ``workload = {"kind": "inference", "ref": <rid>, "receipt": <token>}``,
+one record per request. Such a record is valid only if the receipt verifies with the
+platform's public key, names the polled node (``node`` claim = its id, ``agent`` claim =
+its enrolled public key), ``ref`` is the receipt's ``rid``, no earlier record of the poll
+named the same ``rid`` (``ReceiptContext.seen_rids``; earlier polls: ``ingest``), its
+tokens are within the receipt's bounds, ``requests`` = 1 and ``busy_ms`` = ``energy_mj``
+= 0. It describes a request, not a GPU's window: it may overlap the GPU's window records,
+is exempt from the per-GPU overlap rule and never moves ``gpu_window_ends``; its tokens
+are bounded by the receipt (at most ``receipts.MAX_TOKENS_BOUND`` each) instead of the
+per-GPU-second ceilings. Checking one costs one Ed25519 verification (~50 us).
+
+Legacy inference window records (no receipt; ``ref`` = the product's slug) are still
+stored when the node serves that product and their tokens are within its throughput, so
+the GPU's busy time, energy and minutes count as before, but their tokens are **never
+billed**: attribution no longer ties inference to keys (the ``<product>@<key prefix>``
+refs are gone) and billing reads inference only from the receipts' rollup.
 """
 
 from __future__ import annotations
@@ -27,7 +39,10 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from capacity.agent.protocol import MAX_WINDOW_SECONDS, RECORD_KEYS, WORKLOAD_KINDS, parse_time
+from capacity.agent.receipts import Receipt, ReceiptError, parse_receipt
 from capacity.metering.models import QuarantineReason
 
 # A window may end this far after our clock (agents' clocks drift a little).
@@ -47,9 +62,25 @@ _PER_WINDOW_BOUNDS = {
     "output_tokens": MAX_TOKENS_PER_GPU_SECOND,
     "requests": MAX_REQUESTS_PER_GPU_SECOND,
 }
-# Separates the product slug from the caller's key prefix in an inference ``ref``.
-REF_SEPARATOR = "@"
 MAX_WORKLOAD_REF_LENGTH = 128
+_PLAIN_WORKLOAD_KEYS = frozenset({"kind", "ref"})
+_RECEIPT_WORKLOAD_KEYS = frozenset({"kind", "ref", "receipt"})
+
+
+@dataclass(frozen=True)
+class ReceiptContext:
+    """What a receipt record is checked against: the polled node and the platform's key.
+
+    ``seen_rids`` collects the ``rid`` of every receipt record accepted so far in this
+    poll (it is shared across the poll's pages), so a ``rid`` repeated within a poll is
+    refused here; one stored by an earlier poll is refused by ``ingest``.
+    """
+
+    node_id: int
+    # The node's enrolled agent public key (base64), as the receipt's ``agent`` claim has it.
+    agent_public_key: str
+    platform_key: Ed25519PublicKey
+    seen_rids: set[str]
 
 
 @dataclass(frozen=True)
@@ -76,6 +107,10 @@ class AcceptedRecord:
     input_tokens: int
     output_tokens: int
     requests: int
+    # A receipt record's verified receipt, and the record as received (kept for the
+    # quarantine row should ``ingest`` find its ``rid`` already stored); None otherwise.
+    receipt: Receipt | None = None
+    raw: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,12 +142,14 @@ def validate_record(
     now_us: int,
     gpu_window_ends: MutableMapping[str, int],
     served_products: Mapping[str, int] | None = None,
+    receipts: ReceiptContext | None = None,
 ) -> AcceptedRecord | Rejection:
     """Accept ``record`` or say why not.
 
     ``served_products`` maps the slug of each inference product the node serves to the
     product's throughput in tokens per GPU-second; inference for any other product is
-    refused (none given: the node serves nothing).
+    refused (none given: the node serves nothing). ``receipts`` is what receipt records
+    are checked against (none given: every receipt record is refused).
 
     ``gpu_window_ends`` maps a GPU uuid to the end (Unix us) of its latest accepted
     window, stored or earlier in this page; it is advanced for an accepted record, so
@@ -146,10 +183,11 @@ def validate_record(
     workload = record["workload"]
     kind = workload.get("kind") if isinstance(workload, Mapping) else None
     ref = workload.get("ref") if isinstance(workload, Mapping) else None
+    has_receipt = kind == "inference" and isinstance(workload, Mapping) and "receipt" in workload
     if (
         kind not in WORKLOAD_KINDS
         or not isinstance(workload, Mapping)
-        or workload.keys() != {"kind", "ref"}
+        or workload.keys() != (_RECEIPT_WORKLOAD_KEYS if has_receipt else _PLAIN_WORKLOAD_KEYS)
     ):
         return reject(QuarantineReason.UNKNOWN_WORKLOAD, f"workload {workload!r}")
     if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_WORKLOAD_REF_LENGTH):
@@ -181,26 +219,34 @@ def validate_record(
             QuarantineReason.ENERGY_EXCEEDS_MAX_POWER,
             f"energy_mj {energy_mj} > {gpu.max_power_w} W x {window_us // 1000} ms",
         )
-    if kind == "inference":
+    receipt: Receipt | None = None
+    if has_receipt:
+        verdict = _receipt_verdict(record, workload["receipt"], ref, context=receipts)
+        if isinstance(verdict, tuple):
+            return reject(*verdict)
+        receipt = verdict
+    elif kind == "inference":
         refusal = _inference_refusal(
             ref, record, served_products=served_products or {}, window_us=window_us
         )
         if refusal is not None:
             return reject(*refusal)
-    for name, per_second in _PER_WINDOW_BOUNDS.items():
-        value = int(record[name])  # type: ignore[call-overload]
-        if value * 1_000_000 > per_second * window_us:
+    if receipt is None:  # a GPU's window: bounded by the window, ordered per GPU
+        for name, per_second in _PER_WINDOW_BOUNDS.items():
+            value = int(record[name])  # type: ignore[call-overload]
+            if value * 1_000_000 > per_second * window_us:
+                return reject(
+                    QuarantineReason.QUANTITY_EXCEEDS_BOUND,
+                    f"{name} {value} > {per_second} per GPU-second x {window_us // 1000} ms",
+                )
+        previous_end_us = gpu_window_ends.get(raw_uuid)  # type: ignore[call-overload]
+        if previous_end_us is not None and start_us < previous_end_us:
             return reject(
-                QuarantineReason.QUANTITY_EXCEEDS_BOUND,
-                f"{name} {value} > {per_second} per GPU-second x {window_us // 1000} ms",
+                QuarantineReason.OVERLAPPING_WINDOW,
+                f"starts {(previous_end_us - start_us) / 1e6:g} s before the GPU's previous"
+                " window ended",
             )
-    previous_end_us = gpu_window_ends.get(raw_uuid)  # type: ignore[call-overload]
-    if previous_end_us is not None and start_us < previous_end_us:
-        return reject(
-            QuarantineReason.OVERLAPPING_WINDOW,
-            f"starts {(previous_end_us - start_us) / 1e6:g} s before the GPU's previous window ended",
-        )
-    gpu_window_ends[raw_uuid] = end_us  # type: ignore[index]
+        gpu_window_ends[raw_uuid] = end_us  # type: ignore[index]
     return AcceptedRecord(
         seq=int(record["seq"]),  # type: ignore[call-overload]
         record_hash=str(record["hash"]),
@@ -214,6 +260,8 @@ def validate_record(
         input_tokens=int(record["input_tokens"]),  # type: ignore[call-overload]
         output_tokens=int(record["output_tokens"]),  # type: ignore[call-overload]
         requests=int(record["requests"]),  # type: ignore[call-overload]
+        receipt=receipt,
+        raw=record if receipt is not None else None,
     )
 
 
@@ -224,10 +272,10 @@ def _inference_refusal(
     served_products: Mapping[str, int],
     window_us: int,
 ) -> tuple[str, str] | None:
-    """Why an inference record cannot be true (reason, detail), or None: its product is
-    not one the node serves, or its tokens exceed the product's throughput over the
-    window on one GPU."""
-    product = (ref or "").partition(REF_SEPARATOR)[0]
+    """Why a legacy inference window record (no receipt) cannot be true (reason, detail),
+    or None: its ``ref`` is not the slug of a product the node serves, or its tokens
+    exceed the product's throughput over the window on one GPU. Stored, never billed."""
+    product = ref or ""
     tokens_per_second = served_products.get(product)
     if tokens_per_second is None:
         return (
@@ -242,3 +290,46 @@ def _inference_refusal(
             f" x {window_us // 1000} ms",
         )
     return None
+
+
+def _receipt_verdict(
+    record: Mapping[str, object],
+    token: object,
+    ref: str | None,
+    *,
+    context: ReceiptContext | None,
+) -> Receipt | tuple[str, str]:
+    """The receipt of a receipt record if the record may be billed against it, else
+    (reason, detail). Quantities are already known to be non-negative integers."""
+    if context is None:
+        return (QuarantineReason.RECEIPT_INVALID, "receipts cannot be checked here")
+    try:
+        receipt = parse_receipt(token, context.platform_key)  # type: ignore[arg-type]
+    except ReceiptError as error:
+        return (QuarantineReason.RECEIPT_INVALID, str(error))
+    if receipt.node != context.node_id or receipt.agent != context.agent_public_key:
+        return (
+            QuarantineReason.RECEIPT_OTHER_NODE,
+            f"receipt {receipt.rid} was issued for node {receipt.node}, not {context.node_id}"
+            if receipt.node != context.node_id
+            else f"receipt {receipt.rid} was issued for another agent key",
+        )
+    if ref != receipt.rid:
+        return (QuarantineReason.RECEIPT_INVALID, f"ref {ref!r} is not the receipt's rid")
+    if record["requests"] != 1 or record["busy_ms"] != 0 or record["energy_mj"] != 0:
+        return (
+            QuarantineReason.RECEIPT_INVALID,
+            "a receipt record has requests = 1, busy_ms = 0 and energy_mj = 0, not"
+            f" {record['requests']}, {record['busy_ms']}, {record['energy_mj']}",
+        )
+    input_tokens, output_tokens = record["input_tokens"], record["output_tokens"]
+    if input_tokens > receipt.max_input_tokens or output_tokens > receipt.max_output_tokens:  # type: ignore[operator]
+        return (
+            QuarantineReason.TOKENS_OVER_RECEIPT,
+            f"{input_tokens} / {output_tokens} tokens > the receipt's"
+            f" {receipt.max_input_tokens} / {receipt.max_output_tokens}",
+        )
+    if receipt.rid in context.seen_rids:
+        return (QuarantineReason.RECEIPT_REPLAYED, f"receipt {receipt.rid} already in this poll")
+    context.seen_rids.add(receipt.rid)
+    return receipt

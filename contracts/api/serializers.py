@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -112,3 +113,61 @@ class UsageInputSerializer(serializers.Serializer):
         required=False, help_text="Default: 30 days (day) or 48 hours (hour) ago."
     )
     until = serializers.DateTimeField(required=False, help_text="Default: now.")
+
+
+class InferenceKeySerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="key_id")
+    name = serializers.CharField(source="key_name")
+    prefix = serializers.CharField(source="key_prefix")
+
+
+class ExactDecimalField(serializers.Field):
+    """A Decimal as its exact plain string ("0.0000123"), never rounded or in E-notation."""
+
+    def to_representation(self, value: Any) -> str:
+        text = format(value, "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+@extend_schema_field({"type": "string", "example": "0.0000123"})
+class CostField(ExactDecimalField):
+    pass
+
+
+class InferenceRequestSerializer(serializers.Serializer):
+    """One inference request: both witnesses' tokens and what it cost (``cost`` exact, in
+    ``currency``; invoices round the month's sum per line once)."""
+
+    request_id = serializers.SerializerMethodField()
+    key = InferenceKeySerializer(source="*")
+    product = serializers.CharField()
+    state = serializers.ChoiceField(
+        choices=["metered", "awaiting_node"],
+        help_text="metered: the node's record is in, billed tokens are final; awaiting_node:"
+        " only the gateway's log so far, nothing billed yet.",
+    )
+    gateway_status = serializers.IntegerField(allow_null=True)
+    gateway_input_tokens = serializers.IntegerField(allow_null=True)
+    gateway_output_tokens = serializers.IntegerField(allow_null=True)
+    billed_input_tokens = serializers.IntegerField()
+    billed_output_tokens = serializers.IntegerField()
+    cost = CostField()
+    currency = serializers.ChoiceField(choices=Currency.choices)
+    issued_at = serializers.DateTimeField()
+    served_at = serializers.DateTimeField(allow_null=True)
+    time_to_first_token_ms = serializers.IntegerField(allow_null=True)
+    duration_ms = serializers.IntegerField(allow_null=True)
+
+    def get_request_id(self, row: Any) -> str:
+        """32 hex digits, as the receipt's ``rid`` and the gateway's ``X-Request-Id``."""
+        return str(row.request_id.hex)
+
+
+class InferenceExportInputSerializer(serializers.Serializer):
+    month = serializers.RegexField(
+        r"^2\d{3}-(0[1-9]|1[0-2])$", help_text="A UTC calendar month, YYYY-MM (2000-2999)."
+    )
+
+    def validate_month(self, value: str) -> datetime:
+        """The month's first instant (UTC)."""
+        return datetime.strptime(value, "%Y-%m").replace(tzinfo=UTC)

@@ -189,6 +189,25 @@ def add_usage(
     return HourlyUsage.objects.get(gpu=gpu, workload_kind=kind, workload_ref=ref, hour=hour)
 
 
+def add_tokens(
+    *, gpu, hour: datetime, line, key, input_tokens: int = 0, output_tokens: int = 0
+) -> None:
+    """Inference requests of ``key`` for ``line`` served on ``gpu``, issued at ``hour``,
+    metered from their receipt records as a poll meters them
+    (``tests.capacity.metering.receipt_builders.meter_requests``)."""
+    from tests.capacity.metering.receipt_builders import meter_requests
+
+    meter_requests(
+        gpu=gpu,
+        line_id=line.pk,
+        key_id=key.pk,
+        product=line.inference_product.slug,
+        at=hour,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )
+
+
 def finalized_invoice_for(buyer, *, total_minor: int = 12_345, month=None):
     """A finalized invoice of ``total_minor`` (a commitment true-up) for ``buyer``."""
     from datetime import date

@@ -8,17 +8,18 @@ other contract of its chunk is drafted and finalized as usual.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import time_machine
+from django.db.models import F
 
 from accounts.models import AuditEvent
 from billing.closing import close_period
 from billing.invoices import draft_invoices
 from billing.models import DraftFailure, Invoice, InvoiceStatus, LineKind
-from capacity.metering.models import HourlyUsage
-from tests.billing.conftest import add_usage, inference_line_with_key
+from capacity.metering.models import InferenceUsageHour
+from tests.billing.conftest import inference_line_with_key
 from tests.factories import ContractFactory
 
 pytestmark = pytest.mark.django_db
@@ -39,14 +40,16 @@ def _commitment_contract(commitment_minor: int):
 
 @pytest.fixture
 def poisoned(buyer_org, buyer_owner, llm, devices):
-    """A buyer's inference line whose October holds two old rollup hours of 2^62 input
-    tokens each (their sum, 2^63, does not fit the invoice line's bigint)."""
-    line, key = inference_line_with_key(
+    """A buyer's inference line whose October holds two rollup hours of 2^62 input tokens
+    each (their sum, 2^63, does not fit the invoice line's bigint): written straight into
+    the table, since receipts bound every request (10^7 tokens) and ingest never could."""
+    line, _key = inference_line_with_key(
         buyer=buyer_org, actor=buyer_owner, product=llm, now=datetime(2026, 9, 20, tzinfo=UTC)
     )
-    ref = f"{llm.slug}@{key.prefix}"
     for hour in (datetime(2026, 10, 10, 10, tzinfo=UTC), datetime(2026, 10, 11, 10, tzinfo=UTC)):
-        add_usage(gpu=devices[0], hour=hour, kind="inference", ref=ref, input_tokens=HUGE)
+        InferenceUsageHour.objects.create(
+            line_id=line.pk, node=devices[0].node, hour=hour, input_tokens=HUGE, requests=1
+        )
     return line
 
 
@@ -93,11 +96,13 @@ def test_a_contract_whose_draft_overflows_does_not_stop_the_others(poisoned, buy
 
 
 def test_a_stale_draft_is_not_finalized_until_the_contract_drafts_again(poisoned, llm, devices):
-    bad_rows = list(HourlyUsage.objects.values_list("pk", flat=True))
-    HourlyUsage.objects.filter(pk__in=bad_rows).update(line_id=None)
+    bad_rows = list(InferenceUsageHour.objects.order_by("hour").values_list("pk", flat=True))
+    # The rows out of October while it is drafted: an empty draft, before the data.
+    away = timedelta(days=3650)
+    InferenceUsageHour.objects.filter(pk__in=bad_rows).update(hour=F("hour") - away)
     with time_machine.travel(DRAFT_AT, tick=False):
-        assert draft_invoices(month=OCTOBER).created == 1  # an empty draft, before the data
-    HourlyUsage.objects.filter(pk__in=bad_rows).update(line_id=poisoned.pk)
+        assert draft_invoices(month=OCTOBER).created == 1
+    InferenceUsageHour.objects.filter(pk__in=bad_rows).update(hour=F("hour") + away)
 
     with time_machine.travel(CLOSE_AT, tick=False):
         closed = close_period(month=OCTOBER, charge=False)
@@ -107,7 +112,7 @@ def test_a_stale_draft_is_not_finalized_until_the_contract_drafts_again(poisoned
     assert (invoice.status, invoice.total_minor) == (InvoiceStatus.DRAFT, 0)
 
     # Finance corrects the data (one hour of 2^62 tokens was real, the other not).
-    HourlyUsage.objects.filter(pk=bad_rows[1]).delete()
+    InferenceUsageHour.objects.filter(pk=bad_rows[1]).delete()
     with time_machine.travel(CLOSE_AT, tick=False):
         closed = close_period(month=OCTOBER, charge=False)
 

@@ -64,6 +64,7 @@ FINANCE_PERMISSIONS = {
     "contracts.view_contract",
     "accounts.view_organization",
     "accounts.view_auditevent",
+    "metering.view_inferencedisagreementhour",
 }
 
 

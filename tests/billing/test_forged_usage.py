@@ -1,8 +1,9 @@
-"""Forged inference usage (issue 13, item 1): a partner node that does not serve a product
-signs a record naming a buyer's key (key prefixes are visible to every member) with 10^12
-tokens. Polled for real (signed, chained), it is quarantined with its reason: rating bills
-nothing for it and settlement credits the node nothing. The same record's honest twin,
-from a node serving the product within its throughput, bills to the cent."""
+"""Forged inference usage (issue 13 item 1, issue 14 item 5): a partner node signs a
+record of 10^12 tokens for a buyer: naming the buyer's key by its prefix (visible to every
+member), under a receipt it signed itself, under another node's receipt, or inflating a
+genuine receipt. Polled for real (signed, chained), each is quarantined with its reason:
+rating bills nothing for it and settlement credits the node nothing. The honest twin, a
+receipt record within its receipt, bills to the cent and settles to the node."""
 
 from __future__ import annotations
 
@@ -10,12 +11,20 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from billing.models import Attribution, InvoiceLine, LineKind, RevenueKind, SettlementStatement
 from billing.settlement.agreements import agreement_create
+from capacity.agent.receipts import Receipt, sign_receipt
 from capacity.metering import batch
 from capacity.metering.attribution import attribute_new_records
-from capacity.metering.models import HourlyUsage, QuarantinedRecord, QuarantineReason, UsageRecord
+from capacity.metering.models import (
+    HourlyUsage,
+    InferenceRequest,
+    QuarantinedRecord,
+    QuarantineReason,
+    UsageRecord,
+)
 from tests.billing.conftest import inference_line_with_key, save_card
 from tests.billing.settlement_builders import OCTOBER, close_october
 from tests.capacity.metering.conftest import (  # noqa: F401 (fixtures)
@@ -25,11 +34,13 @@ from tests.capacity.metering.conftest import (  # noqa: F401 (fixtures)
     node,
     partner_admin,
 )
+from tests.capacity.metering.receipt_builders import receipt_fields, receipt_for
 
 pytestmark = pytest.mark.django_db
 D = Decimal
 FORGED_TOKENS = 10**12
 WINDOW_START = datetime(2026, 10, 20, 10, tzinfo=UTC)
+RID = "f" * 32
 
 
 @pytest.fixture
@@ -42,9 +53,9 @@ def partner_node(
     return node, fake_agent
 
 
-def _poll_and_close(*, forging, agent, buyer_org, buyer_owner, llm, localstripe, tokens):
-    """The buyer's inference line and key; one signed record of ``tokens`` input and
-    output tokens naming the key, polled from ``forging``; October closed and paid."""
+def _poll_and_close(*, forging, agent, buyer_org, buyer_owner, llm, localstripe, record):
+    """The buyer's inference line and key; one signed, chained record built by
+    ``record(line, key)``, polled from ``forging``; October closed and paid."""
     agreement_create(
         partner=forging.site.organization,
         line_kind=RevenueKind.INFERENCE,
@@ -55,17 +66,7 @@ def _poll_and_close(*, forging, agent, buyer_org, buyer_owner, llm, localstripe,
     line, key = inference_line_with_key(
         buyer=buyer_org, actor=buyer_owner, product=llm, now=datetime(2026, 10, 1, tzinfo=UTC)
     )
-    agent.append(
-        make_fields(
-            0,
-            kind="inference",
-            ref=f"{llm.slug}@{key.prefix}",
-            start=WINDOW_START,
-            input_tokens=tokens,
-            output_tokens=tokens,
-            requests=1,
-        )
-    )
+    agent.append(record(line, key))
     batch.poll_and_store(
         [forging.pk],
         now=WINDOW_START + timedelta(minutes=5),
@@ -78,11 +79,94 @@ def _poll_and_close(*, forging, agent, buyer_org, buyer_owner, llm, localstripe,
     return line
 
 
-def test_forged_tokens_from_a_node_not_serving_the_product_bill_and_credit_nothing(
-    partner_node, buyer_org, buyer_owner, llm, localstripe
+def _receipt(serving, line, key, **changes):
+    return receipt_for(
+        serving,
+        rid=RID,
+        line_id=line.pk,
+        key_id=key.pk,
+        product=line.inference_product.slug,
+        max_input_tokens=2_000_000,
+        max_output_tokens=2_000_000,
+        issued_at=WINDOW_START,
+        **changes,
+    )
+
+
+def _receipt_record(serving, *, tokens, token=None, **changes):
+    def build(line, key):
+        return receipt_fields(
+            _receipt(serving, line, key, **changes),
+            input_tokens=tokens,
+            output_tokens=tokens,
+            ended_at=WINDOW_START + timedelta(seconds=30),
+            token=token,
+        )
+
+    return build
+
+
+def _key_prefix_record(llm):
+    """The retired convention: a window naming the buyer's key by its (visible) prefix."""
+
+    def build(line, key):
+        return make_fields(
+            0,
+            kind="inference",
+            ref=f"{llm.slug}@{key.prefix}",
+            start=WINDOW_START,
+            input_tokens=FORGED_TOKENS,
+            output_tokens=FORGED_TOKENS,
+            requests=1,
+        )
+
+    return build
+
+
+FORGERIES = {
+    # No receipt at all: the buyer's key named by its prefix.
+    "key_prefix_ref": lambda serving, llm: (
+        _key_prefix_record(llm),
+        QuarantineReason.PRODUCT_NOT_SERVED,
+        f"the node does not serve inference product '{llm.slug}@",
+    ),
+    # A receipt the partner signed with a key of its own.
+    "self_signed_receipt": lambda serving, llm: (
+        _receipt_record(
+            serving,
+            tokens=FORGED_TOKENS,
+            token=sign_receipt(
+                Ed25519PrivateKey.generate(),
+                Receipt(
+                    1, RID, serving.pk, serving.agent_public_key, 1, 1, llm.slug, 10**7, 10**7, 1
+                ),
+            ),
+        ),
+        QuarantineReason.RECEIPT_INVALID,
+        "receipt signature is not the platform's",
+    ),
+    # A genuine receipt of another node, replayed here.
+    "receipt_of_another_node": lambda serving, llm: (
+        _receipt_record(serving, tokens=1, node_id=serving.pk + 1),
+        QuarantineReason.RECEIPT_OTHER_NODE,
+        f"receipt {RID} was issued for node {serving.pk + 1}",
+    ),
+    # A genuine receipt for this node, inflated.
+    "tokens_over_the_receipt": lambda serving, llm: (
+        _receipt_record(serving, tokens=FORGED_TOKENS),
+        QuarantineReason.TOKENS_OVER_RECEIPT,
+        f"{FORGED_TOKENS} / {FORGED_TOKENS} tokens > the receipt's 2000000 / 2000000",
+    ),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_forged_inference_bills_and_credits_nothing(
+    forgery, partner_node, buyer_org, buyer_owner, llm, localstripe
 ):
     forging, agent = partner_node
-    assert not llm.nodes.filter(pk=forging.pk).exists()
+    llm.nodes.add(forging)
+    record, reason, detail = FORGERIES[forgery](forging, llm)
 
     line = _poll_and_close(
         forging=forging,
@@ -91,28 +175,25 @@ def test_forged_tokens_from_a_node_not_serving_the_product_bill_and_credit_nothi
         buyer_owner=buyer_owner,
         llm=llm,
         localstripe=localstripe,
-        tokens=FORGED_TOKENS,
+        record=record,
     )
 
     quarantined = QuarantinedRecord.objects.get(node=forging)
-    assert (quarantined.reason, quarantined.detail) == (
-        QuarantineReason.PRODUCT_NOT_SERVED,
-        f"the node does not serve inference product {llm.slug!r}",
-    )
-    assert quarantined.payload["input_tokens"] == FORGED_TOKENS
+    assert quarantined.reason == reason
+    assert quarantined.detail.startswith(detail)
     assert not UsageRecord.objects.exists()
     assert not HourlyUsage.objects.exists()
+    assert not InferenceRequest.objects.exists()
     assert not InvoiceLine.objects.filter(invoice__contract_id=line.contract_id).exists()
     assert line.contract.invoices.get(month=OCTOBER).total_minor == 0
     assert not Attribution.objects.exists()
     assert not SettlementStatement.objects.filter(partner=forging.site.organization).exists()
 
 
-def test_tokens_above_the_products_throughput_are_quarantined_even_from_a_serving_node(
+def test_a_receipt_record_within_its_receipt_bills_and_settles(
     partner_node, buyer_org, buyer_owner, llm, localstripe
 ):
     forging, agent = partner_node
-    llm.nodes.add(forging)
 
     line = _poll_and_close(
         forging=forging,
@@ -121,31 +202,7 @@ def test_tokens_above_the_products_throughput_are_quarantined_even_from_a_servin
         buyer_owner=buyer_owner,
         llm=llm,
         localstripe=localstripe,
-        tokens=FORGED_TOKENS,
-    )
-
-    assert QuarantinedRecord.objects.get(node=forging).reason == (
-        QuarantineReason.TOKENS_EXCEED_THROUGHPUT
-    )
-    assert not InvoiceLine.objects.filter(invoice__contract_id=line.contract_id).exists()
-    assert not Attribution.objects.exists()
-
-
-def test_tokens_within_the_throughput_of_a_serving_node_bill_and_settle(
-    partner_node, buyer_org, buyer_owner, llm, localstripe
-):
-    forging, agent = partner_node
-    llm.nodes.add(forging)
-
-    # 1.5 M input + 1.5 M output tokens in a minute: 50,000 per GPU-second, the default.
-    line = _poll_and_close(
-        forging=forging,
-        agent=agent,
-        buyer_org=buyer_org,
-        buyer_owner=buyer_owner,
-        llm=llm,
-        localstripe=localstripe,
-        tokens=1_500_000,
+        record=_receipt_record(forging, tokens=1_500_000),
     )
 
     assert not QuarantinedRecord.objects.exists()

@@ -16,7 +16,7 @@ from billing.closing import close_period
 from billing.models import Invoice, InvoiceLine, JournalLine
 from billing.rating import rate_month
 from contracts.models import Contract
-from tests.billing.conftest import add_usage, inference_line_with_key
+from tests.billing.conftest import add_tokens, inference_line_with_key
 from tests.factories import MembershipFactory, OrganizationFactory
 
 OCTOBER = date(2026, 10, 1)
@@ -70,11 +70,11 @@ def test_total_is_the_sum_of_rounded_lines_and_closing_twice_changes_nothing(spe
         Contract.objects.filter(pk=line.contract_id).update(monthly_commitment_minor=commitment)
         created.append(line.contract_id)
         for hour, input_tokens, output_tokens in records:
-            add_usage(
+            add_tokens(
                 gpu=devices[hour % len(devices)],
                 hour=datetime(2026, 10, 1, tzinfo=UTC) + timedelta(hours=hour),
-                kind="inference",
-                ref=f"{llm.slug}@{key.prefix}",
+                line=line,
+                key=key,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
             )

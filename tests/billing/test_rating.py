@@ -14,7 +14,7 @@ from billing.models import Invoice, LineKind
 from billing.rating import rate_month
 from contracts.checkout import reservation_checkout
 from contracts.models import Contract
-from tests.billing.conftest import add_usage, gpu_line_with_key, inference_line_with_key
+from tests.billing.conftest import add_tokens, add_usage, gpu_line_with_key, inference_line_with_key
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -97,26 +97,25 @@ def test_inference_tokens_and_commitment_true_up(buyer_org, buyer_owner, llm, de
         buyer=buyer_org, actor=buyer_owner, product=llm, now=datetime(2026, 9, 20, tzinfo=UTC)
     )
     Contract.objects.filter(pk=line.contract_id).update(monthly_commitment_minor=50_000)
-    ref = f"{llm.slug}@{key.prefix}"
     hour = datetime(2026, 10, 10, 10, tzinfo=UTC)
-    add_usage(gpu=devices[0], hour=hour, kind="inference", ref=ref, input_tokens=100_000_000)
-    add_usage(
+    add_tokens(gpu=devices[0], hour=hour, line=line, key=key, input_tokens=100_000_000)
+    add_tokens(
         gpu=devices[1],
         hour=hour + timedelta(days=5),
-        kind="inference",
-        ref=ref,
+        line=line,
+        key=key,
         input_tokens=20_000_000,
         output_tokens=30_000_000,
     )
     # September and November usage is not October's.
-    add_usage(
+    add_tokens(
         gpu=devices[0],
         hour=datetime(2026, 9, 30, 23, tzinfo=UTC),
-        kind="inference",
-        ref=ref,
+        line=line,
+        key=key,
         input_tokens=7,
     )
-    add_usage(gpu=devices[0], hour=NOVEMBER_1, kind="inference", ref=ref, output_tokens=9)
+    add_tokens(gpu=devices[0], hour=NOVEMBER_1, line=line, key=key, output_tokens=9)
     with time_machine.travel(NOVEMBER_1 + timedelta(hours=1), tick=False):
         draft_invoices(month=OCTOBER)
     invoice = Invoice.objects.get(contract_id=line.contract_id, month=OCTOBER)
@@ -165,25 +164,26 @@ def test_on_demand_gpu_busy_seconds(buyer_org, buyer_owner, offer, devices):
     ]
 
 
-def test_revoked_key_stops_billing_from_its_revocation(buyer_org, buyer_owner, llm, devices):
+def test_an_ended_line_stops_billing_from_its_end(buyer_org, buyer_owner, llm, devices):
+    """Receipts name the line; a line that ended pays for no hour that starts after its
+    end (whatever requests the gateway's cache let through in its last seconds)."""
     line, key = inference_line_with_key(
         buyer=buyer_org, actor=buyer_owner, product=llm, now=datetime(2026, 10, 1, tzinfo=UTC)
     )
-    ref = f"{llm.slug}@{key.prefix}"
-    add_usage(
+    add_tokens(
         gpu=devices[0],
         hour=datetime(2026, 10, 2, tzinfo=UTC),
-        kind="inference",
-        ref=ref,
+        line=line,
+        key=key,
         input_tokens=1_000_000,
     )
-    key.revoked_at = datetime(2026, 10, 3, tzinfo=UTC)
-    key.save(update_fields=["revoked_at"])
-    add_usage(
+    line.ended_at = datetime(2026, 10, 3, tzinfo=UTC)
+    line.save(update_fields=["ended_at"])
+    add_tokens(
         gpu=devices[0],
         hour=datetime(2026, 10, 3, 1, tzinfo=UTC),
-        kind="inference",
-        ref=ref,
+        line=line,
+        key=key,
         input_tokens=5_000_000,
     )
     rated = rate_month(month=OCTOBER)[line.contract_id]
@@ -194,12 +194,11 @@ def test_late_usage_goes_on_the_next_invoice_labelled(buyer_org, buyer_owner, ll
     line, key = inference_line_with_key(
         buyer=buyer_org, actor=buyer_owner, product=llm, now=datetime(2026, 9, 20, tzinfo=UTC)
     )
-    ref = f"{llm.slug}@{key.prefix}"
-    add_usage(
+    add_tokens(
         gpu=devices[0],
         hour=datetime(2026, 10, 31, 23, tzinfo=UTC),
-        kind="inference",
-        ref=ref,
+        line=line,
+        key=key,
         input_tokens=10_000_000,
     )
     with time_machine.travel(datetime(2026, 11, 4, tzinfo=UTC), tick=False):
@@ -208,18 +207,18 @@ def test_late_usage_goes_on_the_next_invoice_labelled(buyer_org, buyer_owner, ll
     october = Invoice.objects.get(contract_id=line.contract_id, month=OCTOBER)
     assert lines_of(october) == [(LineKind.INFERENCE_INPUT, 200)]
     # A node that was offline reports October usage after the invoice was finalized.
-    add_usage(
+    add_tokens(
         gpu=devices[1],
         hour=datetime(2026, 10, 31, 22, tzinfo=UTC),
-        kind="inference",
-        ref=ref,
+        line=line,
+        key=key,
         input_tokens=2_500_000,
     )
-    add_usage(
+    add_tokens(
         gpu=devices[1],
         hour=datetime(2026, 11, 2, tzinfo=UTC),
-        kind="inference",
-        ref=ref,
+        line=line,
+        key=key,
         input_tokens=1_000_000,
     )
     with time_machine.travel(datetime(2026, 12, 1, tzinfo=UTC), tick=False):

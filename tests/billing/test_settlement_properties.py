@@ -34,7 +34,7 @@ from billing.settlement import payouts
 from billing.settlement.agreements import agreement_create
 from billing.settlement.statements import statement_approve
 from contracts.models import Contract, InferenceProduct
-from tests.billing.conftest import add_usage, inference_line_with_key, save_card
+from tests.billing.conftest import add_tokens, inference_line_with_key, save_card
 from tests.billing.settlement_builders import OCTOBER, close_october, onboard
 from tests.factories import MembershipFactory, OrganizationFactory, SiteFactory, gpu_pool
 
@@ -99,11 +99,11 @@ def test_paid_lines_equal_shares_plus_fees_and_the_month_reconciles(
         contracts.append(line.contract_id)
         save_card(buyer, localstripe)
         for gpu, hour, input_tokens, output_tokens in records:
-            add_usage(
+            add_tokens(
                 gpu=devices[gpu % len(devices)],
                 hour=datetime(2026, 10, 1, tzinfo=UTC) + timedelta(hours=hour),
-                kind="inference",
-                ref=f"{llm.slug}@{key.prefix}",
+                line=line,
+                key=key,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
             )

@@ -24,7 +24,7 @@ from contracts.billable_usage import (
     sla_minutes,
 )
 from contracts.charges import ChargeKind, line_charges
-from contracts.models import ContractLine, InferenceProduct
+from contracts.models import Contract, ContractLine, InferenceProduct
 from contracts.sla import line_sla
 from contracts.usage import month_to_date
 from tests.contracts.usage_builders import (
@@ -75,15 +75,16 @@ def reserved(contract, offer, devices):
 
 @pytest.fixture
 def inference(contract, product, devices):
-    """Key created Oct 1 09:30, revoked Oct 6 10:15. Billed: 54 M input, 5 M output."""
-    line = inference_line(contract=contract, product=product, since=OCT_1)
-    key = key_for(line, created_at=at(1, 9, 30), revoked_at=at(6, 10, 15))
+    """Line from Oct 1 09:30, ended Oct 6 10:15. Billed: 54 M input, 5 M output tokens in
+    6 requests (a receipt bounds a request to 10 M tokens a direction)."""
+    line = inference_line(contract=contract, product=product, since=at(1, 9, 30))
+    key = key_for(line, created_at=at(1, 9, 30))
     use(key=key, product=product, gpu=devices[1], at=at(1, 8, 10), input_tokens=1_000)  # before
     use(
         key=key,
         product=product,
         gpu=devices[1],
-        at=at(1, 9, 5),  # before the key, but in its first hour
+        at=at(1, 9, 5),  # before the line, but in its first hour
         input_tokens=20_000_000,
         output_tokens=5_000_000,
     )
@@ -91,6 +92,7 @@ def inference(contract, product, devices):
     use(key=key, product=product, gpu=devices[1], at=at(6, 10, 50), input_tokens=4_000_000)
     use(key=key, product=product, gpu=devices[1], at=at(6, 11), input_tokens=7_000_000)  # after
     use(key=key, product=product, gpu=devices[1], at=at(30, 23, 59) - timedelta(days=30))  # Sep
+    ContractLine.objects.filter(pk=line.pk).update(ended_at=at(6, 10, 15))
     return line
 
 
@@ -141,18 +143,18 @@ def test_reserved_gpu_seconds_per_line_node_and_bucket(reserved, devices):
     }
 
 
-def test_metered_usage_counts_whole_hours_of_the_key_and_line_in_force(inference, devices):
+def test_metered_tokens_count_whole_hours_of_the_line_in_force(inference, devices):
     line = inference.pk
     assert metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line]) == {
         UsageKey(line): MeteredQuantities(
-            input_tokens=54_000_000, output_tokens=5_000_000, requests=3
+            input_tokens=54_000_000, output_tokens=5_000_000, requests=6
         )
     }
     assert metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line], by_node=True) == {
         UsageKey(line, devices[1].node_id): MeteredQuantities(
-            input_tokens=24_000_000, output_tokens=5_000_000, requests=2
+            input_tokens=24_000_000, output_tokens=5_000_000, requests=3
         ),
-        UsageKey(line, devices[5].node_id): MeteredQuantities(input_tokens=30_000_000, requests=1),
+        UsageKey(line, devices[5].node_id): MeteredQuantities(input_tokens=30_000_000, requests=3),
     }
     assert set(metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line], bucket="hour")) == {
         UsageKey(line, None, at(1, 9)),
@@ -163,7 +165,7 @@ def test_metered_usage_counts_whole_hours_of_the_key_and_line_in_force(inference
     ContractLine.objects.filter(pk=line).update(ended_at=at(5, 14))
     assert metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line]) == {
         UsageKey(line): MeteredQuantities(
-            input_tokens=20_000_000, output_tokens=5_000_000, requests=1
+            input_tokens=20_000_000, output_tokens=5_000_000, requests=2
         )
     }
 
@@ -200,33 +202,50 @@ def test_gpu_time_on_another_sites_gpu_is_nobodys(on_demand_gpu, partner_org):
 
 
 def test_a_ref_naming_two_keys_is_nobodys_and_a_stamped_hour_keeps_its_line(
-    contract, product, devices, other_org
+    on_demand_gpu, offer, devices, other_org
 ):
-    line = inference_line(contract=contract, product=product, since=OCT_1)
-    key = key_for(line, created_at=OCT_1)
-    record = use(key=key, product=product, gpu=devices[3], at=at(2, 10), input_tokens=10)
+    line, key = on_demand_gpu
+    record = use(key=key, product=None, gpu=devices[3], at=at(2, 10), busy_ms=10)
     later = stored_usage(
         gpu=devices[3],
         start=at(2, 10, 30),
-        kind="inference",
-        ref=workload_ref_for_key(api_key=key, product_slug=product.slug),
-        input_tokens=20,
+        kind="allocation",
+        ref=workload_ref_for_key(api_key=key),
+        busy_ms=20,
     )
     # Another buyer's key happens to share the prefix: whose the later record is, nobody
     # can tell, so it is nobody's; the hour's rollup row keeps the line it was stamped with.
-    twin = key_for(
-        inference_line(
-            contract=active_contract(buyer=other_org, since=OCT_1), product=product, since=OCT_1
-        ),
-        created_at=OCT_1,
-    )
+    other_contract = Contract.objects.get(buyer=other_org)  # holding its reservation
+    twin = key_for(gpu_line(contract=other_contract, offer=offer, since=OCT_1), created_at=OCT_1)
     type(twin).objects.filter(pk=twin.pk).update(prefix=key.prefix)
     assert attribute_usage_records(records=UsageRecord.objects.filter(pk=later.pk)) == 0
     record.refresh_from_db()
     assert record.line_id == line.pk
     row = HourlyUsage.objects.get(gpu=devices[3], hour=at(2, 10))
-    assert (row.input_tokens, row.record_count, row.line_id) == (30, 2, line.pk)
+    assert (row.busy_ms, row.record_count, row.line_id) == (30, 2, line.pk)
     assert attribute_usage_records(records=UsageRecord.objects.all()) == 0  # idempotent
+
+
+def test_inference_reads_only_receipts_never_key_prefix_refs(contract, product, devices):
+    """An inference window naming the key by its prefix (the retired convention) is
+    stored for its GPU time and billed to nobody; the key's receipts are billed."""
+    line = inference_line(contract=contract, product=product, since=OCT_1)
+    key = key_for(line, created_at=OCT_1)
+    legacy = stored_usage(
+        gpu=devices[3],
+        start=at(2, 10),
+        kind="inference",
+        ref=f"{product.slug}@{key.prefix}",
+        input_tokens=1_000,
+    )
+    assert attribute_usage_records(records=UsageRecord.objects.filter(pk=legacy.pk)) == 0
+    # Even an hour stamped by the retired attribution (migration 0005) is not read.
+    HourlyUsage.objects.filter(gpu=devices[3]).update(api_key_id=key.pk, line_id=line.pk)
+    assert metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line.pk]) == {}
+    use(key=key, product=product, gpu=devices[3], at=at(2, 10, 5), input_tokens=7, output_tokens=3)
+    assert metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line.pk]) == {
+        UsageKey(line.pk): MeteredQuantities(input_tokens=7, output_tokens=3, requests=1)
+    }
 
 
 def test_sla_and_down_minutes_per_line_and_node(reserved, devices):

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts import services as account_services
+from capacity.metering.models import UsageRecord
 from contracts import on_demand
 from contracts.attribution import attribute_usage_records, workload_ref_for_key
 from contracts.billable_usage import MeteredQuantities, UsageKey, metered_quantities
@@ -29,6 +29,7 @@ from contracts.models import (
     LineKind,
 )
 from contracts.money import minor_to_major, round_money
+from tests.capacity.metering.receipt_builders import meter_requests
 from tests.factories import stored_usage
 from tests.http_headers import NO_STORE, cache_headers
 from tests.tenancy import assert_hidden_from
@@ -297,69 +298,49 @@ def _record(*, gpu, kind, ref, start, tokens=0, busy_ms=30_000, seq):
     )
 
 
-def test_attribution_and_revoked_keys(reservation, inference_line, buyer_owner, devices):
-    if not apps.is_installed("capacity.metering"):
-        pytest.fail("Run with --ds=tests.metering_settings (metering installed)", pytrace=False)
-    UsageRecord = apps.get_model("metering", "UsageRecord")
+def test_attribution_ties_reserved_work_and_leaves_inference_to_receipts(
+    reservation, inference_line, buyer_owner, devices
+):
+    """Reserved work is the allocation's; an inference window naming the key by its
+    prefix (the retired convention) is nobody's; the key's receipts bill its line."""
     api_key, _secret = on_demand.line_api_key_create(
         line=inference_line, name="gw", actor=buyer_owner
     )
-    ref = workload_ref_for_key(api_key=api_key, product_slug="llama-3.1-8b-instruct")
     allocated = reservation.allocations[0].gpu_device
     free_gpu = next(
         d for d in devices if d.pk not in {a.gpu_device_id for a in reservation.allocations}
     )
-    now = timezone.now()
+    now = timezone.now().replace(second=0, microsecond=0)
     inside = reservation.line.starts_at + timedelta(minutes=1)
     reserved = _record(gpu=allocated, kind="allocation", ref="alloc-x", start=inside, seq=1)
-    served = _record(gpu=free_gpu, kind="inference", ref=ref, start=now, tokens=1000, seq=2)
-    wrong_product = _record(
+    prefixed = _record(
         gpu=free_gpu,
         kind="inference",
-        ref="mistral-small-24b-instruct@" + api_key.prefix,
-        start=now + timedelta(minutes=1),
-        tokens=10,
-        seq=3,
-    )
-    assert attribute_usage_records(records=UsageRecord.objects.all()) == 2
-    assert attribute_usage_records(records=UsageRecord.objects.all()) == 0  # idempotent
-    for record in (reserved, served, wrong_product):
-        record.refresh_from_db()
-    assert reserved.allocation_id == reservation.allocations[0].pk
-    assert served.api_key_id == api_key.pk
-    assert wrong_product.api_key_id is None
-    assert served.line_id == inference_line.pk
-    account_services.api_key_revoke(api_key=api_key, actor=buyer_owner)
-    api_key.refresh_from_db()
-    next_hour = api_key.revoked_at.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    after = _record(
-        gpu=free_gpu,
-        kind="inference",
-        ref=ref,
-        start=next_hour + timedelta(minutes=1),
+        ref=f"llama-3.1-8b-instruct@{api_key.prefix}",
+        start=now,
         tokens=1000,
-        seq=4,
+        seq=2,
     )
-    attribute_usage_records(records=UsageRecord.objects.all())
-    after.refresh_from_db()
-    # The record is the key's (its ref names it) …
-    assert (after.api_key_id, after.line_id) == (api_key.pk, inference_line.pk)
-    # … but the line pays only for hours that began before the key was revoked.
-    billable = metered_quantities(
-        start=now - timedelta(hours=1),
-        end=next_hour + timedelta(hours=1),
-        line_ids=[inference_line.pk],
-        bucket="hour",
+    assert attribute_usage_records(records=UsageRecord.objects.all()) == 1
+    assert attribute_usage_records(records=UsageRecord.objects.all()) == 0  # idempotent
+    reserved.refresh_from_db()
+    prefixed.refresh_from_db()
+    assert reserved.allocation_id == reservation.allocations[0].pk
+    assert (prefixed.api_key_id, prefixed.line_id) == (None, None)
+    meter_requests(
+        gpu=free_gpu,
+        line_id=inference_line.pk,
+        key_id=api_key.pk,
+        product="llama-3.1-8b-instruct",
+        at=now,
+        input_tokens=1000,
+        output_tokens=500,
     )
-    assert billable == {
-        UsageKey(inference_line.pk, None, now.replace(minute=0, second=0, microsecond=0)): (
-            MeteredQuantities(
-                busy_ms=30_000,
-                energy_mj=18_000_000,
-                input_tokens=1000,
-                output_tokens=500,
-                requests=1,
-            )
+    assert metered_quantities(
+        start=now - timedelta(hours=1), end=now + timedelta(hours=1), line_ids=[inference_line.pk]
+    ) == {
+        UsageKey(inference_line.pk): MeteredQuantities(
+            input_tokens=1000, output_tokens=500, requests=1
         )
     }
     # The metering seam delegates to contracts.
@@ -371,10 +352,9 @@ def test_attribution_and_revoked_keys(reservation, inference_line, buyer_owner, 
 def test_on_demand_gpu_time_is_attributed_to_its_key_but_never_inside_a_reservation(
     reservation, offer, buyer_org, buyer_owner, devices
 ):
-    UsageRecord = apps.get_model("metering", "UsageRecord")
     line = on_demand.on_demand_enable(buyer=buyer_org, actor=buyer_owner, offer=offer)
     api_key, _secret = on_demand.line_api_key_create(line=line, name="jobs", actor=buyer_owner)
-    ref = workload_ref_for_key(api_key=api_key, product_slug=None)
+    ref = workload_ref_for_key(api_key=api_key)
     assert ref == f"gpu@{api_key.prefix}"
     held = {a.gpu_device_id for a in reservation.allocations}
     free_gpu = next(d for d in devices if d.pk not in held)
@@ -401,17 +381,16 @@ def test_on_demand_gpu_time_is_attributed_to_its_key_but_never_inside_a_reservat
 
 
 def test_beat_attribution_catches_up_below_its_cursor_within_the_overlap(
-    inference_line, buyer_owner, devices
+    offer, buyer_org, buyer_owner, devices
 ):
     from capacity.metering.attribution import attribute_new_records
     from capacity.metering.models import AttributionCursor
 
-    api_key, _secret = on_demand.line_api_key_create(
-        line=inference_line, name="gw", actor=buyer_owner
-    )
-    ref = workload_ref_for_key(api_key=api_key, product_slug="llama-3.1-8b-instruct")
+    line = on_demand.on_demand_enable(buyer=buyer_org, actor=buyer_owner, offer=offer)
+    api_key, _secret = on_demand.line_api_key_create(line=line, name="jobs", actor=buyer_owner)
+    ref = workload_ref_for_key(api_key=api_key)
     start = timezone.now() + timedelta(minutes=1)
-    late = _record(gpu=devices[6], kind="inference", ref=ref, start=start, tokens=10, seq=1)
+    late = _record(gpu=devices[6], kind="allocation", ref=ref, start=start, seq=1)
     # A run already moved past this id (its insert committed after that run's snapshot).
     AttributionCursor.objects.create(pk=1, last_id=late.pk)
 
@@ -419,7 +398,7 @@ def test_beat_attribution_catches_up_below_its_cursor_within_the_overlap(
     late.refresh_from_db()
     assert late.api_key_id == api_key.pk
     # Below the overlap nothing is scanned again.
-    missed = _record(gpu=devices[6], kind="inference", ref=ref, start=start, tokens=10, seq=2)
+    missed = _record(gpu=devices[6], kind="allocation", ref=ref, start=start, seq=2)
     AttributionCursor.objects.filter(pk=1).update(last_id=missed.pk + 5)
     assert attribute_new_records(overlap=5) == 0
     missed.refresh_from_db()
@@ -430,25 +409,22 @@ def test_beat_attribution_catches_up_below_its_cursor_within_the_overlap(
 def test_usage_api_json_and_csv(reservation, inference_line, buyer_owner, devices):
     if not apps.is_installed("capacity.metering"):
         pytest.fail("Run with --ds=tests.metering_settings (metering installed)", pytrace=False)
-    UsageRecord = apps.get_model("metering", "UsageRecord")
     api_key, _ = on_demand.line_api_key_create(line=inference_line, name="gw", actor=buyer_owner)
-    ref = workload_ref_for_key(api_key=api_key, product_slug="llama-3.1-8b-instruct")
-    # After the key was created (a key never bills for earlier windows).
     hour = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1, minutes=1)
     period = {
         "since": (hour - timedelta(hours=2)).isoformat(),
         "until": (hour + timedelta(hours=2)).isoformat(),
     }
-    _record(gpu=devices[7], kind="inference", ref=ref, start=hour, tokens=1000, seq=1)
-    _record(
-        gpu=devices[7],
-        kind="inference",
-        ref=ref,
-        start=hour + timedelta(minutes=2),
-        tokens=500,
-        seq=2,
-    )
-    attribute_usage_records(records=UsageRecord.objects.all())
+    for at, tokens in ((hour, 1000), (hour + timedelta(minutes=2), 500)):
+        meter_requests(
+            gpu=devices[7],
+            line_id=inference_line.pk,
+            key_id=api_key.pk,
+            product="llama-3.1-8b-instruct",
+            at=at,
+            input_tokens=tokens,
+            output_tokens=tokens // 2,
+        )
     client = api_client(buyer_owner)
     url = reverse("api_contract_usage", args=[reservation.contract.pk])
     rows = client.get(url, {"bucket": "hour", **period}).json()
@@ -471,8 +447,8 @@ def test_usage_api_json_and_csv(reservation, inference_line, buyer_owner, device
     assert [row for row in rows if row["input_tokens"]] == [
         {
             "start": stamp(used_hour),
-            "busy_ms": 60_000,
-            "energy_mj": 36_000_000,
+            "busy_ms": 0,
+            "energy_mj": 0,
             "input_tokens": 1500,
             "output_tokens": 750,
             "requests": 2,
@@ -506,8 +482,8 @@ def test_usage_api_json_and_csv(reservation, inference_line, buyer_owner, device
     used = [row for row in table[1:] if row[0] == stamp(used_day)]
     assert [row[1:] for row in used] == [
         [
-            "60000",
-            "36000000",
+            "0",
+            "0",
             "1500",
             "750",
             "2",

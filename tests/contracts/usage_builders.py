@@ -22,6 +22,7 @@ from contracts.models import (
     LineApiKey,
     LineKind,
 )
+from tests.capacity.metering.receipt_builders import meter_requests
 from tests.factories import ApiKeyFactory, ContractFactory, stored_usage
 
 FULL_DAY = "1" * 1440
@@ -124,19 +125,30 @@ def use(
     busy_ms: int = 0,
     input_tokens: int = 0,
     output_tokens: int = 0,
-) -> UsageRecord:
-    """A node's record of work for ``key`` (inference of ``product``, or on-demand GPU time
-    without one), stored and attributed as metering does it."""
+) -> UsageRecord | None:
+    """A node's record of work for ``key``: inference of ``product`` metered from receipt
+    records as a poll meters them (``meter_requests``: the key's line of that product,
+    issued at ``at``; returns None), or on-demand GPU time without one, stored and
+    attributed as metering does it (returns the record)."""
+    if product is not None:
+        line = LineApiKey.objects.get(api_key=key, line__inference_product=product).line
+        meter_requests(
+            gpu=gpu,
+            line_id=line.pk,
+            key_id=key.pk,
+            product=product.slug,
+            at=at,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+        return None
     record = stored_usage(
         gpu=gpu,
         start=at,
-        kind="inference" if product is not None else "allocation",
-        ref=workload_ref_for_key(api_key=key, product_slug=product.slug if product else None),
+        kind="allocation",
+        ref=workload_ref_for_key(api_key=key),
         busy_ms=busy_ms,
         energy_mj=busy_ms * 700,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        requests=1 if input_tokens or output_tokens else 0,
     )
     attribute_records(records=UsageRecord.objects.filter(pk=record.pk))
     return record

@@ -82,6 +82,7 @@ def build_tenant_b() -> TenantB:
     from contracts.models import InferenceProduct
     from contracts.on_demand import line_api_key_create, on_demand_enable
     from tests.billing.conftest import finalized_invoice_for
+    from tests.capacity.metering.receipt_builders import meter_requests
 
     org = OrganizationFactory(name="Zebra Holdings", is_buyer=True, is_partner=True)
     owner = MembershipFactory(
@@ -105,6 +106,22 @@ def build_tenant_b() -> TenantB:
     invoice = finalized_invoice_for(org)
     line = on_demand_enable(buyer=org, actor=owner, offer=offer)
     line_key, _secret = line_api_key_create(line=line, name="zebra-line-key", actor=owner)
+    # An inference request of B's inference line, metered from its receipt record.
+    llm_line = on_demand_enable(
+        buyer=org,
+        actor=owner,
+        inference_product=InferenceProduct.objects.get(slug="llama-3.1-8b-instruct"),
+    )
+    llm_key, _secret = line_api_key_create(line=llm_line, name="zebra-line-key-llm", actor=owner)
+    (inference_request,) = meter_requests(
+        gpu=devices[0],
+        line_id=llm_line.pk,
+        key_id=llm_key.pk,
+        product="llama-3.1-8b-instruct",
+        at=timezone.now().replace(microsecond=0),
+        input_tokens=11,
+        output_tokens=7,
+    )
     statement = SettlementStatement.objects.create(
         partner=org, month=date(2026, 10, 1), currency="USD"
     )
@@ -128,6 +145,7 @@ def build_tenant_b() -> TenantB:
             "inference_product": InferenceProduct.objects.order_by("pk").first(),
             "invoice": invoice,
             "statement": statement,
+            "inference_request": inference_request,
         },
     )
 

@@ -103,6 +103,7 @@ OBJECT_KWARGS: dict[str, dict[str, str]] = {
     "api_contract_lines": {"pk": "contract"},
     "api_contract_allocations": {"pk": "contract"},
     "api_contract_usage": {"pk": "contract"},
+    "api_inference_request": {"request_id": "inference_request"},
     "contracts:inference_cap": {"pk": "contract"},
     "contracts:line_api_key_detail": {"pk": "contract", "key_pk": "line_api_key"},
     "api_contract_inference_budget": {"pk": "contract"},

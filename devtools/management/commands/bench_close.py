@@ -34,7 +34,12 @@ from billing.closing import close_period
 from billing.models import Invoice, InvoiceLine
 from billing.periods import month_bounds, parse_month
 from capacity.metering.attribution import attribute_new_records
-from capacity.metering.models import GpuAvailabilityDay, HourlyUsage, UsageRecord
+from capacity.metering.models import (
+    GpuAvailabilityDay,
+    HourlyUsage,
+    InferenceUsageHour,
+    UsageRecord,
+)
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Offer, Site
 from contracts.models import (
     Allocation,
@@ -283,17 +288,25 @@ class Command(BaseCommand):
             ),
             batch_size=5000,
         )
-        refs: list[tuple[int, str, str]] = []
+        refs: list[tuple[int, str, str, int]] = []
         by_contract: dict[int, dict[str, str]] = {}
         for line, key in zip(key_lines, keys, strict=True):
             refs_of = by_contract.setdefault(line.contract_id, {})
             if line.kind == LineKind.INFERENCE:
                 refs_of["inference"] = f"{product.slug}@{key.prefix}"
+                refs_of["inference_line"] = str(line.pk)
             else:
                 refs_of["gpu"] = f"gpu@{key.prefix}"
         for index, contract in enumerate(contracts):
             refs_of = by_contract[contract.pk]
-            refs.append((index, refs_of["inference"], refs_of.get("gpu", "")))
+            refs.append(
+                (
+                    index,
+                    refs_of["inference"],
+                    refs_of.get("gpu", ""),
+                    int(refs_of["inference_line"]),
+                )
+            )
         return {
             "usage_gpus": [(gpu.pk, gpu.node_id) for gpu in gpus[:usage_gpus]],
             "reserved_gpu_ids": [gpu.pk for gpu in reserved_gpus],
@@ -307,9 +320,10 @@ class Command(BaseCommand):
         gpus = ids["usage_gpus"]
         with connection.cursor() as cursor:
             cursor.execute(
-                "CREATE TEMP TABLE bench_refs (idx int PRIMARY KEY, inference_ref text, gpu_ref text) ON COMMIT DROP"
+                "CREATE TEMP TABLE bench_refs (idx int PRIMARY KEY, inference_ref text, gpu_ref text,"
+                " inference_line bigint) ON COMMIT DROP"
             )
-            cursor.executemany("INSERT INTO bench_refs VALUES (%s, %s, %s)", ids["refs"])
+            cursor.executemany("INSERT INTO bench_refs VALUES (%s, %s, %s, %s)", ids["refs"])
             # Record k: GPU k mod G, minute k div G; each (GPU, hour) serves one contract,
             # so a rollup row holds an hour of one workload (60 records), as in production.
             cursor.execute(
@@ -356,6 +370,21 @@ class Command(BaseCommand):
                 FROM {usage} WHERE journal_epoch = 'bench'
                 GROUP BY node_id, gpu_id, workload_kind, coalesce(workload_ref, ''),
                          date_trunc('hour', window_start, 'UTC')
+                """  # noqa: S608
+            )
+            # Inference is billed from receipts' rollup (protocol v1.1): the inference
+            # records' tokens as if each had been a request metered against a receipt of
+            # the contract's inference line (the refs only pick the line, here).
+            cursor.execute(
+                f"""
+                INSERT INTO {InferenceUsageHour._meta.db_table} (
+                    line_id, node_id, hour, input_tokens, output_tokens, requests)
+                SELECT r.inference_line, h.node_id, h.hour, sum(h.input_tokens),
+                       sum(h.output_tokens), sum(h.requests)
+                FROM {hourly} AS h
+                JOIN bench_refs AS r ON r.inference_ref = h.workload_ref
+                WHERE h.workload_kind = 'inference'
+                GROUP BY 1, 2, 3
                 """  # noqa: S608
             )
             return cursor.rowcount

@@ -8,6 +8,11 @@ then times a plain PostgreSQL ``COPY`` of the same records into an unindexed tem
 table. Prints one JSON object.
 
 ``--in-process`` polls in this process instead of a worker (for ``python -m cProfile``).
+
+``--inference-requests N [--inference-nodes K]``: the inference mode instead
+(``devtools.metering_inference_bench``): N receipt records (protocol v1.1) across K
+nodes, built ahead and served from memory, metered by the real poll and ingest code in
+this process; requests per second and the CPU per request, checked exact.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from capacity.metering.models import (
 )
 from capacity.metering.selectors import rollup_totals, usage_totals
 from capacity.models import Node, NodeStatus
+from devtools import metering_inference_bench
 from devtools.simulated_fleet import (
     FleetProcess,
     expected_totals,
@@ -68,8 +74,25 @@ class Command(BaseCommand):
             "--broker", default=os.environ.get("CELERY_BROKER_URL") or settings.CELERY_BROKER_URL
         )
         parser.add_argument("--in-process", action="store_true", help="no worker: poll here")
+        parser.add_argument(
+            "--inference-requests",
+            type=int,
+            default=0,
+            help="inference mode: meter this many receipt records (no fleet, no worker)",
+        )
+        parser.add_argument("--inference-nodes", type=int, default=20)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["inference_requests"] > 0:
+            result = metering_inference_bench.run(
+                organization=self._bench_partner(),
+                nodes=options["inference_nodes"],
+                requests=options["inference_requests"],
+                batch_size=options["batch_size"],
+                interval=int(settings.METERING_POLL_INTERVAL_SECONDS),
+            )
+            self.stdout.write(json.dumps(result))
+            return
         nodes, gpus = options["nodes"], options["gpus_per_node"]
         windows = math.ceil(options["records_per_node"] / gpus)
         fleet = FleetProcess(

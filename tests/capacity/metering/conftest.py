@@ -30,6 +30,7 @@ from capacity.metering.models import NodePollState
 from capacity.metering.polling import PollTarget
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Site
 from config import crypto
+from contracts.models import InferenceProduct
 from tests.factories import MembershipFactory
 
 POLL_TOKEN = "test-poll-token"
@@ -192,3 +193,17 @@ def bare_target(agent_url: str, *, node_id: int = 1) -> PollTarget:
         gpu_window_ends={},
         gpus={},
     )
+
+
+@pytest.fixture
+def llama(node) -> InferenceProduct:
+    """An inference product the node serves, at 1,000 tokens per GPU-second."""
+    product = InferenceProduct.objects.create(
+        slug="llama",
+        name="Llama",
+        input_price_per_million_tokens=Decimal("0.2000"),
+        output_price_per_million_tokens=Decimal("0.6000"),
+        max_tokens_per_second_per_gpu=1_000,
+    )
+    product.nodes.add(node)
+    return product

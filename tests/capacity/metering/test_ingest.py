@@ -61,20 +61,6 @@ def snapshot(node) -> tuple:
     )
 
 
-@pytest.fixture
-def llama(node) -> InferenceProduct:
-    """An inference product the node serves, at 1,000 tokens per GPU-second."""
-    product = InferenceProduct.objects.create(
-        slug="llama",
-        name="Llama",
-        input_price_per_million_tokens=Decimal("0.2000"),
-        output_price_per_million_tokens=Decimal("0.6000"),
-        max_tokens_per_second_per_gpu=1_000,
-    )
-    product.nodes.add(node)
-    return product
-
-
 def test_poll_stores_each_record_once_with_rollups_and_cursor(poll, node, fake_agent, llama):
     fake_agent.append(
         make_fields(0, 0, busy_ms=10_000),
@@ -283,9 +269,10 @@ def test_invalid_records_are_quarantined_with_reasons_and_the_rest_stored(poll, 
 def test_inference_counts_only_from_nodes_serving_the_product_within_its_throughput(
     poll, node, fake_agent, llama
 ):
-    """Forged inference (issue 13, 1): a product the node does not serve, or more tokens
-    than the product can serve on one GPU in the window, is quarantined with its reason
-    and never reaches the rollups; what the product can serve is stored."""
+    """Forged inference (issue 13, 1): a legacy inference window (no receipt) of a product
+    the node does not serve, or with more tokens than the product can serve on one GPU in
+    the window, is quarantined with its reason and never reaches the rollups; what the
+    product can serve is stored (for the GPU's time; its tokens are billed to nobody)."""
     InferenceProduct.objects.create(
         slug="other",
         name="Other",
@@ -295,9 +282,9 @@ def test_inference_counts_only_from_nodes_serving_the_product_within_its_through
     inference = {"kind": "inference", "requests": 1}
     fake_agent.append(
         # 1,000 tokens/s x 60 s: exactly the product's throughput.
-        make_fields(0, 0, **inference, ref="llama@abc", input_tokens=40_000, output_tokens=20_000),
-        make_fields(0, 1, **inference, ref="llama@abc", input_tokens=40_000, output_tokens=20_001),
-        make_fields(0, 2, **inference, ref="other@abc", input_tokens=1, output_tokens=1),
+        make_fields(0, 0, **inference, ref="llama", input_tokens=40_000, output_tokens=20_000),
+        make_fields(0, 1, **inference, ref="llama", input_tokens=40_000, output_tokens=20_001),
+        make_fields(0, 2, **inference, ref="other", input_tokens=1, output_tokens=1),
         make_fields(0, 3, **inference, ref="unknown", input_tokens=1, output_tokens=1),
         make_fields(0, 4, **inference, ref=None),
     )
