@@ -2,7 +2,8 @@
 
 The fake agent speaks protocol v1 through ``httpx.MockTransport`` (signed bodies, hash
 chain), with knobs to misbehave, so ingest can be tested without sockets. The fault
-tests use the real fleet simulator and a real Celery worker instead (test_faults.py).
+tests use the real fleet simulator and a real Celery worker instead (test_faults.py;
+the ``broker`` and ``worker`` fixtures come from celery_worker.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from capacity.metering.polling import PollTarget
 from capacity.models import GpuDevice, GpuModel, Node, NodeStatus, Site
 from config import crypto
 from contracts.models import InferenceProduct
+from tests.capacity.metering.celery_worker import broker, worker  # noqa: F401 (fixtures)
 from tests.factories import MembershipFactory
 
 POLL_TOKEN = "test-poll-token"

@@ -5,62 +5,34 @@ timeouts, 5xx answers, a worker child killed with SIGKILL in the middle of a bat
 the worker's database connections terminated mid-batch — then what is stored must equal
 the simulator's ``/_sim/truth`` exactly: nothing lost, nothing counted twice.
 
-The worker runs ``celery -A config worker`` against Redis DB 5 and this test's database
-(``config.test_settings`` reads ``HASHGRID_DB_NAME_OVERRIDE``).
+The worker and its broker: ``celery_worker.py``.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from celery import Celery
-from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from capacity.metering import sweep
 from capacity.metering.models import NodePollState, QuarantinedRecord
 from capacity.metering.selectors import rollup_totals, usage_totals
 from devtools.simulated_fleet import FleetProcess, fetch_truth, register_fleet_nodes
+from tests.capacity.metering.celery_worker import sweep_all, wait_polled, worker_child
 from tests.factories import OrganizationFactory
 
-BROKER_URL = os.environ.get("METERING_TEST_BROKER_URL", "redis://127.0.0.1:6379/5")
 FLEET_PORT = int(os.environ.get("METERING_TEST_FLEET_PORT", "9521"))
 NODES = 12
 BATCH_SIZE = 4
 SEED = 41
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def _redis_answers() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def broker() -> Iterator[Celery]:
-    if not _redis_answers():
-        pytest.fail("the fault test needs Redis on 127.0.0.1:6379 (.ci/run starts one)")
-    sender = Celery("metering-fault-test", broker=BROKER_URL)
-    # Always name the URL: Celery lets a CELERY_BROKER_URL environment variable (CI sets
-    # one) override the app's broker, which would send to a queue the worker never reads.
-    with sender.connection_for_write(BROKER_URL) as conn:
-        conn.default_channel.client.flushdb()
-    yield sender
-    sender.close()
 
 
 @pytest.fixture
@@ -78,82 +50,6 @@ def fleet(tmp_path: Path) -> Iterator[FleetProcess]:
         yield process
 
 
-@pytest.fixture
-def worker(broker, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.test_settings",
-        "HASHGRID_DB_NAME_OVERRIDE": settings.DATABASES["default"]["NAME"],
-        "CELERY_BROKER_URL": BROKER_URL,
-        "LOG_LEVEL": "WARNING",
-    }
-    log = (tmp_path / "worker.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool=prefork",
-            "--concurrency=1",
-            "--loglevel=INFO",
-            "--without-heartbeat",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=settings.BASE_DIR,
-    )
-    try:
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
-def _enqueue(broker: Celery):
-    def send(node_ids: list[int]) -> None:
-        with broker.connection_for_write(BROKER_URL) as conn:
-            broker.send_task("capacity.metering.tasks.poll_batch", args=[node_ids], connection=conn)
-
-    return send
-
-
-def _sweep_all(broker: Celery) -> None:
-    """Make every node due (the clock moves on) and sweep."""
-    now = timezone.now()
-    NodePollState.objects.update(next_poll_at=now)
-    sweep.sweep(now=now, interval_seconds=60, enqueue=_enqueue(broker), batch_size=BATCH_SIZE)
-
-
-def _wait_polled(since, *, timeout_s: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not NodePollState.objects.exclude(last_poll_at__gte=since).exists():
-            return
-        time.sleep(0.2)
-    raise AssertionError("the worker did not poll every node in time")
-
-
-def _worker_child(worker: subprocess.Popen[bytes]) -> psutil.Process:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        children = psutil.Process(worker.pid).children()
-        if children:
-            return children[0]
-        time.sleep(0.1)
-    raise AssertionError("no worker pool process")
-
-
 def _stored_equals_truth(fleet: FleetProcess, node_ids: list[int]) -> bool:
     truth = fetch_truth(fleet, range(NODES))
     cursors = dict(NodePollState.objects.values_list("node_id", "last_seq"))
@@ -166,8 +62,8 @@ def _stored_equals_truth(fleet: FleetProcess, node_ids: list[int]) -> bool:
 def _converge(broker: Celery, fleet: FleetProcess, node_ids: list[int], rounds: int = 6) -> None:
     for _ in range(rounds):
         started = timezone.now()
-        _sweep_all(broker)
-        _wait_polled(started)
+        sweep_all(broker, batch_size=BATCH_SIZE)
+        wait_polled(started)
         if _stored_equals_truth(fleet, node_ids):
             return
     raise AssertionError("stored usage never reached the simulator's truth")
@@ -176,7 +72,7 @@ def _converge(broker: Celery, fleet: FleetProcess, node_ids: list[int], rounds: 
 def test_stored_usage_equals_truth_through_every_fault(broker, fleet, worker):
     partner = OrganizationFactory(is_buyer=False, is_partner=True)
     node_ids = register_fleet_nodes(organization=partner, fleet=fleet)
-    _worker_child(worker)
+    worker_child(worker)
 
     # Round 1: restarts, duplicate pages, a timeout and 5xx answers.
     fleet.inject("restart", [3])
@@ -184,8 +80,8 @@ def test_stored_usage_equals_truth_through_every_fault(broker, fleet, worker):
     fleet.inject("http_5xx", [1, 6], count=2, status=502)
     fleet.inject("timeout", [0], delay_ms=6000)  # beyond the 5 s read timeout
     started = timezone.now()
-    _sweep_all(broker)
-    _wait_polled(started)
+    sweep_all(broker, batch_size=BATCH_SIZE)
+    wait_polled(started)
     assert NodePollState.objects.get(node_id=node_ids[0]).last_error.startswith("timed out")
     assert NodePollState.objects.get(node_id=node_ids[1]).last_error == "HTTP 502"
     _converge(broker, fleet, node_ids)
@@ -198,15 +94,15 @@ def test_stored_usage_equals_truth_through_every_fault(broker, fleet, worker):
 
     # Round 3: SIGKILL the worker's pool process while a batch waits on a slow agent.
     fleet.inject("timeout", [0], delay_ms=2500)
-    child = _worker_child(worker)
-    _sweep_all(broker)
+    child = worker_child(worker)
+    sweep_all(broker, batch_size=BATCH_SIZE)
     time.sleep(1.0)
     child.send_signal(signal.SIGKILL)
     _converge(broker, fleet, node_ids)
 
     # Round 4: the database drops the worker's connections in the middle of a batch.
     fleet.inject("timeout", [4], delay_ms=2500)
-    _sweep_all(broker)
+    sweep_all(broker, batch_size=BATCH_SIZE)
     # As soon as the worker holds a connection (its batch then waits on the slow agent
     # for 2.5 s), terminate it; a fixed sleep misses it on a busy machine.
     deadline = time.monotonic() + 10
