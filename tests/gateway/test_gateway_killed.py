@@ -17,14 +17,13 @@ from dataclasses import dataclass
 
 import httpx
 import openai
-import psycopg
 import pytest
-from django.conf import settings
 from django.db.models import Sum
 
 from capacity.metering.models import InferenceRequest, InferenceUsageHour, QuarantinedRecord
 from contracts.models import InferenceProduct
 from contracts.on_demand import line_api_key_create, on_demand_enable
+from tests.db_locks import hold_share_lock, wait_for_lock_waiter
 from tests.gateway.fleet_helpers import (
     MESSAGES,
     Delivered,
@@ -85,20 +84,6 @@ def _one_request(sdk: openai.OpenAI, max_tokens: int, *, stream: bool) -> Outcom
         return Outcome(rid, None, chunks)
 
 
-def _lock_request_log() -> psycopg.Connection:
-    """Hold ``SHARE`` on the request table from another connection until closed."""
-    database = settings.DATABASES["default"]
-    conn = psycopg.connect(
-        host=database["HOST"] or "127.0.0.1",
-        port=database["PORT"] or 5432,
-        user=database["USER"],
-        password=database["PASSWORD"] or None,
-        dbname=database["NAME"],
-    )
-    conn.execute("LOCK TABLE metering_inferencerequest IN SHARE MODE")
-    return conn
-
-
 def _settled_receipts(fleet, *, at_least: int, timeout_s: float = 15.0) -> dict[str, int]:
     """The agents' receipt totals once every request they took has ended (the same
     count twice, half a second apart)."""
@@ -130,7 +115,7 @@ def test_a_gateway_killed_under_load_loses_no_billed_token(
         node_ids = serving_nodes(partner=partner_org, fleet=fleet, product=product)
         gateway = start_gateway()
         sdk = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=secret, max_retries=0, timeout=20)
-        lock = _lock_request_log()
+        lock = hold_share_lock("metering_inferencerequest")
         try:
             with ThreadPoolExecutor(max_workers=IN_FLIGHT + 4) as pool:
                 answered = list(
@@ -148,6 +133,7 @@ def test_a_gateway_killed_under_load_loses_no_billed_token(
                 in_flight = [pool.submit(long_request, i) for i in range(IN_FLIGHT)]
                 started.wait()
                 time.sleep(1.0)  # every long request is on a node, a third through
+                wait_for_lock_waiter(lock)  # the gateway's batch is being written
                 gateway.kill()
                 cut = [future.result() for future in in_flight]
         finally:
