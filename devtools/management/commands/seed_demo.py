@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from devtools.demo import fleet, inference, people
+from devtools.demo import books, fleet, inference, people
 
 
 class Command(BaseCommand):
@@ -19,4 +19,7 @@ class Command(BaseCommand):
             f"inference: {demo_inference['serving_nodes']} node(s) serve the demo product; "
             f"the demo key is in {demo_inference['key_file']}"
         )
+        # A closed past month (invoices paid and in dunning, statements, a payout, a credit
+        # note) for finance's, buyers' and partners' journeys: devtools/demo/books.py.
+        books.seed_demo_books(organizations=organizations, partners=partners, out=self.stdout)
         self.stdout.write(self.style.SUCCESS("demo data ready"))
