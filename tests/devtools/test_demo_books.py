@@ -178,3 +178,32 @@ def test_without_stripe_no_month_is_seeded_but_finance_is_in_its_group(settings)
         False,
         ["Finance"],
     )
+
+
+def test_without_connect_the_statements_stay_approved_and_the_seeder_says_why(
+    demo, settings, django_capture_on_commit_callbacks
+):
+    """``make run`` with localstripe alone: Connect answers 404, so nothing is paid out."""
+    settings.STRIPE_CONNECT_API_BASE = ""
+    organizations, offers = demo
+    out = StringIO()
+    with django_capture_on_commit_callbacks(execute=False):
+        summary = books.seed_closed_month(
+            buyer=organizations["buyer"],
+            buyer_owner=User.objects.get(email="buyer@hashgrid.test"),
+            offers=offers,
+            now=NOW,
+            out=out,
+        )
+    assert summary is not None
+    assert (summary["statements_approved"], summary["payouts_paid"]) == (2, 0)
+    assert Payout.objects.count() == 0
+    assert sorted(
+        SettlementStatement.objects.values_list("partner__name", "status", "balance_minor")
+    ) == [
+        ("Andes Hash", StatementStatus.APPROVED, 463_840),
+        ("Rift Valley Hash", StatementStatus.APPROVED, 483_840),
+    ]
+    assert out.getvalue().startswith(
+        "books: no payout for Andes Hash: Stripe Connect did not answer ("
+    )
