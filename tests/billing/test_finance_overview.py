@@ -184,6 +184,10 @@ def test_the_page_shows_the_figures_in_a_bounded_number_of_queries(
             reverse("admin:metering_inferencedisagreementhour_changelist"),
         ):
             assert text in page
+        # Each month links to its invoices in the admin's list, filtered.
+        october_list = client.get(reverse("admin:billing_invoice_changelist") + "?month=2026-10-01")
+        assert october_list.status_code == 200
+        assert october_list.context["cl"].result_count == 3
         with django_assert_max_num_queries(20) as first:
             client.get(url)
         # Ten more unpaid invoices and statements cost no query more.
@@ -252,9 +256,12 @@ def test_reconcile_runs_as_a_task_and_keeps_its_report(
         ReconcileRunStatus.QUEUED,
         finance,
     )
+    page = client.get(reverse("finance-reconcile-run", args=[run.pk])).content.decode()
+    assert "htmx" in page and 'id="reconcile-progress"' in page
     fragment = client.get(
         reverse("finance-reconcile-run", args=[run.pk]), headers={"HX-Request": "true"}
     ).content.decode()
+    assert "<html" not in fragment
     assert 'hx-trigger="every 1s"' in fragment
     assert 'value="0"' in fragment
 
