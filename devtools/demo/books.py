@@ -49,6 +49,7 @@ from capacity import services as capacity_services
 from capacity.metering.models import GpuAvailabilityDay
 from capacity.models import GpuDevice, Offer
 from contracts.checkout import reservation_checkout
+from contracts.models import Contract
 from devtools.demo import DEMO_PASSWORD
 
 if TYPE_CHECKING:
@@ -193,6 +194,13 @@ def seed_closed_month(
     month_start = closed_month(now)
     month = month_start.date()
     if Invoice.objects.filter(month=month).exists():
+        return None
+    later = Contract.objects.filter(buyer=buyer).open().filter(starts_at__gt=month_start)
+    if later.exists():  # a demo seeded before this module: its checkout would join it
+        out.write(
+            f"books: the demo buyer's contract begins after {month:%Y-%m}; no closed month "
+            "seeded (`make clean` starts a fresh demo)\n"
+        )
         return None
     bought_at = month_start - timedelta(hours=1)
     reservations = [(buyer, buyer_owner, PAYING_CARD, DEMO_BUYER_GPUS, offers[0])]

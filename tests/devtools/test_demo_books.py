@@ -21,7 +21,8 @@ from billing.models import (
 )
 from billing.overview import finance_overview
 from billing.reconcile import reconcile_month
-from devtools.demo import books, fleet, people
+from contracts.models import Contract
+from devtools.demo import books, fleet, inference, people
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
     connect_fake,
     connect_settings,
@@ -30,7 +31,7 @@ from tests.billing.conftest import (  # noqa: F401 (fixtures)
     stripe_settings,
 )
 from tests.devtools.test_demo import fleet_url  # noqa: F401 (the real fleet simulator)
-from tests.factories import OfferFactory, SiteFactory, gpu_pool
+from tests.factories import ContractFactory, OfferFactory, SiteFactory, gpu_pool
 
 pytestmark = pytest.mark.django_db
 
@@ -122,6 +123,7 @@ def test_the_closed_month_through_the_real_services(demo, django_capture_on_comm
 def test_seed_demo_books_closes_a_month_on_the_demo_fleets_offers(
     fleet_url,  # noqa: F811
     settings,
+    tmp_path,
     django_capture_on_commit_callbacks,
 ):
     """What ``seed_demo`` runs after the fleet: the latest closable month, on each demo
@@ -156,6 +158,43 @@ def test_seed_demo_books_closes_a_month_on_the_demo_fleets_offers(
     assert Payout.objects.get().status == PayoutStatus.PAID
     assert CreditNote.objects.get().invoice.buyer.name == "Acme Vision"
     assert reconcile_month(month=month).differences == []
+    # seed_demo's next step: the inference line joins the demo buyer's contract.
+    inference.seed_inference(
+        buyer=organizations["buyer"],
+        partners=partners,
+        key_file=tmp_path / "demo_api_key",
+        out=StringIO(),
+    )
+    contract = Contract.objects.get(buyer=organizations["buyer"])
+    assert sorted(contract.lines.values_list("kind", flat=True)) == ["inference", "reserved"]
+    # Seeding again (a second `make run`) changes nothing.
+    assert (
+        books.seed_demo_books(organizations=organizations, partners=partners, out=StringIO())
+        is None
+    )
+    assert Invoice.objects.count() == 3
+
+
+def test_a_demo_seeded_before_the_books_is_left_alone(demo):
+    organizations, offers = demo
+    buyer = organizations["buyer"]
+    ContractFactory(buyer=buyer, starts_at=NOW)
+    out = StringIO()
+    assert (
+        books.seed_closed_month(
+            buyer=buyer,
+            buyer_owner=User.objects.get(email="buyer@hashgrid.test"),
+            offers=offers,
+            now=NOW,
+            out=out,
+        )
+        is None
+    )
+    assert out.getvalue() == (
+        "books: the demo buyer's contract begins after 2026-11; no closed month seeded "
+        "(`make clean` starts a fresh demo)\n"
+    )
+    assert Invoice.objects.count() == 0
 
 
 def test_without_stripe_no_month_is_seeded_but_finance_is_in_its_group(settings):

@@ -12,6 +12,10 @@ class Command(BaseCommand):
         organizations = people.seed_people()
         partners = [organizations["partner"], fleet.second_partner()]
         fleet.seed_fleet(partners, out=self.stdout)
+        # A closed past month (invoices paid and in dunning, statements, a payout, a credit
+        # note) for every persona's journey: devtools/demo/books.py. Before the inference
+        # line, so the demo buyer's contract begins before that month.
+        books.seed_demo_books(organizations=organizations, partners=partners, out=self.stdout)
         demo_inference = inference.seed_inference(
             buyer=organizations["buyer"], partners=partners, out=self.stdout
         )
@@ -19,7 +23,4 @@ class Command(BaseCommand):
             f"inference: {demo_inference['serving_nodes']} node(s) serve the demo product; "
             f"the demo key is in {demo_inference['key_file']}"
         )
-        # A closed past month (invoices paid and in dunning, statements, a payout, a credit
-        # note) for finance's, buyers' and partners' journeys: devtools/demo/books.py.
-        books.seed_demo_books(organizations=organizations, partners=partners, out=self.stdout)
         self.stdout.write(self.style.SUCCESS("demo data ready"))
