@@ -44,6 +44,7 @@ from billing.models import (
     PaymentAttempt,
     Payout,
     PayoutStatus,
+    ReconcileRun,
     SettlementStatement,
     StatementAdjustment,
     StripeEvent,
@@ -585,3 +586,25 @@ class ConnectAccountAdmin(ReadOnlyAdmin):
     list_filter = ("transfers_active", "details_submitted")
     search_fields = ("partner__name", "stripe_account_id")
     list_select_related = ("partner",)
+
+
+@admin.register(ReconcileRun)
+class ReconcileRunAdmin(ReadOnlyAdmin):
+    """The kept reports; runs start from the finance overview (``/admin/finance/``)."""
+
+    list_display = ("month", "status", "difference_count", "requested_by", "created_at")
+    list_filter = ("status", "month")
+    list_select_related = ("requested_by",)
+    readonly_fields = (
+        "month",
+        "include_stripe",
+        "status",
+        "steps_done",
+        "steps_total",
+        "difference_count",
+        "report",
+        "requested_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )

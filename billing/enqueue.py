@@ -17,6 +17,7 @@ from django.db import transaction
 
 CHARGE_INVOICE = "billing.tasks.charge_invoice"
 REFUND_CREDIT_NOTE = "billing.tasks.refund_credit_note"
+RUN_RECONCILE = "billing.tasks.run_reconcile"
 
 
 def charge_invoice_on_commit(invoice_id: int) -> None:
@@ -27,6 +28,11 @@ def charge_invoice_on_commit(invoice_id: int) -> None:
 def refund_credit_note_on_commit(credit_note_id: int) -> None:
     """Refund the credit note in a worker after the current transaction commits."""
     transaction.on_commit(partial(_delay, REFUND_CREDIT_NOTE, credit_note_id))
+
+
+def run_reconcile_on_commit(run_id: int) -> None:
+    """Run the reconciliation in a worker after the current transaction commits."""
+    transaction.on_commit(partial(_delay, RUN_RECONCILE, run_id))
 
 
 def _delay(task_name: str, *args: int) -> None:

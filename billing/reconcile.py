@@ -25,6 +25,7 @@ and what was found, so the report can be read by finance without the code:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -126,29 +127,57 @@ def _account_total(amounts: dict[tuple[str, int | None], int], account: str) -> 
     return sum(value for (name, _), value in amounts.items() if name == account)
 
 
-def reconcile_month(*, month: date, include_stripe: bool = True) -> ReconcileReport:
+# The steps reconcile_month reports to ``progress``: the nine checks above (Stripe's counts
+# as done when skipped).
+CHECK_COUNT = 9
+
+Progress = Callable[[int, int], None]
+
+
+def reconcile_month(
+    *, month: date, include_stripe: bool = True, progress: Progress | None = None
+) -> ReconcileReport:
+    """Run every check on ``month``; ``progress(done, CHECK_COUNT)`` after each one (what
+    the admin's progress bar shows)."""
     checker = _Checker(month)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, CHECK_COUNT)
+
     invoices = list(
         Invoice.objects.filter(month=month, status=InvoiceStatus.FINALIZED)
         .select_related("buyer")
         .order_by("pk")
     )
     _check_journal_balanced(checker)
+    step()
     _check_invoices(checker, invoices)
+    step()
     _check_payments(checker, invoices)
+    step()
     _check_credit_notes(checker, invoices)
     _check_receivables(checker, invoices)
+    step()
     statements = list(
         SettlementStatement.objects.filter(month=month).select_related("partner").order_by("pk")
     )
     _check_attribution(checker, invoices, statements)
+    step()
     _check_statements(checker, statements)
+    step()
     payouts = _check_payouts(checker, statements)
+    step()
     _check_payables(checker)
+    step()
     if include_stripe:
         _check_stripe(checker, month, payouts)
     else:
         checker.report.stripe_skipped = "not asked"
+    step()
     return checker.report
 
 

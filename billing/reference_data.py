@@ -37,6 +37,9 @@ PERMISSIONS = {
         "view_connectaccount",
         "view_payout",
         "view_draftfailure",
+        # Reconciliations run from the overview, with their reports (migration 0010).
+        "view_reconcilerun",
+        "add_reconcilerun",
     ],
     "contracts": ["view_contract"],
     "accounts": ["view_organization", "view_auditevent"],

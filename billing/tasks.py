@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from django.utils import timezone
 
-from billing import closing, credit_notes, dunning, enqueue, payments
+from billing import closing, credit_notes, dunning, enqueue, payments, reconcile_runs
 from billing.stripe_gateway import StripeUnavailable
 
 logger = logging.getLogger(__name__)
@@ -58,3 +58,9 @@ def close_due_periods() -> dict[str, object] | None:
         return None
     logger.info("period close %s: %s", result.month, result)
     return {"month": result.month.isoformat(), "finalized": result.finalized}
+
+
+@shared_task(name=enqueue.RUN_RECONCILE, ignore_result=True)
+def run_reconcile(run_id: int) -> str | None:
+    run = reconcile_runs.reconcile_run_execute(run_id=run_id)
+    return run.status if run is not None else None

@@ -11,12 +11,15 @@ admin.autodiscover()
 admin.site.login = secure_admin_login(admin.site.login)  # type: ignore[method-assign]
 admin.site.site_header = "Hashgrid finance"
 admin.site.site_title = "Hashgrid admin"
+# The index opens with finance's overview (billing/overview_views.py).
+admin.site.index_template = "admin/hashgrid_index.html"
 
 urlpatterns = [
     path("", marketplace_views.landing, name="landing"),
     path("healthz", marketplace_views.healthz, name="healthz"),
     path("status/", marketplace_views.status_page, name="status"),
     path("pricing/", marketplace_views.pricing, name="pricing"),
+    path("admin/finance/", include("billing.overview_urls")),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("", include("accounts.urls")),

@@ -5,6 +5,7 @@
 - ``ledger``: the double-entry journal.
 - ``settlement``: partner agreements, statements, attributions, credit-note adjustments.
 - ``payouts``: partners' Stripe Connect accounts and payouts.
+- ``reconcile_runs``: reconciliations run from the admin, with their reports.
 
 Money is integer minor units (cents) with a currency code; unit prices are ``Decimal``.
 What must hold whatever the application does is enforced by PostgreSQL (migration
@@ -44,6 +45,7 @@ from billing.models.payouts import (
     PayoutQuerySet,
     PayoutStatus,
 )
+from billing.models.reconcile_runs import ReconcileRun, ReconcileRunStatus
 from billing.models.settlement import (
     Attribution,
     AttributionQuerySet,
@@ -88,6 +90,8 @@ __all__ = [
     "Payout",
     "PayoutQuerySet",
     "PayoutStatus",
+    "ReconcileRun",
+    "ReconcileRunStatus",
     "RefundStatus",
     "RevenueKind",
     "SettlementStatement",

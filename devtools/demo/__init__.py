@@ -4,7 +4,9 @@
 - ``fleet``: partner sites on four continents, nodes enrolled against the fleet
   simulator, and their offers;
 - ``inference``: fleet nodes serving the demo product, the demo buyer's inference line
-  and a ready key.
+  and a ready key;
+- ``books``: a closed past month (paid invoices, one in dunning, approved statements, a
+  payout, a credit note) through the billing services and the Stripe emulation.
 
 No Django import here: ``devtools.devrun`` prints the logins before Django is set up.
 """

@@ -61,6 +61,8 @@ FINANCE_PERMISSIONS = {
     "billing.view_connectaccount",
     "billing.view_payout",
     "billing.view_draftfailure",
+    "billing.view_reconcilerun",
+    "billing.add_reconcilerun",
     "contracts.view_contract",
     "accounts.view_organization",
     "accounts.view_auditevent",

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from devtools.demo import fleet, inference, people
+from devtools.demo import books, fleet, inference, people
 
 
 class Command(BaseCommand):
@@ -12,6 +12,10 @@ class Command(BaseCommand):
         organizations = people.seed_people()
         partners = [organizations["partner"], fleet.second_partner()]
         fleet.seed_fleet(partners, out=self.stdout)
+        # A closed past month (invoices paid and in dunning, statements, a payout, a credit
+        # note) for every persona's journey: devtools/demo/books.py. Before the inference
+        # line, so the demo buyer's contract begins before that month.
+        books.seed_demo_books(organizations=organizations, partners=partners, out=self.stdout)
         demo_inference = inference.seed_inference(
             buyer=organizations["buyer"], partners=partners, out=self.stdout
         )
