@@ -144,8 +144,8 @@ def _onboarding_redirect(request: HttpRequest) -> HttpResponse:
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
         return redirect("billing:earnings")
-    except stripe_gateway.StripeGatewayError:
-        messages.error(request, "Stripe cannot be reached right now; try again shortly.")
+    except stripe_gateway.StripeGatewayError as error:
+        messages.error(request, stripe_gateway.error_message(error))
         return redirect("billing:earnings")
     return redirect(url)
 
@@ -170,8 +170,8 @@ def payouts_return(request: HttpRequest) -> HttpResponse:
         account = payouts.connect_account_sync(
             partner=request_organization(request), actor=request_actor(request)
         )
-    except stripe_gateway.StripeGatewayError:
-        messages.error(request, "Stripe cannot be reached right now; try again shortly.")
+    except stripe_gateway.StripeGatewayError as error:
+        messages.error(request, stripe_gateway.error_message(error))
         return redirect("billing:earnings")
     if account is not None and account.can_receive_payouts:
         messages.success(request, "Your payout account is ready: statements will be paid to it.")

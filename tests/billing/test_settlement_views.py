@@ -110,3 +110,23 @@ def test_connect_onboarding_through_account_links(partner_client, partner_org, c
     refreshed = partner_client.get(reverse("billing:payouts_refresh"))
     assert refreshed.url.startswith(connect_fake.url + "/connect/onboarding/")
     assert ConnectAccount.objects.count() == 1 and len(connect_fake.state.accounts) == 1
+
+
+def test_a_stripe_without_connect_is_reported_as_a_refusal_not_an_outage(
+    partner_client, partner_org, connect_settings
+):
+    """localstripe alone answers 404 on /v1/accounts: the partner is told Stripe refused
+    the request and why, not that Stripe cannot be reached."""
+    connect_settings.STRIPE_CONNECT_API_BASE = ""
+    response = partner_client.post(reverse("billing:payouts_setup"), follow=True)
+    content = response.content.decode()
+    assert "Stripe refused the request (404)" in content
+    assert "cannot be reached" not in content
+    assert ConnectAccount.objects.filter(partner=partner_org).count() == 0
+
+
+def test_an_unreachable_stripe_is_reported_as_an_outage(partner_client, connect_settings):
+    connect_settings.STRIPE_CONNECT_API_BASE = "http://127.0.0.1:9761"  # nothing listens
+    connect_settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    response = partner_client.post(reverse("billing:payouts_setup"), follow=True)
+    assert "Stripe cannot be reached right now; try again shortly." in response.content.decode()
