@@ -165,6 +165,7 @@ def _render_node(
             "systemd_unit": agent_setup.systemd_unit(),
             "can_operate": _can_operate(request),
             "availability": metering_selectors.node_availability(node=node),
+            "health_history": metering_selectors.node_health_history(node=node),
             "quarantined": metering_selectors.quarantined_records_for_node(node=node),
             "quarantine_counts": metering_selectors.quarantine_counts_for_node(node=node),
             "poll_state": metering_selectors.node_poll_state(node=node),
