@@ -148,18 +148,6 @@ def earning_months(*, partner: Organization, currency: str) -> list[date]:
 
 
 @dataclass(frozen=True)
-class NodeTotal:
-    site: str
-    node: str
-    gpu_count: int
-    partner_share_minor: int
-
-    @property
-    def per_gpu_minor(self) -> int:
-        return per_gpu_minor(self.partner_share_minor, self.gpu_count)
-
-
-@dataclass(frozen=True)
 class MonthEarnings:
     """A month's daily earnings and their totals per day, node and site."""
 
@@ -179,12 +167,13 @@ class MonthEarnings:
         return sorted(totals.items(), key=lambda item: (item[0] is None, item[0] or date.min))
 
     @property
-    def per_node(self) -> list[NodeTotal]:
+    def per_node(self) -> list[DailyEarning]:
+        """Each node's month (``day`` None), with its share per GPU."""
         totals: dict[tuple[str, str, int], int] = defaultdict(int)
         for row in self.rows:
             totals[row.site, row.node, row.gpu_count] += row.partner_share_minor
         return [
-            NodeTotal(site, node, gpus, amount)
+            DailyEarning(None, site, node, gpus, amount)
             for (site, node, gpus), amount in sorted(totals.items())
         ]
 
