@@ -125,7 +125,7 @@ class ConnectFake:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> None:
         self.thread.start()
@@ -392,12 +392,12 @@ class ConnectFake:
                 body = self.rfile.read(length).decode() if length else ""
                 auth = self.headers.get("Authorization", "")
                 if not auth.startswith(f"Bearer {API_KEY_PREFIX}"):
-                    error = StripeError(
+                    refusal = StripeError(
                         401,
                         "You did not provide an API key. You need to provide your API key in "
                         "the Authorization header, using Bearer auth.",
                     )
-                    self._send(401, json.dumps(error.body).encode())
+                    self._send(401, json.dumps(refusal.body).encode())
                     return
                 params = decode_form(body if self.command == "POST" else split.query)
                 key = self.headers.get("Idempotency-Key", "") if self.command == "POST" else ""
@@ -411,14 +411,14 @@ class ConnectFake:
                     if key and store_key in fake.state.idempotency:
                         stored_fingerprint, status, content = fake.state.idempotency[store_key]
                         if stored_fingerprint != fingerprint:
-                            error = StripeError(
+                            conflict = StripeError(
                                 400,
                                 "Keys for idempotent requests can only be used with the same "
                                 "parameters they were first used with. Try using a key other "
                                 f"than '{key}' if you meant to execute a different request.",
                                 type="idempotency_error",
                             )
-                            self._send(400, json.dumps(error.body).encode())
+                            self._send(400, json.dumps(conflict.body).encode())
                             return
                         self._send(status, content, {"Idempotent-Replayed": "true"})
                         return
@@ -444,10 +444,8 @@ class ConnectFake:
                             if not split.path.startswith(prefix)
                         }
                 if lose_response:
-                    error = StripeError(500, "An unknown error occurred", type="api_error")
-                    self._send(
-                        500, json.dumps(error.body).encode(), {"Stripe-Should-Retry": "true"}
-                    )
+                    lost = StripeError(500, "An unknown error occurred", type="api_error")
+                    self._send(500, json.dumps(lost.body).encode(), {"Stripe-Should-Retry": "true"})
                     return
                 self._send(status, content)
 

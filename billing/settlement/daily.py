@@ -24,6 +24,7 @@ from billing.models import Attribution, LineKind
 from billing.money import minor_to_major
 from billing.periods import month_bounds
 from billing.settlement.attribution import _line_meter, _metered_of, split_largest_remainder
+from capacity.models import Node
 from config.charts import ChartSeries, chart_spec
 from contracts.billable_usage import (
     MeteredQuantities,
@@ -104,12 +105,15 @@ def earnings_by_day(*, partner: Organization, currency: str, month: date) -> lis
         assert key.node_id is not None and key.start is not None
         metered_days[key.line_id, key.node_id][_day(key.start)] = usage
     totals: dict[tuple[date | None, int], int] = defaultdict(int)
-    nodes = {}
+    nodes: dict[int, Node] = {}
+    sites: dict[int, str] = {}
     for attribution in attributions:
         line = attribution.invoice_line
         node_id = attribution.node_id
         assert node_id is not None
-        nodes[node_id] = attribution
+        assert attribution.node is not None
+        nodes[node_id] = attribution.node
+        sites[node_id] = attribution.site.name if attribution.site else ""
         weights: dict[date, Decimal] = {}
         if line.contract_line_id and line.kind in _RESERVED_KINDS:
             weights = reserved_days[line.contract_line_id, node_id]
@@ -126,9 +130,9 @@ def earnings_by_day(*, partner: Organization, currency: str, month: date) -> lis
     rows = [
         DailyEarning(
             day=day,
-            site=nodes[node_id].site.name if nodes[node_id].site else "",
-            node=nodes[node_id].node.name,
-            gpu_count=nodes[node_id].node.gpu_count,
+            site=sites[node_id],
+            node=nodes[node_id].name,
+            gpu_count=nodes[node_id].gpu_count,
             partner_share_minor=amount,
         )
         for (day, node_id), amount in totals.items()

@@ -346,7 +346,7 @@ class NodeHealthHistory:
 
 def _or_blank(value: Decimal | None) -> Decimal | str:
     """A day without data is a gap in the line (charts.js reads "" as no value)."""
-    return "" if value is None else value  # type: ignore[return-value]
+    return "" if value is None else value
 
 
 def node_health_history(
