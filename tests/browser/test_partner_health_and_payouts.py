@@ -76,6 +76,7 @@ def test_node_page_draws_health_history(page: Page, live_url: str) -> None:
     first = page.evaluate(f"() => Chart.getChart({THERMAL}).data.datasets[0].data[0]")
     assert first is None
     # Newest day first; no availability measured yet on a node created just now.
+    page.get_by_text("Figures per day").click()
     cells = page.locator("[data-health-table] tbody tr").first.locator("td").all_inner_texts()
     assert cells == [f"{today:%Y-%m-%d}", "50.0", "—", "60.0", "62", "1550.0", "2"]
     snap(page, "node-health")

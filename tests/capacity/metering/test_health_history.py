@@ -156,7 +156,7 @@ def test_node_page_draws_the_history_and_lists_it(partner_client, node_with_hist
     page = response.content.decode()
     assert "Health, last 14 days (UTC)" in page
     assert (
-        '<tr><td>2026-11-09</td><td class="num">66.7</td><td class="num">87.50</td>'
+        '<tr><td class="nowrap">2026-11-09</td><td class="num">66.7</td><td class="num">87.50</td>'
         '<td class="num">68.3</td><td class="num">74</td><td class="num">666.7</td>'
         '<td class="num">3</td></tr>'
     ) in page
