@@ -45,6 +45,9 @@ _INLINE_STYLE_URL_NAMES = frozenset({"api-docs"})
 # Stripe's own hosts beside Stripe.js: its API (card confirmation) and 3-D Secure frames.
 _STRIPE_API_ORIGIN = "https://api.stripe.com"
 _STRIPE_HOOKS_ORIGIN = "https://hooks.stripe.com"
+# Where "Set up payouts with Stripe" (a form post) redirects: Stripe-hosted Connect
+# onboarding. Browsers apply form-action to a form's redirects too.
+_STRIPE_CONNECT_ORIGIN = "https://connect.stripe.com"
 
 
 def no_store(response: R) -> R:
@@ -99,7 +102,13 @@ def content_security_policy(*, nonce: str, inline_styles: bool = False) -> str:
         "frame-src": stripe_frames,
         "object-src": ["'none'"],
         "base-uri": ["'none'"],
-        "form-action": ["'self'"],
+        # The payout set-up form redirects to Connect onboarding: Stripe's, or in
+        # development the emulator's (its own origin, ``STRIPE_CONNECT_API_BASE``).
+        "form-action": [
+            "'self'",
+            _STRIPE_CONNECT_ORIGIN,
+            _origin(getattr(settings, "STRIPE_CONNECT_API_BASE", "")),
+        ],
         "frame-ancestors": ["'none'"],
     }
     return "; ".join(

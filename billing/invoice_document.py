@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from billing.models import Invoice, InvoiceLine, InvoiceStatus
 from billing.money import format_money
+from config.formats import utc_date
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class InvoiceDocument:
     buyer_name: str
     contract_reference: str
     period: str  # "March 2026"
-    issued: str  # "1 April 2026"; "" while a draft
+    issued: str  # "2026-04-01" (config.formats, as on every page); "" while a draft
     # When the figures were fixed (finalized, else drafted): the PDF's creation date.
     dated: datetime
     currency: str
@@ -76,11 +77,7 @@ def invoice_document(*, invoice: Invoice, lines: list[InvoiceLine]) -> InvoiceDo
         buyer_name=invoice.buyer.name,
         contract_reference=invoice.contract.reference,
         period=f"{invoice.month:%B %Y}",
-        issued=(
-            f"{invoice.finalized_at.day} {invoice.finalized_at:%B %Y}"
-            if invoice.finalized_at
-            else ""
-        ),
+        issued=utc_date(invoice.finalized_at) if invoice.finalized_at else "",
         dated=invoice.finalized_at or invoice.drafted_at,
         currency=currency,
         lines=[

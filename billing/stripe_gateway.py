@@ -188,6 +188,23 @@ def _options(idempotency_key: str | None = None) -> dict[str, Any]:
     return {"idempotency_key": idempotency_key} if idempotency_key else {}
 
 
+def error_message(error: StripeGatewayError) -> str:
+    """What to tell a person about ``error``: what it is, not "cannot be reached" for all.
+
+    Only an outage says "try again"; a refused request names Stripe's status and reason
+    (a 404 from a Stripe that lacks the endpoint, an invalid parameter) because retrying
+    it will not help.
+    """
+    if isinstance(error, StripeNotConfigured):
+        return "Stripe is not configured on this platform; ask the platform's finance team."
+    if isinstance(error, StripeUnavailable):
+        return "Stripe cannot be reached right now; try again shortly."
+    if isinstance(error, StripeRequestRejected):
+        status = f" ({error.status})" if error.status else ""
+        return f"Stripe refused the request{status}: {error}"
+    return f"Stripe could not complete the request: {error}"
+
+
 def _translate(error: stripe.StripeError) -> StripeGatewayError:
     """Stripe's exception → ours (retryable or not)."""
     if isinstance(error, stripe.CardError):

@@ -24,6 +24,8 @@ urlpatterns = [
     path("stripe/webhook/", views.stripe_webhook, name="stripe_webhook"),
     # Partners: earnings, statements, payouts (Stripe Connect onboarding).
     path("earnings/", settlement_views.earnings, name="earnings"),
+    path("earnings/daily/", settlement_views.earnings_daily, name="earnings_daily"),
+    path("earnings/daily/csv/", settlement_views.earnings_daily_csv, name="earnings_daily_csv"),
     path(
         "earnings/statements/<int:pk>/",
         settlement_views.statement_detail,

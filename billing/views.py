@@ -77,8 +77,8 @@ def invoice_detail(request: HttpRequest, pk: int) -> HttpResponse:
     ):
         try:
             client_secret = payments.client_secret_for(attempt=attempt)
-        except stripe_gateway.StripeGatewayError:
-            messages.error(request, "Stripe cannot be reached right now; try again shortly.")
+        except stripe_gateway.StripeGatewayError as error:
+            messages.error(request, stripe_gateway.error_message(error))
     lines = list(invoice.lines.all())
     return render(
         request,
@@ -215,8 +215,8 @@ def invoice_payment_refresh(request: HttpRequest, pk: int) -> HttpResponse:
     if attempt is not None and attempt.stripe_payment_intent_id:
         try:
             payments.sync_payment_intent(payment_intent_id=attempt.stripe_payment_intent_id)
-        except stripe_gateway.StripeGatewayError:
-            messages.error(request, "Stripe cannot be reached right now; try again shortly.")
+        except stripe_gateway.StripeGatewayError as error:
+            messages.error(request, stripe_gateway.error_message(error))
     invoice.refresh_from_db()
     if invoice.payment_status == "paid":
         messages.success(request, f"Paid. Thank you — invoice {invoice.number} is settled.")
@@ -271,7 +271,7 @@ def payment_method_confirm(request: HttpRequest) -> HttpResponse:
         text = (
             " ".join(error.messages)
             if isinstance(error, ValidationError)
-            else ("Stripe cannot be reached right now; try again shortly.")
+            else stripe_gateway.error_message(error)
         )
         if wants_json:
             return JsonResponse({"ok": False, "error": text}, status=400)

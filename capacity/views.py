@@ -26,7 +26,7 @@ from accounts.tenancy import (
     get_for_org_or_404,
     org_required,
 )
-from capacity import selectors, services
+from capacity import agent_setup, selectors, services
 from capacity.forms import (
     NodeFilterForm,
     NodeForm,
@@ -144,10 +144,7 @@ def node_list(request: HttpRequest) -> HttpResponse:
 
 
 def _enroll_command(code: str) -> str:
-    return (
-        f"python -m capacity.agent enroll --platform {settings.SITE_URL} "
-        f"--code {code} --url http://<node-host>:9100"
-    )
+    return agent_setup.enroll_command(platform_url=settings.SITE_URL, code=code)
 
 
 def _render_node(
@@ -162,8 +159,13 @@ def _render_node(
             "windows": selectors.node_windows(node=node),
             "enrollment_code": enrollment_code,
             "enroll_command": _enroll_command(enrollment_code) if enrollment_code else None,
+            "setup_steps": agent_setup.enrollment_steps(
+                platform_url=settings.SITE_URL, code=enrollment_code or "<enrollment-code>"
+            ),
+            "systemd_unit": agent_setup.systemd_unit(),
             "can_operate": _can_operate(request),
             "availability": metering_selectors.node_availability(node=node),
+            "health_history": metering_selectors.node_health_history(node=node),
             "quarantined": metering_selectors.quarantined_records_for_node(node=node),
             "quarantine_counts": metering_selectors.quarantine_counts_for_node(node=node),
             "poll_state": metering_selectors.node_poll_state(node=node),

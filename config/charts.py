@@ -18,7 +18,8 @@ from typing import Any, Literal
 @dataclass(frozen=True)
 class ChartSeries:
     label: str  # "Estimated cost"
-    values: Sequence[Decimal | int]
+    # "" is a point without a value: a gap in a line, never a zero.
+    values: Sequence[Decimal | int | str]
     unit: str  # what a value is counted in, shown on hover: "USD", "GPU-h", "tokens"
     axis: Literal["y", "y1"] = "y"  # y1: a second scale, on the right
 

@@ -98,6 +98,8 @@ TEMPLATES = [
                 "accounts.tenancy.organization_context",
                 "accounts.response_headers.csp_context",
             ],
+            # |utc_datetime and |utc_date: one date format on every page (config/formats.py).
+            "builtins": ["config.formats"],
         },
     },
 ]

@@ -70,11 +70,17 @@ def _receipt_public_key() -> str:
 
 
 def _start_localstripe(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
-    """Stripe for the demo: localstripe on loopback (API, webhooks and a fake Stripe.js)."""
+    """Stripe for the demo: localstripe on loopback (API, webhooks and a fake Stripe.js),
+    and the Connect emulator the tests use (``devtools.stripe_connect``: localstripe has
+    no Connect) for the partners' payout accounts and transfers."""
     port = int(os.environ.get("HASHGRID_LOCALSTRIPE_PORT", "8420"))
+    connect_port = int(os.environ.get("HASHGRID_STRIPE_CONNECT_PORT", str(port + 1)))
+    connect = spawn(PYTHON, "-m", "devtools.stripe_connect", "--port", str(connect_port))
     base = f"http://127.0.0.1:{port}"
     stripe = spawn(str(Path(PYTHON).parent / "localstripe"), "--port", str(port))
     _wait_for_port(port, stripe)
+    _wait_for_port(connect_port, connect)
+    connect_base = f"http://127.0.0.1:{connect_port}"
     webhook_secret = "whsec_hashgrid_demo"  # noqa: S105 - a local emulator's secret
     httpx.post(
         f"{base}/_config/webhooks/hashgrid",
@@ -87,8 +93,9 @@ def _start_localstripe(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
         STRIPE_WEBHOOK_SECRET=webhook_secret,
         STRIPE_API_BASE=base,
         STRIPE_JS_URL=f"{base}/js.stripe.com/v3/",
+        STRIPE_CONNECT_API_BASE=connect_base,
     )
-    print(f"stripe: localstripe at {base}")
+    print(f"stripe: localstripe at {base}, Connect emulator at {connect_base}")
 
 
 # -- inference demo: the demo buyer's key and a curl line that streams an answer --------

@@ -7,6 +7,7 @@ a partner organization is required.
 from __future__ import annotations
 
 import csv
+from datetime import date
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -21,7 +22,7 @@ from accounts.tenancy import get_for_org_or_404, org_required
 from billing import stripe_gateway
 from billing.models import SettlementStatement
 from billing.money import minor_to_major
-from billing.settlement import payouts, selectors
+from billing.settlement import daily, payouts, selectors
 
 partner_finance = org_required(FINANCE_ROLES, partner=True)
 
@@ -133,6 +134,71 @@ def statement_csv(request: HttpRequest, pk: int) -> HttpResponse:
     return response
 
 
+def _month_earnings(request: HttpRequest) -> daily.MonthEarnings | None:
+    """The month and currency asked for (``?month=2026-10&currency=USD``), else the
+    latest month with earnings; None when the partner has earned nothing yet."""
+    partner = request_organization(request)
+    currencies = selectors.earnings_currencies(partner=partner)
+    currency = request.GET.get("currency", "")
+    if currency not in currencies:
+        currency = currencies[0] if currencies else "USD"
+    months = daily.earning_months(partner=partner, currency=currency)
+    if not months:
+        return None
+    month = months[0]
+    asked = request.GET.get("month", "")
+    for candidate in months:
+        if f"{candidate:%Y-%m}" == asked:
+            month = candidate
+    return daily.month_earnings(partner=partner, currency=currency, month=month)
+
+
+@partner_finance
+@require_GET
+def earnings_daily(request: HttpRequest) -> HttpResponse:
+    partner = request_organization(request)
+    earned = _month_earnings(request)
+    months: list[date] = (
+        daily.earning_months(partner=partner, currency=earned.currency) if earned else []
+    )
+    return render(request, "billing/earnings_daily.html", {"earned": earned, "months": months})
+
+
+@partner_finance
+@require_GET
+def earnings_daily_csv(request: HttpRequest) -> HttpResponse:
+    earned = _month_earnings(request)
+    month = f"{earned.month:%Y-%m}" if earned else "none"
+    currency = earned.currency if earned else "USD"
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="earnings-{month}-{currency}-per-day.csv"'
+    )
+    writer = csv.writer(response)
+    writer.writerow(
+        [
+            "day_utc",
+            "site",
+            "node",
+            "gpus",
+            f"your_share_{currency.lower()}",
+            f"your_share_per_gpu_{currency.lower()}",
+        ]
+    )
+    for row in earned.rows if earned else []:
+        writer.writerow(
+            [
+                f"{row.day:%Y-%m-%d}" if row.day else f"{month} (month)",
+                row.site,
+                row.node,
+                row.gpu_count,
+                minor_to_major(row.partner_share_minor),
+                minor_to_major(row.per_gpu_minor),
+            ]
+        )
+    return response
+
+
 def _onboarding_redirect(request: HttpRequest) -> HttpResponse:
     try:
         url = payouts.onboarding_link(
@@ -144,8 +210,8 @@ def _onboarding_redirect(request: HttpRequest) -> HttpResponse:
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
         return redirect("billing:earnings")
-    except stripe_gateway.StripeGatewayError:
-        messages.error(request, "Stripe cannot be reached right now; try again shortly.")
+    except stripe_gateway.StripeGatewayError as error:
+        messages.error(request, stripe_gateway.error_message(error))
         return redirect("billing:earnings")
     return redirect(url)
 
@@ -170,8 +236,8 @@ def payouts_return(request: HttpRequest) -> HttpResponse:
         account = payouts.connect_account_sync(
             partner=request_organization(request), actor=request_actor(request)
         )
-    except stripe_gateway.StripeGatewayError:
-        messages.error(request, "Stripe cannot be reached right now; try again shortly.")
+    except stripe_gateway.StripeGatewayError as error:
+        messages.error(request, stripe_gateway.error_message(error))
         return redirect("billing:earnings")
     if account is not None and account.can_receive_payouts:
         messages.success(request, "Your payout account is ready: statements will be paid to it.")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m capacity.agent run|enroll``.
+"""Command line: ``python -m capacity.agent enroll|run`` (``--help`` is for operators).
 
 ``run`` serves the protocol from the journal at ``--journal`` (key pair in
 ``JOURNAL.key``, enrollment state in ``JOURNAL.state.json``), recording either the
@@ -53,41 +53,117 @@ from capacity.agent.simulator import GPU_MODELS, SimulatedNode, simulated_gpus
 DEFAULT_JOURNAL = "hashgrid-agent.sqlite3"
 
 
+DESCRIPTION = """\
+The Hashgrid node agent. It runs on each GPU server a partner contributes: it records
+every GPU's usage and health (through NVML, from the NVIDIA driver) in a journal on
+disk, and serves them to the Hashgrid platform, which polls it over HTTP. It also
+relays buyers' inference requests, signed by the platform's gateway, to the node's
+inference engine (vLLM or any OpenAI-compatible server).
+
+Set a node up in three steps (the node's page on the platform shows them with its
+code, and capacity/agent/hashgrid-agent.service is the systemd unit):
+  1. install:  python3 -m venv /opt/hashgrid-agent && /opt/hashgrid-agent/bin/pip install hashgrid
+  2. enroll:   python -m capacity.agent enroll --platform URL --code CODE --url http://HOST:9100
+  3. run:      python -m capacity.agent run --host 0.0.0.0  (as a service: systemctl enable --now hashgrid-agent)
+"""
+
+EPILOG = """\
+examples:
+  # once, with the one-time code from the node's page (valid 24 hours):
+  python -m capacity.agent enroll --journal /var/lib/hashgrid-agent/hashgrid-agent.sqlite3 \\
+      --platform https://hashgrid.example.com --code 7KQ2-MX9D-4TPA --url http://203.0.113.7:9100
+  # then serve the platform's polls (what the systemd unit runs):
+  python -m capacity.agent run --host 0.0.0.0 --port 9100 \\
+      --journal /var/lib/hashgrid-agent/hashgrid-agent.sqlite3
+  # with an inference engine next to the agent:
+  python -m capacity.agent run --host 0.0.0.0 --engine-url http://127.0.0.1:8000 ...
+  # try it without GPUs (a deterministic simulated node, no enrollment):
+  python -m capacity.agent run --simulate --gpus 4 --poll-token dev-token
+
+files: the journal (usage not yet collected, kept across restarts), JOURNAL.key (the
+node's Ed25519 key: keep it private), JOURNAL.state.json (enrollment: the poll token's
+hash and the platform's receipt key). Use the same --journal for enroll and run.
+"""
+
+JOURNAL_HELP = (
+    "the agent's journal (SQLite); its key and enrollment files sit next to it "
+    f"(default ./{DEFAULT_JOURNAL}; the service uses /var/lib/hashgrid-agent/)"
+)
+
+
 def _add_simulation_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--simulate", action="store_true", help="simulated GPUs, no NVML")
-    parser.add_argument("--gpus", type=positive_int, help="simulated GPU count (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
-    parser.add_argument("--gpu-model", choices=sorted(GPU_MODELS), default="h100")
-    parser.add_argument("--node-id", help="node id (simulated GPU UUIDs derive from it too)")
-    parser.add_argument("--journal", type=Path, default=Path(DEFAULT_JOURNAL))
+    parser.add_argument("--journal", type=Path, default=Path(DEFAULT_JOURNAL), help=JOURNAL_HELP)
+    group = parser.add_argument_group("simulation (development and tests: no GPUs needed)")
+    group.add_argument("--simulate", action="store_true", help="simulated GPUs instead of NVML")
+    group.add_argument(
+        "--gpus", type=positive_int, help="simulated GPU count (implies --simulate; default 8)"
+    )
+    group.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    group.add_argument(
+        "--gpu-model", choices=sorted(GPU_MODELS), default="h100", help="simulated GPU model"
+    )
+    group.add_argument(
+        "--node-id",
+        help="the node's id in /v1/info (default: the enrolled one, else the host name); "
+        "simulated GPU UUIDs derive from it",
+    )
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """The top-level help keeps its layout (steps, examples)."""
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _command_formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, max_help_position=32)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m capacity.agent", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="python -m capacity.agent",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{enroll,run}")
 
-    run = commands.add_parser("run", help="serve the agent protocol")
-    _add_simulation_flags(run)
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=9100)
-    run.add_argument(
-        "--poll-token", help="accept this bearer token (simulate mode; otherwise enroll)"
+    enroll_cmd = commands.add_parser(
+        "enroll",
+        help="register this node with the platform (once, with the code from its page)",
+        description="Register this node with the platform: make the node's key pair, "
+        "report its GPUs and store the poll token's hash next to the journal. Run once, "
+        "as the user the service runs as, with the same --journal.",
+        formatter_class=_command_formatter,
     )
-    run.add_argument("--window-seconds", type=window_seconds, default=60)
-    run.add_argument(
-        "--backfill-windows",
-        type=non_negative_int,
-        default=0,
-        help="start the simulated clock this many windows in the past",
+    enroll_cmd.add_argument(
+        "--platform", required=True, help="the platform's URL, e.g. https://hashgrid.example.com"
+    )
+    enroll_cmd.add_argument(
+        "--code", required=True, help="the one-time enrollment code shown on the node's page"
+    )
+    enroll_cmd.add_argument(
+        "--url",
+        required=True,
+        help="the URL the platform polls this agent at, e.g. http://203.0.113.7:9100",
+    )
+    _add_simulation_flags(enroll_cmd)
+
+    run = commands.add_parser(
+        "run",
+        help="serve the platform's polls (what the systemd service runs)",
+        description="Record the GPUs' usage and health into the journal and serve them "
+        "to the platform. Needs a prior `enroll` (or --poll-token with --simulate).",
+        formatter_class=_command_formatter,
     )
     run.add_argument(
-        "--speed",
-        type=positive_int,
-        default=None,
-        help="simulated seconds per real second while catching up (default: at once)",
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 so the platform can reach it)",
     )
+    run.add_argument("--port", type=int, default=9100, help="port to listen on (default 9100)")
     run.add_argument(
         "--engine-url",
+        metavar="URL",
         help="OpenAI-compatible engine (e.g. vLLM) serving URL/v1/...; default in "
         "simulate mode: the simulator's engine; otherwise no inference",
     )
@@ -97,13 +173,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B64",
         help="the platform's receipt key (default: the one enrollment stored)",
     )
+    run.add_argument(
+        "--window-seconds",
+        type=window_seconds,
+        default=60,
+        metavar="S",
+        help="length of one usage record (default 60, the most)",
+    )
+    _add_simulation_flags(run)
+    sim = run.add_argument_group("simulated clock")
+    sim.add_argument(
+        "--poll-token", help="accept this bearer token (simulate mode only; otherwise enroll)"
+    )
+    sim.add_argument(
+        "--backfill-windows",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="start the simulated clock this many windows in the past",
+    )
+    sim.add_argument(
+        "--speed",
+        type=positive_int,
+        default=None,
+        help="simulated seconds per real second while catching up (default: at once)",
+    )
     add_engine_flags(run)
-
-    enroll_cmd = commands.add_parser("enroll", help="register with the platform")
-    _add_simulation_flags(enroll_cmd)
-    enroll_cmd.add_argument("--platform", required=True, help="platform base URL")
-    enroll_cmd.add_argument("--code", required=True, help="one-time enrollment code")
-    enroll_cmd.add_argument("--url", required=True, help="URL the platform polls")
     return parser
 
 

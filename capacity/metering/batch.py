@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from capacity.metering import health, ingest
+from capacity.metering import health, health_history, ingest
 from capacity.metering.models import NodePollState
 from capacity.metering.polling import (
     DEFAULT_CONCURRENCY,
@@ -175,6 +175,13 @@ def poll_and_store(
                     before=snapshots[outcome.node_id],
                     interval_seconds=interval_seconds,
                 )
+            health_history.record_samples(
+                [
+                    (outcome.node_id, outcome.polled_at, outcome.health_sample)
+                    for outcome in outcomes
+                    if outcome.health_sample is not None
+                ]
+            )
     return result
 
 

@@ -298,6 +298,39 @@ class GpuAvailabilityDay(models.Model):
         return str(self.minutes).count("1")
 
 
+class NodeHealthDay(models.Model):
+    """The agent's health answers about one node over one UTC day, summed for averages.
+
+    Health (``/v1/health``) is a sample of the moment, asked every few polls; usage
+    records say how busy and how hungry the GPUs were, but not how hot. Sums and a count
+    per node and day (one upsert per health answer, adding to the day's row) give the
+    node page a daily history without a row per sample. Not money: a sample counted
+    twice after a retried batch moves an average, nothing billed.
+    """
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="health_days")
+    day = models.DateField()
+    # Health answers summed into this row.
+    samples = models.PositiveIntegerField(default=0)
+    # Sum over the samples of the mean GPU utilization of the node (percent, 0-100).
+    utilization_pct_sum = models.BigIntegerField(default=0)
+    # Sum over the samples of the hottest GPU's temperature (deg C), and the day's peak.
+    temperature_c_sum = models.BigIntegerField(default=0)
+    temperature_c_max = models.IntegerField(default=0)
+    # Sum over the samples of the node's power draw, all GPUs together (milliwatts).
+    power_mw_sum = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["node", "day"]
+        constraints = [
+            models.UniqueConstraint(fields=["node", "day"], name="node_health_day_unique"),
+            models.CheckConstraint(condition=Q(samples__gt=0), name="node_health_day_has_samples"),
+        ]
+
+    def __str__(self) -> str:
+        return f"health of node {self.node_id} on {self.day}"
+
+
 class PoolAvailability(models.Model):
     """The 30-day availability of one offered pool (a site's GPUs of one model) at
     ``computed_at``: what search sorts and filters by, refreshed by beat

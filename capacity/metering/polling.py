@@ -105,6 +105,47 @@ class PageToStore:
     minute_masks: list[MinuteMask] = field(default_factory=list)
 
 
+# Figures outside these bounds are not believed (the agent is untrusted input).
+MAX_TEMPERATURE_C = 150
+MAX_GPU_POWER_MW = 5_000_000
+
+
+@dataclass(frozen=True)
+class HealthSample:
+    """One health answer, reduced to the node: what ``NodeHealthDay`` sums."""
+
+    utilization_pct: int  # mean over the GPUs
+    temperature_c_max: int  # the hottest GPU
+    power_mw: int  # all GPUs together
+
+
+def _int_in(value: object, low: int, high: int) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return None
+
+
+def health_sample(gpus: list[object]) -> HealthSample | None:
+    """The node's sample from the GPUs of a verified health answer; GPUs whose figures are
+    missing or out of range are left out, and None when none is left."""
+    figures = []
+    for gpu in gpus:
+        if not isinstance(gpu, dict):
+            continue
+        utilization = _int_in(gpu.get("utilization_pct"), 0, 100)
+        temperature = _int_in(gpu.get("temperature_c"), 0, MAX_TEMPERATURE_C)
+        power = _int_in(gpu.get("power_mw"), 0, MAX_GPU_POWER_MW)
+        if utilization is not None and temperature is not None and power is not None:
+            figures.append((utilization, temperature, power))
+    if not figures:
+        return None
+    return HealthSample(
+        utilization_pct=sum(one[0] for one in figures) // len(figures),
+        temperature_c_max=max(one[1] for one in figures),
+        power_mw=sum(one[2] for one in figures),
+    )
+
+
 @dataclass
 class PollOutcome:
     """What one poll of one node found."""
@@ -120,6 +161,9 @@ class PollOutcome:
     # was not asked on this poll, the previous verdict stands.
     health_problem: str | None = None
     gpu_utilization_pct: int | None = None
+    # The health answer's figures for the node's daily history (None: not asked, or no
+    # GPU gave figures in range).
+    health_sample: HealthSample | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -310,6 +354,7 @@ async def _poll_health(http: AgentHttp, target: PollTarget, outcome: PollOutcome
     if missing:
         problems.append(f"GPU(s) missing from the agent's health report: {', '.join(missing)}")
     outcome.health_problem = "; ".join(problems)
+    outcome.health_sample = health_sample(gpus)
     if utilizations:
         outcome.gpu_utilization_pct = sum(utilizations) // len(utilizations)
 

@@ -8,8 +8,9 @@
   if (typeof Chart === "undefined") return;
   const palette = ["#0f6b5c", "#c77c0e", "#3b5bdb", "#9c36b5"];
 
+  // "" is a day without data: a gap in the line, not a zero.
   function number(text) {
-    return Number.parseFloat(text);
+    return text === "" ? null : Number.parseFloat(text);
   }
 
   // Money (a currency code) to the cent; other quantities as measured, up to 4 places.

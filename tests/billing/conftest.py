@@ -17,7 +17,7 @@ from billing import stripe_gateway
 from billing.models import BillingCustomer
 from contracts.models import InferenceProduct
 from contracts.on_demand import line_api_key_create, on_demand_enable
-from tests.billing.connect_fake import ConnectFake, running_connect_fake
+from devtools.stripe_connect import ConnectFake, running_connect_fake
 from tests.billing.stripe_fakes import (
     PUBLISHABLE_KEY,
     SECRET_KEY,

@@ -131,7 +131,7 @@ def test_the_pdf_has_the_page_lines_and_totals_exactly(invoice, buyer_client):
         "Billed to: Acme Vision",
         f"Contract: {invoice.contract.reference}",
         "Period: October 2026 (UTC)",
-        "Issued: 4 November 2026",
+        "Issued: 2026-11-04",
         "Description",
         "Quantity",
         "Unit price",

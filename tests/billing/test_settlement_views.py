@@ -4,6 +4,7 @@ anonymized, CSV export, Connect onboarding; another partner gets 404."""
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -110,3 +111,76 @@ def test_connect_onboarding_through_account_links(partner_client, partner_org, c
     refreshed = partner_client.get(reverse("billing:payouts_refresh"))
     assert refreshed.url.startswith(connect_fake.url + "/connect/onboarding/")
     assert ConnectAccount.objects.count() == 1 and len(connect_fake.state.accounts) == 1
+
+
+def test_a_stripe_without_connect_is_reported_as_a_refusal_not_an_outage(
+    partner_client, partner_org, connect_settings
+):
+    """localstripe alone answers 404 on /v1/accounts: the partner is told Stripe refused
+    the request and why, not that Stripe cannot be reached."""
+    connect_settings.STRIPE_CONNECT_API_BASE = ""
+    response = partner_client.post(reverse("billing:payouts_setup"), follow=True)
+    content = response.content.decode()
+    assert "Stripe refused the request (404)" in content
+    assert "cannot be reached" not in content
+    assert ConnectAccount.objects.filter(partner=partner_org).count() == 0
+
+
+def test_an_unreachable_stripe_is_reported_as_an_outage(partner_client, connect_settings):
+    connect_settings.STRIPE_CONNECT_API_BASE = "http://127.0.0.1:9761"  # nothing listens
+    connect_settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    response = partner_client.post(reverse("billing:payouts_setup"), follow=True)
+    assert "Stripe cannot be reached right now; try again shortly." in response.content.decode()
+
+
+def test_earnings_per_day_node_and_site(partner_client, statement, partner_org):
+    """Eight GPUs (two nodes of four) reserved from 15 October: each node's share,
+    $2,741.76, spread over the 17 reserved days by reserved GPU-seconds, $161.28 a day."""
+    from billing.settlement.daily import month_earnings
+
+    earned = month_earnings(partner=partner_org, currency="USD", month=date(2026, 10, 1))
+    assert earned.total_minor == 548_352
+    assert earned.per_day == [(date(2026, 10, day), 32_256) for day in range(15, 32)]
+    assert [
+        (n.site, n.gpu_count, n.partner_share_minor, n.per_gpu_minor) for n in earned.per_node
+    ] == [
+        ("Permian Flare 1", 4, 274_176, 68_544),
+        ("Permian Flare 1", 4, 274_176, 68_544),
+    ]
+    assert earned.per_site == [("Permian Flare 1", 548_352)]
+    assert len(earned.rows) == 34 and {row.partner_share_minor for row in earned.rows} == {16_128}
+    assert earned.day_chart["labels"][0] == "2026-10-15"
+    assert earned.day_chart["series"][0]["values"][0] == "322.56"
+
+    page = partner_client.get(reverse("billing:earnings_daily")).content.decode()
+    assert "Earnings per day, October 2026" in page
+    assert '<tr><td>2026-10-15</td><td class="num">$322.56</td></tr>' in page
+    assert '<td class="num">$2,741.76</td><td class="num">$685.44</td>' in page
+    assert 'canvas data-chart="earnings-per-day"' in page
+    earnings = partner_client.get(reverse("billing:earnings")).content.decode()
+    assert reverse("billing:earnings_daily") + "?currency=USD" in earnings
+
+
+def test_earnings_per_day_csv(partner_client, statement):
+    response = partner_client.get(
+        reverse("billing:earnings_daily_csv") + "?month=2026-10&currency=USD"
+    )
+    assert response["Content-Disposition"] == (
+        'attachment; filename="earnings-2026-10-USD-per-day.csv"'
+    )
+    rows = response.content.decode().splitlines()
+    assert rows[0] == "day_utc,site,node,gpus,your_share_usd,your_share_per_gpu_usd"
+    assert len(rows) == 1 + 34
+    assert rows[1].startswith("2026-10-15,Permian Flare 1,")
+    assert rows[1].endswith(",4,161.28,40.32")
+    assert rows[-1].startswith("2026-10-31,Permian Flare 1,")
+    total = sum(Decimal(row.split(",")[4]) for row in rows[1:])
+    assert total == Decimal("5483.52")
+
+
+def test_daily_earnings_are_the_partners_own(other_client, buyer_client, statement):
+    page = other_client.get(reverse("billing:earnings_daily")).content.decode()
+    assert "No earnings yet" in page and "Permian Flare 1" not in page
+    csv_rows = other_client.get(reverse("billing:earnings_daily_csv")).content.decode().splitlines()
+    assert csv_rows == ["day_utc,site,node,gpus,your_share_usd,your_share_per_gpu_usd"]
+    assert buyer_client.get(reverse("billing:earnings_daily")).status_code == 404

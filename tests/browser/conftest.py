@@ -128,3 +128,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def sign_in(page: Page, user, live_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Sign ``user`` in by handing the browser a session cookie made by Django's client."""
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    page.context.add_cookies(
+        [
+            {
+                "name": settings.SESSION_COOKIE_NAME,
+                "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+                "url": live_url,
+            }
+        ]
+    )

@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.conf import settings
-from django.test import Client
 from playwright.sync_api import Page, expect
 
 from accounts.models import Role
@@ -18,24 +16,10 @@ from tests.billing.conftest import (  # noqa: F401 (fixtures)
     stripe_proxy,
     stripe_settings,
 )
-from tests.browser.conftest import snap
+from tests.browser.conftest import sign_in, snap
 from tests.factories import MembershipFactory, OrganizationFactory
 
 pytestmark = pytest.mark.browser
-
-
-def _sign_in(page: Page, user, live_url: str) -> None:
-    client = Client()
-    client.force_login(user)
-    page.context.add_cookies(
-        [
-            {
-                "name": settings.SESSION_COOKIE_NAME,
-                "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
-                "url": live_url,
-            }
-        ]
-    )
 
 
 def test_save_card_with_stripe_js_then_pay_an_invoice(page: Page, live_url: str, settings):
@@ -43,7 +27,7 @@ def test_save_card_with_stripe_js_then_pay_an_invoice(page: Page, live_url: str,
     buyer = OrganizationFactory(name="Acme Vision", is_buyer=True)
     owner = MembershipFactory(organization=buyer, role=Role.OWNER).user
     invoice = finalized_invoice_for(buyer, total_minor=685_440)
-    _sign_in(page, owner, live_url)
+    sign_in(page, owner, live_url)
 
     page.goto("/billing/invoices/")
     expect(page.get_by_role("heading", name="Invoices")).to_be_visible()

@@ -158,10 +158,10 @@ def test_search_reserve_api_key_usage_chart_and_pay_an_invoice(
         expect(bars).to_have_count(today.day)
         # Nothing was reserved before today: the month's earlier days cost nothing.
         expect(bars.first.locator("title")).to_have_text(
-            f"1 {today:%b}: 0.00 USD" if today.day > 1 else re.compile(r"^1 ")
+            f"{today:%Y-%m}-01: 0.00 USD" if today.day > 1 else re.compile(rf"^{today:%Y-%m}-01")
         )
         expect(bars.last.locator("title")).to_have_text(
-            re.compile(rf"^{today.day} {today:%b}: [\d,]+\.\d\d USD$")
+            re.compile(rf"^{today:%Y-%m-%d}: [\d,]+\.\d\d USD$")
         )
         expect(page.get_by_role("heading", name=f"{contract.reference} by day")).to_be_visible()
         snap(page, "07-usage-chart")

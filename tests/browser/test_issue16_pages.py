@@ -13,8 +13,6 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import time_machine
-from django.conf import settings
-from django.test import Client
 from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 
@@ -27,7 +25,7 @@ from tests.billing.conftest import (  # noqa: F401 (fixtures)
     stripe_proxy,
     stripe_settings,
 )
-from tests.browser.conftest import snap
+from tests.browser.conftest import sign_in, snap
 from tests.factories import (
     MembershipFactory,
     OfferFactory,
@@ -51,20 +49,6 @@ def sized_page(request, browser: Browser, live_url: str) -> Iterator[Page]:
     if report is not None and report.failed:
         snap(page, "failure")
     context.close()
-
-
-def _sign_in(page: Page, user, live_url: str) -> None:  # type: ignore[no-untyped-def]
-    client = Client()
-    client.force_login(user)
-    page.context.add_cookies(
-        [
-            {
-                "name": settings.SESSION_COOKIE_NAME,
-                "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
-                "url": live_url,
-            }
-        ]
-    )
 
 
 def _quote_of(url: str) -> tuple[str, dict[str, list[str]]]:
@@ -170,7 +154,7 @@ def test_quote_sends_the_buyer_to_the_card_page_and_back(
     offer = _offer(partner, name="Permian Flare 1")
     buyer = OrganizationFactory(name="Acme Vision", is_buyer=True)
     owner = MembershipFactory(organization=buyer, role=Role.OWNER).user
-    _sign_in(page, owner, live_url)
+    sign_in(page, owner, live_url)
     page.set_viewport_size(WIDTHS["1366"])
 
     page.goto(f"/marketplace/offers/{offer.pk}/")
@@ -211,7 +195,7 @@ def test_every_offer_action_is_visible(sized_page: Page, live_url: str) -> None:
     offers = [_offer(partner, name=f"Mining site number {n}", gpus=2) for n in range(3)]
     offers[0].available_until = timezone.now() + timedelta(days=400)
     offers[0].save(update_fields=["available_until"])
-    _sign_in(page, owner, live_url)
+    sign_in(page, owner, live_url)
 
     page.goto("/partner/offers/")
     expect(page.get_by_role("heading", name="Offers", level=1)).to_be_visible()
@@ -268,7 +252,7 @@ def test_cost_chart_is_drawn_by_chart_js_with_axes_and_units(
         actor=None,
     )
     with time_machine.travel(timezone.now() + timedelta(hours=3), tick=True):
-        _sign_in(page, owner, live_url)
+        sign_in(page, owner, live_url)
         page.goto("/dashboard/")
         expect(page.locator("canvas[data-chart=cost-per-day]")).to_be_visible()
         page.wait_for_function(f"() => window.Chart && Chart.getChart({CHART_OF})")

@@ -279,8 +279,8 @@ def test_partner_enrolls_a_node_plans_maintenance_and_reads_earnings_and_payout(
     ).locator("tbody tr")
     expect(window_rows).to_have_count(1)
     expect(window_rows.locator("td").nth(0)).to_have_text("Maintenance")
-    expect(window_rows.locator("td").nth(1)).to_have_text(start.strftime("%Y-%m-%d %H:%M"))
-    expect(window_rows.locator("td").nth(2)).to_have_text(end.strftime("%Y-%m-%d %H:%M"))
+    expect(window_rows.locator("td").nth(1)).to_have_text(start.strftime("%Y-%m-%d %H:%M UTC"))
+    expect(window_rows.locator("td").nth(2)).to_have_text(end.strftime("%Y-%m-%d %H:%M UTC"))
     expect(window_rows.locator("td").nth(3)).to_have_text("Replace PSU on rack 3")
     snap(page, "11-node-with-window")
 
@@ -311,5 +311,5 @@ def test_partner_enrolls_a_node_plans_maintenance_and_reads_earnings_and_payout(
     page.get_by_role("link", name=statement.reference).click()
     expect(page.locator("[data-payout]")).to_have_text("$5,483.52")
     paid_at = Payout.objects.get(statement=statement).paid_at
-    expect(page.get_by_text(f"transferred {paid_at.day} {paid_at:%b %Y}")).to_be_visible()
+    expect(page.get_by_text(f"transferred {paid_at:%Y-%m-%d}")).to_be_visible()
     snap(page, "14-payout")

@@ -88,6 +88,15 @@ def test_node_create_shows_code_once_with_the_enroll_command(partner_client, sit
         f"python -m capacity.agent enroll --platform https://hashgrid.example --code {code} "
         "--url http://&lt;node-host&gt;:9100"
     ) in html
+    # The complete steps for a real node, with this code, and the shipped systemd unit.
+    assert (
+        "sudo -u hashgrid-agent /opt/hashgrid-agent/bin/python -m capacity.agent enroll "
+        "--journal /var/lib/hashgrid-agent/hashgrid-agent.sqlite3 --platform "
+        f"https://hashgrid.example --code {code} --url http://&lt;node-host&gt;:9100"
+    ) in html
+    assert "systemctl enable --now hashgrid-agent.service" in html
+    assert "ExecStart=/opt/hashgrid-agent/bin/python -m capacity.agent run --host 0.0.0.0" in html
+    assert html.count("<h3>") >= 4 and "<h3>Run it as a service</h3>" in html
     assert cache_headers(response) == NO_STORE
     again = partner_client.get(reverse("capacity:node_detail", args=[node.pk]))
     assert code not in again.content.decode()

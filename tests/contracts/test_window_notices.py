@@ -91,7 +91,7 @@ def test_each_buyer_under_a_window_is_mailed_once_about_its_own_gpus(
     message = by_recipient[buyer_owner.email]
     assert message.subject == (
         "[Hashgrid] Maintenance scheduled on your reserved GPUs at Permian Flare 1: "
-        "12 Mar 2027 00:00 UTC"
+        "2027-03-12 00:00 UTC"
     )
     assert message.body == (
         "Hello,\n\n"

@@ -30,6 +30,7 @@ def _directives(response) -> dict[str, list[str]]:
 def test_landing_page_policy(settings):
     settings.STRIPE_JS_URL = "https://js.stripe.com/v3/"
     settings.STRIPE_API_BASE = ""
+    settings.STRIPE_CONNECT_API_BASE = ""
     settings.GATEWAY_URL = "https://inference.hashgrid.example/"
 
     response = Client().get(reverse("landing"))
@@ -51,7 +52,8 @@ def test_landing_page_policy(settings):
         "frame-src": ["https://js.stripe.com", "https://hooks.stripe.com"],
         "object-src": ["'none'"],
         "base-uri": ["'none'"],
-        "form-action": ["'self'"],
+        # "Set up payouts with Stripe" posts a form that redirects to Connect onboarding.
+        "form-action": ["'self'", "https://connect.stripe.com"],
         "frame-ancestors": ["'none'"],
     }
     assert len(nonce) == 24
@@ -75,12 +77,18 @@ def test_every_inline_script_carries_the_responses_nonce(buyer_client):
 def test_development_stripe_origin_follows_the_settings(settings):
     settings.STRIPE_JS_URL = "http://127.0.0.1:8420/js.stripe.com/v3/"
     settings.STRIPE_API_BASE = "http://127.0.0.1:8420"
+    settings.STRIPE_CONNECT_API_BASE = "http://127.0.0.1:8421"  # devtools.stripe_connect
     settings.GATEWAY_URL = "http://127.0.0.1:8001"
 
     policy = _directives(Client().get(reverse("landing")))
 
     assert policy["script-src"][2:] == ["http://127.0.0.1:8420"]
     assert policy["connect-src"] == ["'self'", "http://127.0.0.1:8420", "http://127.0.0.1:8001"]
+    assert policy["form-action"] == [
+        "'self'",
+        "https://connect.stripe.com",
+        "http://127.0.0.1:8421",
+    ]
 
 
 def test_no_template_relies_on_what_the_policy_forbids():

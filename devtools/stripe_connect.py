@@ -1,4 +1,7 @@
-"""A stateful Stripe Connect server for the tests (localstripe has no Connect).
+"""A stateful Stripe Connect emulator (localstripe has no Connect), for the tests and the
+demo: the tests start it in-process (``running_connect_fake``), ``make run`` as a process
+of its own (``python -m devtools.stripe_connect --port 8421``) that
+``settings.STRIPE_CONNECT_API_BASE`` points the gateway's Connect calls at.
 
 Serves, on loopback, the Connect endpoints the gateway uses, with the request and
 response shapes Stripe documents:
@@ -28,6 +31,7 @@ object — the response is lost, the client retries with the same key),
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import itertools
@@ -35,7 +39,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -111,17 +115,17 @@ def _truthy(value: Any) -> bool:
 
 
 class ConnectFake:
-    def __init__(self) -> None:
+    def __init__(self, *, port: int = 0) -> None:
         self.state = ConnectState()
         self._lock = threading.RLock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> None:
         self.thread.start()
@@ -388,12 +392,12 @@ class ConnectFake:
                 body = self.rfile.read(length).decode() if length else ""
                 auth = self.headers.get("Authorization", "")
                 if not auth.startswith(f"Bearer {API_KEY_PREFIX}"):
-                    error = StripeError(
+                    refusal = StripeError(
                         401,
                         "You did not provide an API key. You need to provide your API key in "
                         "the Authorization header, using Bearer auth.",
                     )
-                    self._send(401, json.dumps(error.body).encode())
+                    self._send(401, json.dumps(refusal.body).encode())
                     return
                 params = decode_form(body if self.command == "POST" else split.query)
                 key = self.headers.get("Idempotency-Key", "") if self.command == "POST" else ""
@@ -407,14 +411,14 @@ class ConnectFake:
                     if key and store_key in fake.state.idempotency:
                         stored_fingerprint, status, content = fake.state.idempotency[store_key]
                         if stored_fingerprint != fingerprint:
-                            error = StripeError(
+                            conflict = StripeError(
                                 400,
                                 "Keys for idempotent requests can only be used with the same "
                                 "parameters they were first used with. Try using a key other "
                                 f"than '{key}' if you meant to execute a different request.",
                                 type="idempotency_error",
                             )
-                            self._send(400, json.dumps(error.body).encode())
+                            self._send(400, json.dumps(conflict.body).encode())
                             return
                         self._send(status, content, {"Idempotent-Replayed": "true"})
                         return
@@ -440,10 +444,8 @@ class ConnectFake:
                             if not split.path.startswith(prefix)
                         }
                 if lose_response:
-                    error = StripeError(500, "An unknown error occurred", type="api_error")
-                    self._send(
-                        500, json.dumps(error.body).encode(), {"Stripe-Should-Retry": "true"}
-                    )
+                    lost = StripeError(500, "An unknown error occurred", type="api_error")
+                    self._send(500, json.dumps(lost.body).encode(), {"Stripe-Should-Retry": "true"})
                     return
                 self._send(status, content)
 
@@ -461,3 +463,27 @@ def running_connect_fake() -> Iterator[ConnectFake]:
         yield fake
     finally:
         fake.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve the emulator in the foreground until interrupted (``make run`` starts it)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.stripe_connect",
+        description="Stripe Connect emulator on loopback (accounts, onboarding links, "
+        "transfers, balance transactions) for development.",
+    )
+    parser.add_argument("--port", type=int, default=8421, help="port on 127.0.0.1 (8421)")
+    args = parser.parse_args(argv)
+    fake = ConnectFake(port=args.port)
+    print(f"stripe connect emulator at {fake.url}", flush=True)
+    try:
+        fake.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
