@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import connection
 
@@ -66,7 +67,7 @@ def inference_month_spend(
     micros_per_price_token = MINOR_UNITS_PER_MAJOR * MICROS_PER_MINOR // 1_000_000
     by_key: dict[int, int] = {}
     by_contract: dict[int, int] = {}
-    params: dict[str, object] = {
+    params: dict[str, Any] = {
         "micros_per_price_token": micros_per_price_token,
         "since": start,
         "until": add_months(start, 1),
