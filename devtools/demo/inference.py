@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.db.models import Case, When
 from django.test import override_settings
 from django.utils import timezone
 
@@ -37,12 +38,17 @@ DEMO_KEY_NAME = "Demo key"
 
 
 def _serving_nodes(partners: list[Organization]) -> list[Node]:
+    """Opt enrolled demo nodes in until ``SERVING_NODES`` serve the demo product, the first
+    partner's (the demo partner login's) first, so its node pages show what they serve."""
     product = InferenceProduct.objects.get(slug=DEMO_INFERENCE_PRODUCT)
+    serving_now = product.nodes.filter(site__organization__in=partners).count()
     nodes = list(
         Node.objects.filter(site__organization__in=partners, enrolled_at__isnull=False)
         .exclude(status=NodeStatus.RETIRED)
+        .exclude(inference_products=product)
+        .annotate(other_partner=Case(When(site__organization=partners[0], then=0), default=1))
         .select_related("site__organization", "gpu_model")
-        .order_by("name")[:SERVING_NODES]
+        .order_by("other_partner", "name")[: max(SERVING_NODES - serving_now, 0)]
     )
     for node in nodes:
         serving.node_serving_set(node=node, product=product, serving=True, actor=None)

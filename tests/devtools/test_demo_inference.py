@@ -61,6 +61,13 @@ def test_seed_inference_serves_the_demo_product_with_a_key_on_file(
     assert sorted(product.nodes.values_list("agent_url", flat=True)) == [
         f"{fleet_url}/n/{i}" for i in range(4)
     ]
+    # The demo partner's own nodes (sites alternate between the two partners) first.
+    assert sorted(
+        product.nodes.values_list("site__organization__slug", "agent_url").order_by("agent_url")
+    ) == sorted(
+        [(organizations["partner"].slug, f"{fleet_url}/n/{i}") for i in (0, 2)]
+        + [(partners[1].slug, f"{fleet_url}/n/{i}") for i in (1, 3)]
+    )
     line = ContractLine.objects.get(
         contract__buyer=organizations["buyer"], inference_product=product
     )
