@@ -24,6 +24,7 @@ from django.utils import timezone
 from accounts import services as account_services
 from accounts.models import ApiKey, Organization, Role, User
 from capacity.metering.batch import poll_and_store
+from capacity.metering.models import NodePollState
 from capacity.metering.sweep import ensure_poll_states
 from capacity.models import Node, NodeStatus
 from contracts import on_demand, serving
@@ -70,6 +71,9 @@ def _poll_now(nodes: list[Node]) -> int:
         interval_seconds=int(settings.METERING_POLL_INTERVAL_SECONDS),
         always_check_health=True,
     )
+    # Due again at once: beat's first sweep polls them with the rest of the fleet, so
+    # from then on they are polled in step with its sweeps, not up to an interval later.
+    NodePollState.objects.filter(node_id__in=node_ids).update(next_poll_at=now)
     return Node.objects.filter(pk__in=node_ids, status=NodeStatus.ONLINE).count()
 
 

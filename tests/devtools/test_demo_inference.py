@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey
 from capacity.metering.batch import poll_and_store
-from capacity.metering.models import InferenceRequest
+from capacity.metering.models import InferenceRequest, NodePollState
 from capacity.models import Node, NodeStatus
 from config.gateway_keys import receipt_public_key_b64
 from contracts.models import ContractLine, InferenceProduct, LineApiKey
@@ -58,6 +58,9 @@ def test_seed_inference_serves_the_demo_product_with_a_key_on_file(
     # Polled once already: online, so the gateway routes to them from its start.
     assert summary["online_nodes"] == 4
     assert set(product.nodes.values_list("status", flat=True)) == {NodeStatus.ONLINE}
+    # ... and due again, for beat's first sweep to poll them in step with the rest.
+    states = NodePollState.objects.filter(node__in=product.nodes.all())
+    assert [state.next_poll_at <= timezone.now() for state in states] == [True] * 4
     assert sorted(product.nodes.values_list("agent_url", flat=True)) == [
         f"{fleet_url}/n/{i}" for i in range(4)
     ]
