@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import cast
 
 from django.db.models import Count, Q, QuerySet, Sum
@@ -85,6 +86,34 @@ def gpu_model_for_reported_name(reported: str) -> GpuModel | None:
     upper = reported.upper()
     matches = [model for model in GpuModel.objects.all() if model.family.upper() in upper]
     return matches[0] if len(matches) == 1 else None
+
+
+@dataclass(frozen=True)
+class ServedProduct:
+    """An inference product a node serves, as its partner sees it on the node page."""
+
+    name: str
+    slug: str
+    input_price_per_million_tokens: Decimal
+    output_price_per_million_tokens: Decimal
+    currency: str
+    is_active: bool  # False: no longer sold, still opted in
+
+
+# The inference products a node serves: contracts owns them and registers its query in
+# ``ContractsConfig.ready`` (capacity must not import contracts).
+_served_products_loader: Callable[[Node], list[ServedProduct]] | None = None
+
+
+def register_served_products(loader: Callable[[Node], list[ServedProduct]]) -> None:
+    """Called once by the app that owns inference products (contracts), at start-up."""
+    global _served_products_loader
+    _served_products_loader = loader
+
+
+def node_served_products(*, node: Node) -> list[ServedProduct]:
+    """The inference products ``node`` is opted in to serve, by name; none without contracts."""
+    return [] if _served_products_loader is None else _served_products_loader(node)
 
 
 # Checks registered by apps above capacity (contracts registers its allocation query in

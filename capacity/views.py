@@ -157,6 +157,7 @@ def _render_node(
             "node": node,
             "gpus": selectors.node_gpus(node=node),
             "windows": selectors.node_windows(node=node),
+            "served_products": selectors.node_served_products(node=node),
             "enrollment_code": enrollment_code,
             "enroll_command": _enroll_command(enrollment_code) if enrollment_code else None,
             "setup_steps": agent_setup.enrollment_steps(

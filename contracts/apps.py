@@ -38,6 +38,9 @@ class ContractsConfig(AppConfig):
         capacity_selectors.register_future_allocation_check(
             lambda node: selectors.node_has_future_allocations(node_id=node.pk, now=timezone.now())
         )
+        capacity_selectors.register_served_products(
+            lambda node: selectors.node_served_products(node_id=node.pk)
+        )
         capacity_selectors.register_offer_commitment(
             lambda offer, now: selectors.offer_committed_gpus(offer_id=offer.pk, now=now)
         )

@@ -6,27 +6,28 @@ tokens per minute below the platform's defaults. The gateway enforces them (it r
 each request's worst case against the caps before forwarding); this module writes them,
 with their bounds, and reads the spend they are measured against.
 
-Spend this month = the billed tokens of the gateway's requests issued this calendar
-month (UTC) (``capacity.metering.InferenceRequest``) x the line's prices per million
-tokens, exact ``Decimal``; rounded once (``round_money``) only to show it.
+Spend this month is the gateway's own figure, read from its one owner
+(``contracts.inference_spend``): every request issued this calendar month (UTC) at the
+larger of the tokens billed and the tokens the gateway relayed, per direction, x the
+line's prices per million tokens, rounded up per request to a millionth of a cent
+("micros"). Pages, the API and the 80 % / 100 % alerts therefore show the spend the
+gateway holds the caps against, never a lower one; it is shown rounded up to the cent.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Sum
 
 from accounts.audit import audit
 from accounts.models import User
-from capacity.metering.models import InferenceRequest
-from contracts.models import Contract, ContractLine, LineApiKey, LineKind
-from contracts.money import minor_to_major, round_money, token_charge
+from contracts.inference_spend import MICROS_PER_MINOR, inference_month_spend, micros_to_minor
+from contracts.models import Contract, LineApiKey
+from contracts.money import MINOR_UNITS_PER_MAJOR, minor_to_major
 from contracts.terms import add_months, month_start
 
 # Bounds of what a buyer may set (plain messages name them).
@@ -47,17 +48,24 @@ ALERT_THRESHOLDS = (80, 100)
 class CapUse:
     """Spend against one cap (or no cap) this month."""
 
-    spent: Decimal  # exact, major units of ``currency``
+    # Millionths of a minor unit of ``currency``, as the gateway counts against the cap.
+    spent_micros: int
     cap_minor: int | None
     currency: str
 
     @property
+    def spent(self) -> Decimal:
+        """The exact spend, major units."""
+        return Decimal(self.spent_micros) / (MICROS_PER_MINOR * MINOR_UNITS_PER_MAJOR)
+
+    @property
     def spent_minor(self) -> int:
-        return round_money(self.spent)
+        """Rounded up to the minor unit, once."""
+        return micros_to_minor(self.spent_micros)
 
     @property
     def spent_display(self) -> Decimal:
-        """The spend rounded once, for display (two places)."""
+        """The spend rounded up once, for display (two places)."""
         return minor_to_major(self.spent_minor)
 
     @property
@@ -69,19 +77,19 @@ class CapUse:
         """Whole percent of the cap spent, rounded down (80 means at least 80 %)."""
         if not self.cap_minor:
             return None
-        return int(self.spent * 100 * 100 // self.cap_minor)
+        return self.spent_micros * 100 // (self.cap_minor * MICROS_PER_MINOR)
 
 
 @dataclass(frozen=True)
 class ContractSpend:
-    """A contract's inference spend this month: in total and per API key id."""
+    """A contract's inference spend this month: in total and per API key id (micros)."""
 
     contract: CapUse
-    by_api_key: dict[int, Decimal] = field(default_factory=dict)
+    by_api_key_micros: dict[int, int] = field(default_factory=dict)
 
     def key(self, link: LineApiKey) -> CapUse:
         return CapUse(
-            spent=self.by_api_key.get(link.api_key_id, Decimal(0)),
+            spent_micros=self.by_api_key_micros.get(link.api_key_id, 0),
             cap_minor=link.monthly_cap_minor,
             currency=self.contract.currency,
         )
@@ -94,42 +102,16 @@ def month_period(now: datetime) -> tuple[datetime, datetime]:
 
 
 def inference_spend(*, contract: Contract, now: datetime) -> ContractSpend:
-    """The contract's inference spend in ``now``'s month, per key and in total: two queries
-    (its inference lines' prices, then the billed tokens summed per line and key)."""
-    since, until = month_period(now)
-    prices = {
-        line.pk: (line.input_price_per_million_tokens, line.output_price_per_million_tokens)
-        for line in ContractLine.objects.filter(contract=contract, kind=LineKind.INFERENCE).only(
-            "pk", "input_price_per_million_tokens", "output_price_per_million_tokens"
-        )
-    }
-    rows = (
-        InferenceRequest.objects.filter(
-            line_id__in=list(prices), issued_at__gte=since, issued_at__lt=until
-        )
-        .values("line_id", "api_key_id")
-        .annotate(
-            input_tokens=Sum("billed_input_tokens"), output_tokens=Sum("billed_output_tokens")
-        )
-        .order_by()
-    )
-    by_key: dict[int, Decimal] = defaultdict(Decimal)
-    for row in rows:
-        input_price, output_price = prices[row["line_id"]]
-        by_key[row["api_key_id"]] += token_charge(
-            tokens=row["input_tokens"],
-            price_per_million=input_price,  # type: ignore[arg-type]
-        ) + token_charge(
-            tokens=row["output_tokens"],
-            price_per_million=output_price,  # type: ignore[arg-type]
-        )
+    """The contract's inference spend in ``now``'s month, per key and in total, by the
+    gateway's rule (``contracts.inference_spend``): one query."""
+    month = inference_month_spend(moment=now, contract_ids=[contract.pk])
     return ContractSpend(
         contract=CapUse(
-            spent=sum(by_key.values(), Decimal(0)),
+            spent_micros=month.by_contract_micros.get(contract.pk, 0),
             cap_minor=contract.inference_monthly_cap_minor,
             currency=contract.currency,
         ),
-        by_api_key=dict(by_key),
+        by_api_key_micros=month.by_key_micros,
     )
 
 

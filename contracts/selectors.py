@@ -6,6 +6,7 @@ querysets with the joins their callers render, so list pages run a fixed number 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,7 @@ from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
 from accounts.models import ApiKey, Organization
 from capacity.models import GpuDevice, Node, NodeStatus, Offer
+from capacity.selectors import ServedProduct
 from contracts.models import (
     Allocation,
     Contract,
@@ -187,6 +189,14 @@ def served_inference_products(*, node_ids: Sequence[int]) -> dict[int, dict[str,
     ):
         served.setdefault(node_id, {})[slug] = tokens_per_second
     return served
+
+
+def node_served_products(*, node_id: int) -> list[ServedProduct]:
+    """The inference products the node is opted in to serve, by name: one query.
+    Registered with capacity (``capacity.selectors``) for the partner's node page."""
+    fields = [field.name for field in dataclasses.fields(ServedProduct)]
+    rows = InferenceProduct.objects.filter(nodes__id=node_id).order_by("name").values(*fields)
+    return [ServedProduct(**row) for row in rows]
 
 
 def node_has_future_allocations(*, node_id: int, now: datetime) -> bool:

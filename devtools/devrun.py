@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -25,9 +26,13 @@ from devtools.demo import DEMO_API_KEY_FILE, DEMO_INFERENCE_PRODUCT, DEMO_PASSWO
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-URL = "http://127.0.0.1:8000"
-GATEWAY_PORT = 8001
-GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
+# The web server and the gateway listen where the settings say the platform and the
+# gateway are (HASHGRID_SITE_URL, HASHGRID_GATEWAY_URL), so links, snippets and the
+# printed curl line point at what is running.
+URL = os.environ.get("HASHGRID_SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+WEB_PORT = urlsplit(URL).port or 80
+GATEWAY_URL = os.environ.get("HASHGRID_GATEWAY_URL", "http://127.0.0.1:8001").rstrip("/")
+GATEWAY_PORT = urlsplit(GATEWAY_URL).port or 80
 DEMO_LOGINS = [
     ("buyer", "buyer@hashgrid.test"),
     ("partner", "partner@hashgrid.test"),
@@ -67,6 +72,22 @@ def _receipt_public_key() -> str:
         capture_output=True,
         text=True,
     ).stdout.strip()
+
+
+def fleet_command(*, port: int, nodes: int, state_dir: Path, platform_key: str) -> list[str]:
+    """The demo fleet: ``nodes`` simulated agents on ``port``, resumable from ``state_dir``,
+    checking receipts with the platform's key (without it every receipted request, so
+    every request through the gateway, is refused)."""
+    return [
+        PYTHON,
+        "-m",
+        "capacity.agent.fleet",
+        f"--nodes={nodes}",
+        f"--port={port}",
+        "--seed=7",
+        f"--state-dir={state_dir}",
+        f"--platform-key={platform_key}",
+    ]
 
 
 def _start_localstripe(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
@@ -111,7 +132,7 @@ def _inference_demo_lines() -> list[str]:
     api_key = key_file.read_text().strip()
     return [
         f"  demo API key (buyer, {DEMO_INFERENCE_PRODUCT}): {api_key}",
-        "  stream an answer through the gateway (nodes serve once first polled, within a minute):",
+        "  stream an answer through the gateway:",
         "  " + curl_snippet(model=DEMO_INFERENCE_PRODUCT, api_key=api_key, one_line=True),
     ]
 
@@ -147,20 +168,15 @@ def main() -> int:
         _manage("migrate", "--no-input", "-v", "0")
         # The fleet first: seeding enrolls the demo nodes against it.
         fleet_port = int(os.environ.get("HASHGRID_FLEET_PORT", "9100"))
+        # Seeding enrolls the nodes at HASHGRID_FLEET_URL: the fleet started here.
+        os.environ.setdefault("HASHGRID_FLEET_URL", f"http://127.0.0.1:{fleet_port}")
         fleet = spawn(
-            PYTHON,
-            "-m",
-            "capacity.agent.fleet",
-            "--nodes",
-            os.environ.get("HASHGRID_DEMO_NODES", "24"),
-            "--port",
-            str(fleet_port),
-            "--seed",
-            "7",
-            "--state-dir",
-            str(ROOT / ".run" / "fleet"),
-            "--platform-key",
-            _receipt_public_key(),
+            *fleet_command(
+                port=fleet_port,
+                nodes=int(os.environ.get("HASHGRID_DEMO_NODES", "24")),
+                state_dir=ROOT / ".run" / "fleet",
+                platform_key=_receipt_public_key(),
+            )
         )
         _wait_for_port(fleet_port, fleet)
         if not os.environ.get("STRIPE_SECRET_KEY"):
@@ -179,7 +195,7 @@ def main() -> int:
             "--concurrency",
             "2",
         )
-        spawn(PYTHON, "manage.py", "runserver", "127.0.0.1:8000")
+        spawn(PYTHON, "manage.py", "runserver", f"127.0.0.1:{WEB_PORT}")
         gateway = spawn(PYTHON, "-m", "gateway", "--port", str(GATEWAY_PORT))
         _wait_for_port(GATEWAY_PORT, gateway)
 

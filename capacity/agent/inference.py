@@ -13,8 +13,11 @@ Anything else is 401 ``{"error": "invalid_receipt"}`` (409 ``{"error":
 "receipt_replayed"}`` for a used ``rid``) and reaches no engine. The body goes to the
 engine unchanged except ``stream_options`` (``include_usage`` and
 ``continuous_usage_stats`` forced on when streaming, so the usage so far is known at
-every chunk) and a ``max_tokens`` above the receipt's bound, lowered to it. The engine's
-status and bytes are relayed as they come.
+every chunk) and the output bound: a ``max_tokens`` / ``max_completion_tokens`` above the
+receipt's ``max_output_tokens`` is lowered to it (one that is not a number is set to it),
+and a request with neither gets ``max_tokens`` = ``max_output_tokens``, so no engine can
+generate past what the receipt lets anyone bill. The engine's status and bytes are
+relayed as they come.
 
 When the request ends — finished, cut by the engine, or abandoned by the client — the
 agent journals exactly one record for the receipt (``receipt_record_fields``), with the
@@ -282,10 +285,23 @@ def engine_body(request: dict[str, Any], receipt: Receipt) -> bytes:
             "include_usage": True,
             "continuous_usage_stats": True,
         }
+    bound = receipt.max_output_tokens
+    bounded = False
     for name in ("max_tokens", "max_completion_tokens"):
         value = forwarded.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            forwarded[name] = min(value, receipt.max_output_tokens)
+        if value is None:
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            forwarded[name] = min(value, bound)
+        else:
+            # Engines coerce strings ("100000") to numbers: nothing above the receipt.
+            forwarded[name] = bound
+        bounded = True
+    if not bounded:
+        # A real engine without a bound generates until its context is full, past what
+        # the receipt lets anyone bill; the gateway adds one, but the agent relies on
+        # no one for it.
+        forwarded["max_tokens"] = bound
     return json.dumps(forwarded, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

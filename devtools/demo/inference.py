@@ -1,8 +1,9 @@
 """Demo inference: fleet nodes serve the demo product; the demo buyer has a line and a key.
 
 Idempotent. The first ``SERVING_NODES`` enrolled demo nodes opt in to
-``DEMO_INFERENCE_PRODUCT`` (``contracts.serving``), so the gateway has somewhere to
-route; the demo buyer gets an inference line of it (``contracts.on_demand``) and a key
+``DEMO_INFERENCE_PRODUCT`` (``contracts.serving``) and are polled once at once (metering's
+own batch, as a sweep would), so they are online, the only state the gateway routes to,
+before ``make run`` prints its curl line rather than a poll interval later; the demo buyer gets an inference line of it (``contracts.on_demand``) and a key
 named "Demo key" whose plaintext is written to ``DEMO_API_KEY_FILE`` (mode 0600). A key
 file whose key is still the line's active key is kept; otherwise the old demo key is
 revoked and a new one written, so the file always holds a working key.
@@ -16,10 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.db.models import Case, When
 from django.test import override_settings
+from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiKey, Organization, Role, User
+from capacity.metering.batch import poll_and_store
+from capacity.metering.models import NodePollState
+from capacity.metering.sweep import ensure_poll_states
 from capacity.models import Node, NodeStatus
 from contracts import on_demand, serving
 from contracts.models import ContractLine, InferenceProduct, LineApiKey, LineKind
@@ -32,17 +38,43 @@ SERVING_NODES = 4
 DEMO_KEY_NAME = "Demo key"
 
 
-def _serving_nodes(partners: list[Organization]) -> int:
+def _serving_nodes(partners: list[Organization]) -> list[Node]:
+    """Opt enrolled demo nodes in until ``SERVING_NODES`` serve the demo product, the first
+    partner's (the demo partner login's) first, so its node pages show what they serve."""
     product = InferenceProduct.objects.get(slug=DEMO_INFERENCE_PRODUCT)
-    nodes = (
+    serving_now = product.nodes.filter(site__organization__in=partners).count()
+    nodes = list(
         Node.objects.filter(site__organization__in=partners, enrolled_at__isnull=False)
         .exclude(status=NodeStatus.RETIRED)
+        .exclude(inference_products=product)
+        .annotate(other_partner=Case(When(site__organization=partners[0], then=0), default=1))
         .select_related("site__organization", "gpu_model")
-        .order_by("name")[:SERVING_NODES]
+        .order_by("other_partner", "name")[: max(SERVING_NODES - serving_now, 0)]
     )
     for node in nodes:
         serving.node_serving_set(node=node, product=product, serving=True, actor=None)
-    return product.nodes.count()
+    return list(product.nodes.all())
+
+
+def _poll_now(nodes: list[Node]) -> int:
+    """Poll ``nodes`` once (usage and health), as the next sweep would; how many are online.
+
+    Enrollment leaves a node unreachable until metering first hears from it, and the
+    gateway routes only to online (or degraded) nodes.
+    """
+    now = timezone.now()
+    ensure_poll_states(now=now)
+    node_ids = [node.pk for node in nodes]
+    poll_and_store(
+        node_ids,
+        now=now,
+        interval_seconds=int(settings.METERING_POLL_INTERVAL_SECONDS),
+        always_check_health=True,
+    )
+    # Due again at once: beat's first sweep polls them with the rest of the fleet, so
+    # from then on they are polled in step with its sweeps, not up to an interval later.
+    NodePollState.objects.filter(node_id__in=node_ids).update(next_poll_at=now)
+    return Node.objects.filter(pk__in=node_ids, status=NodeStatus.ONLINE).count()
 
 
 def _line(buyer: Organization) -> ContractLine:
@@ -102,12 +134,23 @@ def seed_inference(
 ) -> dict[str, int | str]:
     """Opt demo nodes in, give the buyer a line and a key; returns a summary."""
     key_file = key_file or Path(settings.BASE_DIR) / DEMO_API_KEY_FILE
-    serving_count = _serving_nodes(partners)
-    if not serving_count:
+    nodes = _serving_nodes(partners)
+    online = _poll_now(nodes) if nodes else 0
+    if not nodes:
         out.write(
             f"warning: no enrolled demo node serves {DEMO_INFERENCE_PRODUCT}; "
             "run seed_demo again with the fleet up\n"
         )
+    elif not online:
+        out.write(
+            f"warning: no demo node serving {DEMO_INFERENCE_PRODUCT} answered its first poll; "
+            "the gateway routes to them once metering reaches them\n"
+        )
     line = _line(buyer)
     _key(line, key_file)
-    return {"serving_nodes": serving_count, "line": line.pk, "key_file": str(key_file)}
+    return {
+        "serving_nodes": len(nodes),
+        "online_nodes": online,
+        "line": line.pk,
+        "key_file": str(key_file),
+    }

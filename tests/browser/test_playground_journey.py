@@ -1,9 +1,6 @@
 """A buyer opens the playground, creates a playground key, sends a prompt and watches the
 answer stream from the real gateway (``python -m gateway``) through a real simulated agent
 (``python -m capacity.agent run --simulate``), then reads the tokens and their cost.
-
-Needs the gateway (``gateway/``, ``devtools/gateway_process.py``): until that branch is
-merged this module is skipped at collection with that reason, loudly, never silently.
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ from accounts.models import Role
 from capacity.models import GpuModel, Node, NodeStatus
 from config.gateway_keys import receipt_public_key_b64
 from contracts.models import ContractLine, InferenceProduct, LineApiKey, LineKind
+from devtools.gateway_process import GatewayProcess
 from tests.browser.conftest import snap
 from tests.factories import (
     ContractFactory,
@@ -34,11 +32,6 @@ from tests.factories import (
     OrganizationFactory,
     SiteFactory,
     UserFactory,
-)
-
-gateway_process = pytest.importorskip(
-    "devtools.gateway_process",
-    reason="needs the gateway branch merged (gateway/, devtools/gateway_process.py)",
 )
 
 pytestmark = [pytest.mark.browser]
@@ -133,7 +126,7 @@ def world(agent, live_url, settings):
 @pytest.fixture
 def gateway(world, live_url, settings, tmp_path):
     """The gateway on this test's database; CORS allows the live server's origin."""
-    process = gateway_process.GatewayProcess(
+    process = GatewayProcess(
         port=GATEWAY_PORT,
         env={
             "DJANGO_SETTINGS_MODULE": "config.test_settings",

@@ -137,3 +137,19 @@ def test_a_new_month_alerts_again(
     # January: 8.00 of 5.00 (160 %) for the key, 80 % of the contract's 10.00.
     assert run(django_capture_on_commit_callbacks) == 2
     assert InferenceCapAlert.objects.filter(month=date(2027, 1, 1)).count() == 3
+
+
+def test_a_request_the_node_has_not_reported_counts_as_the_gateway_relayed_it(
+    people, line, link, node, mailoutbox, django_capture_on_commit_callbacks
+):
+    """The alerts count by the gateway's rule (``contracts.inference_spend``): the larger
+    of billed and relayed tokens, so the 80 % email does not wait for the node's poll."""
+    from capacity.metering.models import InferenceRequest
+
+    spend(node, line, link, output_tokens=0)
+    # The gateway relayed 50,000,000 output tokens (4.00 USD); nothing billed yet.
+    InferenceRequest.objects.update(max_output_tokens=50_000_000, gateway_output_tokens=50_000_000)
+    assert run(django_capture_on_commit_callbacks) == 1
+    alert = InferenceCapAlert.objects.get()
+    assert (alert.line_api_key_id, alert.threshold_percent, alert.spent_minor) == (link.pk, 80, 400)
+    assert "(Spend counts each request at the larger of the tokens billed" in mailoutbox[0].body

@@ -11,8 +11,10 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from accounts.models import AuditEvent, Role
+from capacity.metering.models import InferenceRequest
 from contracts import on_demand
 from contracts.inference_budget import inference_spend
+from contracts.inference_spend import inference_month_spend
 from contracts.models import Contract, LineApiKey
 from tests.contracts.inference_builders import billed_request, inference_line
 from tests.factories import MembershipFactory, NodeFactory
@@ -93,17 +95,64 @@ def api(user) -> APIClient:
     return client
 
 
-def test_spend_is_exact_and_rounded_once(line, link, usage):
+def test_spend_is_the_gateways_figure_rounded_up_once(line, link, usage):
     spend = inference_spend(contract=line.contract, now=NOW)
-    assert spend.by_api_key == {
-        link.api_key_id: Decimal("0.125"),
-        usage.pk: Decimal("0.00000123"),
-    }
+    # In micros (millionths of a cent): 0.125 USD and 0.00000123 USD.
+    assert spend.by_api_key_micros == {link.api_key_id: 12_500_000, usage.pk: 123}
+    assert spend.contract.spent_micros == 12_500_123
     assert spend.contract.spent == Decimal("0.12500123")
-    assert spend.contract.spent_minor == 13  # half-up, once
+    assert spend.contract.spent_minor == 13  # up, once
     assert spend.key(link).spent_minor == 13
+    assert spend.key(LineApiKey(api_key_id=usage.pk)).spent_minor == 1  # 123 micros: up
     assert spend.contract.cap_minor is None
     assert spend.contract.percent is None
+
+
+def test_pages_and_alerts_count_what_the_gateways_caps_count(line, link, partner_org):
+    """One rule (``contracts.inference_spend``): a request the node has not reported yet
+    counts with the gateway's tokens, and the larger witness counts per direction."""
+    node = NodeFactory(site__organization=partner_org)
+
+    def witnessed(day: int, *, billed: tuple[int, int], relayed: tuple[int, int]) -> None:
+        request = billed_request(
+            node=node,
+            line=line,
+            api_key_id=link.api_key_id,
+            issued_at=datetime(2026, 12, day, tzinfo=UTC),
+            input_tokens=billed[0],
+            output_tokens=billed[1],
+        )
+        InferenceRequest.objects.filter(pk=request.pk).update(
+            max_input_tokens=max(billed[0], relayed[0]),
+            max_output_tokens=max(billed[1], relayed[1]),
+            gateway_input_tokens=relayed[0],
+            gateway_output_tokens=relayed[1],
+        )
+
+    # Relayed, not reported by the node yet: nothing billed.
+    witnessed(3, billed=(0, 0), relayed=(2_000_000, 1_000_000))
+    # The gateway relayed more output than was billed: 7 counts.
+    witnessed(4, billed=(3, 5), relayed=(3, 7))
+    spend = inference_spend(contract=line.contract, now=NOW)
+    # 2M x 0.05 + 1M x 0.08 = 0.18 USD = 18,000,000 micros; 3 x 0.05 + 7 x 0.08 per M
+    # = 0.00000071 USD = 71 micros.
+    assert spend.contract.spent_micros == 18_000_071
+    assert spend.key(link).spent_micros == 18_000_071
+    gateway = inference_month_spend(moment=NOW)
+    assert gateway.by_contract_micros == {line.contract.pk: 18_000_071}
+    assert gateway.by_key_micros == {link.api_key_id: 18_000_071}
+    assert spend.contract.spent_minor == gateway.contract_minor(line.contract.pk) == 19
+
+
+def test_the_pages_say_what_the_spend_counts(buyer_client, line, link, usage):
+    rule = "at the larger of the tokens billed and the tokens the gateway relayed to you"
+    for url in (
+        reverse("contracts:detail", args=[line.contract.pk]),
+        reverse("contracts:inference_cap", args=[line.contract.pk]),
+        reverse("contracts:line_api_key_detail", args=[line.contract.pk, link.pk]),
+    ):
+        page = buyer_client.get(url).content.decode()
+        assert rule in page, url
 
 
 def test_contract_cap_through_the_page_with_bounds(buyer_client, line, link, usage):
@@ -239,7 +288,7 @@ def test_key_limits_through_the_api(buyer_owner, line, link, usage):
     listing = client.get(reverse("api_contract_keys", args=[line.contract.pk])).json()
     assert [(row["name"], row["spend"]["spent_minor"]) for row in listing] == [
         ("chatbot", 13),
-        ("batch", 0),
+        ("batch", 1),  # 123 micros, rounded up
     ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -64,6 +66,37 @@ def test_opt_in_and_out_through_the_page_with_audit(partner_client, big_node, pr
     partner_client.post(url, {"product": SLUG, "serving": "0"})
     assert _served(big_node) == []
     assert AuditEvent.objects.filter(action="node.inference_opted_out").count() == 1
+
+
+def _served_rows(page) -> list[list[str]]:
+    """The rows of the node page's "Inference products served" table, as text."""
+    section = page.split("data-served-products", 1)[1].split("</section>", 1)[0]
+    return [
+        [
+            " ".join(re.sub(r"<[^>]+>", " ", cell).split())
+            for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)
+        ]
+        for row in re.findall(r"<tr data-product[^>]*>(.*?)</tr>", section)
+    ]
+
+
+def test_the_node_page_lists_the_products_it_serves(partner_client, big_node, product):
+    node_page = reverse("capacity:node_detail", args=[big_node.pk])
+    page = partner_client.get(node_page).content.decode()
+    assert _served_rows(page) == []
+    assert "This node serves no inference products" in page
+    assert reverse("serving:node_models", args=[big_node.pk]) in page
+
+    eight_b = InferenceProduct.objects.get(slug="llama-3.1-8b-instruct")
+    serving.node_serving_set(node=big_node, product=product, serving=True, actor=None)
+    serving.node_serving_set(node=big_node, product=eight_b, serving=True, actor=None)
+    InferenceProduct.objects.filter(pk=eight_b.pk).update(is_active=False)
+    page = partner_client.get(node_page).content.decode()
+    assert _served_rows(page) == [
+        ["Llama 3.1 70B Instruct llama-3.1-70b-instruct", "0.3500 / 0.4000 USD"],
+        ["Llama 3.1 8B Instruct llama-3.1-8b-instruct no longer sold", "0.0500 / 0.0800 USD"],
+    ]
+    assert "requests for these models to this node while it is online" in page
 
 
 def test_a_node_too_small_is_refused_in_plain_words(partner_client, small_node, product):

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -24,24 +25,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def fleet_url():
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "capacity.agent.fleet",
-            "--nodes",
-            "4",
-            "--port",
-            str(port),
-            "--seed",
-            "3",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def serve_fleet(command: list[str], *, port: int) -> Iterator[str]:
+    """Run the fleet ``command`` (listening on ``port``) and yield its URL once it answers."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -54,6 +40,15 @@ def fleet_url():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def fleet_url():
+    port = _free_port()
+    yield from serve_fleet(
+        [sys.executable, "-m", "capacity.agent.fleet", "--nodes=4", f"--port={port}", "--seed=3"],
+        port=port,
+    )
 
 
 def _snapshot():

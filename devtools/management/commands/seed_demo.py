@@ -20,7 +20,8 @@ class Command(BaseCommand):
             buyer=organizations["buyer"], partners=partners, out=self.stdout
         )
         self.stdout.write(
-            f"inference: {demo_inference['serving_nodes']} node(s) serve the demo product; "
+            f"inference: {demo_inference['serving_nodes']} node(s) serve the demo product, "
+            f"{demo_inference['online_nodes']} online; "
             f"the demo key is in {demo_inference['key_file']}"
         )
         self.stdout.write(self.style.SUCCESS("demo data ready"))

@@ -18,6 +18,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from capacity.agent.inference import engine_body
+from capacity.agent.receipts import parse_receipt
 from tests.capacity.agent.conftest import Launcher, Process, free_port
 from tests.capacity.agent.receipting import (
     CHAT_PROMPT_TOKENS,
@@ -221,7 +223,8 @@ def test_non_streaming_chat_is_relayed_with_exact_usage_and_journaled(
 
 
 def test_non_streaming_completions_count_prompt_words(client: httpx.Client, agent: Process) -> None:
-    rid, token = _receipt(client, agent)
+    # No max_tokens: the agent sends the receipt's bound (16 here) as the engine's.
+    rid, token = _receipt(client, agent, max_output_tokens=16)
 
     response = _post(agent, COMPLETIONS, token, {"model": "m", "prompt": "one two three"})
 
@@ -287,6 +290,60 @@ def test_max_tokens_above_the_receipt_is_lowered_to_it(
 
     assert answer["usage"]["completion_tokens"] == 3
     assert _record(client, agent, rid)["output_tokens"] == 3
+
+
+def test_without_max_tokens_the_engine_is_bounded_by_the_receipt(
+    client: httpx.Client, relaying_agent: Process
+) -> None:
+    """A real engine (here behind ``--engine-url``) given no bound would generate until
+    its context is full; the agent forwards the receipt's ``max_output_tokens`` instead
+    (the simulator's own default, 16, would otherwise show)."""
+    whole_rid, whole = _receipt(client, relaying_agent, max_output_tokens=5)
+    streamed_rid, streamed = _receipt(client, relaying_agent, max_output_tokens=3)
+
+    answer = _post(relaying_agent, CHAT, whole, chat_body()).json()
+    events = sse_events(
+        _post(relaying_agent, COMPLETIONS, streamed, {"prompt": "a b", "stream": True}).content
+    )
+
+    assert answer["choices"][0]["message"]["content"] == " tok0 tok1 tok2 tok3 tok4"
+    assert answer["usage"] == {"prompt_tokens": 15, "completion_tokens": 5, "total_tokens": 20}
+    assert [e["choices"][0]["text"] for e in events[:-2]] == [" tok0", " tok1", " tok2"]
+    assert events[-2]["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    records = receipt_records(
+        all_records(client, relaying_agent.url, _public_key(client, relaying_agent))
+    )
+    assert [
+        (records[rid]["input_tokens"], records[rid]["output_tokens"])
+        for rid in (whole_rid, streamed_rid)
+    ] == [(15, 5), (2, 3)]
+
+
+@pytest.mark.parametrize(
+    ("bounds", "forwarded"),
+    [
+        ({}, {"max_tokens": 7}),
+        ({"max_tokens": None}, {"max_tokens": 7}),
+        ({"max_completion_tokens": None}, {"max_completion_tokens": None, "max_tokens": 7}),
+        ({"max_tokens": 3}, {"max_tokens": 3}),
+        ({"max_completion_tokens": 50}, {"max_completion_tokens": 7}),
+        ({"max_tokens": 2.0}, {"max_tokens": 2.0}),
+        ({"max_tokens": "100000"}, {"max_tokens": 7}),
+        (
+            {"max_tokens": 9, "max_completion_tokens": 4},
+            {"max_tokens": 7, "max_completion_tokens": 4},
+        ),
+    ],
+)
+def test_engine_body_always_carries_an_output_bound_within_the_receipt(
+    bounds: dict[str, Any], forwarded: dict[str, Any]
+) -> None:
+    receipt = parse_receipt(
+        make_receipt(PLATFORM, agent="agent-key", max_output_tokens=7)[1], PLATFORM.public_key()
+    )
+    body = {"model": "m", "prompt": "x", **bounds}
+
+    assert json.loads(engine_body(body, receipt)) == {"model": "m", "prompt": "x", **forwarded}
 
 
 def test_the_engine_is_timed_as_configured(tmp_path: Path, launcher: Launcher) -> None:
