@@ -11,7 +11,7 @@ from billing import enqueue
 from billing.models import ReconcileRun, ReconcileRunStatus
 from billing.reconcile_runs import reconcile_run_request
 from tests.billing.conftest import finalized_invoice_for
-from tests.capacity.metering.test_faults import broker, worker  # noqa: F401 (fixtures)
+from tests.capacity.metering.celery_worker import broker, worker  # noqa: F401 (fixtures)
 from tests.factories import OrganizationFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

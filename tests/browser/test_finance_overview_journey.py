@@ -12,8 +12,7 @@ from billing.models import ReconcileRun
 from billing.reconcile import CHECK_COUNT
 from tests.billing.conftest import finalized_invoice_for
 from tests.billing.settlement_builders import ensure_finance_group
-from tests.browser.conftest import snap
-from tests.browser.test_settlement_journey import _sign_in_with_cookie
+from tests.browser.conftest import sign_in, snap
 from tests.factories import OrganizationFactory, UserFactory
 
 pytestmark = [pytest.mark.browser]
@@ -27,7 +26,7 @@ def test_finance_follows_a_reconciliation_from_the_overview(page: Page, live_url
     finance = UserFactory(is_staff=True)
     finance.groups.add(ensure_finance_group())
     TOTP.activate(finance, generate_totp_secret())
-    _sign_in_with_cookie(page, finance, live_url)
+    sign_in(page, finance, live_url)
 
     page.goto("/admin/")
     page.locator("#finance-overview-link").get_by_role("link", name="Overview").click()
