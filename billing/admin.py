@@ -51,9 +51,10 @@ from billing.models import (
 )
 from billing.periods import parse_month
 from billing.settlement import agreements, payouts, statements
+from contracts.admin_money import MoneyColumnsMixin
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(MoneyColumnsMixin, admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
@@ -120,7 +121,7 @@ def _close_summary(result: closing.CloseResult) -> str:
     return summary
 
 
-class InvoiceLineInline(admin.TabularInline):
+class InvoiceLineInline(MoneyColumnsMixin, admin.TabularInline):
     model = InvoiceLine
     extra = 0
     can_delete = False
@@ -351,7 +352,7 @@ class StripeEventAdmin(ReadOnlyAdmin):
 # -- the ledger (read-only) ------------------------------------------------------------------
 
 
-class JournalLineInline(admin.TabularInline):
+class JournalLineInline(MoneyColumnsMixin, admin.TabularInline):
     model = JournalLine
     extra = 0
     can_delete = False
@@ -447,7 +448,7 @@ class PartnerAgreementAdmin(IdAutocompleteMixin, admin.ModelAdmin):
         obj.created_at = created.created_at
 
 
-class StatementAdjustmentInline(admin.TabularInline):
+class StatementAdjustmentInline(MoneyColumnsMixin, admin.TabularInline):
     model = StatementAdjustment
     extra = 0
     can_delete = False

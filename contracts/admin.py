@@ -9,6 +9,7 @@ from django.http import HttpRequest
 
 from accounts.requests import request_actor
 from contracts import lifecycle
+from contracts.admin_money import MoneyColumnsMixin
 from contracts.models import (
     Allocation,
     Contract,
@@ -19,7 +20,7 @@ from contracts.models import (
 )
 
 
-class ContractLineInline(admin.TabularInline):
+class ContractLineInline(MoneyColumnsMixin, admin.TabularInline):
     model = ContractLine
     extra = 0
     can_delete = False
@@ -40,7 +41,7 @@ class ContractLineInline(admin.TabularInline):
 
 
 @admin.register(Contract)
-class ContractAdmin(admin.ModelAdmin):
+class ContractAdmin(MoneyColumnsMixin, admin.ModelAdmin):
     list_display = (
         "reference",
         "buyer",
@@ -103,7 +104,7 @@ class ContractAdmin(admin.ModelAdmin):
 
 
 @admin.register(ContractLine)
-class ContractLineAdmin(admin.ModelAdmin):
+class ContractLineAdmin(MoneyColumnsMixin, admin.ModelAdmin):
     list_display = ("id", "contract", "kind", "gpu_count", "starts_at", "ends_at")
     list_filter = ("kind",)
     search_fields = ("contract__buyer__name",)

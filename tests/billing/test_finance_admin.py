@@ -358,3 +358,26 @@ def test_a_new_agreement_goes_through_the_service_and_supersedes_the_current(
         },
     )
     assert response.status_code == 200 and PartnerAgreement.objects.count() == 2
+
+
+def test_money_shows_as_money_with_its_currency_and_human_labels(finance_client, buyer_org):
+    invoice = finalized_invoice_for(buyer_org, total_minor=123_456)
+    changelist = finance_client.get(reverse("admin:billing_invoice_changelist")).content.decode()
+    assert ">Total</a>" in changelist
+    assert "1,234.56 USD" in changelist
+    assert "Total minor" not in changelist
+
+    page = finance_client.get(reverse("admin:billing_invoice_change", args=[invoice.pk]))
+    content = page.content.decode()
+    assert page.status_code == 200
+    assert "1,234.56 USD" in content
+    assert " minor" not in content.replace("minor units", "")
+
+    contract = invoice.contract
+    contract_page = finance_client.get(
+        reverse("admin:contracts_contract_change", args=[contract.pk])
+    )
+    text = contract_page.content.decode()
+    assert contract_page.status_code == 200
+    assert "Monthly commitment" in text and "Monthly commitment minor" not in text
+    assert 'name="monthly_commitment_minor"' not in text  # shown, never editable

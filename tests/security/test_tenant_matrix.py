@@ -66,6 +66,7 @@ ADMIN_KWARG_VALUES = {
     "id": "1",
     "app_label": "marketplace",
     "url": "anything/",
+    "pk": "1",  # finance's reconcile runs (/admin/finance/reconcile/<pk>/)
 }
 
 # The registry: for every route with kwargs, which of B's objects fills each kwarg.
