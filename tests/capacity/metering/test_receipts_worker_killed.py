@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,6 @@ from tests.capacity.metering.celery_worker import (
     start_worker,
     stop_worker,
     sweep_all,
-    wait_polled,
     worker_child,
 )
 from tests.capacity.metering.receipt_builders import receipt_for
@@ -84,15 +84,23 @@ def _serve(fleet: FleetProcess, index: int, node: Node, max_tokens: int) -> tupl
 
 
 def _converge(broker, fleet: FleetProcess, node_ids: list[int], rounds: int = 5) -> None:
-    """Sweep until every node's cursor is its agent's head."""
+    """Sweep until every node's cursor is its agent's head.
+
+    A restarted worker may first run the killed worker's redelivered batch, which polls
+    some nodes while a sweep makes them due, so each round waits for the cursors rather
+    than for every node to be polled after the sweep started."""
+    heads = fetch_truth(fleet, range(NODES)).head_seqs
+    expected = [heads[i] for i in range(NODES)]
     for _ in range(rounds):
-        started = timezone.now()
         sweep_all(broker, batch_size=BATCH_SIZE)
-        wait_polled(started)
-        heads = fetch_truth(fleet, range(NODES)).head_seqs
-        cursors = dict(NodePollState.objects.values_list("node_id", "last_seq"))
-        if [cursors[node_id] for node_id in node_ids] == [heads[i] for i in range(NODES)]:
-            return
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            cursors = dict(NodePollState.objects.values_list("node_id", "last_seq"))
+            # At or past the heads taken before: every receipt record is stored (the fleet
+            # may have produced window records since).
+            if all(cursors[n] >= head for n, head in zip(node_ids, expected, strict=True)):
+                return
+            time.sleep(0.2)
     raise AssertionError("the cursors never reached the agents' heads")
 
 
