@@ -23,9 +23,11 @@ run: install
 
 # Chromium and Redis come from Debian (devtools/provision.sh); Python packages from pip,
 # the browser libraries the app serves (package.json) from npm.
+# Two pytest-xdist workers, one per core, each test file on one worker (its fixtures with it).
+PYTEST_WORKERS ?= 2
 test: install
 	bash devtools/provision.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -48,8 +48,39 @@ def _move_clock() -> None:
     import tests.moved_clock.sitecustomize  # noqa: F401
 
 
+# What each pytest-xdist worker gets of its own (``make test`` runs two): the worker's
+# index picks a column. PostgreSQL databases need nothing here: pytest-django suffixes
+# the test database's name with the worker's id, and the processes a test starts are
+# given that name. Ports chosen by the kernel need nothing either.
+XDIST_RESOURCES = {
+    # The tests' simulated fleets and gateways listen from this port up.
+    "METERING_TEST_FLEET_PORT": ("9640", "10640"),
+    # Redis databases: the Celery broker of worker tests, the gateways' shared store.
+    "METERING_TEST_BROKER_URL": ("redis://127.0.0.1:6379/5", "redis://127.0.0.1:6379/14"),
+    "GATEWAY_TEST_STORE_URL": ("redis://127.0.0.1:6379/13", "redis://127.0.0.1:6379/15"),
+}
+
+
+def _separate_xdist_worker() -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    index = int(worker.removeprefix("gw"))
+    if index >= 2:
+        raise pytest.UsageError("the suite's resources are laid out for at most 2 xdist workers")
+    for variable, values in XDIST_RESOURCES.items():
+        if index == 0:
+            os.environ.setdefault(variable, values[0])
+        elif variable == "METERING_TEST_FLEET_PORT" and variable in os.environ:
+            # A port base set by the developer: the second worker takes the next thousand.
+            os.environ[variable] = str(int(os.environ[variable]) + 1000)
+        else:
+            os.environ[variable] = values[1]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _move_clock()
+    _separate_xdist_worker()
     from devtools import devdb
 
     if os.environ.get("DATABASE_URL"):

@@ -37,6 +37,9 @@ def every_url_exists(monkeypatch):
     monkeypatch.setattr(
         navigation, "reverse", lambda name: "/" + name.replace(":", "/").replace("_", "-") + "/"
     )
+    # A cache of its own: the pretended URLs must not outlive the test (the process's
+    # later pages would link to them).
+    monkeypatch.setattr(navigation, "_URLS", {})
 
 
 # --- landing ------------------------------------------------------------------------
