@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -136,6 +137,15 @@ def test_buyer_browses_reserves_and_reads_usage_keys_and_invoices(
     invoice = finalized_invoice_for(buyer, total_minor=685_440)
     Contract.objects.filter(pk=invoice.contract_id).update(state=ContractState.EXPIRED)
     page.set_viewport_size({"width": 1366, "height": 768})
+    violations: list[str] = []  # of the Content Security Policy, on any page
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(f"{page.url} {message.text[:120]}")
+            if "Content Security Policy" in message.text
+            else None
+        ),
+    )
 
     # -- point 1: offers and prices without an account ------------------------------------
     page.goto("/")
@@ -274,6 +284,15 @@ def test_buyer_browses_reserves_and_reads_usage_keys_and_invoices(
         expect(reserve_step).to_contain_text("2 GPUs reserved now.")
         expect(page.locator("[data-gpus-held]")).to_have_text("2")
         assert _chart_axes(page, COST_CHART) == ["Day (UTC)", "Estimated cost (USD)"]
+        spec = json.loads(page.locator("#cost-per-day").text_content() or "")
+        today_cost = Decimal(spec["series"][0]["values"][-1])
+        assert today_cost > 0
+        hover = page.evaluate(
+            f"() => {{ const c = Chart.getChart({COST_CHART}); const ds = c.data.datasets[0]; "
+            "return c.options.plugins.tooltip.callbacks.label("
+            "{dataset: ds, parsed: {y: ds.data[ds.data.length - 1]}}); }"
+        )
+        assert hover == f"Estimated cost: {today_cost:,.2f} USD"
         expect(page.locator("[data-chart-fallback]")).to_be_hidden()
         _check(page, "dashboard")
 
@@ -324,3 +343,4 @@ def test_buyer_browses_reserves_and_reads_usage_keys_and_invoices(
         "Amount due $6,854.40",
     ]
     assert _pdf_rows(content) == page_rows
+    assert violations == []
