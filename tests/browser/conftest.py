@@ -4,8 +4,11 @@ Run them with ``pytest -m browser`` (or ``pytest tests/browser``). Chromium must
 (``apt-get install chromium``); without it these tests fail rather than skip, so a CI
 image that lost its browser cannot pass quietly.
 
-Screenshots: ``snap(page, "step")`` writes ``test-artifacts/screenshots/<test>-<step>.png``;
-a failing test gets a ``<test>-failure.png`` automatically.
+Screenshots go under the artifacts directory: ``$HASHGRID_ARTIFACTS_DIR``, else
+``artifacts/`` at the repository root (git ignores it). ``snap(page, "step")`` writes
+``screenshots/<test>-<step>.png`` there, a failing test gets a ``<test>-failure.png``
+automatically, and the persona tests keep every page at 1366 px and 375 px in
+``screenshots/<persona>/`` (tests/browser/layout.py).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT_DIR = ROOT / "test-artifacts" / "screenshots"
+ARTIFACTS_DIR = Path(os.environ.get("HASHGRID_ARTIFACTS_DIR") or ROOT / "artifacts").resolve()
+SCREENSHOT_DIR = ARTIFACTS_DIR / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
 MOBILE = {"width": 390, "height": 844}
 ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"

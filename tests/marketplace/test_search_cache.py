@@ -6,6 +6,7 @@ cache is used only outside a transaction, as a search request runs in production
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 
@@ -51,10 +52,8 @@ def free_cell(response) -> str:
     """The "Free GPUs" cell of the only result row, as text."""
     html = response.content.decode()
     row = html[html.index("data-offer=") :]
-    cell = row.split('<td class="num">')[1]
-    return " ".join(
-        cell.split("</td>")[0].replace('<span class="muted small">', "").split("</span>")[0].split()
-    )
+    cell = row.split('data-label="Free GPUs">')[1].split("</td>")[0]
+    return " ".join(re.sub(r"<[^>]+>", " ", cell).split())
 
 
 def test_every_committed_inventory_change_moves_the_version_once(pool):
