@@ -242,6 +242,10 @@ if not CELERY_BROKER_URL:
         # Exchange tables; kombu's default is ./control, outside .run and `make clean`.
         "control_folder": str(_broker_dir / "control"),
     }
+    # The transport does not make its folders: a task queued from a page before `make run`
+    # ever ran (manage.py runserver, a test) would fail.
+    for _folder in ("queue", "processed", "control"):
+        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
