@@ -277,7 +277,7 @@ def sla_minutes(
         figures[key] += gpu_availability(
             bitmaps=bitmaps[allocation.gpu_device_id],
             counted_from=max(start, allocation.period.lower),
-            until=min(end, allocation.period.upper),
+            until=min(end, allocation.period.upper or end),
             measured_until=measured[node_id],
             excluded=excluded.get(node_id, ()),
         )
