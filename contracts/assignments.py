@@ -102,9 +102,12 @@ def _gpu_uuids(workload: Workload) -> list[str]:
     return [gpu.uuid for gpu in sorted(workload.gpus.all(), key=lambda gpu: gpu.index)]
 
 
-def load_plans(*, node_ids: Sequence[int], now: datetime) -> dict[int, NodeAssignmentPlan]:
-    """Each node's ``NodeAssignmentPlan`` (see the module docstring). Three queries, plus
-    one signature per node with a push due."""
+def assignment_covers(
+    *, node_ids: Sequence[int], now: datetime
+) -> tuple[dict[int, dict[str, AssignmentCover]], dict[int, list[dict[str, object]]]]:
+    """Per node, what each assignment covers (workloads not ended, or ended within
+    ``LATE_RECORDS``) and the desired assignments (those not ended) as the agent is told
+    them. Two queries."""
     workloads = list(
         Workload.objects.filter(node_id__in=list(node_ids))
         .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=now - LATE_RECORDS))
@@ -123,6 +126,13 @@ def load_plans(*, node_ids: Sequence[int], now: datetime) -> dict[int, NodeAssig
         )
         if workload.state not in ENDED_WORKLOAD_STATES:
             desired[workload.node_id].append(assignment_of(workload, uuids))
+    return covers, desired
+
+
+def load_plans(*, node_ids: Sequence[int], now: datetime) -> dict[int, NodeAssignmentPlan]:
+    """Each node's ``NodeAssignmentPlan`` (see the module docstring). Three queries, plus
+    one signature per node with a push due."""
+    covers, desired = assignment_covers(node_ids=node_ids, now=now)
     plans: dict[int, NodeAssignmentPlan] = {}
     rows = NodeAssignments.objects.filter(node_id__in=list(node_ids)).values_list(
         "node_id",
@@ -197,7 +207,17 @@ def _apply(report: AssignmentReport, *, now: datetime) -> None:
         _apply_workloads(node_id=node_id, reported=report.workloads, now=now)
         row.digest = report.agent_digest
     row.updated_at = now
-    row.save()
+    # Never ``generation``: a change made meanwhile (a failure just applied) raised it.
+    row.save(
+        update_fields=[
+            "agent_generation",
+            "attempts",
+            "next_attempt_at",
+            "last_error",
+            "digest",
+            "updated_at",
+        ]
+    )
 
 
 def _apply_workloads(*, node_id: int, reported: list[object], now: datetime) -> None:

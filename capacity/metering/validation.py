@@ -251,11 +251,6 @@ def validate_record(
             QuarantineReason.ENERGY_EXCEEDS_MAX_POWER,
             f"energy_mj {energy_mj} > {gpu.max_power_w} W x {window_us // 1000} ms",
         )
-    unassigned = _unassigned(
-        kind, ref, record, gpu_uuid=str(raw_uuid), start_us=start_us, assignments=assignments
-    )
-    if unassigned is not None:
-        return reject(QuarantineReason.UNASSIGNED, unassigned)
     receipt: Receipt | None = None
     if has_receipt:
         verdict = _receipt_verdict(record, workload["receipt"], ref, context=receipts)
@@ -283,6 +278,11 @@ def validate_record(
                 f"starts {(previous_end_us - start_us) / 1e6:g} s before the GPU's previous"
                 " window ended",
             )
+        unassigned = _unassigned(
+            kind, ref, record, gpu_uuid=str(raw_uuid), start_us=start_us, assignments=assignments
+        )
+        if unassigned is not None:
+            return reject(QuarantineReason.UNASSIGNED, unassigned)
         gpu_window_ends[raw_uuid] = end_us  # type: ignore[index]
     return AcceptedRecord(
         seq=int(record["seq"]),  # type: ignore[call-overload]
