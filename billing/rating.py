@@ -196,8 +196,8 @@ def _late_usage(
             line = lines_by_id.get(key.line_id)
             if line is None:
                 continue
+            # Only tokens are metered for money (GPU time is billed per second held).
             unbilled = MeteredQuantities(
-                busy_ms=max(0, total.busy_ms - billed.get((line.pk, Meter.GPU_BUSY_MS), 0)),
                 input_tokens=max(
                     0, total.input_tokens - billed.get((line.pk, Meter.INPUT_TOKENS), 0)
                 ),

@@ -546,6 +546,19 @@ class AgentHttp:
         """GET ``url`` with the node's bearer token; the body bytes and signature of a 200."""
         return await self.request("GET", url, token=token, params=params)
 
+    async def put_signed(
+        self, url: str, *, token: str, body: bytes, signature_header: str, signature: str
+    ) -> SignedBody:
+        """PUT ``body`` (JSON bytes, sent exactly) signed by the platform in
+        ``signature_header``; the agent's signed answer of a 200."""
+        return await self.request(
+            "PUT",
+            url,
+            token=token,
+            content=body,
+            headers={"Content-Type": "application/json", signature_header: signature},
+        )
+
     async def request(
         self,
         method: str,
@@ -554,6 +567,8 @@ class AgentHttp:
         token: str | None = None,
         params: dict[str, int] | None = None,
         json_body: object = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> SignedBody:
         """One request, done (body included) within ``request_deadline_s`` or refused."""
         try:
@@ -562,8 +577,9 @@ class AgentHttp:
                     method,
                     url,
                     params=params,
-                    headers=_bearer(token) if token is not None else None,
+                    headers={**(_bearer(token) if token is not None else {}), **(headers or {})},
                     json=json_body,
+                    content=content,
                 )
         except TimeoutError as error:
             raise AgentUnreachable(

@@ -217,11 +217,12 @@ def _hold(
 
 def release_from(*, allocations: list[Allocation], moment: datetime) -> int:
     """End ``allocations`` at ``moment``: periods that start later are deleted, the others
-    truncated to ``[lower, moment)``. Returns how many GPUs were released."""
+    (an instance's open-ended ones too) truncated to ``[lower, moment)``. Returns how
+    many GPUs were released."""
     released = 0
     for allocation in allocations:
         lower, upper = allocation.period.lower, allocation.period.upper
-        if upper <= moment:
+        if upper is not None and upper <= moment:
             continue
         if lower >= moment:
             allocation.delete()

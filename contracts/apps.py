@@ -15,10 +15,11 @@ class ContractsConfig(AppConfig):
         from accounts import selectors as account_selectors
         from capacity import selectors as capacity_selectors
         from capacity import services as capacity_services
+        from capacity.metering import assignments as metering_assignments
         from capacity.metering import attribution as metering_attribution
         from capacity.metering import selectors as metering_selectors
         from config import reference_data
-        from contracts import selectors
+        from contracts import assignments, selectors
         from contracts.attribution import attribute_usage_records
         from contracts.models import InferenceProduct, SlaCreditTier, SlaPolicy
         from contracts.reference_data import ensure_defaults
@@ -45,5 +46,8 @@ class ContractsConfig(AppConfig):
             lambda offer, now: selectors.offer_committed_gpus(offer_id=offer.pk, now=now)
         )
         metering_attribution.register_attributor(attribute_usage_records)
+        metering_assignments.register(
+            load_plans=assignments.load_plans, apply_reports=assignments.apply_reports
+        )
         capacity_services.register_window_listener(notify_buyers_of_window)
         metering_selectors.register_served_products(selectors.served_inference_products)

@@ -2,27 +2,29 @@
 
 Rating (the invoice), settlement (what each node earned of it), the buyer's dashboard and
 the usage API read these selectors and nothing else, so an invoice, a statement and a
-dashboard cannot disagree. Usage is tied to lines by ids: an allocation names its line;
-attribution (``contracts.attribution``) stamps the hourly rollups of on-demand GPU time
-with the API key and the line their ``ref`` names, once; an inference request's receipt
-(signed by the platform) names its line, and ingest adds its billed tokens to
-``InferenceUsageHour`` by that id. No query here matches strings.
+dashboard cannot disagree. Usage is tied to lines by ids: an allocation names its line (and an instance's, its
+workload); attribution (``contracts.attribution``) stamps usage records and the hourly
+rollups of assignment work with the workload and line the assignment id names, once; an
+inference request's receipt (signed by the platform) names its line, and ingest adds its
+billed tokens to ``InferenceUsageHour`` by that id. No query here matches strings.
 
 What a line pays for over ``[start, end)``:
 
-- a reserved line: every second each of its allocations holds a GPU, used or not
-  (``reserved_gpu_seconds``, exact to the microsecond);
-- an on-demand GPU line its busy GPU-milliseconds, from the rollup hours stamped with the
-  line, an inference line the billed input and output tokens of its requests (the least
-  of the gateway's and the agent's counts, docs/gateway.md point 8), from
-  ``InferenceUsageHour`` (``metered_quantities``), counted for a whole hour when
+- a reserved line: every second each of its allocations holds a GPU, used or not;
+- an on-demand GPU line: every second its instances' allocations hold GPUs, start to
+  stop (an instance still running counts up to ``now``), as every GPU cloud bills. Both
+  are ``held_gpu_seconds``, exact to the microsecond. A failed instance's allocations
+  end at the failure, a lost one's at its node's last healthy minute
+  (``contracts.workloads``), so those seconds are simply not held;
+- an inference line the billed input and output tokens of its requests (the least of
+  the gateway's and the agent's counts, docs/gateway.md point 8), from
+  ``InferenceUsageHour`` (``metered_quantities``), counted for a whole hour when the hour
+  starts in ``[start, end)`` and the line had started before the hour ended and had not
+  ended before it started (each request carried a receipt the platform signed for the
+  key when it accepted it, so no key condition is read again).
 
-  - the hour starts in ``[start, end)``;
-  - the line had started before the hour ended and had not ended before it started;
-  - for on-demand GPU time: the key existed during the hour and was not revoked before
-    the hour started, and no allocation held the GPU during any part of the hour (the
-    reservation pays for that GPU-hour); inference needs no key condition: each request
-    carried a receipt the platform signed for the key when it accepted it;
+On-demand GPU lines' busy time (rollup hours of their instances' assignment records) is
+returned by ``metered_quantities`` too, by the same hour rule: shown, never priced.
 
 - SLA: the GPU-minutes each reserved line's allocations were observed available, out of
   those that counted (``sla_minutes``); the rest are its down minutes (``down_minutes``),
@@ -53,7 +55,6 @@ from typing import Any, Literal, NamedTuple
 from django.db import connection
 from django.utils import timezone
 
-from accounts.models import ApiKey
 from capacity.metering.availability import NOTHING, AvailabilityFigure, gpu_availability
 from capacity.metering.models import GpuAvailabilityDay, HourlyUsage, InferenceUsageHour
 from capacity.metering.selectors import maintenance_exclusions, measured_until_by_node
@@ -75,8 +76,8 @@ class UsageKey(NamedTuple):
 
 @dataclass(frozen=True)
 class MeteredQuantities:
-    """Sums of a line's billable rollup hours. An on-demand GPU line pays for
-    ``busy_ms``, an inference line for the tokens; the rest is shown, never priced."""
+    """Sums of a line's metered rollup hours. An inference line pays for the tokens; the
+    rest (an on-demand GPU line's ``busy_ms`` among it) is shown, never priced."""
 
     busy_ms: int = 0
     energy_mj: int = 0
@@ -126,7 +127,7 @@ def _run(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
 # -- reserved --------------------------------------------------------------------------------
 
 
-def reserved_gpu_seconds(
+def held_gpu_seconds(
     *,
     start: datetime,
     end: datetime,
@@ -134,10 +135,13 @@ def reserved_gpu_seconds(
     line_ids: Iterable[int] | None = None,
     by_node: bool = False,
     bucket: Bucket | None = None,
+    now: datetime | None = None,
 ) -> dict[UsageKey, Decimal]:
-    """Seconds each reserved line's allocations hold GPUs inside ``[start, end)``, exact
-    (``extract(epoch …)`` of a range difference is exact numeric), summed per line and, on
-    request, per node and per UTC hour or day. Zero figures are left out."""
+    """Seconds each line's allocations hold GPUs inside ``[start, end)`` (reserved lines'
+    reservations and on-demand GPU lines' instances alike), exact (``extract(epoch …)`` of
+    a range difference is exact numeric), summed per line and, on request, per node and
+    per UTC hour or day. An instance still running (open upper bound) holds until
+    ``now``. Zero figures are left out."""
     unit = _bucket_unit(bucket)
     scope, params = _scope(contract_ids, line_ids)
     nodes = (
@@ -145,6 +149,8 @@ def reserved_gpu_seconds(
         if by_node
         else ""
     )
+    # The held range's end: its own, or ``now`` while an instance runs.
+    held_until = "coalesce(upper(a.period), %(now)s)"
     # Inside a bucket the held range is cut at the bucket's bounds too.
     lower, upper, buckets = "%(start)s", "%(end)s", ""
     if unit is not None:
@@ -152,19 +158,20 @@ def reserved_gpu_seconds(
         buckets = f"""
         CROSS JOIN LATERAL generate_series(
             date_trunc('{unit}', greatest(lower(a.period), %(start)s), 'UTC'),
-            least(upper(a.period), %(end)s) - interval '1 microsecond',
+            least({held_until}, %(end)s) - interval '1 microsecond',
             interval '1 {unit}') AS b(start)"""
     sql = f"""
         SELECT a.line_id, {"g.node_id" if by_node else "NULL"},
                {"b.start" if unit else "NULL::timestamptz"},
-               sum(extract(epoch FROM least(upper(a.period), {upper})
-                                      - greatest(lower(a.period), {lower})))
+               sum(greatest(0, extract(epoch FROM least({held_until}, {upper})
+                                                  - greatest(lower(a.period), {lower}))))
         FROM {Allocation._meta.db_table} AS a
         JOIN {ContractLine._meta.db_table} AS cl ON cl.id = a.line_id{nodes}{buckets}
         WHERE a.period && tstzrange(%(start)s, %(end)s, '[)'){scope}
         GROUP BY 1, 2, 3
     """  # noqa: S608 (table names from model metadata, units from BUCKETS)
-    rows = _run(sql, {"start": start, "end": end, **params})
+    now = now or timezone.now()
+    rows = _run(sql, {"start": start, "end": end, "now": now, **params})
     return {
         UsageKey(line_id, node_id, bucket_start): Decimal(seconds)
         for line_id, node_id, bucket_start, seconds in rows
@@ -181,17 +188,9 @@ _LINE_HOUR = """
     AND cl.starts_at < h.hour + interval '1 hour'
     AND (cl.ended_at IS NULL OR cl.ended_at > h.hour)
 """
-# On-demand GPU time, from the hours attribution stamped with the key (``k``): the key
-# in force, and no allocation holding the GPU during the hour.
-_GPU_HOUR = f"""
-    cl.kind = 'on_demand_gpu' AND {_LINE_HOUR}
-    AND k.created_at < h.hour + interval '1 hour'
-    AND (k.revoked_at IS NULL OR k.revoked_at > h.hour)
-    AND NOT EXISTS (
-        SELECT 1 FROM {Allocation._meta.db_table} AS a
-        WHERE a.gpu_device_id = h.gpu_id
-          AND a.period && tstzrange(h.hour, h.hour + interval '1 hour', '[)'))
-"""  # noqa: S608 (table name from model metadata)
+# On-demand GPU busy time (shown, never priced), from the rollup hours attribution
+# stamped with the line of the instance whose assignment the records name.
+_GPU_HOUR = f"cl.kind = 'on_demand_gpu' AND {_LINE_HOUR}"
 # Inference, from the billed tokens of receipt records (``InferenceUsageHour``, hour of
 # the receipts' ``iat``): each receipt is the platform's signed word that it accepted the
 # key for the line at that moment, so no key condition is read again.
@@ -207,9 +206,10 @@ def metered_quantities(
     by_node: bool = False,
     bucket: Bucket | None = None,
 ) -> dict[UsageKey, MeteredQuantities]:
-    """The billable rollup hours of on-demand lines in ``[start, end)`` (the rule in the
+    """The metered rollup hours of on-demand lines in ``[start, end)`` (the rule in the
     module docstring), summed per line and, on request, per node and per UTC hour or day:
-    on-demand GPU lines from the key-stamped ``HourlyUsage`` hours, inference lines from
+    on-demand GPU lines' busy time (shown, not billed) from the ``HourlyUsage`` hours
+    stamped with their instances' line, inference lines' billed tokens from
     ``InferenceUsageHour`` (tokens of receipt records only; inference hours stamped by
     the retired key-prefix refs are not read)."""
     unit = _bucket_unit(bucket)
@@ -224,7 +224,6 @@ def metered_quantities(
                    h.output_tokens, h.requests
             FROM {HourlyUsage._meta.db_table} AS h
             JOIN {ContractLine._meta.db_table} AS cl ON cl.id = h.line_id
-            JOIN {ApiKey._meta.db_table} AS k ON k.id = h.api_key_id
             WHERE h.line_id IS NOT NULL AND {_GPU_HOUR}{scope}
             UNION ALL
             SELECT h.line_id, h.node_id, h.hour, 0, 0, h.input_tokens, h.output_tokens,
@@ -277,7 +276,7 @@ def sla_minutes(
         figures[key] += gpu_availability(
             bitmaps=bitmaps[allocation.gpu_device_id],
             counted_from=max(start, allocation.period.lower),
-            until=min(end, allocation.period.upper),
+            until=min(end, allocation.period.upper or end),
             measured_until=measured[node_id],
             excluded=excluded.get(node_id, ()),
         )

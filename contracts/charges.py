@@ -7,7 +7,8 @@ month-to-date shown at the month's end is the invoice to the cent:
 
 - reserved: GPU-seconds x rate / 3600, and an SLA credit of its tier's percent of that
   charge when the line's availability falls below a tier (``contracts.sla``);
-- on-demand GPU: busy GPU-milliseconds x rate / 3,600,000;
+- on-demand GPU: GPU-seconds its instances held x rate / 3600 (busy time is shown, not
+  priced);
 - inference: tokens x price / 1,000,000, input and output apart.
 """
 
@@ -19,7 +20,7 @@ from datetime import datetime
 from decimal import Decimal, localcontext
 from enum import StrEnum
 
-from contracts.billable_usage import MeteredQuantities, metered_quantities, reserved_gpu_seconds
+from contracts.billable_usage import MeteredQuantities, held_gpu_seconds, metered_quantities
 from contracts.models import ContractLine, LineKind
 from contracts.money import SECONDS_PER_HOUR, TOKENS_PER_MILLION, round_money
 from contracts.sla import LineSla, line_slas
@@ -27,7 +28,6 @@ from contracts.sla import LineSla, line_slas
 # Enough digits that half-up rounding to the cent of any quotient formed here (hours =
 # seconds / 3600) is decided correctly.
 PRECISION = 60
-MS_PER_HOUR = Decimal(3_600_000)
 
 
 class ChargeKind(StrEnum):
@@ -41,9 +41,10 @@ class ChargeKind(StrEnum):
 
 
 class Meter(StrEnum):
-    """What a metered charge counts, in integers (billing's meters of the same names)."""
+    """What a metered charge counts, in integers (billing's meters of the same names).
+    On-demand GPU time is no longer metered (it is billed per second held); billing
+    keeps ``gpu_busy_ms`` for the invoices of before."""
 
-    GPU_BUSY_MS = "gpu_busy_ms"
     INPUT_TOKENS = "input_tokens"
     OUTPUT_TOKENS = "output_tokens"
 
@@ -70,20 +71,27 @@ class Charge:
         return round_money(self.exact_amount)
 
 
-def reserved_charge(*, line: ContractLine, gpu_seconds: Decimal) -> Charge:
-    """A reserved line's charge for ``gpu_seconds`` held."""
+def held_charge(*, line: ContractLine, gpu_seconds: Decimal) -> Charge:
+    """A reserved or on-demand GPU line's charge for ``gpu_seconds`` its allocations held
+    (a reservation's, an instance's): GPU-hours x the line's rate."""
     rate = line.price_per_gpu_hour
     if rate is None:  # excluded by the line's check constraint
-        raise TypeError("reserved line without price_per_gpu_hour")
+        raise TypeError(f"{line.kind} line without price_per_gpu_hour")
+    kind = ChargeKind.RESERVED if line.kind == LineKind.RESERVED else ChargeKind.ON_DEMAND_GPU
     with localcontext() as context:
         context.prec = PRECISION
         return Charge(
             line=line,
-            kind=ChargeKind.RESERVED,
+            kind=kind,
             exact_amount=gpu_seconds * rate / SECONDS_PER_HOUR,
             quantity=gpu_seconds / SECONDS_PER_HOUR,
             unit_price=rate,
         )
+
+
+def reserved_charge(*, line: ContractLine, gpu_seconds: Decimal) -> Charge:
+    """A reserved line's charge for ``gpu_seconds`` held."""
+    return held_charge(line=line, gpu_seconds=gpu_seconds)
 
 
 def reserved_charges(*, line: ContractLine, gpu_seconds: Decimal, sla: LineSla) -> list[Charge]:
@@ -105,26 +113,11 @@ def reserved_charges(*, line: ContractLine, gpu_seconds: Decimal, sla: LineSla) 
 
 
 def metered_charges(*, line: ContractLine, usage: MeteredQuantities) -> list[Charge]:
-    """An on-demand line's charges for ``usage``: what its kind pays for, when above zero."""
+    """An inference line's charges for ``usage``: its input and output tokens, when above
+    zero. Other lines pay for no metered quantity (an on-demand GPU line's busy time is
+    shown, not priced: it pays per second held, ``held_charge``)."""
     with localcontext() as context:
         context.prec = PRECISION
-        if line.kind == LineKind.ON_DEMAND_GPU:
-            rate = line.price_per_gpu_hour
-            if usage.busy_ms <= 0:
-                return []
-            if rate is None:  # excluded by the line's check constraint
-                raise TypeError("on-demand GPU line without price_per_gpu_hour")
-            return [
-                Charge(
-                    line=line,
-                    kind=ChargeKind.ON_DEMAND_GPU,
-                    exact_amount=Decimal(usage.busy_ms) * rate / MS_PER_HOUR,
-                    quantity=Decimal(usage.busy_ms) / MS_PER_HOUR,
-                    unit_price=rate,
-                    meter=Meter.GPU_BUSY_MS,
-                    metered_quantity=usage.busy_ms,
-                )
-            ]
         if line.kind != LineKind.INFERENCE:
             return []
         charges = []
@@ -161,20 +154,36 @@ def metered_charges(*, line: ContractLine, usage: MeteredQuantities) -> list[Cha
 
 
 def line_charges(
-    *, lines: Mapping[int, ContractLine], start: datetime, end: datetime
+    *,
+    lines: Mapping[int, ContractLine],
+    start: datetime,
+    end: datetime,
+    now: datetime | None = None,
 ) -> list[Charge]:
     """Every charge of ``lines`` (by id, with ``contract__sla_policy`` loaded) for their
     billable usage in ``[start, end)``: reserved lines by id, each followed by its SLA
-    credit, then on-demand lines by id."""
+    credit, then on-demand lines by id (GPU lines' seconds held, inference lines' tokens).
+    ``now``: until when a running instance counts (default: the clock)."""
     ids = list(lines)
-    reserved = reserved_gpu_seconds(start=start, end=end, line_ids=ids)
+    held = held_gpu_seconds(start=start, end=end, line_ids=ids, now=now)
     metered = metered_quantities(start=start, end=end, line_ids=ids)
+    reserved = {
+        key: seconds
+        for key, seconds in held.items()
+        if lines[key.line_id].kind == LineKind.RESERVED
+    }
     slas = line_slas(lines=[lines[key.line_id] for key in reserved], since=start, until=end)
     charges: list[Charge] = []
     for key in sorted(reserved, key=lambda key: key.line_id):
         charges += reserved_charges(
             line=lines[key.line_id], gpu_seconds=reserved[key], sla=slas[key.line_id]
         )
-    for key in sorted(metered, key=lambda key: key.line_id):
-        charges += metered_charges(line=lines[key.line_id], usage=metered[key])
+    on_demand: dict[int, list[Charge]] = {}
+    for key in set(held) - set(reserved):
+        on_demand[key.line_id] = [held_charge(line=lines[key.line_id], gpu_seconds=held[key])]
+    for key in metered:
+        if charged := metered_charges(line=lines[key.line_id], usage=metered[key]):
+            on_demand[key.line_id] = charged
+    for line_id in sorted(on_demand):
+        charges += on_demand[line_id]
     return charges

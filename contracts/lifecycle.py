@@ -30,6 +30,7 @@ from contracts.models import (
 from contracts.money import reserved_charge, round_money
 from contracts.selectors import buyer_has_payment_method
 from contracts.terms import add_months
+from contracts.workloads import line_workloads_end
 
 # An amendment "effective now" submitted a few minutes later is still accepted.
 AMENDMENT_GRACE = timedelta(minutes=15)
@@ -179,7 +180,13 @@ def _end_lines(*, contract: Contract, at: datetime) -> int:
         Allocation.objects.select_for_update().filter(line__contract=contract).order_by("pk")
     )
     released = release_from(allocations=allocations, moment=at)
-    ContractLine.objects.filter(contract=contract, ended_at__isnull=True).update(ended_at=at)
+    ending = list(
+        ContractLine.objects.filter(contract=contract, ended_at__isnull=True).values_list(
+            "pk", flat=True
+        )
+    )
+    ContractLine.objects.filter(pk__in=ending).update(ended_at=at)
+    line_workloads_end(line_ids=ending, at=at)
     return released
 
 

@@ -10,11 +10,14 @@ currency; unit prices are ``Decimal`` snapshots of the offer or product at signi
 
 from __future__ import annotations
 
+import re
+import uuid
 from decimal import Decimal
 from typing import Self, TypedDict
 
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import DateTimeRangeField, RangeOperators
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
@@ -262,7 +265,7 @@ class ContractLine(models.Model):
     gpu_count = models.PositiveIntegerField(default=0)
     # Reserved: the term in months the rate was quoted for.
     term_months = models.PositiveSmallIntegerField(null=True, blank=True)
-    # Reserved: rate per GPU-hour; on-demand GPU: rate per busy GPU-hour.
+    # Reserved: rate per GPU-hour; on-demand GPU: rate per GPU-hour an instance holds.
     price_per_gpu_hour = models.DecimalField(null=True, blank=True, **_PRICE)
     # Inference: prices per million input and output tokens.
     input_price_per_million_tokens = models.DecimalField(null=True, blank=True, **_PRICE)
@@ -312,17 +315,240 @@ class AllocationQuerySet(TenantQuerySet):
     tenant_path = "line__contract__buyer"
 
 
-class Allocation(models.Model):
-    """One GPU device held by a reserved line for ``period`` = [start, end).
+class WorkloadKind(models.TextChoices):
+    CONTAINER = "container", "Container"
+    DEPLOYMENT = "deployment", "Model deployment"
 
-    ``EXCLUDE USING gist (gpu_device WITH =, period WITH &&)``: two allocations of one GPU
-    never overlap, whatever the application does. Ending a reservation early truncates
-    its periods, which frees the GPUs from then on.
+
+class WorkloadState(models.TextChoices):
+    """Where a workload stands. ``requested``: the platform wants it, the agent has not
+    reported it yet; ``pending`` … ``failed``: as the agent reports it (docs/workloads.md);
+    ``lost``: its node stopped answering while it ran (the platform's verdict)."""
+
+    REQUESTED = "requested", "Waiting for the node"
+    PENDING = "pending", "Pending"
+    PULLING = "pulling", "Pulling the image"
+    STARTING = "starting", "Starting"
+    RUNNING = "running", "Running"
+    STOPPING = "stopping", "Stopping"
+    STOPPED = "stopped", "Stopped"
+    FAILED = "failed", "Failed"
+    LOST = "lost", "Lost with its node"
+
+
+# States after which a workload never runs again (its GPUs are released).
+ENDED_WORKLOAD_STATES = (WorkloadState.STOPPED, WorkloadState.FAILED, WorkloadState.LOST)
+# Bounds of what a buyer may ask a workload to carry (the agent is told all of it).
+MAX_WORKLOAD_PORTS = 16
+MAX_WORKLOAD_ENV_VARS = 64
+MAX_WORKLOAD_ENV_BYTES = 16_384
+MAX_SSH_PUBLIC_KEY_LENGTH = 4096
+SSH_PUBLIC_KEY_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}( [^\r\n]{0,200})?$"
+)
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._\-/:@]{0,299}$")
+
+
+def validate_ports(ports: object) -> None:
+    """A JSON list of at most ``MAX_WORKLOAD_PORTS`` distinct TCP ports, 1..65535."""
+    if not isinstance(ports, list) or not all(
+        isinstance(port, int) and not isinstance(port, bool) for port in ports
+    ):
+        raise ValidationError("Ports are a list of whole numbers.", code="invalid_ports")
+    if len(ports) > MAX_WORKLOAD_PORTS:
+        raise ValidationError(f"At most {MAX_WORKLOAD_PORTS} ports.", code="too_many_ports")
+    if any(not 1 <= port <= 65535 for port in ports) or len(set(ports)) != len(ports):
+        raise ValidationError(
+            "Each port is a distinct number from 1 to 65535.", code="invalid_ports"
+        )
+
+
+def validate_env(env: object) -> None:
+    """A JSON object of at most ``MAX_WORKLOAD_ENV_VARS`` variables, names as a shell has
+    them, string values, ``MAX_WORKLOAD_ENV_BYTES`` in all."""
+    if not isinstance(env, dict) or not all(isinstance(value, str) for value in env.values()):
+        raise ValidationError("Environment variables are names with text values.", code="env")
+    if len(env) > MAX_WORKLOAD_ENV_VARS:
+        raise ValidationError(f"At most {MAX_WORKLOAD_ENV_VARS} environment variables.", code="env")
+    bad = sorted(name for name in env if not ENV_NAME_RE.match(name))
+    if bad:
+        raise ValidationError(f"Not a variable name: {bad[0][:40]!r}.", code="env")
+    if sum(len(name) + len(value.encode()) for name, value in env.items()) > MAX_WORKLOAD_ENV_BYTES:
+        raise ValidationError(
+            f"The environment is limited to {MAX_WORKLOAD_ENV_BYTES:,} bytes.", code="env"
+        )
+
+
+def validate_ssh_public_key(key: str) -> None:
+    """One OpenSSH public key line: ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp*, base64 body,
+    optional comment; blank allowed (no SSH)."""
+    if key and (len(key) > MAX_SSH_PUBLIC_KEY_LENGTH or not SSH_PUBLIC_KEY_RE.match(key)):
+        raise ValidationError(
+            "Paste one OpenSSH public key (ssh-ed25519, ssh-rsa or ecdsa-sha2-…).",
+            code="invalid_ssh_key",
+        )
+
+
+def validate_image(image: str) -> None:
+    if not IMAGE_RE.match(image):
+        raise ValidationError(
+            "An image reference such as pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime.",
+            code="invalid_image",
+        )
+
+
+def new_public_id() -> str:
+    return uuid.uuid4().hex
+
+
+class WorkloadQuerySet(TenantQuerySet):
+    tenant_path = "line__contract__buyer"
+
+    def active(self) -> Self:
+        """Workloads still meant to run or still running (not stopped, failed or lost)."""
+        return self.exclude(state__in=ENDED_WORKLOAD_STATES)
+
+
+class Workload(models.Model):
+    """What a buyer asked to run on GPUs of one node (docs/workloads.md).
+
+    A ``container`` (image, SSH key, ports, environment) or a ``deployment`` (a catalogue
+    model served on reserved GPUs under the private name ``d-<public id>``). On an
+    on-demand GPU line it is an *instance*: it holds its GPUs through ``Allocation`` rows
+    of its own (open upper bound while it runs), billed per second held. On a reserved
+    line it runs on GPUs the reservation's allocations hold (``gpus``), billed by the
+    reservation. State changes only through ``contracts.workloads``.
+    """
+
+    # The assignment id the agent knows (32 hex); never the database id.
+    public_id = models.CharField(max_length=32, unique=True, default=new_public_id, editable=False)
+    line = models.ForeignKey(ContractLine, on_delete=models.PROTECT, related_name="workloads")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="workloads")
+    # The GPUs it runs on, as the agent is told (an instance's are also its allocations').
+    gpus = models.ManyToManyField(GpuDevice, related_name="workloads")
+    kind = models.CharField(max_length=16, choices=WorkloadKind.choices)
+    # Containers: the image reference; deployments: blank (the product names the model).
+    image = models.CharField(max_length=300, blank=True)
+    # Containers: TCP ports to publish (list of ints), environment ({name: value}).
+    ports = models.JSONField(default=list, blank=True, validators=[validate_ports])
+    env = models.JSONField(default=dict, blank=True, validators=[validate_env])
+    ssh_public_key = models.CharField(
+        max_length=MAX_SSH_PUBLIC_KEY_LENGTH, blank=True, validators=[validate_ssh_public_key]
+    )
+    # Deployments: the catalogue model served (reachable as ``served_model_name``).
+    inference_product = models.ForeignKey(
+        InferenceProduct, null=True, blank=True, on_delete=models.PROTECT, related_name="workloads"
+    )
+    state = models.CharField(
+        max_length=16, choices=WorkloadState.choices, default=WorkloadState.REQUESTED
+    )
+    # When it entered ``state`` (the agent's ``since`` once it reports it).
+    state_since = models.DateTimeField(default=timezone.now)
+    # Why it failed or was lost (the agent's words, or the platform's), shown to the buyer.
+    reason = models.CharField(max_length=500, blank=True)
+    # {"host": …, "ports": {"22": 40022}, "endpoint": …} as the agent reports it.
+    connection = models.JSONField(default=dict, blank=True)
+    # Asked for (the buyer's start; an instance is billed from here) and ended (stopped,
+    # failed or lost: billing ends here).
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = WorkloadQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+        indexes = [models.Index(fields=["node", "state"], name="workload_node_state_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind="container", inference_product__isnull=True) & ~Q(image="")
+                | Q(kind="deployment", inference_product__isnull=False, image=""),
+                name="workload_fields_match_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True) | Q(ended_at__gte=F("started_at")),
+                name="workload_period_ordered",
+            ),
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True)
+                | Q(state__in=[state.value for state in ENDED_WORKLOAD_STATES]),
+                name="workload_ended_means_ended_state",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.public_id}"
+
+    @property
+    def served_model_name(self) -> str:
+        """The private model name a deployment answers to at the gateway."""
+        return f"d-{self.public_id}"
+
+    @property
+    def is_instance(self) -> bool:
+        return self.kind == WorkloadKind.CONTAINER and self.line.kind == LineKind.ON_DEMAND_GPU
+
+    @property
+    def is_active(self) -> bool:
+        return self.state not in ENDED_WORKLOAD_STATES
+
+
+class NodeAssignments(models.Model):
+    """The platform's side of one node's assignments (docs/workloads.md "Cheap polling").
+
+    ``generation`` rises with every change of the node's desired workloads (in the same
+    transaction as the change); the sweep pushes them only while ``generation`` exceeds
+    ``agent_generation``, the one the agent reported holding, backing off while the node
+    fails, and reads ``GET /v1/workloads`` only when the agent's digest differs from
+    ``digest``.
+    """
+
+    node = models.OneToOneField(
+        Node, on_delete=models.CASCADE, primary_key=True, related_name="assignments"
+    )
+    generation = models.PositiveBigIntegerField(default=0)
+    # The generation the agent last reported (usage answer) or accepted (PUT answer).
+    agent_generation = models.PositiveBigIntegerField(default=0)
+    # sha256 hex of the workloads list last read from the agent ('' = never read).
+    digest = models.CharField(max_length=64, blank=True)
+    # No push before this instant (backoff after a failed push); null = at once.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Failed pushes in a row (0 after a success) and the last one's error.
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "node assignments"
+
+    def __str__(self) -> str:
+        return f"node {self.node_id} at generation {self.generation}"
+
+    @property
+    def is_pending(self) -> bool:
+        """A change the agent has not accepted yet (the buyer sees "waiting for the node")."""
+        return self.generation > self.agent_generation
+
+
+class Allocation(models.Model):
+    """One GPU device held by a line for ``period`` = [start, end).
+
+    A reserved line's allocations are its reservation; an on-demand GPU line's belong to
+    an instance (``workload``) and are open-ended (``[start, ∞)``) while it runs, closed
+    when it stops, fails or is lost. ``EXCLUDE USING gist (gpu_device WITH =, period WITH
+    &&)``: two allocations of one GPU never overlap, whatever the application does, so a
+    GPU is never both reserved and in an instance. Ending early truncates the periods,
+    which frees the GPUs from then on.
     """
 
     line = models.ForeignKey(ContractLine, on_delete=models.CASCADE, related_name="allocations")
     gpu_device = models.ForeignKey(GpuDevice, on_delete=models.PROTECT, related_name="allocations")
     period = DateTimeRangeField()
+    # The instance holding the GPU (on-demand lines); null for a reservation's allocation.
+    workload = models.ForeignKey(
+        Workload, null=True, blank=True, on_delete=models.PROTECT, related_name="allocations"
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     objects = AllocationQuerySet.as_manager()
@@ -337,11 +563,12 @@ class Allocation(models.Model):
                     ("period", RangeOperators.OVERLAPS),
                 ],
             ),
+            # Open-ended only while an instance runs (its workload set).
             models.CheckConstraint(
                 condition=Q(period__isempty=False)
                 & Q(period__lower_inf=False)
-                & Q(period__upper_inf=False),
-                name="allocation_period_bounded_not_empty",
+                & (Q(period__upper_inf=False) | Q(workload__isnull=False)),
+                name="allocation_period_bounded_unless_instance",
             ),
         ]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -223,7 +223,11 @@ def offer_committed_gpus(*, offer_id: int, now: datetime) -> int:
     ).values_list("period", flat=True)
     steps: list[tuple[datetime, int]] = []
     for period in periods:
-        steps += [(max(period.lower, now), 1), (period.upper, -1)]
+        # A running instance holds its GPUs until stopped: open-ended.
+        steps += [
+            (max(period.lower, now), 1),
+            (period.upper or datetime.max.replace(tzinfo=UTC), -1),
+        ]
     held = peak = 0
     for _, step in sorted(steps):  # at one instant an end (-1) sorts before a start (+1)
         held += step

@@ -29,14 +29,16 @@ from contracts.billable_usage import (
     Bucket,
     MeteredQuantities,
     UsageKey,
+    held_gpu_seconds,
     metered_quantities,
-    reserved_gpu_seconds,
 )
-from contracts.charges import PRECISION, line_charges, metered_charges, reserved_charge
+from contracts.charges import PRECISION, held_charge, line_charges, metered_charges
 from contracts.models import Allocation, Contract, ContractLine, LineKind
 from contracts.money import minor_to_major, round_money
 
 MJ_PER_KWH = Decimal(3_600_000_000)
+# Workload kinds of the records of a reserved GPU's own work.
+RESERVED_WORK_KINDS = ("allocation", "assignment")
 QUANTITIES = ("busy_ms", "energy_mj", "input_tokens", "output_tokens", "requests")
 
 
@@ -73,19 +75,22 @@ class UsageBucket:
 def _reserved_rollups(
     contracts: list[Contract], since: datetime, until: datetime
 ) -> QuerySet[HourlyUsage]:
-    """Rollup hours of reserved work on the contracts' GPUs while an allocation held them."""
+    """Rollup hours of work on the contracts' reserved GPUs while the reservation held
+    them (legacy allocation records and the reserved workloads' assignment records)."""
     hour_end = OuterRef("hour") + timedelta(hours=1)
     held = Allocation.objects.filter(
-        line__contract__in=contracts, gpu_device=OuterRef("gpu_id")
+        line__contract__in=contracts, gpu_device=OuterRef("gpu_id"), workload__isnull=True
     ).filter(
         Q(period__contains=OuterRef("hour"))
         | Q(period__startswith__gt=OuterRef("hour"), period__startswith__lt=hour_end)
     )
     # The GPUs the contracts ever held, as a plain IN list too: it lets the planner start
     # from those GPUs (rollup index on gpu) instead of scanning the period's rollups.
-    held_gpus = Allocation.objects.filter(line__contract__in=contracts).values("gpu_device_id")
+    held_gpus = Allocation.objects.filter(
+        line__contract__in=contracts, workload__isnull=True
+    ).values("gpu_device_id")
     return HourlyUsage.objects.filter(
-        workload_kind="allocation", hour__gte=since, hour__lt=until, gpu_id__in=held_gpus
+        workload_kind__in=RESERVED_WORK_KINDS, hour__gte=since, hour__lt=until, gpu_id__in=held_gpus
     ).filter(Exists(held))
 
 
@@ -191,20 +196,20 @@ def bucket_costs_minor(
     metered: Mapping[UsageKey, MeteredQuantities] | None = None,
 ) -> dict[datetime, int]:
     """Cost of ``lines`` per UTC hour or day in ``[since, until)``, minor units: each
-    bucket's billable usage priced alone (reserved GPU-seconds held, on-demand busy time
-    or tokens) and rounded once, without SLA credits (a credit is the month's). Buckets
+    bucket's billable usage priced alone (GPU-seconds reservations and instances held,
+    tokens) and rounded once, without SLA credits (a credit is the month's). Buckets
     that cost nothing are absent. ``metered``: the lines' metered quantities by the same
     bucket when the caller already read them (by node or not)."""
     exact: dict[datetime, Decimal] = defaultdict(Decimal)
-    reserved = reserved_gpu_seconds(start=since, end=until, line_ids=list(lines), bucket=bucket)
+    held = held_gpu_seconds(start=since, end=until, line_ids=list(lines), bucket=bucket)
     if metered is None:
         metered = metered_quantities(start=since, end=until, line_ids=list(lines), bucket=bucket)
     with localcontext() as context:
         context.prec = PRECISION
-        for key, seconds in reserved.items():
+        for key, seconds in held.items():
             assert key.start is not None  # asked for by bucket
             line = lines[key.line_id]
-            exact[key.start] += reserved_charge(line=line, gpu_seconds=seconds).exact_amount
+            exact[key.start] += held_charge(line=line, gpu_seconds=seconds).exact_amount
         for key, quantities in metered.items():
             assert key.start is not None  # asked for by bucket
             line = lines[key.line_id]
@@ -218,7 +223,8 @@ def month_to_date(*, contracts: list[Contract], since: datetime, until: datetime
     and usage of ``contracts`` in ``[since, until)``.
 
     Reserved lines cost every held second whether used or not, less their SLA credit over
-    the period; on-demand lines their billable busy time or tokens. The cost per day (the
+    the period; on-demand GPU lines the seconds their instances held GPUs (busy time
+    shown), inference lines their tokens. The cost per day (the
     chart) prices each day's usage alone, without SLA credits (a credit is the period's).
     """
     result = MonthToDate(since=since, until=until)

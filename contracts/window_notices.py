@@ -100,7 +100,9 @@ def contract_windows(*, contract: Contract, now: datetime) -> list[WindowImpact]
     """Windows current or to come over GPUs the contract holds, soonest first."""
     periods_by_node: dict[int, list[tuple[int, DateTimeTZRange]]] = defaultdict(list)
     for gpu_id, node_id, period in Allocation.objects.filter(
-        line__contract=contract, period__overlap=DateTimeTZRange(now, None, "[)")
+        line__contract=contract,
+        period__overlap=DateTimeTZRange(now, None, "[)"),
+        workload__isnull=True,  # reservations: an instance's buyer chose the moment
     ).values_list("gpu_device_id", "gpu_device__node_id", "period"):
         periods_by_node[node_id].append((gpu_id, period))
     if not periods_by_node:
@@ -143,6 +145,7 @@ def _affected_by_buyer(window: NodeWindow) -> dict[int, list[AffectedContract]]:
         gpu_device__node_id=window.node_id,
         period__overlap=window.period,
         line__contract__state__in=OPEN_STATES,
+        workload__isnull=True,  # reservations: an instance's buyer chose the moment
     ).values_list("line__contract_id", "line__contract__buyer_id", "gpu_device_id", "period"):
         held[(buyer_id, contract_id)].append((gpu_id, period))
     affected: dict[int, list[AffectedContract]] = defaultdict(list)

@@ -9,10 +9,11 @@ share is exactly what the invoice billed:
   available, maintenance announced in time excluded, as the SLA counts them), so the
   credit is charged back to the partner whose GPUs were down; when no minute was down
   (cannot happen with a credit, but the data may be incomplete) by GPU-seconds;
-- on-demand GPU lines: busy GPU-milliseconds of the line's billable rollup hours;
+- on-demand GPU lines: the GPU-seconds their instances held on each node;
 - inference lines: input or output tokens, of the same hours;
 - late-usage lines: the service month's metered usage of their meter (the rollups do not
-  say which records arrived late, so the late part is spread like the month's usage);
+  say which records arrived late, so the late part is spread like the month's usage;
+  busy GPU-ms for the late lines of months billed before instances);
 - commitment true-ups and early-termination fees: no node earned them; one row, all
   platform.
 
@@ -68,8 +69,8 @@ from contracts.billable_usage import (
     MeteredQuantities,
     UsageKey,
     down_minutes,
+    held_gpu_seconds,
     metered_quantities,
-    reserved_gpu_seconds,
 )
 
 K = TypeVar("K", bound=Hashable)
@@ -129,7 +130,6 @@ _METERED_KIND: dict[str, str] = {
     Meter.OUTPUT_TOKENS: RevenueKind.INFERENCE,
 }
 _LINE_METER: dict[str, str] = {
-    LineKind.ON_DEMAND_GPU: Meter.GPU_BUSY_MS,
     LineKind.INFERENCE_INPUT: Meter.INPUT_TOKENS,
     LineKind.INFERENCE_OUTPUT: Meter.OUTPUT_TOKENS,
 }
@@ -178,12 +178,12 @@ class _MonthWeights:
                 {line.contract_line_id for line in lines if line.contract_line_id and wanted(line)}
             )
 
-        reserved_kinds = (LineKind.RESERVED, LineKind.SLA_CREDIT)
-        self.reserved = _by_line_and_node(
-            reserved_gpu_seconds(
+        held_kinds = (LineKind.RESERVED, LineKind.SLA_CREDIT, LineKind.ON_DEMAND_GPU)
+        self.held = _by_line_and_node(
+            held_gpu_seconds(
                 start=start,
                 end=end,
-                line_ids=line_ids(lambda line: line.kind in reserved_kinds),
+                line_ids=line_ids(lambda line: line.kind in held_kinds),
                 by_node=True,
             )
         )
@@ -208,7 +208,7 @@ class _MonthWeights:
     def node_ids(self) -> set[int]:
         return {
             node_id
-            for weights in (self.reserved, self.metered)
+            for weights in (self.held, self.metered)
             for per_node in weights.values()
             for node_id in per_node
         }
@@ -219,7 +219,9 @@ class _MonthWeights:
         if contract_line_id is None:
             return RevenueKind.PLATFORM, {}, ""
         if line.kind == LineKind.RESERVED:
-            return RevenueKind.RESERVED, dict(self.reserved[contract_line_id]), "GPU-seconds"
+            return RevenueKind.RESERVED, dict(self.held[contract_line_id]), "GPU-seconds"
+        if line.kind == LineKind.ON_DEMAND_GPU:
+            return RevenueKind.ON_DEMAND_GPU, dict(self.held[contract_line_id]), "GPU-seconds"
         if line.kind == LineKind.SLA_CREDIT:
             down = {
                 node_id: Decimal(minutes)
@@ -228,7 +230,7 @@ class _MonthWeights:
             }
             if down:
                 return RevenueKind.RESERVED, down, "down GPU-minutes"
-            return RevenueKind.RESERVED, dict(self.reserved[contract_line_id]), "GPU-seconds"
+            return RevenueKind.RESERVED, dict(self.held[contract_line_id]), "GPU-seconds"
         meter = _line_meter(line)
         if meter:
             weights = {

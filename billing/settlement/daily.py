@@ -4,8 +4,8 @@ Attribution splits each paid invoice line over nodes for the whole month; a part
 wants to see *when* the money was earned. Each of the partner's attributions (its share,
 exactly as settled) is spread over the days of its month by the same billable usage that
 weighed it between nodes, read per node and per day (``contracts.billable_usage`` with
-``bucket="day"``): reserved GPU-seconds for reserved lines and their SLA credits,
-busy GPU-ms or tokens for metered lines. The split is ``split_largest_remainder``, so the
+``bucket="day"``): GPU-seconds held for reserved lines, their SLA credits and on-demand
+GPU lines (instances), tokens for metered lines. The split is ``split_largest_remainder``, so the
 days of an attribution add up to its share to the cent; what has no daily usage (a line
 no day weighs) stays on the month (``day`` None). A node's figure per GPU is its share
 divided by its GPU count (attribution, like inference metering, is per node).
@@ -28,11 +28,12 @@ from capacity.models import Node
 from config.charts import ChartSeries, chart_spec
 from contracts.billable_usage import (
     MeteredQuantities,
+    held_gpu_seconds,
     metered_quantities,
-    reserved_gpu_seconds,
 )
 
-_RESERVED_KINDS = (LineKind.RESERVED, LineKind.SLA_CREDIT)
+# Lines weighed by the GPU-seconds their allocations held (reservations, instances).
+_RESERVED_KINDS = (LineKind.RESERVED, LineKind.SLA_CREDIT, LineKind.ON_DEMAND_GPU)
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,7 @@ def earnings_by_day(*, partner: Organization, currency: str, month: date) -> lis
         }
     )
     reserved = (
-        reserved_gpu_seconds(
-            start=start, end=end, line_ids=reserved_ids, by_node=True, bucket="day"
-        )
+        held_gpu_seconds(start=start, end=end, line_ids=reserved_ids, by_node=True, bucket="day")
         if reserved_ids
         else {}
     )

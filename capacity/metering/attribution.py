@@ -37,7 +37,7 @@ from capacity.metering.models import AttributionCursor, UsageRecord
 
 # Workload kinds attribution ties to lines (idle windows bill nobody; inference is billed
 # from receipts by ingest).
-BILLABLE_KINDS = ("allocation",)
+BILLABLE_KINDS = ("allocation", "assignment")
 # Ids below the cursor scanned again on every run: an ingest transaction that took its ids
 # before a later one but committed after it is still seen (ingest statements last
 # milliseconds; this is about a minute of a 100,000-GPU fleet).

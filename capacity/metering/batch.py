@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from capacity.metering import health, health_history, ingest
+from capacity.metering import assignments, health, health_history, ingest
 from capacity.metering.models import NodePollState
 from capacity.metering.polling import (
     DEFAULT_CONCURRENCY,
@@ -64,6 +64,7 @@ def load_targets(
     ):
         gpus[node_id][uuid] = device_id
     served = served_products(node_ids=node_ids)
+    plans = assignments.load_plans(node_ids=node_ids, now=now)
     rows = (
         NodePollState.objects.filter(node_id__in=node_ids)
         .exclude(node__status__in=UNPOLLED_STATUSES)
@@ -125,6 +126,7 @@ def load_targets(
                     for uuid, device_id in gpus[node_id].items()
                 },
                 served_products=served.get(node_id, {}),
+                assignments=plans.get(node_id, assignments.NodeAssignmentPlan()),
                 # A node that is not online gets its health asked on every poll.
                 check_health=always_check_health
                 or status != NodeStatus.ONLINE
@@ -175,6 +177,13 @@ def poll_and_store(
                     before=snapshots[outcome.node_id],
                     interval_seconds=interval_seconds,
                 )
+            reports = []
+            for outcome in outcomes:
+                report = outcome.assignment_report
+                if report is not None:
+                    report.poll_failed = not outcome.succeeded
+                    reports.append(report)
+            assignments.apply_reports(reports=reports, now=now)
             health_history.record_samples(
                 [
                     (outcome.node_id, outcome.polled_at, outcome.health_sample)

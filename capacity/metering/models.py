@@ -85,6 +85,8 @@ class NodePollState(models.Model):
 
 
 class WorkloadKind(models.TextChoices):
+    # A workload the platform assigned (agent protocol v1.1): ref = its assignment id.
+    ASSIGNMENT = "assignment", "Assigned workload"
     ALLOCATION = "allocation", "Reserved allocation"
     INFERENCE = "inference", "On-demand inference"
     IDLE = "idle", "Idle"
@@ -126,6 +128,9 @@ class UsageRecord(models.Model):
     allocation_id = models.BigIntegerField(null=True, blank=True)
     api_key_id = models.BigIntegerField(null=True, blank=True)
     line_id = models.BigIntegerField(null=True, blank=True)
+    # The contracts ``Workload`` whose assignment the record names (``workload_kind =
+    # 'assignment'``), checked against the node and GPU it was assigned to.
+    workload_id = models.BigIntegerField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
 
     objects = UsageRecordQuerySet.as_manager()
@@ -174,6 +179,7 @@ class QuarantineReason(models.TextChoices):
     RECEIPT_OTHER_NODE = "receipt_other_node", "Gateway receipt issued for another node"
     RECEIPT_REPLAYED = "receipt_replayed", "Gateway receipt already metered"
     TOKENS_OVER_RECEIPT = "tokens_over_receipt", "Tokens above the receipt's bounds"
+    UNASSIGNED = "unassigned", "Busy time or tokens no assignment of the GPU covers"
 
 
 class QuarantinedRecordQuerySet(TenantQuerySet):

@@ -26,7 +26,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from capacity.agent.protocol import GENESIS_PREV_HASH, verify_chain, verify_signature
-from capacity.agent_client import AgentError, AgentHttp, normalize_agent_url
+from capacity.agent_client import AgentError, AgentHttp, AgentHttpError, normalize_agent_url
+from capacity.metering.assignments import AssignmentReport, NodeAssignmentPlan
 from capacity.metering.availability import MinuteMask, minute_masks
 from capacity.metering.models import QuarantineReason
 from capacity.metering.validation import (
@@ -73,6 +74,9 @@ class PollTarget:
     served_products: Mapping[str, int] = field(default_factory=dict)
     # Ask /v1/health on this poll (``health_due``); otherwise the last health verdict stands.
     check_health: bool = True
+    # Assignments: what covers the GPUs, what to push, the digest last read
+    # (``capacity.metering.assignments``).
+    assignments: NodeAssignmentPlan = field(default_factory=NodeAssignmentPlan)
 
     def url(self, endpoint: str) -> str:
         """``{agent_url}/v1/{endpoint}``. The stored URL is normalized again (enrollment
@@ -164,6 +168,8 @@ class PollOutcome:
     # The health answer's figures for the node's daily history (None: not asked, or no
     # GPU gave figures in range).
     health_sample: HealthSample | None = None
+    # What the poll learnt and did about assignments (``_sync_assignments``).
+    assignment_report: AssignmentReport | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -266,6 +272,7 @@ async def _poll_usage(http: AgentHttp, target: PollTarget, outcome: PollOutcome)
         except ValueError as error:
             outcome.error = f"malformed usage answer: {error}"
             return
+        _read_assignments_member(payload, outcome)
         if epoch != chain_epoch:
             # A new journal (the agent's disk was wiped or replaced): start from genesis.
             restart = chain_seq != 0
@@ -296,6 +303,7 @@ async def _poll_usage(http: AgentHttp, target: PollTarget, outcome: PollOutcome)
                 gpu_window_ends=window_ends,
                 served_products=target.served_products,
                 receipts=receipts,
+                assignments=target.assignments.covers,
             )
             if isinstance(verdict, AcceptedRecord):
                 page.accepted.append(verdict)
@@ -326,6 +334,58 @@ async def _poll_usage(http: AgentHttp, target: PollTarget, outcome: PollOutcome)
         chain_epoch, chain_seq, chain_hash = epoch, page.to_seq, page.to_hash
         if not chain.ok or not fresh or chain_seq >= head_seq:
             return
+
+
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def _read_assignments_member(payload: object, outcome: PollOutcome) -> None:
+    """Keep the usage answer's ``assignments`` ``{generation, digest}`` (v1.1 agents)."""
+    member = payload.get("assignments") if isinstance(payload, dict) else None
+    if not isinstance(member, dict) or outcome.assignment_report is None:
+        return
+    generation, digest = member.get("generation"), member.get("digest")
+    if isinstance(generation, int) and not isinstance(generation, bool) and generation >= 0:
+        outcome.assignment_report.agent_generation = generation
+    if isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX64:
+        outcome.assignment_report.agent_digest = digest
+
+
+PLATFORM_SIGNATURE_HEADER = "X-Platform-Signature"
+
+
+async def _sync_assignments(http: AgentHttp, target: PollTarget, outcome: PollOutcome) -> None:
+    """Push the desired assignments if the agent holds an older generation; read its
+    workloads if their digest changed. A v1 agent (no ``assignments`` in its usage
+    answer) is neither pushed to nor read."""
+    report, plan = outcome.assignment_report, target.assignments
+    if report is None or report.agent_generation is None:
+        return
+    push = plan.push
+    if push is not None and report.agent_generation < push.generation:
+        report.pushed_generation = push.generation
+        try:
+            answer = await http.put_signed(
+                target.url("assignments"),
+                token=target.token,
+                body=push.body,
+                signature_header=PLATFORM_SIGNATURE_HEADER,
+                signature=push.signature,
+            )
+            _signed_json(answer.body, answer.signature, target.public_key, "assignments answer")
+        except AgentHttpError as error:
+            report.push_error = f"the agent refused the assignments: {error}"
+        except (AgentError, _Unverified, ValueError) as error:
+            report.push_error = str(error)
+    if report.agent_digest is not None and report.agent_digest != plan.digest:
+        try:
+            answer = await http.get(target.url("workloads"), token=target.token)
+            payload = _signed_json(answer.body, answer.signature, target.public_key, "workloads")
+        except (AgentError, _Unverified, ValueError):
+            return  # read again on the next poll (the stored digest did not move)
+        workloads = payload.get("workloads") if isinstance(payload, dict) else None
+        if isinstance(workloads, list):
+            report.workloads = workloads
 
 
 async def _poll_health(http: AgentHttp, target: PollTarget, outcome: PollOutcome) -> None:
@@ -374,7 +434,8 @@ async def poll_node(
     verified and stored on its own), the rest waits for the next poll.
     """
     outcome = PollOutcome(node_id=target.node_id, polled_at=polled_at)
-    requests = [_poll_usage]
+    outcome.assignment_report = AssignmentReport(node_id=target.node_id, polled_at=polled_at)
+    requests = [_poll_usage, _sync_assignments]
     if target.check_health:
         requests.append(_poll_health)
     try:

@@ -26,6 +26,13 @@ is exempt from the per-GPU overlap rule and never moves ``gpu_window_ends``; its
 are bounded by the receipt (at most ``receipts.MAX_TOKENS_BOUND`` each) instead of the
 per-GPU-second ceilings. Checking one costs one Ed25519 verification (~50 us).
 
+GPU work is tied to what the platform assigned (agent protocol v1.1, docs/workloads.md):
+a record ``{"kind": "assignment", "ref": <assignment id>}`` with busy time or tokens is
+valid only if that assignment exists for the polled node, names the record's GPU and had
+started before the window started and not ended by then (``assignments``, read from the
+platform before the poll); busy time or tokens reported as ``idle`` are not believed
+either. Both are quarantined as ``unassigned``, never billed.
+
 Legacy inference window records (no receipt; ``ref`` = the product's slug) are still
 stored when the node serves that product and their tokens are within its throughput, so
 the GPU's busy time, energy and minutes count as before, but their tokens are **never
@@ -81,6 +88,27 @@ class ReceiptContext:
     agent_public_key: str
     platform_key: Ed25519PublicKey
     seen_rids: set[str]
+
+
+# Workload kinds a record may carry: the protocol's, and v1.1's assignments.
+ACCEPTED_WORKLOAD_KINDS = frozenset(WORKLOAD_KINDS) | {"assignment"}
+
+
+@dataclass(frozen=True)
+class AssignmentCover:
+    """One assignment of the polled node as the platform holds it: the GPUs (uuids) it
+    runs on and when (Unix us; ``end_us`` None while it runs)."""
+
+    gpu_uuids: frozenset[str]
+    start_us: int
+    end_us: int | None = None
+
+    def covers(self, gpu_uuid: str, start_us: int) -> bool:
+        return (
+            gpu_uuid in self.gpu_uuids
+            and start_us >= self.start_us - CLOCK_SKEW_S * 1_000_000
+            and (self.end_us is None or start_us < self.end_us)
+        )
 
 
 @dataclass(frozen=True)
@@ -143,8 +171,12 @@ def validate_record(
     gpu_window_ends: MutableMapping[str, int],
     served_products: Mapping[str, int] | None = None,
     receipts: ReceiptContext | None = None,
+    assignments: Mapping[str, AssignmentCover] | None = None,
 ) -> AcceptedRecord | Rejection:
     """Accept ``record`` or say why not.
+
+    ``assignments`` maps the node's assignment ids to what they cover (none given: the
+    node has none, and any assignment record with busy time or tokens is refused).
 
     ``served_products`` maps the slug of each inference product the node serves to the
     product's throughput in tokens per GPU-second; inference for any other product is
@@ -185,7 +217,7 @@ def validate_record(
     ref = workload.get("ref") if isinstance(workload, Mapping) else None
     has_receipt = kind == "inference" and isinstance(workload, Mapping) and "receipt" in workload
     if (
-        kind not in WORKLOAD_KINDS
+        kind not in ACCEPTED_WORKLOAD_KINDS
         or not isinstance(workload, Mapping)
         or workload.keys() != (_RECEIPT_WORKLOAD_KEYS if has_receipt else _PLAIN_WORKLOAD_KEYS)
     ):
@@ -246,6 +278,11 @@ def validate_record(
                 f"starts {(previous_end_us - start_us) / 1e6:g} s before the GPU's previous"
                 " window ended",
             )
+        unassigned = _unassigned(
+            kind, ref, record, gpu_uuid=str(raw_uuid), start_us=start_us, assignments=assignments
+        )
+        if unassigned is not None:
+            return reject(QuarantineReason.UNASSIGNED, unassigned)
         gpu_window_ends[raw_uuid] = end_us  # type: ignore[index]
     return AcceptedRecord(
         seq=int(record["seq"]),  # type: ignore[call-overload]
@@ -263,6 +300,33 @@ def validate_record(
         receipt=receipt,
         raw=record if receipt is not None else None,
     )
+
+
+def _unassigned(
+    kind: object,
+    ref: str | None,
+    record: Mapping[str, object],
+    *,
+    gpu_uuid: str,
+    start_us: int,
+    assignments: Mapping[str, AssignmentCover] | None,
+) -> str | None:
+    """Why a record's busy time or tokens are not covered by an assignment (words), or
+    None: an assignment record naming no assignment of this node covering the GPU at
+    the window's start, or busy time or tokens reported as idle."""
+    worked = any(int(record[name]) > 0 for name in ("busy_ms", "input_tokens", "output_tokens"))  # type: ignore[call-overload]
+    if not worked:
+        return None
+    if kind == "idle":
+        return "busy time or tokens reported as idle"
+    if kind != "assignment":
+        return None
+    cover = (assignments or {}).get(ref or "")
+    if cover is None:
+        return f"no assignment {str(ref)[:40]!r} on this node"
+    if not cover.covers(gpu_uuid, start_us):
+        return f"assignment {str(ref)[:40]!r} does not cover this GPU at the window's start"
+    return None
 
 
 def _inference_refusal(

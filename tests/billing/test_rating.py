@@ -14,6 +14,7 @@ from billing.models import Invoice, LineKind
 from billing.rating import rate_month
 from contracts.checkout import reservation_checkout
 from contracts.models import Contract
+from contracts.workloads import instance_start, workload_stop
 from tests.billing.conftest import add_tokens, add_usage, gpu_line_with_key, inference_line_with_key
 
 pytestmark = pytest.mark.django_db
@@ -127,40 +128,54 @@ def test_inference_tokens_and_commitment_true_up(buyer_org, buyer_owner, llm, de
     assert invoice.total_minor == 50_000
 
 
-def test_on_demand_gpu_busy_seconds(buyer_org, buyer_owner, offer, devices):
+def test_on_demand_gpu_instances_bill_the_seconds_held_start_to_stop(
+    buyer_org, buyer_owner, offer, devices
+):
     line, key = gpu_line_with_key(
         buyer=buyer_org, actor=buyer_owner, offer=offer, now=datetime(2026, 10, 1, tzinfo=UTC)
     )
-    ref = f"gpu@{key.prefix}"
-    # 1 h 30 min + 0.5 s of busy GPU time at $2.40: $3.60 + $0.000333… = $3.60
+    started = datetime(2026, 10, 3, 10, tzinfo=UTC)
+    workload = instance_start(
+        line=line,
+        gpu_count=2,
+        image="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+        ssh_public_key="",
+        ports=[22],
+        env={},
+        actor=buyer_owner,
+        now=started,
+    )
+    stopped = started + timedelta(hours=1, minutes=30, milliseconds=500)
+    workload_stop(workload=workload, actor=buyer_owner, now=stopped)
+    workload_stop(workload=workload, actor=buyer_owner, now=stopped + timedelta(hours=5))
+    # Busy time is shown, never billed: the node's busy records and the retired key-prefix
+    # refs add nothing.
     add_usage(
-        gpu=devices[2],
-        hour=datetime(2026, 10, 3, tzinfo=UTC),
-        kind="allocation",
-        ref=ref,
+        gpu=devices[0],
+        hour=datetime(2026, 10, 3, 10, tzinfo=UTC),
+        kind="assignment",
+        ref=workload.public_id,
         busy_ms=3_600_000,
     )
     add_usage(
         gpu=devices[3],
-        hour=datetime(2026, 10, 3, tzinfo=UTC),
-        kind="allocation",
-        ref=ref,
-        busy_ms=1_800_500,
-    )
-    # Another key's usage and idle time are not this line's.
-    add_usage(
-        gpu=devices[3],
         hour=datetime(2026, 10, 4, tzinfo=UTC),
         kind="allocation",
-        ref="gpu@someoneelse",
+        ref=f"gpu@{key.prefix}",
         busy_ms=999_999,
     )
-    add_usage(
-        gpu=devices[3], hour=datetime(2026, 10, 5, tzinfo=UTC), kind="idle", ref="", busy_ms=0
-    )
     rated = rate_month(month=OCTOBER)[line.contract_id]
-    assert [(r.kind, r.metered_quantity, r.amount_minor) for r in rated] == [
-        (LineKind.ON_DEMAND_GPU, 5_400_500, 360)
+    # 2 GPUs x 5,400.5 s = 10,801 GPU-seconds x $2.40 / 3600 = $7.2006… → $7.20
+    assert [(r.kind, r.quantity, r.unit, r.metered_quantity, r.amount_minor) for r in rated] == [
+        (LineKind.ON_DEMAND_GPU, Decimal("3.000277778"), "GPU-hours", None, 720)
+    ]
+    assert rated[0].exact_amount == Decimal("7.2" + "0066" + "6" * 53 + "7")
+    draft_invoices(
+        month=OCTOBER, contract_ids=[line.contract_id], now=datetime(2026, 11, 1, 1, tzinfo=UTC)
+    )
+    invoice = Invoice.objects.get(contract_id=line.contract_id, month=OCTOBER)
+    assert [(row.kind, row.amount_minor) for row in invoice.lines.all()] == [
+        (LineKind.ON_DEMAND_GPU, 720)
     ]
 
 

@@ -14,17 +14,17 @@ from billing.models import LineKind as InvoiceLineKind
 from billing.rating import rate_month
 from capacity.metering.availability import AvailabilityFigure
 from capacity.metering.models import HourlyUsage, UsageRecord
-from contracts.attribution import attribute_usage_records, workload_ref_for_key
+from contracts.attribution import attribute_usage_records
 from contracts.billable_usage import (
     MeteredQuantities,
     UsageKey,
     down_minutes,
+    held_gpu_seconds,
     metered_quantities,
-    reserved_gpu_seconds,
     sla_minutes,
 )
 from contracts.charges import ChargeKind, line_charges
-from contracts.models import Contract, ContractLine, InferenceProduct
+from contracts.models import ContractLine, InferenceProduct
 from contracts.sla import line_sla
 from contracts.usage import month_to_date
 from tests.contracts.usage_builders import (
@@ -32,12 +32,14 @@ from tests.contracts.usage_builders import (
     gpu_line,
     inference_line,
     inference_product,
+    instance,
     key_for,
     observe,
     reserved_line,
     use,
+    work,
 )
-from tests.factories import NodeWindowFactory, OfferFactory, SiteFactory, gpu_pool, stored_usage
+from tests.factories import NodeWindowFactory, stored_usage
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -98,38 +100,40 @@ def inference(contract, product, devices):
 
 @pytest.fixture
 def on_demand_gpu(contract, offer, devices, other_org):
-    """Key from Oct 1. GPU 1 is reserved by someone else from Oct 10 12:30: its hour 12:00
-    is the reservation's. Billed: 1,000,000 + 300,000 busy ms."""
+    """An instance on GPUs 2 and 3 from Oct 10 11:00 to 12:30 (3 GPU-hours held, billed
+    at $2.40); its node reported 1,000,000 + 300,000 busy ms under its assignment (shown,
+    not billed). GPU 1 is reserved by someone else from Oct 10 12:30."""
     line = gpu_line(contract=contract, offer=offer, since=OCT_1)
-    key = key_for(line, created_at=OCT_1)
     reserved_line(
         contract=active_contract(buyer=other_org, since=OCT_1),
         offer=offer,
         holds=[(devices[1], at(10, 12, 30), at(11))],
     )
-    use(key=key, product=None, gpu=devices[1], at=at(10, 11), busy_ms=1_000_000)
-    use(key=key, product=None, gpu=devices[1], at=at(10, 12), busy_ms=200_000)
-    use(key=key, product=None, gpu=devices[2], at=at(10, 12), busy_ms=300_000)
-    return line, key
+    workload = instance(
+        line=line, gpus=[devices[2], devices[3]], start=at(10, 11), end=at(10, 12, 30)
+    )
+    work(workload=workload, gpu=devices[2], at=at(10, 11), busy_ms=1_000_000)
+    work(workload=workload, gpu=devices[2], at=at(10, 12), busy_ms=300_000)
+    return line, workload
 
 
 def test_reserved_gpu_seconds_per_line_node_and_bucket(reserved, devices):
     node_a, node_b = devices[0].node_id, devices[4].node_id
     line = reserved.pk
-    assert reserved_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line]) == {
+    assert held_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line]) == {
         UsageKey(line): D(1_535_400)
     }
-    assert reserved_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line], by_node=True) == {
+    assert held_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line], by_node=True) == {
         UsageKey(line, node_a): D(1_425_600),
         UsageKey(line, node_b): D(109_800),
     }
-    by_day = reserved_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line], bucket="day")
+    by_day = held_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line], bucket="day")
     assert len(by_day) == 17  # Oct 15 to Oct 31
     assert by_day[UsageKey(line, None, at(15))] == D(43_200)
     assert by_day[UsageKey(line, None, at(20))] == D(172_800)
     assert by_day[UsageKey(line, None, at(21))] == D(86_400 + 23_400)
     assert sum(by_day.values()) == D(1_535_400)
-    by_hour = reserved_gpu_seconds(
+    by_hour = held_gpu_seconds(
         start=at(21, 6), end=at(21, 8), contract_ids=[reserved.contract_id], bucket="hour"
     )
     assert by_hour == {
@@ -138,7 +142,7 @@ def test_reserved_gpu_seconds_per_line_node_and_bucket(reserved, devices):
     }
     # A period cut inside an allocation, to the microsecond.
     cut = at(16) + timedelta(microseconds=1)
-    assert reserved_gpu_seconds(start=at(15, 12), end=cut, line_ids=[line]) == {
+    assert held_gpu_seconds(start=at(15, 12), end=cut, line_ids=[line]) == {
         UsageKey(line): D("43200.000001")
     }
 
@@ -170,60 +174,63 @@ def test_metered_tokens_count_whole_hours_of_the_line_in_force(inference, device
     }
 
 
-def test_on_demand_gpu_hours_a_reservation_holds_are_the_reservations(on_demand_gpu, devices):
-    line, key = on_demand_gpu
+def test_an_instance_bills_the_seconds_it_held_and_shows_its_busy_time(on_demand_gpu, devices):
+    line, workload = on_demand_gpu
+    assert held_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line.pk]) == {
+        UsageKey(line.pk): D(2 * 5400)
+    }
+    assert held_gpu_seconds(
+        start=OCT_1, end=NOV_1, line_ids=[line.pk], by_node=True, bucket="hour"
+    ) == {
+        UsageKey(line.pk, devices[2].node_id, at(10, 11)): D(2 * 3600),
+        UsageKey(line.pk, devices[2].node_id, at(10, 12)): D(2 * 1800),
+    }
+    # Busy time is the line's (shown), from the rollups attribution stamped with it.
     assert metered_quantities(start=OCT_1, end=NOV_1, contract_ids=[line.contract_id]) == {
         UsageKey(line.pk): MeteredQuantities(busy_ms=1_300_000, energy_mj=1_300_000 * 700)
     }
-    # The 12:00 record ran before the reservation began: the key's, not billed by the hour
-    # rule. Inside the reservation a record is the reservation's.
-    early = UsageRecord.objects.get(gpu=devices[1], window_start=at(10, 12))
-    assert (early.allocation_id, early.api_key_id, early.line_id) == (None, key.pk, line.pk)
-    inside = use(key=key, product=None, gpu=devices[1], at=at(10, 13), busy_ms=5)
-    inside.refresh_from_db()
-    assert inside.api_key_id is None and inside.allocation_id is not None
-    assert inside.line_id != line.pk
-    # The rollup row of that hour still names the key's line; the rule leaves it out.
-    assert HourlyUsage.objects.get(gpu=devices[1], hour=at(10, 13)).line_id == line.pk
-    assert metered_quantities(start=at(10, 13), end=at(10, 14), line_ids=[line.pk]) == {}
+    record = UsageRecord.objects.get(gpu=devices[2], window_start=at(10, 11))
+    allocation = workload.allocations.get(gpu_device=devices[2])
+    assert (record.workload_id, record.line_id, record.allocation_id, record.api_key_id) == (
+        workload.pk,
+        line.pk,
+        allocation.pk,
+        None,
+    )
+    assert HourlyUsage.objects.get(gpu=devices[2], hour=at(10, 11)).line_id == line.pk
 
 
-def test_gpu_time_on_another_sites_gpu_is_nobodys(on_demand_gpu, partner_org):
-    line, key = on_demand_gpu
-    elsewhere = gpu_pool(site=SiteFactory(organization=partner_org), gpus=1)[0]
-    OfferFactory(site=elsewhere.node.site, gpu_count=1)
-    record = use(key=key, product=None, gpu=elsewhere, at=at(12), busy_ms=60_000)
-    record.refresh_from_db()
-    assert (record.api_key_id, record.line_id) == (None, None)
-    assert HourlyUsage.objects.get(gpu=elsewhere).line_id is None
+def test_a_running_instance_holds_until_now(contract, offer, devices):
+    line = gpu_line(contract=contract, offer=offer, since=OCT_1)
+    instance(line=line, gpus=[devices[4]], start=at(20, 9))
+    assert held_gpu_seconds(
+        start=OCT_1, end=NOV_1, line_ids=[line.pk], now=at(20, 9, 30) + timedelta(seconds=7)
+    ) == {UsageKey(line.pk): D(1807)}
+    # A month that ended before now is billed to its end.
+    assert held_gpu_seconds(start=OCT_1, end=NOV_1, line_ids=[line.pk], now=at(31, 23)) == {
+        UsageKey(line.pk): D((11 * 24 + 14) * 3600)
+    }
+
+
+def test_assignment_work_is_the_workloads_only_on_its_node_and_gpus(on_demand_gpu, devices):
+    line, workload = on_demand_gpu
+    # The assignment id on a GPU it was not given (GPU 4 is another node's): nobody's.
+    stray = stored_usage(
+        gpu=devices[4], start=at(10, 11), kind="assignment", ref=workload.public_id, busy_ms=9
+    )
+    forged = stored_usage(
+        gpu=devices[2], start=at(10, 11, 5), kind="assignment", ref="f" * 32, busy_ms=9
+    )
+    legacy = stored_usage(
+        gpu=devices[3], start=at(10, 11, 6), kind="allocation", ref="gpu@abcdefgh", busy_ms=9
+    )
+    assert attribute_usage_records(records=UsageRecord.objects.all()) == 0
+    for record in (stray, forged, legacy):
+        record.refresh_from_db()
+        assert (record.workload_id, record.line_id, record.allocation_id) == (None, None, None)
     assert metered_quantities(start=OCT_1, end=NOV_1, line_ids=[line.pk])[
         UsageKey(line.pk)
     ] == MeteredQuantities(busy_ms=1_300_000, energy_mj=1_300_000 * 700)
-
-
-def test_a_ref_naming_two_keys_is_nobodys_and_a_stamped_hour_keeps_its_line(
-    on_demand_gpu, offer, devices, other_org
-):
-    line, key = on_demand_gpu
-    record = use(key=key, product=None, gpu=devices[3], at=at(2, 10), busy_ms=10)
-    later = stored_usage(
-        gpu=devices[3],
-        start=at(2, 10, 30),
-        kind="allocation",
-        ref=workload_ref_for_key(api_key=key),
-        busy_ms=20,
-    )
-    # Another buyer's key happens to share the prefix: whose the later record is, nobody
-    # can tell, so it is nobody's; the hour's rollup row keeps the line it was stamped with.
-    other_contract = Contract.objects.get(buyer=other_org)  # holding its reservation
-    twin = key_for(gpu_line(contract=other_contract, offer=offer, since=OCT_1), created_at=OCT_1)
-    type(twin).objects.filter(pk=twin.pk).update(prefix=key.prefix)
-    assert attribute_usage_records(records=UsageRecord.objects.filter(pk=later.pk)) == 0
-    record.refresh_from_db()
-    assert record.line_id == line.pk
-    row = HourlyUsage.objects.get(gpu=devices[3], hour=at(2, 10))
-    assert (row.busy_ms, row.record_count, row.line_id) == (30, 2, line.pk)
-    assert attribute_usage_records(records=UsageRecord.objects.all()) == 0  # idempotent
 
 
 def test_inference_reads_only_receipts_never_key_prefix_refs(contract, product, devices):
@@ -309,8 +316,8 @@ def test_rating_and_the_month_to_date_price_the_same_charges(
         (reserved.pk, ChargeKind.SLA_CREDIT, D("-223.9125"), -22_391),
         (inference.pk, ChargeKind.INFERENCE_INPUT, D("10.8"), 1_080),
         (inference.pk, ChargeKind.INFERENCE_OUTPUT, D("3.0"), 300),
-        # 1,300,000 ms x $2.40 / 3,600,000 = $0.8666… (to 60 digits)
-        (gpu, ChargeKind.ON_DEMAND_GPU, D("0." + "8" + "6" * 58 + "7"), 87),
+        # 3 GPU-hours held x $2.40 (busy time is not priced)
+        (gpu, ChargeKind.ON_DEMAND_GPU, D("7.2"), 720),
     ]
     rated = rate_month(month=date(2026, 10, 1), contract_ids=[contract.pk])[contract.pk]
     assert [(line.kind, line.amount_minor) for line in rated] == [
@@ -318,14 +325,14 @@ def test_rating_and_the_month_to_date_price_the_same_charges(
         (InvoiceLineKind.SLA_CREDIT, -22_391),
         (InvoiceLineKind.INFERENCE_INPUT, 1_080),
         (InvoiceLineKind.INFERENCE_OUTPUT, 300),
-        (InvoiceLineKind.ON_DEMAND_GPU, 87),
+        (InvoiceLineKind.ON_DEMAND_GPU, 720),
     ]
     month = month_to_date(contracts=[contract], since=OCT_1, until=NOV_1)
-    assert month.total_minor == 68_641 == sum(line.amount_minor for line in rated)
+    assert month.total_minor == 69_274 == sum(line.amount_minor for line in rated)
     assert {cost.line.pk: cost.amount_minor for cost in month.line_costs} == {
         reserved.pk: 67_174,
         inference.pk: 1_380,
-        gpu: 87,
+        gpu: 720,
     }
     assert (month.input_tokens, month.output_tokens, month.busy_ms) == (
         54_000_000,

@@ -1,6 +1,7 @@
-"""One owner for billable usage, as a property (hypothesis): for random reservations, API
-keys (created, revoked), on-demand lines (started, ended), usage reported on any GPU at
-any minute around the month, and outages, the month's invoice, its settlement
+"""One owner for billable usage, as a property (hypothesis): for random reservations,
+instances on on-demand GPU lines (started and stopped at any minute around the month, or
+still running), inference keys (created, revoked), on-demand lines (started, ended),
+tokens and busy time reported on any GPU at any minute around the month, and outages, the month's invoice, its settlement
 attributions and the buyer's month to date agree to the cent:
 
     Σ invoice lines = Σ settlement attributions = dashboard month to date,
@@ -31,10 +32,12 @@ from tests.contracts.usage_builders import (
     gpu_line,
     inference_line,
     inference_product,
+    instance,
     key_for,
     observe,
     reserved_line,
     use,
+    work,
 )
 from tests.factories import OfferFactory, OrganizationFactory, SiteFactory, gpu_pool
 
@@ -86,7 +89,15 @@ buyers = st.lists(
     st.fixed_dictionaries(
         {
             "reservations": st.lists(st.tuples(holds, prices), max_size=2),
-            "gpu_keys": keys,
+            # (GPU, start minute, minutes held or None: still running) of instances.
+            "instances": st.lists(
+                st.tuples(
+                    st.integers(min_value=0, max_value=GPUS - 1),
+                    around_october,
+                    st.none() | st.integers(min_value=1, max_value=40 * 1440),
+                ),
+                max_size=2,
+            ),
             "inference_keys": keys,
             "line_start": st.integers(min_value=-2 * 1440, max_value=10 * 1440),
             # When the on-demand lines end (minutes after they start), if they do.
@@ -107,6 +118,9 @@ outages = st.lists(
     ),
     max_size=6,
 )
+
+
+FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def minute(offset: int) -> datetime:
@@ -138,38 +152,45 @@ def _build_buyer(spec, *, offer, devices, product, held, down) -> int:
     gpu_rate, input_price, output_price = spec["prices"]
     since = minute(spec["line_start"])
     ended_at = None if spec["line_end"] is None else since + timedelta(minutes=spec["line_end"])
-    owned = []
-    for kind, key_specs in (("gpu", spec["gpu_keys"]), ("inference", spec["inference_keys"])):
-        if not key_specs:
-            continue
-        if kind == "gpu":
-            line = gpu_line(contract=contract, offer=offer, since=since, rate=gpu_rate)
-        else:
-            line = inference_line(
-                contract=contract,
-                product=product,
-                since=since,
-                input_price=input_price,
-                output_price=output_price,
-            )
+    if spec["instances"]:
+        line = gpu_line(contract=contract, offer=offer, since=since, rate=gpu_rate)
         ContractLine.objects.filter(pk=line.pk).update(ended_at=ended_at)
-        for created, revoked_after in key_specs:
+        for gpu, start, minutes in spec["instances"]:
+            period = (minute(start), minute(start + minutes) if minutes else FOREVER)
+            if all(period[1] <= s or e <= period[0] for s, e in held[gpu]):
+                held[gpu].append(period)
+                workload = instance(
+                    line=line,
+                    gpus=[devices[gpu]],
+                    start=period[0],
+                    end=None if minutes is None else period[1],
+                )
+                # Busy time under the assignment: shown, never billed.
+                work(workload=workload, gpu=devices[gpu], at=period[0], busy_ms=30_000)
+    keys_owned = []
+    if spec["inference_keys"]:
+        line = inference_line(
+            contract=contract,
+            product=product,
+            since=since,
+            input_price=input_price,
+            output_price=output_price,
+        )
+        ContractLine.objects.filter(pk=line.pk).update(ended_at=ended_at)
+        for created, revoked_after in spec["inference_keys"]:
             created_at = minute(created)
             revoked_at = (
                 None if revoked_after is None else created_at + timedelta(minutes=revoked_after)
             )
-            key = key_for(line, created_at=created_at, revoked_at=revoked_at)
-            owned.append((key, product if kind == "inference" else None))
-    for which, gpu, at, first, second in spec["usage"] if owned else ():
-        key, served = owned[which % len(owned)]
+            keys_owned.append(key_for(line, created_at=created_at, revoked_at=revoked_at))
+    for which, gpu, at, first, second in spec["usage"] if keys_owned else ():
         use(
-            key=key,
-            product=served,
+            key=keys_owned[which % len(keys_owned)],
+            product=product,
             gpu=devices[gpu],
             at=minute(at),
-            busy_ms=0 if served else first,
-            input_tokens=first if served else 0,
-            output_tokens=second if served else 0,
+            input_tokens=first,
+            output_tokens=second,
         )
     return contract.pk
 

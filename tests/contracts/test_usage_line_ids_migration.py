@@ -11,7 +11,6 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 from capacity.metering.models import HourlyUsage, UsageRecord
-from contracts.attribution import workload_ref_for_key
 from contracts.billable_usage import MeteredQuantities, UsageKey, metered_quantities
 from contracts.models import Allocation
 from tests.contracts.usage_builders import (
@@ -60,7 +59,7 @@ def test_stored_usage_gets_the_lines_rating_used_to_find_by_ref(
     executor.migrate(BEFORE)
     old_apps = executor.loader.project_state(BEFORE).apps
     tokens_ref = f"{product.slug}@{tokens_key.prefix}"  # the retired inference convention
-    busy_ref = workload_ref_for_key(api_key=busy_key)
+    busy_ref = f"gpu@{busy_key.prefix}"  # the retired on-demand GPU convention
 
     def rollup(gpu, kind, ref, **quantities):
         return _insert(

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 
 from capacity.metering.models import UsageRecord
 from contracts import on_demand
-from contracts.attribution import attribute_usage_records, workload_ref_for_key
+from contracts.attribution import attribute_usage_records
 from contracts.billable_usage import MeteredQuantities, UsageKey, metered_quantities
 from contracts.checkout import reservation_checkout
 from contracts.models import (
@@ -30,6 +30,7 @@ from contracts.models import (
 )
 from contracts.money import minor_to_major, round_money
 from tests.capacity.metering.receipt_builders import meter_requests
+from tests.contracts.usage_builders import instance
 from tests.factories import stored_usage
 from tests.http_headers import NO_STORE, cache_headers
 from tests.tenancy import assert_hidden_from
@@ -349,35 +350,42 @@ def test_attribution_ties_reserved_work_and_leaves_inference_to_receipts(
     assert attribute_records(records=UsageRecord.objects.all()) == 0
 
 
-def test_on_demand_gpu_time_is_attributed_to_its_key_but_never_inside_a_reservation(
+def test_on_demand_gpu_time_is_attributed_by_assignment_never_by_key_refs(
     reservation, offer, buyer_org, buyer_owner, devices
 ):
     line = on_demand.on_demand_enable(buyer=buyer_org, actor=buyer_owner, offer=offer)
     api_key, _secret = on_demand.line_api_key_create(line=line, name="jobs", actor=buyer_owner)
-    ref = workload_ref_for_key(api_key=api_key)
-    assert ref == f"gpu@{api_key.prefix}"
     held = {a.gpu_device_id for a in reservation.allocations}
     free_gpu = next(d for d in devices if d.pk not in held)
     reserved_gpu = next(d for d in devices if d.pk in held)
+    start = timezone.now() + timedelta(minutes=1)
+    workload = instance(line=line, gpus=[free_gpu], start=start - timedelta(minutes=5))
+    assigned = _record(gpu=free_gpu, kind="assignment", ref=workload.public_id, start=start, seq=1)
+    # The retired key-prefix ref names nobody, on a free GPU or a reserved one.
+    by_key = _record(
+        gpu=free_gpu, kind="allocation", ref=f"gpu@{api_key.prefix}", start=start, seq=2
+    )
     inside = reservation.line.starts_at + timedelta(minutes=1)
-    on_demand_work = _record(gpu=free_gpu, kind="allocation", ref=ref, start=inside, seq=1)
-    # The same ref on a reserved GPU during its reservation: the reservation's, not the key's.
-    in_reservation = _record(gpu=reserved_gpu, kind="allocation", ref=ref, start=inside, seq=2)
-    stranger = _record(gpu=free_gpu, kind="allocation", ref="gpu@nobody00", start=inside, seq=3)
+    in_reservation = _record(
+        gpu=reserved_gpu, kind="allocation", ref=f"gpu@{api_key.prefix}", start=inside, seq=3
+    )
 
     assert attribute_usage_records(records=UsageRecord.objects.all()) == 2
     assert attribute_usage_records(records=UsageRecord.objects.all()) == 0  # idempotent
 
     rows = {
-        r.seq: (r.allocation_id, r.api_key_id)
-        for r in UsageRecord.objects.filter(
-            pk__in=[on_demand_work.pk, in_reservation.pk, stranger.pk]
-        )
+        r.seq: (r.allocation_id, r.workload_id, r.line_id, r.api_key_id)
+        for r in UsageRecord.objects.filter(pk__in=[assigned.pk, by_key.pk, in_reservation.pk])
     }
     reserved_allocation = next(
         a for a in reservation.allocations if a.gpu_device_id == reserved_gpu.pk
     )
-    assert rows == {1: (None, api_key.pk), 2: (reserved_allocation.pk, None), 3: (None, None)}
+    instance_allocation = workload.allocations.get()
+    assert rows == {
+        1: (instance_allocation.pk, workload.pk, line.pk, None),
+        2: (None, None, None, None),
+        3: (reserved_allocation.pk, None, reservation.line.pk, None),
+    }
 
 
 def test_beat_attribution_catches_up_below_its_cursor_within_the_overlap(
@@ -387,22 +395,22 @@ def test_beat_attribution_catches_up_below_its_cursor_within_the_overlap(
     from capacity.metering.models import AttributionCursor
 
     line = on_demand.on_demand_enable(buyer=buyer_org, actor=buyer_owner, offer=offer)
-    api_key, _secret = on_demand.line_api_key_create(line=line, name="jobs", actor=buyer_owner)
-    ref = workload_ref_for_key(api_key=api_key)
     start = timezone.now() + timedelta(minutes=1)
-    late = _record(gpu=devices[6], kind="allocation", ref=ref, start=start, seq=1)
+    workload = instance(line=line, gpus=[devices[6]], start=start)
+    ref = workload.public_id
+    late = _record(gpu=devices[6], kind="assignment", ref=ref, start=start, seq=1)
     # A run already moved past this id (its insert committed after that run's snapshot).
     AttributionCursor.objects.create(pk=1, last_id=late.pk)
 
     assert attribute_new_records(overlap=1) == 1
     late.refresh_from_db()
-    assert late.api_key_id == api_key.pk
+    assert late.workload_id == workload.pk
     # Below the overlap nothing is scanned again.
-    missed = _record(gpu=devices[6], kind="allocation", ref=ref, start=start, seq=2)
+    missed = _record(gpu=devices[6], kind="assignment", ref=ref, start=start, seq=2)
     AttributionCursor.objects.filter(pk=1).update(last_id=missed.pk + 5)
     assert attribute_new_records(overlap=5) == 0
     missed.refresh_from_db()
-    assert missed.api_key_id is None
+    assert missed.workload_id is None
     assert AttributionCursor.objects.get().last_id == missed.pk + 5
 
 

@@ -13,7 +13,6 @@ from accounts.models import ApiKey, Organization
 from capacity.metering.attribution import attribute_records
 from capacity.metering.models import GpuAvailabilityDay, UsageRecord
 from capacity.models import GpuDevice, Offer
-from contracts.attribution import workload_ref_for_key
 from contracts.models import (
     Allocation,
     Contract,
@@ -21,6 +20,9 @@ from contracts.models import (
     InferenceProduct,
     LineApiKey,
     LineKind,
+    Workload,
+    WorkloadKind,
+    WorkloadState,
 )
 from tests.capacity.metering.receipt_builders import meter_requests
 from tests.factories import ApiKeyFactory, ContractFactory, stored_usage
@@ -105,6 +107,46 @@ def inference_line(
     )
 
 
+def instance(
+    *, line: ContractLine, gpus: list[GpuDevice], start: datetime, end: datetime | None = None
+) -> Workload:
+    """An instance of the on-demand GPU ``line`` holding ``gpus`` (one node's) from
+    ``start`` until ``end`` (None: still running), as ``contracts.workloads`` leaves it."""
+    workload = Workload.objects.create(
+        line=line,
+        node_id=gpus[0].node_id,
+        kind=WorkloadKind.CONTAINER,
+        image="nvidia/cuda:12.4.1-base-ubuntu22.04",
+        state=WorkloadState.RUNNING if end is None else WorkloadState.STOPPED,
+        state_since=end or start,
+        started_at=start,
+        ended_at=end,
+    )
+    workload.gpus.set(gpus)
+    Allocation.objects.bulk_create(
+        Allocation(
+            line=line, gpu_device=gpu, workload=workload, period=DateTimeTZRange(start, end, "[)")
+        )
+        for gpu in gpus
+    )
+    return workload
+
+
+def work(*, workload: Workload, gpu: GpuDevice, at: datetime, busy_ms: int) -> UsageRecord:
+    """A node's record of a minute of ``workload``'s busy time on ``gpu`` (naming its
+    assignment), stored and attributed as metering does it."""
+    record = stored_usage(
+        gpu=gpu,
+        start=at,
+        kind="assignment",
+        ref=workload.public_id,
+        busy_ms=busy_ms,
+        energy_mj=busy_ms * 700,
+    )
+    attribute_records(records=UsageRecord.objects.filter(pk=record.pk))
+    return record
+
+
 def key_for(
     line: ContractLine, *, created_at: datetime, revoked_at: datetime | None = None
 ) -> ApiKey:
@@ -119,39 +161,24 @@ def key_for(
 def use(
     *,
     key: ApiKey,
-    product: InferenceProduct | None,
+    product: InferenceProduct,
     gpu: GpuDevice,
     at: datetime,
-    busy_ms: int = 0,
     input_tokens: int = 0,
     output_tokens: int = 0,
-) -> UsageRecord | None:
-    """A node's record of work for ``key``: inference of ``product`` metered from receipt
-    records as a poll meters them (``meter_requests``: the key's line of that product,
-    issued at ``at``; returns None), or on-demand GPU time without one, stored and
-    attributed as metering does it (returns the record)."""
-    if product is not None:
-        line = LineApiKey.objects.get(api_key=key, line__inference_product=product).line
-        meter_requests(
-            gpu=gpu,
-            line_id=line.pk,
-            key_id=key.pk,
-            product=product.slug,
-            at=at,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-        )
-        return None
-    record = stored_usage(
+) -> None:
+    """Inference of ``product`` for ``key`` metered from receipt records as a poll meters
+    them (``meter_requests``: the key's line of that product, issued at ``at``)."""
+    line = LineApiKey.objects.get(api_key=key, line__inference_product=product).line
+    meter_requests(
         gpu=gpu,
-        start=at,
-        kind="allocation",
-        ref=workload_ref_for_key(api_key=key),
-        busy_ms=busy_ms,
-        energy_mj=busy_ms * 700,
+        line_id=line.pk,
+        key_id=key.pk,
+        product=product.slug,
+        at=at,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
     )
-    attribute_records(records=UsageRecord.objects.filter(pk=record.pk))
-    return record
 
 
 def observe(

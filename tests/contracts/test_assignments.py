@@ -1,0 +1,262 @@
+"""Assignments on metering's polls, contracts' side: what covers a node's GPUs (so a forged
+or stray assignment is quarantined as unassigned), the push backoff, workload states from
+the agent, a failed workload and a lost node ending billing at the right second."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+
+from capacity.agent.protocol import format_time
+from capacity.metering.assignments import AssignmentReport
+from capacity.metering.models import NodePollState, QuarantineReason
+from capacity.metering.validation import AcceptedRecord, GpuRef, Rejection, validate_record
+from capacity.models import Node, NodeStatus
+from contracts.assignments import apply_reports, assignment_covers, backoff_seconds, load_plans
+from contracts.billable_usage import UsageKey, held_gpu_seconds
+from contracts.models import Allocation, NodeAssignments, WorkloadState
+from contracts.workloads import instance_start, workload_stop
+from tests.contracts.usage_builders import active_contract, gpu_line
+
+NOW = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def line(buyer_org, offer):
+    contract = active_contract(buyer=buyer_org, since=NOW - timedelta(days=3))
+    return gpu_line(contract=contract, offer=offer, since=NOW - timedelta(days=3))
+
+
+@pytest.fixture
+def workload(line, devices):
+    return instance_start(
+        line=line,
+        gpu_count=2,
+        image="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+        ssh_public_key="",
+        ports=[22],
+        env={},
+        actor=None,
+        now=NOW,
+    )
+
+
+def _record(gpu_uuid: str, *, kind: str, ref: str | None, start: datetime, busy_ms: int):
+    return {
+        "seq": 1,
+        "prev_hash": "0" * 64,
+        "hash": "1" * 64,
+        "gpu_uuid": gpu_uuid,
+        "window_start": format_time(start),
+        "window_end": format_time(start + timedelta(minutes=1)),
+        "workload": {"kind": kind, "ref": ref},
+        "busy_ms": busy_ms,
+        "energy_mj": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "requests": 0,
+    }
+
+
+def _verdict(record, *, devices, covers):
+    gpus = {gpu.uuid: GpuRef(device_id=gpu.pk, max_power_w=700) for gpu in devices}
+    return validate_record(
+        record,
+        gpus=gpus,
+        now_us=int((NOW + timedelta(hours=2)).timestamp() * 1_000_000),
+        gpu_window_ends={},
+        assignments=covers,
+    )
+
+
+def test_busy_time_no_assignment_covers_is_quarantined_as_unassigned(workload, devices):
+    covers = assignment_covers(node_ids=[workload.node_id], now=NOW)[0][workload.node_id]
+    node_gpus = devices[:4]
+    at = NOW + timedelta(minutes=5)
+    covered = _record(
+        devices[0].uuid, kind="assignment", ref=workload.public_id, start=at, busy_ms=30_000
+    )
+    assert isinstance(_verdict(covered, devices=node_gpus, covers=covers), AcceptedRecord)
+    cases = {
+        "forged assignment id": _record(
+            devices[0].uuid, kind="assignment", ref="e" * 32, start=at, busy_ms=30_000
+        ),
+        "a GPU the assignment does not hold": _record(
+            devices[3].uuid, kind="assignment", ref=workload.public_id, start=at, busy_ms=30_000
+        ),
+        "before it started": _record(
+            devices[0].uuid,
+            kind="assignment",
+            ref=workload.public_id,
+            start=NOW - timedelta(minutes=10),
+            busy_ms=30_000,
+        ),
+        "busy reported as idle": _record(
+            devices[2].uuid, kind="idle", ref=None, start=at, busy_ms=1
+        ),
+    }
+    for case, record in cases.items():
+        verdict = _verdict(record, devices=node_gpus, covers=covers)
+        assert isinstance(verdict, Rejection), case
+        assert verdict.reason == QuarantineReason.UNASSIGNED, case
+    # No busy time: nothing to bill, nothing to refuse.
+    quiet = _record(devices[3].uuid, kind="assignment", ref="e" * 32, start=at, busy_ms=0)
+    assert isinstance(_verdict(quiet, devices=node_gpus, covers=covers), AcceptedRecord)
+    # After the stop, the assignment no longer covers the GPU.
+    workload_stop(workload=workload, actor=None, now=NOW + timedelta(minutes=30))
+    covers = assignment_covers(node_ids=[workload.node_id], now=NOW)[0][workload.node_id]
+    late = _record(
+        devices[0].uuid,
+        kind="assignment",
+        ref=workload.public_id,
+        start=NOW + timedelta(minutes=31),
+        busy_ms=30_000,
+    )
+    assert _verdict(late, devices=node_gpus, covers=covers).reason == QuarantineReason.UNASSIGNED
+
+
+def test_plan_pushes_only_while_the_agent_is_behind(workload):
+    node_id = workload.node_id
+    row = NodeAssignments.objects.get(node_id=node_id)
+    assert (row.generation, row.agent_generation) == (1, 0)
+    # The agent reports generation 1 (it accepted it): nothing left to push.
+    apply_reports(
+        reports=[AssignmentReport(node_id=node_id, polled_at=NOW, agent_generation=1)], now=NOW
+    )
+    row.refresh_from_db()
+    assert (row.agent_generation, row.is_pending) == (1, False)
+    assert load_plans(node_ids=[node_id], now=NOW)[node_id].push is None
+
+
+def test_a_failing_push_backs_off_30_s_doubling_to_15_min(workload):
+    node_id = workload.node_id
+    assert [backoff_seconds(n) for n in (1, 2, 3, 5, 6, 10)] == [30, 60, 120, 480, 900, 900]
+    moment = NOW
+    for attempt, delay in ((1, 30), (2, 60), (3, 120)):
+        report = AssignmentReport(
+            node_id=node_id,
+            polled_at=moment,
+            agent_generation=0,
+            pushed_generation=1,
+            push_error="no connection (ConnectError)",
+        )
+        apply_reports(reports=[report], now=moment)
+        row = NodeAssignments.objects.get(node_id=node_id)
+        assert (row.attempts, row.next_attempt_at, row.agent_generation) == (
+            attempt,
+            moment + timedelta(seconds=delay),
+            0,
+        )
+        # Held back until then (no push in the plan), due again after.
+        assert (
+            load_plans(node_ids=[node_id], now=row.next_attempt_at - timedelta(seconds=1))[
+                node_id
+            ].push
+            is None
+        )
+        moment = row.next_attempt_at
+    accepted = AssignmentReport(
+        node_id=node_id, polled_at=moment, agent_generation=0, pushed_generation=1
+    )
+    apply_reports(reports=[accepted], now=moment)
+    row = NodeAssignments.objects.get(node_id=node_id)
+    assert (row.attempts, row.next_attempt_at, row.agent_generation, row.last_error) == (
+        0,
+        None,
+        1,
+        "",
+    )
+
+
+def test_agent_states_move_the_workload_and_a_failure_stops_billing_there(workload, line):
+    node_id = workload.node_id
+    running_since = NOW + timedelta(seconds=31)
+    connection = {"host": "203.0.113.7", "ports": {"22": 40022}, "endpoint": ""}
+    report = AssignmentReport(
+        node_id=node_id,
+        polled_at=NOW + timedelta(minutes=1),
+        agent_generation=1,
+        agent_digest="a" * 64,
+        workloads=[
+            {
+                "id": workload.public_id,
+                "state": "running",
+                "since": format_time(running_since),
+                "reason": "",
+                "gpus": [],
+                "connection": connection,
+            },
+            {"id": "f" * 32, "state": "running", "since": format_time(NOW)},  # not ours
+        ],
+    )
+    apply_reports(reports=[report], now=NOW + timedelta(minutes=1))
+    workload.refresh_from_db()
+    assert (workload.state, workload.state_since, workload.connection) == (
+        WorkloadState.RUNNING,
+        running_since,
+        connection,
+    )
+    assert NodeAssignments.objects.get(node_id=node_id).digest == "a" * 64
+    failed_at = NOW + timedelta(minutes=47, seconds=12)
+    report = AssignmentReport(
+        node_id=node_id,
+        polled_at=NOW + timedelta(minutes=48),
+        agent_generation=1,
+        agent_digest="b" * 64,
+        workloads=[
+            {
+                "id": workload.public_id,
+                "state": "failed",
+                "since": format_time(failed_at),
+                "reason": "CUDA error: out of memory",
+            },
+        ],
+    )
+    apply_reports(reports=[report], now=NOW + timedelta(minutes=48))
+    workload.refresh_from_db()
+    assert (workload.state, workload.ended_at, workload.reason) == (
+        WorkloadState.FAILED,
+        failed_at,
+        "CUDA error: out of memory",
+    )
+    assert set(Allocation.objects.filter(workload=workload).values_list("period", flat=True)) == {
+        DateTimeTZRange(NOW, failed_at, "[)")
+    }
+    # 2 GPUs x 2,832 s, not a second past the failure, whatever the clock says.
+    assert held_gpu_seconds(
+        start=NOW - timedelta(days=1),
+        end=NOW + timedelta(days=1),
+        line_ids=[line.pk],
+        now=NOW + timedelta(hours=5),
+    ) == {UsageKey(line.pk): Decimal(2 * 2832)}
+    assert NodeAssignments.objects.get(node_id=node_id).generation == 2  # told to drop it
+
+
+def test_a_node_lost_mid_instance_stops_billing_at_its_last_healthy_minute(workload, line):
+    node_id = workload.node_id
+    last_seen = NOW + timedelta(hours=1, minutes=12, seconds=40)
+    Node.objects.filter(pk=node_id).update(
+        status=NodeStatus.UNREACHABLE, last_successful_poll_at=last_seen
+    )
+    NodePollState.objects.create(
+        node_id=node_id, unreachable_since=last_seen + timedelta(minutes=1)
+    )
+    failed_poll = AssignmentReport(node_id=node_id, polled_at=NOW, poll_failed=True)
+    # Two minutes out: not lost yet.
+    apply_reports(reports=[failed_poll], now=last_seen + timedelta(minutes=3))
+    workload.refresh_from_db()
+    assert workload.state == WorkloadState.REQUESTED
+    apply_reports(reports=[failed_poll], now=last_seen + timedelta(minutes=7))
+    workload.refresh_from_db()
+    lost_at = NOW + timedelta(hours=1, minutes=12)
+    assert (workload.state, workload.ended_at, workload.reason) == (
+        WorkloadState.LOST,
+        lost_at,
+        "The node stopped answering.",
+    )
+    assert held_gpu_seconds(
+        start=NOW, end=NOW + timedelta(days=1), line_ids=[line.pk], now=NOW + timedelta(hours=9)
+    ) == {UsageKey(line.pk): Decimal(2 * 72 * 60)}
