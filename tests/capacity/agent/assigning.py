@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -111,3 +112,18 @@ def watch_states(
             return seen, entry
         time.sleep(0.05)
     raise AssertionError(f"{assignment_id} went through {seen} and never reached {until}")
+
+
+def records_until(
+    fetch: Callable[[], list[dict[str, Any]]],
+    enough: Callable[[list[dict[str, Any]]], bool],
+    *,
+    timeout_s: float = 20.0,
+) -> list[dict[str, Any]]:
+    """Fetch the records again until ``enough`` says they include what a test waits for."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = fetch()
+        if enough(records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)

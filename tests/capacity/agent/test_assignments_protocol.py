@@ -22,6 +22,7 @@ from tests.capacity.agent.assigning import (
     container,
     digest,
     put,
+    records_until,
     signature,
     watch_states,
     workloads,
@@ -77,6 +78,10 @@ class Agent:
 
     def workloads(self) -> dict[str, Any]:
         return workloads(self.client, self.url, self.public_key)
+
+    def records(self) -> list[dict[str, Any]]:
+        records, _ = fetch_all_records(self.client, self.url, self.public_key)
+        return records
 
     def answer(self, response: httpx.Response) -> Any:
         return signed_json(response, self.public_key)
@@ -245,9 +250,10 @@ def test_usage_records_name_the_running_assignment_and_idle_gpus_stay_idle(
     # Windows that start a second after the running second are covered end to end.
     since = datetime.strptime(running["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     first_full_start = (since + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    time.sleep(3.5)
 
-    records, _ = fetch_all_records(agent.client, agent.url, agent.public_key)
+    records = records_until(
+        agent.records, lambda rs: sum(r["window_start"] >= first_full_start for r in rs) >= 4
+    )
 
     gpus = simulated_gpus(seed=SEED, node_key=NODE_KEY, count=2, model="h100")
     full = [r for r in records if r["window_start"] >= first_full_start]
@@ -279,9 +285,9 @@ def test_unassigned_busy_fault_reports_busy_time_as_idle(agent: Agent) -> None:
         f"{agent.url}/_admin/faults", json={"fault": "unassigned_busy", "count": 3}
     )
     assert response.status_code == 200
-    time.sleep(4.5)
+    head = len(agent.records())
 
-    records, _ = fetch_all_records(agent.client, agent.url, agent.public_key)
+    records = records_until(agent.records, lambda rs: len(rs) >= head + 2 * 5)
 
     busy = [r for r in records if r["busy_ms"] > 0]
     assert len(busy) == 3 * 2  # three windows, both GPUs

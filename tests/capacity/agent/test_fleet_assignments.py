@@ -4,7 +4,6 @@ ran, and a fleet resumed from ``--state-dir`` serves the very same journal."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from capacity.agent.fleet import fleet_node_id, fleet_poll_token
 from capacity.agent.simulator import simulated_gpus, window_activity
-from tests.capacity.agent.assigning import body, container, digest, put, watch_states, workloads
+from tests.capacity.agent.assigning import (
+    body,
+    container,
+    digest,
+    put,
+    records_until,
+    watch_states,
+    workloads,
+)
 from tests.capacity.agent.conftest import Launcher, Process
 from tests.capacity.agent.receipting import raw_public_b64
 from tests.capacity.agent.verification import check_chain, fetch_all_records, signed_json
@@ -95,8 +102,10 @@ def test_a_node_runs_what_it_was_assigned_and_its_records_name_it(fleet: Process
 
     accepted = node.assign(1, [container(JOB, node.gpus[:1])])
     seen, running = node.watch(JOB, {"running"})
-    time.sleep(2.5)
-    records = node.records()
+    first_covered = _after(running["since"], 1)
+    records = records_until(
+        node.records, lambda rs: sum(r["window_start"] >= first_covered for r in rs) >= 2 * GPUS
+    )
     page = signed_json(
         node.client.get(f"{node.url}/v1/usage", params={"limit": 1}), node.public_key
     )
@@ -113,7 +122,7 @@ def test_a_node_runs_what_it_was_assigned_and_its_records_name_it(fleet: Process
     }
     assert page["assignments"] == {"generation": 1, "digest": digest(node.workloads()["workloads"])}
     check_chain(records, prev_hash="0" * 64, first_seq=1)
-    covered = [r for r in records if r["window_start"] >= _after(running["since"], 1)]
+    covered = [r for r in records if r["window_start"] >= first_covered]
     assert len(covered) >= 2 * GPUS
     for record in covered:
         if record["gpu_uuid"] == node.gpus[0]:
@@ -184,9 +193,10 @@ def test_unassigned_busy_fault_reports_busy_time_as_idle(fleet: Process) -> None
         f"{fleet.url}/_admin/faults", json={"nodes": [5], "fault": "unassigned_busy", "count": 2}
     )
     assert response.status_code == 200
-    time.sleep(3.2)
+    head = len(node.records())
 
-    busy = [r for r in node.records() if r["busy_ms"] > 0]
+    records = records_until(node.records, lambda rs: len(rs) >= head + 4 * GPUS)
+    busy = [r for r in records if r["busy_ms"] > 0]
 
     assert len(busy) == 2 * GPUS
     for record in busy:
@@ -203,8 +213,9 @@ def test_a_resumed_fleet_serves_the_same_journal_and_workloads(
     node = Node(first, 0)
     node.assign(3, [container(JOB, node.gpus)])
     _, running = node.watch(JOB, {"running"})
-    time.sleep(2.5)
-    before = node.records()
+    before = records_until(
+        node.records, lambda rs: sum(r["workload"]["ref"] == JOB for r in rs) >= 2 * GPUS
+    )
     first.kill()
 
     resumed = launcher.fleet(*_flags("--state-dir", str(state)))
