@@ -68,11 +68,11 @@ class FleetProcess:
     backfill_windows: int = 0
     state_dir: Path | None = None
     host: str = "127.0.0.1"
-    inference_clients: tuple[str, ...] = ()
     # The platform's receipt key (base64, ``config.gateway_keys.receipt_public_key_b64``):
     # the nodes then serve receipted inference (protocol v1.1); '' refuses it.
     platform_key: str = ""
-    # Flags of the nodes' simulated engine (``--engine-tokens-per-second=0``, ...).
+    # Flags of the nodes' simulated engine (``--engine-tokens-per-second=0``, ...) and
+    # runtime (``--pull-seconds=0``, ...).
     engine_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     # The timeline's first window (Unix minutes for 60 s windows), read at start.
@@ -101,7 +101,6 @@ class FleetProcess:
         ]
         if self.state_dir is not None:
             command.append(f"--state-dir={self.state_dir}")
-        command += [f"--inference-client={client}" for client in self.inference_clients]
         if self.platform_key:
             command.append(f"--platform-key={self.platform_key}")
         command += list(self.engine_args)
@@ -246,9 +245,7 @@ def register_fleet_nodes(
 def _serve_fleet_products(*, fleet: FleetProcess, node_ids: list[int]) -> None:
     """Opt the nodes in to the inference products the fleet reports (those the catalogue
     has): metering accepts a product's tokens only from nodes that serve it."""
-    slugs = {client.partition("@")[0] for client in fleet.inference_clients} or set(
-        INFERENCE_PRODUCTS
-    )
+    slugs = set(INFERENCE_PRODUCTS)
     through = InferenceProduct.nodes.through
     through.objects.bulk_create(
         [
@@ -323,7 +320,8 @@ class FleetRecord:
 
 
 def fleet_records(fleet: FleetProcess, last_seqs: dict[int, int]) -> Iterator[FleetRecord]:
-    """Records ``1..last_seqs[i]`` of each fleet node ``i``, computed here.
+    """Records ``1..last_seqs[i]`` of each fleet node ``i``, computed here, for nodes
+    that were never assigned a workload (their GPUs idle through every window).
 
     The fleet's records are a pure function of ``(seed, node, gpu, window)``: record
     ``seq`` is GPU ``(seq-1) % G`` in window ``(seq-1) // G`` of the fleet's timeline, and
@@ -348,7 +346,6 @@ def fleet_records(fleet: FleetProcess, last_seqs: dict[int, int]) -> Iterator[Fl
                 gpu=gpus[gpu_index],
                 ordinal=ordinal,
                 window_ms=window_ms,
-                inference_clients=fleet.inference_clients,
             )
             yield FleetRecord(
                 index, seq, gpu_index, (origin_window + ordinal) * window_ms, activity

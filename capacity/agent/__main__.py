@@ -21,12 +21,15 @@ from pathlib import Path
 
 from capacity.agent.arguments import (
     add_engine_flags,
+    add_simulated_runtime_flags,
     engine_settings,
     non_negative_int,
     platform_key,
     positive_int,
+    simulated_settings,
     window_seconds,
 )
+from capacity.agent.assignments import AssignmentStore
 from capacity.agent.engine import Engine, SimulatedEngine
 from capacity.agent.engine_http import HttpEngine
 from capacity.agent.enrollment import EnrollmentError, enroll
@@ -47,10 +50,16 @@ from capacity.agent.protocol import (
 )
 from capacity.agent.receipts import public_key_from_b64
 from capacity.agent.recorder import Recorder, SimulationRecorder, unix_ms_now
+from capacity.agent.runtime.base import Runtime
+from capacity.agent.runtime.simulated import SimulatedRuntime
 from capacity.agent.server import AgentService, create_app, serve
 from capacity.agent.simulator import GPU_MODELS, SimulatedNode, simulated_gpus
+from capacity.agent.workloads import WorkloadSupervisor
 
 DEFAULT_JOURNAL = "hashgrid-agent.sqlite3"
+DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
+# Listening addresses that name no address buyers could connect to.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104
 
 
 DESCRIPTION = """\
@@ -58,7 +67,8 @@ The Hashgrid node agent. It runs on each GPU server a partner contributes: it re
 every GPU's usage and health (through NVML, from the NVIDIA driver) in a journal on
 disk, and serves them to the Hashgrid platform, which polls it over HTTP. It also
 relays buyers' inference requests, signed by the platform's gateway, to the node's
-inference engine (vLLM or any OpenAI-compatible server).
+inference engine (vLLM or any OpenAI-compatible server), and runs the workloads the
+platform assigns to its GPUs (buyers' containers, model deployments) through Docker.
 
 Set a node up in three steps (the node's page on the platform shows them with its
 code, and capacity/agent/hashgrid-agent.service is the systemd unit):
@@ -82,7 +92,8 @@ examples:
 
 files: the journal (usage not yet collected, kept across restarts), JOURNAL.key (the
 node's Ed25519 key: keep it private), JOURNAL.state.json (enrollment: the poll token's
-hash and the platform's receipt key). Use the same --journal for enroll and run.
+hash and the platform's receipt key), JOURNAL.assignments.json (the workloads the
+platform last assigned, as it signed them). Use the same --journal for enroll and run.
 """
 
 JOURNAL_HELP = (
@@ -180,6 +191,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="length of one usage record (default 60, the most)",
     )
+    workloads = run.add_argument_group(
+        "workloads (what the platform assigns to the GPUs; docs/workloads.md)"
+    )
+    workloads.add_argument(
+        "--runtime",
+        choices=("docker", "simulated"),
+        help="how assigned workloads run: docker (the Docker Engine API with the NVIDIA "
+        "container toolkit; the default) or simulated (the default with --simulate)",
+    )
+    workloads.add_argument(
+        "--docker-url",
+        default=DEFAULT_DOCKER_URL,
+        metavar="URL",
+        help=f"the Docker Engine API: unix:///path/to/docker.sock or http://HOST:PORT "
+        f"(default {DEFAULT_DOCKER_URL}; the agent's user must be allowed to use it)",
+    )
+    workloads.add_argument(
+        "--workload-host",
+        metavar="HOST",
+        help="the address buyers connect to for their containers' ports (default: --host, "
+        "or the machine's host name when --host is 0.0.0.0)",
+    )
+    workloads.add_argument(
+        "--platform-node-id",
+        type=positive_int,
+        metavar="ID",
+        help="refuse assignments for another platform node id (default: the enrolled one "
+        "when it is a number; the agent's public key is checked always)",
+    )
+    add_simulated_runtime_flags(run)
     _add_simulation_flags(run)
     sim = run.add_argument_group("simulated clock")
     sim.add_argument(
@@ -289,7 +330,39 @@ def command_run(args: argparse.Namespace) -> int:
         engine=engine,
     )
     if receipt_key is None:
-        print("warning: no platform key: inference requests will be refused", file=sys.stderr)
+        print(
+            "warning: no platform key: inference requests and assignments will be refused",
+            file=sys.stderr,
+        )
+    runtime_name = args.runtime or ("simulated" if simulated else "docker")
+    workload_host = args.workload_host or (
+        socket.gethostname() if args.host in WILDCARD_HOSTS else args.host
+    )
+    runtime: Runtime
+    if runtime_name == "simulated":
+        runtime = SimulatedRuntime(settings=simulated_settings(args, host=workload_host))
+    else:
+        from capacity.agent.runtime.docker import DockerRuntime
+
+        runtime = DockerRuntime(docker_url=args.docker_url, host=workload_host)
+    enrolled_node = state.node_id if state else None
+    platform_node_id = args.platform_node_id or (
+        int(enrolled_node) if enrolled_node and enrolled_node.isdigit() else None
+    )
+    supervisor = WorkloadSupervisor(
+        runtime=runtime,
+        store=AssignmentStore(AssignmentStore.path_for(args.journal)),
+        platform_key=service.platform_key,
+        agent_public_key=public_key_b64(private_key),
+        gpu_uuids=[gpu.uuid for gpu in recorder.inventory()],
+        platform_node_id=platform_node_id,
+    )
+    supervisor.load()
+    service.workloads = supervisor
+    if isinstance(recorder, SimulationRecorder):
+        recorder.node.coverage = supervisor.coverage
+    elif isinstance(recorder, NvmlRecorder):
+        recorder.coverage = supervisor.coverage
     try:
         asyncio.run(
             serve(create_app(service), host=args.host, port=args.port, banner=f"agent {node_id}")

@@ -9,6 +9,9 @@ A fault request is JSON posted to a loopback-only admin endpoint::
 - ``restart``: the agent restarts at once: new ``boot_id``, same journal, ``seq`` goes on.
 - ``counter_reset``: every GPU's cumulative counters restart from zero in its next
   window; a correct agent still reports the true usage (the truth counts the reset).
+- ``unassigned_busy``: for the node's next ``count`` windows, every GPU that no
+  assignment covers is busy anyway (work nobody assigned); the agent can only report
+  that busy time as ``idle``, and the platform must quarantine it.
 - ``duplicate_page``: the next ``count`` calls to ``/v1/usage`` answer the previous
   usage request again (its ``after`` and ``limit``), whatever they ask for: the same
   records, and the same bytes and signature unless the head moved meanwhile (bodies
@@ -41,6 +44,7 @@ ENGINE_FAULT_KINDS = ("engine_refuse", "engine_stall", "engine_cut", "engine_mis
 FAULT_KINDS = (
     "restart",
     "counter_reset",
+    "unassigned_busy",
     "duplicate_page",
     "timeout",
     "http_5xx",
@@ -115,7 +119,7 @@ class PendingFaults:
     error_status: int = 503
 
     def add(self, request: FaultRequest) -> None:
-        """Queue a per-request fault (``restart`` and ``counter_reset`` act at once)."""
+        """Queue a per-request fault (the node's own faults act on its windows instead)."""
         if request.kind == "duplicate_page":
             self.duplicate_pages += request.count
         elif request.kind == "timeout":

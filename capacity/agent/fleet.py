@@ -25,9 +25,16 @@ hands out tokens from the platform instead, so ``POST /n/<i>/_admin/token`` with
 ``{"poll_token_sha256": "<64 hex>"}`` replaces node ``i``'s token (kept in
 ``tokens.json`` under ``--state-dir``).
 
-Inference: with ``--inference-client <product>@<key prefix>`` (repeatable) inference
-windows are reported as work for those API keys, as behind the platform's inference
-gateway; without it, by product only.
+Workloads (protocol v1.1, docs/workloads.md): every node serves ``PUT
+/n/<i>/v1/assignments`` (checked with ``--platform-key``) and ``GET /n/<i>/v1/workloads``
+from its own simulated runtime (``capacity.agent.runtime.simulated``, timings and
+failures set by ``--pull-seconds``, ``--start-seconds``, ``--fail-image``...), and its
+``/v1/usage`` answers carry the ``assignments`` generation and digest. A GPU is busy
+only while an assignment runs on it: records of such windows name the assignment, all
+others are idle. The runtime computes states from the clock, so converging costs no
+timer and no task per node: a node that never got an assignment holds nothing for it.
+With ``--state-dir`` every accepted body is appended to ``assignments.jsonl`` with the
+time it was accepted and replayed on start, so a resumed fleet computes the same records.
 
 Receipted inference (protocol v1.1): every node also serves
 ``POST /n/<i>/v1/inference/chat/completions`` and ``/completions`` with the agent's
@@ -70,11 +77,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from capacity.agent.arguments import (
     add_engine_flags,
+    add_simulated_runtime_flags,
     engine_settings,
     non_negative_int,
     platform_key,
     positive_int,
+    simulated_settings,
     window_seconds,
+)
+from capacity.agent.assignments import (
+    EMPTY_SET,
+    PLATFORM_SIGNATURE_HEADER,
+    AssignmentSet,
+    BadPlatformSignature,
+    is_repeat,
+    parse_assignments,
+    workloads_digest,
 )
 from capacity.agent.counters import CounterReadings, readings_delta
 from capacity.agent.engine import ENDPOINT_PATTERN, EngineSettings, SimulatedEngine
@@ -104,12 +122,15 @@ from capacity.agent.protocol import (
 )
 from capacity.agent.receipts import public_key_from_b64
 from capacity.agent.recorder import unix_ms_now
+from capacity.agent.runtime.base import covering_assignment
+from capacity.agent.runtime.simulated import SimulatedRuntime, SimulatedSettings
 from capacity.agent.server import (
     UsageParamError,
     gate,
     info_payload,
     is_loopback,
     now_rfc3339,
+    offer_assignments,
     parse_usage_params,
     serve,
     signed_response,
@@ -126,6 +147,7 @@ from capacity.agent.simulator import (
     truth_payload,
     window_activity,
 )
+from capacity.agent.workloads import CachedWorkloads
 
 CHECKPOINT_EVERY = 512
 RECENT_HASHES = 16
@@ -189,6 +211,43 @@ class ReceiptLog:
         return entries
 
 
+class AssignmentLog:
+    """``assignments.jsonl`` under ``--state-dir``: every accepted body with its node and
+    the time it was accepted (``{"node", "at_ms", "body", "signature"}``), one ``write``
+    per line like ``ReceiptLog``, replayed on start."""
+
+    NAME = "assignments.jsonl"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / self.NAME
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def write(self, *, node: int, at_ms: int, accepted: AssignmentSet) -> None:
+        entry = {
+            "node": node,
+            "at_ms": at_ms,
+            "body": accepted.body.decode("utf-8"),
+            "signature": accepted.signature,
+        }
+        line = json.dumps(entry, separators=(",", ":")) + "\n"
+        os.write(self._fd, line.encode("utf-8"))
+        os.fsync(self._fd)
+
+    def read(self) -> list[dict[str, Any]]:
+        entries = []
+        with self.path.open("rb") as lines:
+            for line in lines:
+                try:
+                    entries.append(json.loads(line))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    continue  # a line torn by a kill
+        return entries
+
+
+# The ``assignments`` member of a node that never accepted any.
+NO_ASSIGNMENTS = {"generation": 0, "digest": workloads_digest([])}
+
+
 @dataclass
 class FleetConfig:
     seed: int
@@ -200,9 +259,6 @@ class FleetConfig:
     origin_window: int
     clock: SimClock
     state_dir: Path | None = None
-    # Who calls the nodes' inference servers (``"<product>@<key prefix>"``); empty: refs
-    # name products only (``simulator.window_activity``).
-    inference_clients: tuple[str, ...] = ()
     # Poll token hashes set through the admin endpoint, by node index.
     token_overrides: dict[int, str] = field(default_factory=dict)
     # The platform's receipt key; None: every inference request is refused.
@@ -210,6 +266,10 @@ class FleetConfig:
     engine: EngineSettings = field(default_factory=EngineSettings)
     # Where receipt records and served rids persist (with --state-dir).
     receipt_log: ReceiptLog | None = None
+    # Every node's simulated runtime: timings, failures, the address in connections.
+    runtime: SimulatedSettings = field(default_factory=SimulatedSettings)
+    # Where accepted assignment sets persist (with --state-dir).
+    assignment_log: AssignmentLog | None = None
 
     def windows_done(self, real_now_ms: int) -> int:
         return max(0, self.clock.now_ms(real_now_ms) // self.window_ms - self.origin_window)
@@ -251,6 +311,57 @@ class FleetNode:
         # head never goes back behind them.
         self.windows_floor = 0
         self.receipt_totals = {"records": 0, "input_tokens": 0, "output_tokens": 0}
+        # Workloads (protocol v1.1): the accepted set and, once one came, the runtime
+        # running it and its cached /v1/workloads view; None keeps idle nodes light.
+        self.held: AssignmentSet = EMPTY_SET
+        self.runtime: SimulatedRuntime | None = None
+        self.workload_cache: CachedWorkloads | None = None
+        # Window ordinals in which unassigned GPUs are busy (the unassigned_busy fault).
+        self.unassigned_busy_ordinals: set[int] = set()
+
+    def offer_assignments(self, body: bytes, signature: str | None) -> AssignmentSet:
+        """``PUT /v1/assignments``: the agent's rules, then converge the runtime at once."""
+        platform_key = self.config.platform_key
+        if platform_key is None:
+            raise BadPlatformSignature("the fleet has no platform key")
+        offered = parse_assignments(
+            body,
+            signature,
+            platform_key=platform_key,
+            agent_public_key=public_key_b64(self.private_key),
+            gpu_uuids=[gpu.uuid for gpu in self.gpus],
+        )
+        if is_repeat(self.held, offered):
+            return self.held
+        now_ms = unix_ms_now()
+        if self.config.assignment_log is not None:
+            self.config.assignment_log.write(node=self.index, at_ms=now_ms, accepted=offered)
+        self.apply_assignments(offered, at_ms=now_ms)
+        return offered
+
+    def apply_assignments(self, accepted: AssignmentSet, *, at_ms: int) -> None:
+        if self.runtime is None:
+            self.runtime = SimulatedRuntime(settings=self.config.runtime)
+            self.workload_cache = CachedWorkloads()
+        desired = accepted.by_id
+        for assignment_id in sorted(self.held.by_id.keys() - desired.keys()):
+            self.runtime.end(assignment_id, at_ms)
+        for assignment in accepted.assignments:
+            self.runtime.begin(assignment, at_ms)
+        self.held = accepted
+
+    def workloads(self, now_ms: int) -> tuple[dict[str, object], str]:
+        """``/v1/workloads``'s body and its digest."""
+        if self.runtime is None or self.workload_cache is None:
+            return {"generation": 0, "workloads": []}, str(NO_ASSIGNMENTS["digest"])
+        view = self.workload_cache.get(self.runtime, self.held.generation, now_ms)
+        return view.payload, view.digest
+
+    def assignments_member(self, now_ms: int) -> dict[str, object]:
+        if self.runtime is None:
+            return NO_ASSIGNMENTS
+        _, digest = self.workloads(now_ms)
+        return {"generation": self.held.generation, "digest": digest}
 
     @cached_property
     def private_key(self) -> Ed25519PrivateKey:
@@ -320,13 +431,20 @@ class FleetNode:
         return windows + len(self.receipt_seqs)
 
     def _activity(self, gpu: SimulatedGpu, ordinal: int) -> WindowActivity:
+        assigned = None
+        if self.runtime is not None:
+            window_ms = self.config.window_ms
+            start_ms = (self.config.origin_window + ordinal) * window_ms
+            spans = self.runtime.spans()
+            assigned = covering_assignment(spans, gpu.uuid, start_ms, start_ms + window_ms)
         return window_activity(
             seed=self.config.seed,
             node_key=self.node_id,
             gpu=gpu,
             ordinal=ordinal,
             window_ms=self.config.window_ms,
-            inference_clients=self.config.inference_clients,
+            assigned=assigned,
+            unassigned_busy=ordinal in self.unassigned_busy_ordinals,
         )
 
     def _counter_reset(self, gpu: SimulatedGpu, ordinal: int) -> bool:
@@ -450,6 +568,28 @@ class Fleet:
         self._nodes: dict[int, FleetNode] = {}
         if config.receipt_log is not None:
             self._restore(config.receipt_log)
+        if config.assignment_log is not None:
+            self._restore_assignments(config.assignment_log)
+
+    def _restore_assignments(self, log: AssignmentLog) -> None:
+        """Accepted sets of a previous run, applied at the times they were accepted."""
+        platform_key = self.config.platform_key
+        if platform_key is None:
+            return  # nothing could have been accepted without it
+        for entry in log.read():
+            index = entry.get("node")
+            if not isinstance(index, int) or not 0 <= index < self.config.nodes:
+                continue
+            node = self.node(index)
+            body = str(entry["body"]).encode("utf-8")
+            accepted = parse_assignments(
+                body,
+                str(entry["signature"]),
+                platform_key=platform_key,
+                agent_public_key=public_key_b64(node.private_key),
+                gpu_uuids=[gpu.uuid for gpu in node.gpus],
+            )
+            node.apply_assignments(accepted, at_ms=int(entry["at_ms"]))
 
     def _restore(self, log: ReceiptLog) -> None:
         """Receipt records and served rids of a previous run, as ``receipts.jsonl`` has them."""
@@ -523,7 +663,12 @@ async def node_view(request: web.Request) -> web.Response:
         if node.last_usage_params is not None and node.faults.take_duplicate_page():
             after, limit = node.last_usage_params
         node.last_usage_params = (after, limit)
-        return node.respond(node.usage(after=after, limit=limit, real_now_ms=now_ms))
+        page = node.usage(after=after, limit=limit, real_now_ms=now_ms)
+        page["assignments"] = node.assignments_member(now_ms)
+        return node.respond(page)
+    if endpoint == "workloads":
+        payload, _ = node.workloads(now_ms)
+        return node.respond(payload)
     if endpoint == "_sim/truth":
         return node.respond(
             truth_payload(
@@ -536,6 +681,21 @@ async def node_view(request: web.Request) -> web.Response:
             )
         )
     return _not_found()
+
+
+async def assignments_view(request: web.Request) -> web.Response:
+    node = _node_from(request)
+    if node is None:
+        return _not_found()
+    early = await gate(
+        request, token_sha256=node.token_sha256, faults=node.faults, private_key=node.private_key
+    )
+    if early is not None:
+        return early
+    body = await request.read()
+    signature = request.headers.get(PLATFORM_SIGNATURE_HEADER)
+    payload, status = offer_assignments(node.offer_assignments, body, signature)
+    return node.respond(payload, status=status)
 
 
 async def inference_view(request: web.Request) -> web.StreamResponse:
@@ -604,6 +764,8 @@ async def faults_view(request: web.Request) -> web.Response:
             node.boot_id = str(uuid.uuid4())
         elif fault.kind == "counter_reset":
             node.forced_reset_ordinals.add(next_ordinal)
+        elif fault.kind == "unassigned_busy":
+            node.unassigned_busy_ordinals.update(range(next_ordinal, next_ordinal + fault.count))
         elif fault.kind in ENGINE_FAULT_KINDS:
             node.engine.faults.add(fault)
         else:
@@ -630,7 +792,10 @@ async def fleet_view(request: web.Request) -> web.Response:
 def create_fleet_app(fleet: Fleet) -> web.Application:
     app = web.Application()
     app[FLEET] = fleet
-    app.router.add_get(r"/n/{index}/v1/{endpoint:info|health|usage|_sim/truth}", node_view)
+    app.router.add_get(
+        r"/n/{index}/v1/{endpoint:info|health|usage|workloads|_sim/truth}", node_view
+    )
+    app.router.add_put("/n/{index}/v1/assignments", assignments_view)
     app.router.add_post(
         f"/n/{{index}}/v1/inference/{{endpoint:{ENDPOINT_PATTERN}}}", inference_view
     )
@@ -651,17 +816,16 @@ def load_config(args: argparse.Namespace, real_now_ms: int) -> FleetConfig:
         "gpus_per_node": args.gpus_per_node,
         "window_seconds": args.window_seconds,
         "gpu_model": args.gpu_model,
-        # Records are computed from these too: a resumed timeline must keep them.
-        "inference_clients": list(args.inference_client),
     }
     token_overrides: dict[int, str] = {}
     receipt_log: ReceiptLog | None = None
+    assignment_log: AssignmentLog | None = None
     state_dir: Path | None = args.state_dir
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
         fleet_file = state_dir / "fleet.json"
         if fleet_file.exists():
-            saved = {"inference_clients": [], **json.loads(fleet_file.read_text())}
+            saved = json.loads(fleet_file.read_text())
             if {key: saved.get(key) for key in settings} != settings:
                 raise SystemExit(f"error: {fleet_file} was written for {saved}, not {settings}")
             origin_window = int(saved["origin_window"])
@@ -676,6 +840,7 @@ def load_config(args: argparse.Namespace, real_now_ms: int) -> FleetConfig:
                 int(i): str(h) for i, h in json.loads(tokens_file.read_text()).items()
             }
         receipt_log = ReceiptLog(state_dir)
+        assignment_log = AssignmentLog(state_dir)
     return FleetConfig(
         seed=args.seed,
         nodes=args.nodes,
@@ -686,11 +851,12 @@ def load_config(args: argparse.Namespace, real_now_ms: int) -> FleetConfig:
         origin_window=origin_window,
         clock=clock,
         state_dir=state_dir,
-        inference_clients=tuple(args.inference_client),
         token_overrides=token_overrides,
         platform_key=public_key_from_b64(args.platform_key) if args.platform_key else None,
         engine=engine_settings(args),
         receipt_log=receipt_log,
+        runtime=simulated_settings(args, host=args.host),
+        assignment_log=assignment_log,
     )
 
 
@@ -712,44 +878,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--token-prefix", default="fleet")
     parser.add_argument(
-        "--inference-client",
-        type=inference_client,
-        action="append",
-        default=[],
-        metavar="PRODUCT@KEY_PREFIX",
-        help="an API key calling the nodes' inference servers (repeatable): inference is "
-        "then reported as '<product>@<key prefix>', which the platform bills to the key",
-    )
-    parser.add_argument(
         "--platform-key",
         type=platform_key,
         metavar="B64",
-        help="the platform's receipt key; without it receipted inference is refused",
+        help="the platform's key (receipts, assignments); without it receipted inference "
+        "and assignments are refused",
     )
     add_engine_flags(parser)
+    add_simulated_runtime_flags(parser)
     return parser
-
-
-# What a platform accepts as a workload ref (metering quarantines a longer one).
-MAX_REF_LENGTH = 128
-_CLIENT_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def inference_client(value: str) -> str:
-    """``--inference-client``: ``<product slug>@<key prefix>``, letters, digits, ``.``,
-    ``_`` and ``-`` on each side, at most ``MAX_REF_LENGTH`` characters in all."""
-    product, separator, prefix = value.partition("@")
-    if not (
-        separator
-        and _CLIENT_PART.fullmatch(product)
-        and _CLIENT_PART.fullmatch(prefix)
-        and len(value) <= MAX_REF_LENGTH
-    ):
-        raise argparse.ArgumentTypeError(
-            f"expected PRODUCT@KEY_PREFIX (letters, digits, '.', '_', '-'; at most "
-            f"{MAX_REF_LENGTH} characters), got {value!r}"
-        )
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,15 +6,17 @@ machine without an NVIDIA driver must get a clear message, not a traceback.
 Usage per window: ``busy_ms`` integrates NVML's utilization samples (once a second),
 ``energy_mj`` is the delta of ``nvmlDeviceGetTotalEnergyConsumption`` (millijoules
 since the driver loaded; a reload resets it). Token and request counters come from the
-inference server, which this reference agent does not read yet: they are reported as 0
-and the workload is ``allocation`` when the GPU was busy, ``idle`` otherwise, with no
-ref (the container runtime would supply it).
+inference server, which this reference agent does not read yet: they are reported as 0.
+The workload is the assignment that ran on the GPU during the window (``coverage``, from
+the agent's workload supervisor), ``idle`` otherwise: busy time no assignment covers is
+reported as it was measured, under ``idle``, and the platform never bills it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from capacity.agent.counters import CounterReadings, readings_delta
@@ -75,6 +77,8 @@ class NvmlRecorder:
         self.gpus = [_gpu_info(self.nvml, handle) for handle in self.handles]
         self.xid_errors = {gpu.uuid: 0 for gpu in self.gpus}
         self.events = self._register_xid_events()
+        # Which assignment ran on a GPU in [start_ms, end_ms) (the workload supervisor).
+        self.coverage: Callable[[str, int, int], tuple[str, int] | None] | None = None
 
     def _register_xid_events(self) -> Any:
         """An NVML event set for XID errors, or None where the GPU does not support it."""
@@ -155,13 +159,16 @@ class NvmlRecorder:
             for index, gpu in enumerate(self.gpus):
                 deltas = readings_delta(baseline[index], readings[index])
                 busy = min(busy_ms[index], self.window_ms)
+                assigned = None
+                if self.coverage is not None:
+                    assigned = self.coverage(gpu.uuid, window_start_ms, window_end_ms)
                 entries.append(
                     usage_fields(
                         gpu_uuid=gpu.uuid,
                         window_start=time_from_unix(window_start_ms // 1000),
                         window_end=time_from_unix(window_end_ms // 1000),
-                        workload_kind="allocation" if busy else "idle",
-                        workload_ref=None,
+                        workload_kind="idle" if assigned is None else "assignment",
+                        workload_ref=None if assigned is None else assigned[0],
                         busy_ms=busy,
                         energy_mj=deltas.energy_mj,
                         input_tokens=deltas.input_tokens,

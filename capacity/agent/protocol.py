@@ -25,7 +25,9 @@ PROTOCOL_VERSION = 1
 # prev_hash of the first record of every journal epoch.
 GENESIS_PREV_HASH = "0" * 64
 SIGNATURE_HEADER = "X-Agent-Signature"
-WORKLOAD_KINDS = ("allocation", "inference", "idle")
+# ``assignment`` (v1.1): work for an assignment the platform signed; ``allocation`` is what
+# agents before v1.1 reported for busy GPUs.
+WORKLOAD_KINDS = ("assignment", "allocation", "inference", "idle")
 # Every usage record carries exactly these keys (``hash`` is excluded from its own input).
 RECORD_KEYS = frozenset(
     {

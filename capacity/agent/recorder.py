@@ -94,10 +94,11 @@ class SimulationRecorder:
         return [gpu.info() for gpu in self.node.gpus]
 
     def _last_activity(self, gpu: SimulatedGpu) -> WindowActivity:
-        if self.next_ordinal == 0:
+        last = self.node.last_activities.get(gpu.uuid)
+        if last is None:
             idle_mj = gpu.spec.idle_power_w * self.window_ms
             return WindowActivity("idle", None, 0, idle_mj, 0, 0, 0)
-        return self.node.activity(gpu, self.next_ordinal - 1)
+        return last
 
     def health(self) -> list[GpuHealth]:
         return [
@@ -115,7 +116,10 @@ class SimulationRecorder:
         for _ in range(due):
             start_s = self.next_window * self.window_ms // 1000
             end_s = (self.next_window + 1) * self.window_ms // 1000
-            for window in self.node.run_window(self.next_ordinal):
+            windows = self.node.run_window(
+                self.next_ordinal, window_start_ms=self.next_window * self.window_ms
+            )
+            for window in windows:
                 uuid = window.gpu.uuid
                 deltas = readings_delta(self.baseline[uuid], window.readings)
                 self.baseline[uuid] = window.readings

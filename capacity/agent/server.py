@@ -1,4 +1,5 @@
-"""The agent's HTTP server (aiohttp): ``/v1/info``, ``/v1/health``, ``/v1/usage``.
+"""The agent's HTTP server (aiohttp): ``/v1/info``, ``/v1/health``, ``/v1/usage``, and
+(protocol v1.1) ``PUT /v1/assignments`` and ``GET /v1/workloads`` (docs/workloads.md).
 
 Every response body, errors included, is canonical JSON signed with the agent's key
 (``X-Agent-Signature``). Every ``/v1`` route needs ``Authorization: Bearer <poll
@@ -23,7 +24,7 @@ import json
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -31,6 +32,13 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from capacity.agent import AGENT_VERSION
+from capacity.agent.assignments import (
+    PLATFORM_SIGNATURE_HEADER,
+    AssignmentSet,
+    BadPlatformSignature,
+    InvalidAssignments,
+    StaleGeneration,
+)
 from capacity.agent.engine import ENDPOINT_PATTERN, Engine, SimulatedEngine
 from capacity.agent.engine_http import HttpEngine, serve_engine
 from capacity.agent.faults import (
@@ -59,6 +67,7 @@ from capacity.agent.protocol import (
 )
 from capacity.agent.recorder import Recorder, SimulationRecorder
 from capacity.agent.simulator import truth_payload
+from capacity.agent.workloads import WorkloadSupervisor
 
 USAGE_DEFAULT_LIMIT = 500
 USAGE_MAX_LIMIT = 1000
@@ -181,6 +190,8 @@ class AgentService:
     platform_key: Ed25519PublicKey | None = None
     # Where receipted requests go; None: this agent serves no inference (503).
     engine: Engine | None = None
+    # The assignments accepted and the runtime converging to them (protocol v1.1).
+    workloads: WorkloadSupervisor | None = None
     # Receipt records journaled and their tokens (the simulator's truth), kept in the
     # journal's meta with the records so a restart goes on counting.
     receipt_totals: dict[str, int] = field(init=False)
@@ -267,8 +278,46 @@ async def usage_view(request: web.Request) -> web.Response:
     if service.last_usage_params is not None and service.faults.take_duplicate_page():
         after, limit = service.last_usage_params
     service.last_usage_params = (after, limit)
-    page = service.recorder.journal.page(after=after, limit=limit)
-    return service.respond(page.to_wire())
+    page = service.recorder.journal.page(after=after, limit=limit).to_wire()
+    if service.workloads is not None:
+        page["assignments"] = service.workloads.usage_member()
+    return service.respond(page)
+
+
+def offer_assignments(
+    offer: Callable[[bytes, str | None], AssignmentSet], body: bytes, signature: str | None
+) -> tuple[dict[str, object], int]:
+    """Apply ``PUT /v1/assignments`` through ``offer``; the answer's payload and status."""
+    try:
+        accepted = offer(body, signature)
+    except BadPlatformSignature:
+        return {"error": "bad_platform_signature"}, 403
+    except InvalidAssignments as error:
+        return {"error": "invalid_assignments", "detail": str(error)}, 400
+    except StaleGeneration as error:
+        return {"error": "stale_generation", "generation": error.held}, 409
+    return {"generation": accepted.generation, "accepted": True}, 200
+
+
+async def assignments_view(request: web.Request) -> web.Response:
+    if (early := await _gate(request)) is not None:
+        return early
+    service = request.app[SERVICE]
+    if service.workloads is None:
+        return service.respond({"error": "no_runtime"}, status=404)
+    body = await request.read()
+    signature = request.headers.get(PLATFORM_SIGNATURE_HEADER)
+    payload, status = offer_assignments(service.workloads.offer, body, signature)
+    return service.respond(payload, status=status)
+
+
+async def workloads_view(request: web.Request) -> web.Response:
+    if (early := await _gate(request)) is not None:
+        return early
+    service = request.app[SERVICE]
+    if service.workloads is None:
+        return service.respond({"generation": 0, "workloads": []})
+    return service.respond(service.workloads.view().payload)
 
 
 async def truth_view(request: web.Request) -> web.Response:
@@ -324,6 +373,8 @@ async def faults_view(request: web.Request) -> web.Response:
         service.boot_id = str(uuid.uuid4())
     elif fault.kind == "counter_reset":
         recorder.node.force_counter_reset()
+    elif fault.kind == "unassigned_busy":
+        recorder.node.unassigned_busy_windows += fault.count
     else:
         service.faults.add(fault)
     return service.respond({"applied": fault.kind, "pending": service.faults.to_json()})
@@ -337,17 +388,25 @@ def create_app(service: AgentService) -> web.Application:
     app.router.add_get("/v1/info", info_view)
     app.router.add_get("/v1/health", health_view)
     app.router.add_get("/v1/usage", usage_view)
+    app.router.add_put("/v1/assignments", assignments_view)
+    app.router.add_get("/v1/workloads", workloads_view)
     app.router.add_get("/v1/_sim/truth", truth_view)
     app.router.add_post("/_admin/faults", faults_view)
     app.router.add_post(f"/v1/inference/{{endpoint:{ENDPOINT_PATTERN}}}", inference_view)
     app.router.add_post(f"/engine/v1/{{endpoint:{ENDPOINT_PATTERN}}}", engine_view)
 
     async def recording(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(app[SERVICE].recorder.run())
+        service = app[SERVICE]
+        tasks = [asyncio.create_task(service.recorder.run())]
+        if service.workloads is not None:
+            tasks.append(asyncio.create_task(service.workloads.run()))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if service.workloads is not None:
+            await service.workloads.runtime.close()
 
     app.cleanup_ctx.append(recording)
 

@@ -1,9 +1,11 @@
 """A deterministic stand-in for a GPU node: workload, counters, health and ground truth.
 
 Everything a simulated GPU does in a window is a pure function of ``(seed, node_key,
-gpu_index, ordinal)``, where ``ordinal`` counts the windows the node has produced. The
-same seed therefore yields the same usage on every run, after restarts, and in the
-fleet, whatever the wall-clock time; only the timestamps follow the clock.
+gpu_index, ordinal)``, where ``ordinal`` counts the windows the node has produced, and
+of the assignment that ran on the GPU then (docs/workloads.md): a GPU is busy only
+while an assignment the platform signed runs on it, and idle otherwise. The same seed
+and the same assignments therefore yield the same usage on every run, after restarts,
+and in the fleet; only the timestamps follow the clock.
 
 The simulated devices expose *cumulative* counters like NVML and an inference server
 do, and reset them now and then (about one GPU-window in 40, chosen by the seed, or on
@@ -25,7 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +52,7 @@ GPU_MODELS: dict[str, GpuModelSpec] = {
     "rtx4090": GpuModelSpec("NVIDIA GeForce RTX 4090", 24564, 450, 25),
 }
 
+# Catalogue models the simulated nodes' engines serve (the demo lists them as products).
 INFERENCE_PRODUCTS = (
     "llama-3.1-8b-instruct",
     "llama-3.1-70b-instruct",
@@ -57,9 +60,6 @@ INFERENCE_PRODUCTS = (
     "qwen2.5-coder-32b-instruct",
 )
 
-# Windows of one workload block: allocations and inference run for a while, not one
-# window at a time.
-WINDOWS_PER_BLOCK = 20
 # One GPU-window in this many resets its energy counter, and as many its token counters.
 RESET_ONE_IN = 80
 
@@ -124,46 +124,37 @@ def window_activity(
     gpu: SimulatedGpu,
     ordinal: int,
     window_ms: int,
-    inference_clients: tuple[str, ...] = (),
+    assigned: tuple[str, int] | None = None,
+    unassigned_busy: bool = False,
 ) -> WindowActivity:
     """The GPU's activity in its ``ordinal``-th window; never above the model's max power.
 
+    A GPU works only for the assignment that ran on it: ``assigned`` is that assignment's
+    id and how many ms of the window it ran (``runtime.base.covering_assignment``), and
+    the GPU is busy for a seeded 55-100 % of those. Without one it idles (no busy time,
+    idle power), unless ``unassigned_busy`` (a fault: work nobody assigned, which the
+    agent can only report as idle and the platform quarantines). Tokens come only from
+    receipted requests, journaled apart from the windows.
+
     Energy is idle power over the whole window plus the busy share of the headroom to
     max power, so ``energy_mj <= max_power_w * window_ms`` always holds (W x ms = mJ).
-
-    Inference is reported by product (``ref`` = a product slug) unless
-    ``inference_clients`` names who calls: ``"<product slug>@<API key prefix>"`` refs, as
-    an inference server behind the platform's gateway reports them; each inference block
-    then serves one of them.
     """
-    block = ordinal // WINDOWS_PER_BLOCK
-    kind_draw, ref_draw, *_ = _draws(seed, node_key, gpu.index, "block", block)
-    busy_draw, power_draw, request_draw, token_draw, _ = _draws(
-        seed, node_key, gpu.index, "window", ordinal
-    )
+    busy_draw, power_draw, *_ = _draws(seed, node_key, gpu.index, "window", ordinal)
     spec = gpu.spec
-    share = kind_draw % 100
-    if share < 40:
-        kind, ref = "allocation", f"alloc-{ref_draw:016x}"[:18]
+    if assigned is not None:
+        kind, ref = "assignment", assigned[0]
+        busy_ms = min(assigned[1], window_ms) * _between(busy_draw, 55, 100) // 100
+    elif unassigned_busy:
+        kind, ref = "idle", None
         busy_ms = window_ms * _between(busy_draw, 55, 100) // 100
-        intensity_pct = _between(power_draw, 60, 100)
-    elif share < 80:
-        callers = inference_clients or INFERENCE_PRODUCTS
-        kind, ref = "inference", callers[ref_draw % len(callers)]
-        busy_ms = window_ms * _between(busy_draw, 10, 95) // 100
-        intensity_pct = _between(power_draw, 40, 90)
     else:
-        kind, ref, busy_ms, intensity_pct = "idle", None, 0, 0
+        kind, ref, busy_ms = "idle", None, 0
+    intensity_pct = _between(power_draw, 60, 100) if busy_ms else 0
     energy_mj = (
         spec.idle_power_w * window_ms
         + (spec.max_power_w - spec.idle_power_w) * busy_ms * intensity_pct // 100
     )
-    requests = input_tokens = output_tokens = 0
-    if kind == "inference":
-        requests = _between(request_draw, 1, max(1, busy_ms // 250))
-        input_tokens = requests * _between(token_draw, 100, 1500)
-        output_tokens = requests * _between(token_draw >> 16, 20, 400)
-    return WindowActivity(kind, ref, busy_ms, energy_mj, input_tokens, output_tokens, requests)
+    return WindowActivity(kind, ref, busy_ms, energy_mj, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -194,7 +185,7 @@ def initial_counters(*, seed: int, node_key: str, gpu_index: int) -> CounterRead
 def health_sample(*, gpu: SimulatedGpu, activity: WindowActivity, window_ms: int) -> GpuHealth:
     """Health as NVML would report it at the end of a window with ``activity``."""
     utilization_pct = activity.busy_ms * 100 // window_ms
-    memory_pct = {"allocation": 85, "inference": 70, "idle": 1}[activity.kind]
+    memory_pct = 85 if activity.busy_ms else 1
     return GpuHealth(
         gpu_uuid=gpu.uuid,
         utilization_pct=utilization_pct,
@@ -307,6 +298,13 @@ class SimulatedNode:
     counters: dict[str, CounterReadings] = field(default_factory=dict)
     # Counters (by GPU UUID) asked to reset by fault injection and not reset yet.
     pending_resets: dict[str, set[str]] = field(default_factory=dict)
+    # Which assignment ran on a GPU in [start_ms, end_ms) and for how long (the agent's
+    # workload supervisor); None: nothing is ever assigned.
+    coverage: Callable[[str, int, int], tuple[str, int] | None] | None = None
+    # Windows still to produce under the unassigned_busy fault (every GPU).
+    unassigned_busy_windows: int = 0
+    # Each GPU's activity in the last window produced (health reports it).
+    last_activities: dict[str, WindowActivity] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for gpu in self.gpus:
@@ -322,20 +320,33 @@ class SimulatedNode:
         for gpu in self.gpus:
             self.pending_resets.setdefault(gpu.uuid, set()).update(COUNTER_NAMES)
 
-    def activity(self, gpu: SimulatedGpu, ordinal: int) -> WindowActivity:
+    def activity(
+        self, gpu: SimulatedGpu, ordinal: int, *, window_start_ms: int, unassigned_busy: bool
+    ) -> WindowActivity:
+        window_end_ms = window_start_ms + self.window_ms
+        assigned = None
+        if self.coverage is not None:
+            assigned = self.coverage(gpu.uuid, window_start_ms, window_end_ms)
         return window_activity(
             seed=self.seed,
             node_key=self.node_key,
             gpu=gpu,
             ordinal=ordinal,
             window_ms=self.window_ms,
+            assigned=assigned,
+            unassigned_busy=unassigned_busy,
         )
 
-    def run_window(self, ordinal: int) -> list[GpuWindow]:
+    def run_window(self, ordinal: int, *, window_start_ms: int) -> list[GpuWindow]:
         """Advance every GPU through its ``ordinal``-th window and read its counters."""
         results = []
+        unassigned_busy = self.unassigned_busy_windows > 0
+        self.unassigned_busy_windows -= int(unassigned_busy)
         for gpu in self.gpus:
-            activity = self.activity(gpu, ordinal)
+            activity = self.activity(
+                gpu, ordinal, window_start_ms=window_start_ms, unassigned_busy=unassigned_busy
+            )
+            self.last_activities[gpu.uuid] = activity
             scheduled = scheduled_resets(
                 seed=self.seed, node_key=self.node_key, gpu_index=gpu.index, ordinal=ordinal
             )

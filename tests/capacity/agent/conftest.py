@@ -67,6 +67,10 @@ class Launcher:
         port = free_port()
         return self._start(["-m", "capacity.agent.fleet", "--port", str(port), *flags], port)
 
+    def docker_engine_fake(self, *flags: str) -> Process:
+        port = free_port()
+        return self._start(["-m", "devtools.docker_engine_fake", "--port", str(port), *flags], port)
+
     def _start(self, args: list[str], port: int) -> Process:
         process = Process(args, port, self.directory / f"process-{len(self.processes)}.log")
         self.processes.append(process)

@@ -26,25 +26,32 @@ def test_gpus_are_deterministic_per_seed_and_node() -> None:
     assert simulated_gpus(seed=7, node_key="other", count=1, model="h100")[0].uuid != gpus[0].uuid
 
 
-def test_activity_is_a_pure_function_of_seed_node_gpu_and_window() -> None:
+JOB = "c" * 32
+
+
+def test_activity_is_a_pure_function_of_seed_node_gpu_window_and_assignment() -> None:
     gpu = simulated_gpus(seed=7, node_key="sim-7", count=2, model="h100")[0]
 
-    activity = window_activity(seed=7, node_key="sim-7", gpu=gpu, ordinal=20, window_ms=60_000)
+    def activity(**extra: object) -> WindowActivity:
+        return window_activity(
+            seed=7, node_key="sim-7", gpu=gpu, ordinal=20, window_ms=60_000, **extra
+        )
 
-    assert activity == window_activity(
-        seed=7, node_key="sim-7", gpu=gpu, ordinal=20, window_ms=60_000
+    # Busy 74 % of the 60 s the assignment ran, at 65 % of the 630 W headroom over 70 W idle.
+    assert activity(assigned=(JOB, 60_000)) == activity(assigned=(JOB, 60_000))
+    assert activity(assigned=(JOB, 60_000)) == WindowActivity(
+        "assignment", JOB, 44_400, 4_200_000 + 630 * 44_400 * 65 // 100, 0, 0, 0
     )
-    assert activity == WindowActivity(
-        kind="inference",
-        ref="llama-3.1-70b-instruct",
-        busy_ms=19_800,
-        energy_mj=13_306_020,
-        input_tokens=12_348,
-        output_tokens=4_914,
-        requests=21,
+    # It ran for the last 15 s only: busy 74 % of those.
+    assert activity(assigned=(JOB, 15_000)) == WindowActivity(
+        "assignment", JOB, 11_100, 4_200_000 + 630 * 11_100 * 65 // 100, 0, 0, 0
     )
-    # 70 W idle + 630 W headroom x 19.8 s busy x intensity stays under 700 W x 60 s
-    assert activity.energy_mj <= 700 * 60_000
+    # Nothing assigned: idle at idle power, whatever the seed would have had it do.
+    assert activity() == WindowActivity("idle", None, 0, 4_200_000, 0, 0, 0)
+    # The unassigned_busy fault: the same work, reported under idle with no ref.
+    assert activity(unassigned_busy=True) == WindowActivity(
+        "idle", None, 44_400, 22_381_800, 0, 0, 0
+    )
 
 
 @given(
@@ -52,23 +59,40 @@ def test_activity_is_a_pure_function_of_seed_node_gpu_and_window() -> None:
     ordinal=st.integers(min_value=0, max_value=10**7),
     window_seconds=st.integers(min_value=1, max_value=60),
     model=st.sampled_from(sorted(GPU_MODELS)),
+    ran_ms=st.one_of(st.none(), st.integers(min_value=1, max_value=60_000)),
+    unassigned_busy=st.booleans(),
 )
 def test_activity_is_physically_possible(
-    seed: int, ordinal: int, window_seconds: int, model: str
+    seed: int,
+    ordinal: int,
+    window_seconds: int,
+    model: str,
+    ran_ms: int | None,
+    unassigned_busy: bool,
 ) -> None:
     gpu = simulated_gpus(seed=seed, node_key="n", count=1, model=model)[0]
     window_ms = window_seconds * 1000
+    assigned = None if ran_ms is None else (JOB, min(ran_ms, window_ms))
 
     activity = window_activity(
-        seed=seed, node_key="n", gpu=gpu, ordinal=ordinal, window_ms=window_ms
+        seed=seed,
+        node_key="n",
+        gpu=gpu,
+        ordinal=ordinal,
+        window_ms=window_ms,
+        assigned=assigned,
+        unassigned_busy=unassigned_busy,
     )
 
-    assert 0 <= activity.busy_ms <= window_ms
+    assert 0 <= activity.busy_ms <= (window_ms if assigned is None else assigned[1])
     assert gpu.spec.idle_power_w * window_ms <= activity.energy_mj
     assert activity.energy_mj <= gpu.spec.max_power_w * window_ms
-    assert min(activity.input_tokens, activity.output_tokens, activity.requests) >= 0
-    if activity.kind != "inference":
-        assert activity.input_tokens == activity.output_tokens == activity.requests == 0
+    assert activity.input_tokens == activity.output_tokens == activity.requests == 0
+    assert (activity.kind, activity.ref) == (
+        ("idle", None) if assigned is None else ("assignment", JOB)
+    )
+    if assigned is None and not unassigned_busy:
+        assert activity.busy_ms == 0
 
 
 def test_forced_counter_reset_restarts_counters_from_the_window_usage() -> None:
@@ -76,7 +100,7 @@ def test_forced_counter_reset_restarts_counters_from_the_window_usage() -> None:
     node = SimulatedNode(seed=7, node_key="sim-7", gpus=gpus, window_ms=1000)
     node.force_counter_reset()
 
-    (window,) = node.run_window(0)
+    (window,) = node.run_window(0, window_start_ms=0)
 
     assert window.counter_reset is True
     assert window.readings == CounterReadings(
@@ -98,49 +122,20 @@ def test_sim_clock_catches_up_at_speed_and_never_passes_real_time() -> None:
     assert SimClock(origin_ms=0, started_ms=5, speed=None).now_ms(123) == 123
 
 
-def test_inference_clients_change_only_who_the_inference_is_for():
-    """With clients, an inference window names one of them instead of a product; the
-    work itself (busy time, energy, tokens) is the same window for window."""
-    clients = ("llama-3.1-8b-instruct@abc1234", "qwen2.5-coder-32b-instruct@zz9")
-    gpu = simulated_gpus(seed=3, node_key="node-a", count=1, model="h100")[0]
-    seen = set()
-    for ordinal in range(400):
-        plain = window_activity(
-            seed=3, node_key="node-a", gpu=gpu, ordinal=ordinal, window_ms=60_000
-        )
-        keyed = window_activity(
-            seed=3,
-            node_key="node-a",
-            gpu=gpu,
-            ordinal=ordinal,
-            window_ms=60_000,
-            inference_clients=clients,
-        )
-        assert (keyed.kind, keyed.busy_ms, keyed.energy_mj, keyed.input_tokens) == (
-            plain.kind,
-            plain.busy_ms,
-            plain.energy_mj,
-            plain.input_tokens,
-        )
-        if plain.kind == "inference":
-            assert keyed.ref in clients
-            seen.add(keyed.ref)
-        else:
-            assert keyed.ref == plain.ref
-    assert seen == set(clients)
-
-
-@pytest.mark.parametrize(
-    "value",
-    ["llama", "@abc", "llama@", "llama@a@b", "llama 8b@abc", "x" * 120 + "@" + "y" * 8],
-)
-def test_fleet_refuses_a_malformed_inference_client(value):
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--nodes", "1", "--port", "1", f"--inference-client={value}"])
-
-
-def test_fleet_takes_inference_clients():
+def test_fleet_takes_the_simulated_runtime_settings() -> None:
     args = build_parser().parse_args(
-        ["--nodes", "1", "--port", "1", "--inference-client", "llama-3.1-8b-instruct@k3y.9_-x"]
+        [
+            *("--nodes", "1", "--port", "1", "--pull-seconds", "0.25", "--start-seconds", "2"),
+            *("--fail-image", "bad/one:1", "--fail-image", "bad/two:2"),
+        ]
     )
-    assert args.inference_client == ["llama-3.1-8b-instruct@k3y.9_-x"]
+
+    assert (args.pending_seconds, args.pull_seconds, args.start_seconds) == (0, 250, 2000)
+    assert (args.stop_seconds, args.stopped_retention_seconds) == (1000, 300_000)
+    assert args.fail_image == ["bad/one:1", "bad/two:2"]
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "nan", "86401"])
+def test_fleet_refuses_a_bad_duration(value: str) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--nodes", "1", "--port", "1", f"--pull-seconds={value}"])
