@@ -24,7 +24,10 @@ What a line pays for over ``[start, end)``:
   key when it accepted it, so no key condition is read again).
 
 On-demand GPU lines' busy time (rollup hours of their instances' assignment records) is
-returned by ``metered_quantities`` too, by the same hour rule: shown, never priced.
+returned by ``metered_quantities`` too, by the same hour rule: shown, never priced. So are
+a reserved line's tokens: those its deployments served through the gateway (receipts name
+the reserved line), from ``InferenceUsageHour`` like an inference line's, billed by the
+reservation (``charges.metered_charges`` prices inference lines only).
 
 - SLA: the GPU-minutes each reserved line's allocations were observed available, out of
   those that counted (``sla_minutes``); the rest are its down minutes (``down_minutes``),
@@ -193,8 +196,9 @@ _LINE_HOUR = """
 _GPU_HOUR = f"cl.kind = 'on_demand_gpu' AND {_LINE_HOUR}"
 # Inference, from the billed tokens of receipt records (``InferenceUsageHour``, hour of
 # the receipts' ``iat``): each receipt is the platform's signed word that it accepted the
-# key for the line at that moment, so no key condition is read again.
-_INFERENCE_HOUR = f"cl.kind = 'inference' AND {_LINE_HOUR}"
+# key for the line at that moment, so no key condition is read again. A reserved line's
+# are its deployments' tokens: shown, never priced.
+_INFERENCE_HOUR = f"cl.kind IN ('inference', 'reserved') AND {_LINE_HOUR}"
 
 
 def metered_quantities(
@@ -209,9 +213,10 @@ def metered_quantities(
     """The metered rollup hours of on-demand lines in ``[start, end)`` (the rule in the
     module docstring), summed per line and, on request, per node and per UTC hour or day:
     on-demand GPU lines' busy time (shown, not billed) from the ``HourlyUsage`` hours
-    stamped with their instances' line, inference lines' billed tokens from
-    ``InferenceUsageHour`` (tokens of receipt records only; inference hours stamped by
-    the retired key-prefix refs are not read)."""
+    stamped with their instances' line, inference lines' billed tokens (and reserved
+    lines' deployments' tokens, shown, not billed) from ``InferenceUsageHour`` (tokens of
+    receipt records only; inference hours stamped by the retired key-prefix refs are not
+    read)."""
     unit = _bucket_unit(bucket)
     scope, params = _scope(contract_ids, line_ids)
     sql = f"""

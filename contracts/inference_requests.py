@@ -5,7 +5,9 @@ tokens billed for it: docs/gateway.md point 8) for the buyer whose contract hold
 request's line, and prices the billed tokens at that line's prices, exactly
 (``money.token_charge``, unrounded: an invoice line rounds the sum of its requests once,
 so a request's cost is a Decimal, never cents). A request of another organization's line
-does not exist for the caller.
+does not exist for the caller. Requests of a reserved line are its deployments' (a
+catalogue model on the reserved GPUs): their tokens are shown and cost nothing, the
+reservation pays.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _lines_of(organization: Organization) -> dict[int, ContractLine]:
     return {
         line.pk: line
         for line in ContractLine.objects.filter(
-            contract__buyer=organization, kind=LineKind.INFERENCE
+            contract__buyer=organization, kind__in=(LineKind.INFERENCE, LineKind.RESERVED)
         ).select_related("contract")
     }
 

@@ -8,6 +8,7 @@ tokens billed and the tokens the gateway relayed, per direction, at its line's p
 rounded up to a millionth of a minor unit ("micros") per request. That is never below
 what billing charges, so a cap the gateway holds is never exceeded on the invoice; a
 request the node has not reported yet already counts with the gateway's tokens.
+Requests of a reserved line (its deployments', billed by the reservation) spend nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SELECT r.api_key_id, l.contract_id, sum(ceil(
         * l.output_price_per_million_tokens) * %(micros_per_price_token)s))
 FROM metering_inferencerequest r
 JOIN contracts_contractline l ON l.id = r.line_id
-WHERE r.issued_at >= %(since)s AND r.issued_at < %(until)s {contracts}
+WHERE r.issued_at >= %(since)s AND r.issued_at < %(until)s AND l.kind = 'inference' {contracts}
 GROUP BY r.api_key_id, l.contract_id
 """
 

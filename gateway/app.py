@@ -7,6 +7,11 @@ contract and model, count the request against its limits and reserve its worst c
 agent (``gateway.upstream``) and the answer back, settle the budget from the usage
 relayed, and log the attempt (``gateway.request_log``). Failover to another node happens
 only before the first byte has reached the buyer.
+
+A model named ``d-<public id>`` is a buyer's deployment on their reserved GPUs
+(``gateway.catalog.Deployment``): any key of the buyer organization may call it (another
+organization's key gets 404, as for a model that does not exist), it goes only to its
+own node, and, billed by the reservation, it reserves no spend (rate limits apply).
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from capacity.agent.receipts import Receipt, sign_receipt
 from config.gateway_keys import receipt_signing_key
 from gateway import bounds, errors
 from gateway.budget import Refusal, Reservation, Store, make_store
-from gateway.catalog import Catalog, CatalogRefresher, ContractView, InferenceLine, KeyGrant
+from gateway.catalog import (
+    DEPLOYMENT_MODEL,
+    Catalog,
+    CatalogRefresher,
+    ContractView,
+    InferenceLine,
+    KeyGrant,
+    NodeRoute,
+)
 from gateway.errors import GatewayError
 from gateway.relay import STATUS_UPSTREAM_FAILED, STATUS_UPSTREAM_TIMEOUT, Outcome, relay_attempt
 from gateway.request_log import Attempt, RequestLog
@@ -74,6 +87,18 @@ class GatewaySettings:
             circuit_failures=settings.GATEWAY_CIRCUIT_FAILURES,
             circuit_cooldown_s=settings.GATEWAY_CIRCUIT_COOLDOWN_MS / 1000,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a request for one model bills (a line: its prices, the caps its spend counts
+    against) and the nodes it may go to."""
+
+    line: InferenceLine
+    routes: tuple[NodeRoute, ...]
+    contract_id: int
+    contract_cap_micros: int | None
+    key_cap_micros: int | None
 
 
 # Request ids: this process's random half and a counter (unique, and no system call
@@ -191,7 +216,8 @@ class Gateway:
 
     # -- authentication ---------------------------------------------------------------
 
-    def _authorize(self, headers: dict[bytes, bytes]) -> tuple[Catalog, KeyGrant, ContractView]:
+    def _authorize(self, headers: dict[bytes, bytes]) -> tuple[Catalog, KeyGrant]:
+        """The key's grant (401 unknown, 403 when its creator can no longer spend)."""
         catalog = self.catalog.current
         authorization = headers.get(b"authorization", b"")
         scheme, _, token = authorization.partition(b" ")
@@ -200,14 +226,54 @@ class Gateway:
         grant = catalog.keys.get(hashlib.sha256(token.strip()).hexdigest())
         if grant is None:
             raise errors.invalid_api_key()
-        if grant.contract_id is None:
-            raise errors.permission_denied("This API key is not tied to an inference line.")
         if not grant.may_operate:
             raise errors.permission_denied("This API key's creator can no longer spend.")
-        contract = catalog.contracts.get(grant.contract_id)
-        if contract is None or not contract.is_active:
-            raise errors.permission_denied("The contract of this API key is not active.")
-        return catalog, grant, contract
+        return catalog, grant
+
+    @staticmethod
+    def _contract(catalog: Catalog, grant: KeyGrant) -> ContractView | None:
+        """The active contract of the key's inference line, or None (``_without_contract``
+        says why): such a key may still call its organization's deployments."""
+        contract = catalog.contracts.get(grant.contract_id) if grant.contract_id else None
+        return contract if contract is not None and contract.is_active else None
+
+    @staticmethod
+    def _without_contract(grant: KeyGrant) -> GatewayError:
+        if grant.contract_id is None:
+            return errors.permission_denied("This API key is not tied to an inference line.")
+        return errors.permission_denied("The contract of this API key is not active.")
+
+    def _target(self, catalog: Catalog, grant: KeyGrant, model: str) -> Target:
+        """What a request for ``model`` bills and where it may go: the organization's
+        deployment of that private name (another organization's is as unknown as a model
+        that does not exist), else the key's contract's inference line of that product."""
+        deployment = catalog.deployments.get(model)
+        if deployment is not None and deployment.organization_id == grant.organization_id:
+            if not deployment.contract_is_active:
+                raise errors.permission_denied("The contract of this deployment is not active.")
+            return Target(
+                line=deployment.line,
+                routes=(deployment.route,) if deployment.route is not None else (),
+                contract_id=deployment.contract_id,
+                contract_cap_micros=None,
+                key_cap_micros=None,
+            )
+        if DEPLOYMENT_MODEL.match(model):
+            # Another organization's, ended, or never made: it does not exist for this key.
+            raise errors.model_not_found(model)
+        contract = self._contract(catalog, grant)
+        if contract is None:
+            raise self._without_contract(grant)
+        line = contract.lines.get(model)
+        if line is None:
+            raise errors.model_not_found(model)
+        return Target(
+            line=line,
+            routes=catalog.routes.get(line.product_slug, ()),
+            contract_id=contract.contract_id,
+            contract_cap_micros=contract.cap_micros,
+            key_cap_micros=grant.cap_micros,
+        )
 
     async def _models(
         self,
@@ -217,15 +283,30 @@ class Gateway:
         path: str,
         request_id: str,
     ) -> None:
-        _, _, contract = self._authorize(headers)
-        models = [
+        catalog, grant = self._authorize(headers)
+        contract = self._contract(catalog, grant)
+        deployments = catalog.deployments_by_organization.get(grant.organization_id, ())
+        if contract is None and not deployments:
+            raise self._without_contract(grant)
+        models: list[dict[str, object]] = [
             {
                 "id": line.product_slug,
                 "object": "model",
                 "created": line.product_created,
                 "owned_by": "hashgrid",
             }
-            for line in contract.lines.values()
+            for line in (contract.lines.values() if contract is not None else ())
+        ]
+        # The organization's deployments, named privately, with the model they serve.
+        models += [
+            {
+                "id": deployment.model,
+                "object": "model",
+                "created": deployment.line.product_created,
+                "owned_by": "hashgrid",
+                "root": deployment.line.product_slug,
+            }
+            for deployment in deployments
         ]
         if path == "/v1/models":
             body = orjson.dumps({"object": "list", "data": models})
@@ -267,7 +348,7 @@ class Gateway:
         kind: str,
         request_id: str,
     ) -> None:
-        catalog, grant, contract = self._authorize(headers)
+        catalog, grant = self._authorize(headers)
         raw = await self._read_body(receive, headers)
         try:
             body = orjson.loads(raw)
@@ -288,9 +369,8 @@ class Gateway:
             max_output = bounds.max_output_tokens(body)
         except bounds.BodyError as error:
             raise errors.invalid_request(str(error), param=error.param) from error
-        line = contract.lines.get(body["model"])
-        if line is None:
-            raise errors.model_not_found(body["model"])
+        model = body["model"]
+        target = self._target(catalog, grant, model)
         if max_output is None:
             # The engine must stop within the receipt's bound.
             max_output = bounds.DEFAULT_MAX_OUTPUT_TOKENS
@@ -307,7 +387,7 @@ class Gateway:
                 "continuous_usage_stats": True,
             }
         forwarded = orjson.dumps(body)
-        reservation = await self._reserve(catalog, grant, contract, line, max_input, max_output)
+        reservation = await self._reserve(catalog, grant, target, max_input, max_output)
         spent_tokens = spent_micros = 0
         try:
             spent_tokens, spent_micros = await self._route(
@@ -316,9 +396,10 @@ class Gateway:
                 cors=cors,
                 kind=kind,
                 forwarded=forwarded,
-                catalog=catalog,
+                routes=target.routes,
+                model=model,
                 grant=grant,
-                line=line,
+                line=target.line,
                 max_input=max_input,
                 max_output=max_output,
                 streaming=streaming,
@@ -334,18 +415,21 @@ class Gateway:
         self,
         catalog: Catalog,
         grant: KeyGrant,
-        contract: ContractView,
-        line: InferenceLine,
+        target: Target,
         max_input: int,
         max_output: int,
     ) -> Reservation:
+        """Count the request against the key's limits and reserve its worst case against
+        the target's caps (a deployment's line has no price and no cap: nothing is
+        reserved, the reservation pays)."""
+        line, contract_id = target.line, target.contract_id
         now = time.time()
         moment = datetime.fromtimestamp(now, tz=UTC)
         month = f"{moment.year:04d}{moment.month:02d}"
         same_month = month == catalog.month
         reservation = Reservation(
             key_id=grant.key_id,
-            contract_id=contract.contract_id,
+            contract_id=contract_id,
             minute=int(now) // 60,
             month=month,
             requests_per_minute=grant.requests_per_minute
@@ -358,11 +442,11 @@ class Gateway:
                 input_price_ticks=line.input_price_ticks,
                 output_price_ticks=line.output_price_ticks,
             ),
-            key_cap_micros=grant.cap_micros,
-            contract_cap_micros=contract.cap_micros,
+            key_cap_micros=target.key_cap_micros,
+            contract_cap_micros=target.contract_cap_micros,
             key_seed_micros=catalog.key_spend_micros.get(grant.key_id, 0) if same_month else 0,
             contract_seed_micros=(
-                catalog.contract_spend_micros.get(contract.contract_id, 0) if same_month else 0
+                catalog.contract_spend_micros.get(contract_id, 0) if same_month else 0
             ),
         )
         assert self.store is not None
@@ -417,7 +501,8 @@ class Gateway:
         cors: Headers,
         kind: str,
         forwarded: bytes,
-        catalog: Catalog,
+        routes: tuple[NodeRoute, ...],
+        model: str,
         grant: KeyGrant,
         line: InferenceLine,
         max_input: int,
@@ -427,8 +512,7 @@ class Gateway:
         continuous_usage: bool,
         request_id: str,
     ) -> tuple[int, int]:
-        """Try nodes until one answers; return the tokens and micros to settle."""
-        routes = catalog.routes.get(line.product_slug, ())
+        """Try ``routes`` until one answers; return the tokens and micros to settle."""
         tried: set[int] = set()
         timed_out = False
         assert self.agents is not None
@@ -502,7 +586,7 @@ class Gateway:
             timed_out = outcome.status == STATUS_UPSTREAM_TIMEOUT
         if timed_out:
             raise errors.upstream_timeout()
-        raise errors.no_healthy_node(line.product_slug)
+        raise errors.no_healthy_node(model)
 
 
 def create_app() -> Gateway:

@@ -8,6 +8,11 @@ changes, so a revoked key, a suspended contract or a node taken out of service s
 being used within about a second, and reloads at least every 30 s anyway (month spends
 for the budgets' seeds, windows that began). Everything here runs in the gateway's
 database thread (``gateway.db``), never on the event loop.
+
+Besides the catalogue's products, the buyers' **deployments** (a catalogue model served
+on their reserved GPUs, ``contracts.models.Workload`` of kind deployment): each is a
+private model named ``d-<public id>`` that only keys of its buyer organization see,
+routed only to its own node, and only while the node reports it running.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +32,15 @@ from django.db.models import Q
 from accounts.models import OPERATOR_ROLES, ApiKey
 from capacity.models import NodeStatus, NodeWindow
 from contracts.inference_spend import inference_month_spend
-from contracts.models import ContractLine, ContractState, InferenceProduct, LineKind
+from contracts.models import (
+    ContractLine,
+    ContractState,
+    InferenceProduct,
+    LineKind,
+    Workload,
+    WorkloadKind,
+    WorkloadState,
+)
 from gateway import db
 from gateway.bounds import MICROS_PER_MINOR, price_ticks
 
@@ -34,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 # Node states that serve: online, or degraded (a GPU complains, the engine may still run).
 SERVING_STATES = (NodeStatus.ONLINE, NodeStatus.DEGRADED)
+# A deployment's private model name: ``d-`` and its workload's public id.
+DEPLOYMENT_MODEL = re.compile(r"^d-[0-9a-f]{32}$")
 FINGERPRINT_INTERVAL_SECONDS = 1.0
 FULL_RELOAD_INTERVAL_SECONDS = 30.0
 
@@ -87,11 +103,32 @@ class NodeRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class Deployment:
+    """A buyer's deployment: a private model only keys of ``organization_id`` may call.
+
+    Billed by the reservation, so its ``line`` (the reserved line, which its receipts
+    name) carries no token price: no spend is reserved for it, rate limits still apply.
+    """
+
+    model: str  # the private model name, ``d-<public id>``
+    organization_id: int
+    contract_id: int
+    contract_is_active: bool
+    line: InferenceLine
+    # Its node, while the node reports it running and serves (online or degraded,
+    # enrolled, with an agent); None before it runs (its owner gets 503 no_healthy_node).
+    route: NodeRoute | None
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
     keys: dict[str, KeyGrant]  # by sha256 hex of the key
     contracts: dict[int, ContractView]
     routes: dict[str, tuple[NodeRoute, ...]]  # by product slug
     month: str  # the month the spends are for ("YYYYMM", UTC)
+    # Deployments that have not ended, by private model name, and per buyer organization.
+    deployments: dict[str, Deployment] = field(default_factory=dict)
+    deployments_by_organization: dict[int, tuple[Deployment, ...]] = field(default_factory=dict)
     key_spend_micros: dict[int, int] = field(default_factory=dict)
     contract_spend_micros: dict[int, int] = field(default_factory=dict)
     fingerprint: str = ""
@@ -122,7 +159,11 @@ SELECT concat_ws('/',
       FROM contracts_lineapikey),
   (SELECT count(*) || ':' || coalesce(sum(hashtextextended(concat_ws(',', id, contract_id,
       inference_product_id, input_price_per_million_tokens, output_price_per_million_tokens,
-      ended_at), 0)), 0) FROM contracts_contractline WHERE kind = 'inference'),
+      ended_at, ends_at), 0)), 0) FROM contracts_contractline
+      WHERE kind IN ('inference', 'reserved')),
+  (SELECT count(*) || ':' || coalesce(sum(hashtextextended(concat_ws(',', id, public_id,
+      line_id, node_id, inference_product_id, state), 0)), 0) FROM contracts_workload
+      WHERE kind = 'deployment' AND ended_at IS NULL),
   (SELECT count(*) || ':' || coalesce(sum(hashtextextended(concat_ws(',', id, state, currency,
       inference_monthly_cap_minor), 0)), 0) FROM contracts_contract),
   (SELECT count(*) || ':' || coalesce(sum(hashtextextended(concat_ws(',', id, slug, name,
@@ -204,12 +245,21 @@ def load_catalog(*, now: datetime | None = None) -> Catalog:
             requests_per_minute=link.requests_per_minute if link else None,
             tokens_per_minute=link.tokens_per_minute if link else None,
         )
-    routes = _load_routes(now)
+    blocked = _blocked_windows(now)
+    routes = _load_routes(blocked)
+    deployments = _load_deployments(now, blocked)
+    by_organization: dict[int, list[Deployment]] = {}
+    for deployment in deployments.values():
+        by_organization.setdefault(deployment.organization_id, []).append(deployment)
     spend = inference_month_spend(moment=now)
     return Catalog(
         keys=keys,
         contracts=contracts,
         routes=routes,
+        deployments=deployments,
+        deployments_by_organization={
+            organization_id: tuple(owned) for organization_id, owned in by_organization.items()
+        },
         month=month_of(now),
         key_spend_micros=spend.by_key_micros,
         contract_spend_micros=spend.by_contract_micros,
@@ -218,13 +268,18 @@ def load_catalog(*, now: datetime | None = None) -> Catalog:
     )
 
 
-def _load_routes(now: datetime) -> dict[str, tuple[NodeRoute, ...]]:
+def _blocked_windows(now: datetime) -> dict[int, list[tuple[float, float]]]:
+    """Scheduled maintenance and curtailment not over yet, per node, in Unix seconds."""
     blocked: dict[int, list[tuple[float, float]]] = {}
     windows = NodeWindow.objects.scheduled().filter(period__endswith__gt=now)
     for window in windows.only("node_id", "period"):
         blocked.setdefault(window.node_id, []).append(
             (window.period.lower.timestamp(), window.period.upper.timestamp())
         )
+    return blocked
+
+
+def _load_routes(blocked: dict[int, list[tuple[float, float]]]) -> dict[str, tuple[NodeRoute, ...]]:
     routes: dict[str, tuple[NodeRoute, ...]] = {}
     through = InferenceProduct.nodes.through
     pairs = (
@@ -252,6 +307,54 @@ def _load_routes(now: datetime) -> dict[str, tuple[NodeRoute, ...]]:
     for slug, nodes in collected.items():
         routes[slug] = tuple(nodes)
     return routes
+
+
+def _load_deployments(
+    now: datetime, blocked: dict[int, list[tuple[float, float]]]
+) -> dict[str, Deployment]:
+    """Deployments that have not ended, on lines still in force (one query)."""
+    workloads = (
+        Workload.objects.active()
+        .filter(kind=WorkloadKind.DEPLOYMENT)
+        .filter(Q(line__ended_at__isnull=True) | Q(line__ended_at__gt=now))
+        .filter(Q(line__ends_at__isnull=True) | Q(line__ends_at__gt=now))
+        .select_related("line__contract", "inference_product", "node")
+        .order_by("pk")
+    )
+    deployments: dict[str, Deployment] = {}
+    for workload in workloads:
+        product, node, contract = workload.inference_product, workload.node, workload.line.contract
+        assert product is not None  # a deployment has one (check constraint)
+        serves = (
+            workload.state == WorkloadState.RUNNING
+            and node.status in SERVING_STATES
+            and node.enrolled_at is not None
+            and bool(node.agent_url)
+            and bool(node.agent_public_key)
+        )
+        deployments[workload.served_model_name] = Deployment(
+            model=workload.served_model_name,
+            organization_id=contract.buyer_id,
+            contract_id=contract.pk,
+            contract_is_active=contract.state == ContractState.ACTIVE,
+            line=InferenceLine(
+                line_id=workload.line_id,
+                product_slug=product.slug,
+                product_name=product.name,
+                input_price_ticks=0,
+                output_price_ticks=0,
+                product_created=int(workload.created_at.timestamp()),
+            ),
+            route=NodeRoute(
+                node_id=node.pk,
+                agent_url=node.agent_url.rstrip("/"),
+                agent_public_key=node.agent_public_key,
+                blocked=tuple(blocked.get(node.pk, ())),
+            )
+            if serves
+            else None,
+        )
+    return deployments
 
 
 class CatalogRefresher:
