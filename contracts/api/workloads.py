@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.utils import (
@@ -188,6 +189,14 @@ def _one(workload: Workload) -> Any:
     return _rendered([workload])[0]
 
 
+def _paginated(request: Request, view: APIView, items: QuerySet[Workload]) -> Response:
+    """One page of ``items`` (``accounts.api_support.paginated_response``'s shape), each
+    with what it held so far, read for the page at once."""
+    paginator = view.pagination_class()  # type: ignore[attr-defined]
+    page = paginator.paginate_queryset(items, request, view=view)
+    return paginator.get_paginated_response(_rendered(list(page)))  # type: ignore[no-any-return]
+
+
 def _workload(request: Request, pk: int) -> Workload:
     organization = request_organization(request)
     return get_object_or_404(
@@ -209,8 +218,8 @@ def _line(request: Request, pk: int, kind: str) -> ContractLine:
 
 def _refused(error: DjangoValidationError) -> Response:
     """A service's refusal: 409 about capacity (``code`` says which), 400 otherwise."""
-    codes = {getattr(error, "code", None)} | {
-        getattr(inner, "code", None) for inner in getattr(error, "error_list", [])
+    codes = {str(getattr(error, "code", ""))} | {
+        str(getattr(inner, "code", "")) for inner in getattr(error, "error_list", [])
     }
     conflict = codes & _CONFLICT_CODES
     if conflict:
@@ -307,9 +316,7 @@ class InstanceListApi(APIView):
     )
     def get(self, request: Request) -> Response:
         instances = workload_selectors.buyer_instances(organization=request_organization(request))
-        paginator = self.pagination_class()  # type: ignore[misc]
-        page = paginator.paginate_queryset(instances, request, view=self)
-        return paginator.get_paginated_response(_rendered(list(page)))
+        return _paginated(request, self, instances)
 
     @extend_schema(
         tags=[TAG],
@@ -417,9 +424,7 @@ class WorkloadListApi(APIView):
             contract_id=params.validated_data.get("contract"),
             kind=params.validated_data.get("kind"),
         )
-        paginator = self.pagination_class()  # type: ignore[misc]
-        page = paginator.paginate_queryset(items, request, view=self)
-        return paginator.get_paginated_response(_rendered(list(page)))
+        return _paginated(request, self, items)
 
 
 class _WorkloadFilters(serializers.Serializer):
