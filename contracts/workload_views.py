@@ -9,6 +9,8 @@ admin, member), so viewers and finance only look.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -72,15 +74,23 @@ def instance_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-@buyer_operator
-@require_http_methods(["GET", "POST"])
-def instance_start(request: HttpRequest, pk: int, line_pk: int) -> HttpResponse:
-    line = _line(request, pk, line_pk, LineKind.ON_DEMAND_GPU)
+def _container_page(
+    request: HttpRequest,
+    line: ContractLine,
+    *,
+    start: Callable[..., Workload],
+    done: str,
+    title: str,
+    action_label: str,
+    **context: object,
+) -> HttpResponse:
+    """The container form of ``line``: on a valid post, ``start`` (a service taking the
+    line, the actor and the container's spec) runs and the new workload's page follows."""
     form = ContainerForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            workload = workloads.instance_start(
+            workload = start(
                 line=line,
                 gpu_count=data["gpu_count"],
                 image=data["image"],
@@ -92,9 +102,8 @@ def instance_start(request: HttpRequest, pk: int, line_pk: int) -> HttpResponse:
         except ValidationError as error:
             add_service_errors(form, error)
         else:
-            messages.success(request, "Instance requested. Its node starts it in a moment.")
+            messages.success(request, done)
             return redirect("contracts:workload", pk=workload.pk)
-    free = workloads.free_gpus_by_node(line=line, now=timezone.now())
     return render(
         request,
         "contracts/workload_form.html",
@@ -102,10 +111,26 @@ def instance_start(request: HttpRequest, pk: int, line_pk: int) -> HttpResponse:
             "line": line,
             "contract": line.contract,
             "form": form,
-            "title": "Start an instance",
-            "action_label": "Start instance",
-            "most_free_on_one_node": max(free.values(), default=0),
+            "title": title,
+            "action_label": action_label,
+            **context,
         },
+    )
+
+
+@buyer_operator
+@require_http_methods(["GET", "POST"])
+def instance_start(request: HttpRequest, pk: int, line_pk: int) -> HttpResponse:
+    line = _line(request, pk, line_pk, LineKind.ON_DEMAND_GPU)
+    free = workloads.free_gpus_by_node(line=line, now=timezone.now())
+    return _container_page(
+        request,
+        line,
+        start=workloads.instance_start,
+        done="Instance requested. Its node starts it in a moment.",
+        title="Start an instance",
+        action_label="Start instance",
+        most_free_on_one_node=max(free.values(), default=0),
     )
 
 
@@ -113,34 +138,13 @@ def instance_start(request: HttpRequest, pk: int, line_pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def container_create(request: HttpRequest, pk: int, line_pk: int) -> HttpResponse:
     line = _line(request, pk, line_pk, LineKind.RESERVED)
-    form = ContainerForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        try:
-            workload = workloads.container_create(
-                line=line,
-                gpu_count=data["gpu_count"],
-                image=data["image"],
-                ssh_public_key=data["ssh_public_key"].strip(),
-                ports=data["ports"],
-                env=data["env"],
-                actor=request_actor(request),
-            )
-        except ValidationError as error:
-            add_service_errors(form, error)
-        else:
-            messages.success(request, "Container requested on your reserved GPUs.")
-            return redirect("contracts:workload", pk=workload.pk)
-    return render(
+    return _container_page(
         request,
-        "contracts/workload_form.html",
-        {
-            "line": line,
-            "contract": line.contract,
-            "form": form,
-            "title": "Run a container on reserved GPUs",
-            "action_label": "Run container",
-        },
+        line,
+        start=workloads.container_create,
+        done="Container requested on your reserved GPUs.",
+        title="Run a container on reserved GPUs",
+        action_label="Run container",
     )
 
 

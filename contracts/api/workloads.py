@@ -11,6 +11,7 @@ failed or lost answers 200 with itself, unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -304,6 +305,33 @@ class ImageTemplateSerializer(serializers.Serializer):
 # -- views -------------------------------------------------------------------------------
 
 
+def _start_container(
+    request: Request,
+    serializer: type[_ContainerInput],
+    line_kind: str,
+    start: Callable[..., Workload],
+) -> Response:
+    """Parse a container's spec, find the caller's line of ``line_kind`` and ``start``
+    it there (``instance_start`` or ``container_create``): 201 with the workload."""
+    payload = serializer(data=request.data)
+    payload.is_valid(raise_exception=True)
+    data = payload.validated_data
+    line = _line(request, data["line"], line_kind)
+    try:
+        workload = start(
+            line=line,
+            gpu_count=data["gpu_count"],
+            image=data["image"],
+            ssh_public_key=data["ssh_public_key"],
+            ports=data["ports"],
+            env=data["env"],
+            actor=request_actor(request),
+        )
+    except DjangoValidationError as error:
+        return _refused(error)
+    return Response(_reloaded(request, workload), status=status.HTTP_201_CREATED)
+
+
 class InstanceListApi(APIView):
     permission_classes = BUYER_PERMISSIONS
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
@@ -326,23 +354,9 @@ class InstanceListApi(APIView):
         responses={201: WorkloadSerializer, 400: _REFUSED, 404: _NOT_FOUND, 409: _NO_GPUS},
     )
     def post(self, request: Request) -> Response:
-        payload = InstanceCreateSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        data = payload.validated_data
-        line = _line(request, data["line"], LineKind.ON_DEMAND_GPU)
-        try:
-            workload = workloads.instance_start(
-                line=line,
-                gpu_count=data["gpu_count"],
-                image=data["image"],
-                ssh_public_key=data["ssh_public_key"],
-                ports=data["ports"],
-                env=data["env"],
-                actor=request_actor(request),
-            )
-        except DjangoValidationError as error:
-            return _refused(error)
-        return Response(_reloaded(request, workload), status=status.HTTP_201_CREATED)
+        return _start_container(
+            request, InstanceCreateSerializer, LineKind.ON_DEMAND_GPU, workloads.instance_start
+        )
 
 
 class ContainerCreateApi(APIView):
@@ -356,23 +370,9 @@ class ContainerCreateApi(APIView):
         responses={201: WorkloadSerializer, 400: _REFUSED, 404: _NOT_FOUND, 409: _NO_GPUS},
     )
     def post(self, request: Request) -> Response:
-        payload = ContainerCreateSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        data = payload.validated_data
-        line = _line(request, data["line"], LineKind.RESERVED)
-        try:
-            workload = workloads.container_create(
-                line=line,
-                gpu_count=data["gpu_count"],
-                image=data["image"],
-                ssh_public_key=data["ssh_public_key"],
-                ports=data["ports"],
-                env=data["env"],
-                actor=request_actor(request),
-            )
-        except DjangoValidationError as error:
-            return _refused(error)
-        return Response(_reloaded(request, workload), status=status.HTTP_201_CREATED)
+        return _start_container(
+            request, ContainerCreateSerializer, LineKind.RESERVED, workloads.container_create
+        )
 
 
 class DeploymentCreateApi(APIView):
