@@ -102,6 +102,11 @@ class HeldSoFar:
     cost_minor: int
     currency: str
 
+    @property
+    def whole_gpu_seconds(self) -> int:
+        """GPU-seconds held, whole seconds (as ``seconds``, rounded down) for display."""
+        return int(self.gpu_seconds)
+
 
 def instances_held(
     *, workloads: list[Workload], now: datetime, since: datetime | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import time_machine
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
@@ -78,17 +79,24 @@ def test_start_connect_copy_stop_and_see_the_seconds(
     assert page.evaluate("navigator.clipboard.readText()") == command
     snap(page, "running")
 
-    page.locator("[data-stop]").click()
-    expect(page.get_by_role("heading", name="Stop this instance?")).to_be_visible()
-    page.get_by_role("button", name="Stop instance").click()
-    expect(page.locator("[data-workload-state] [data-state]")).to_have_text("Stopped")
-    workload.refresh_from_db()
-    assert workload.state == WorkloadState.STOPPED
-    seconds = (workload.ended_at - workload.started_at) // timedelta(seconds=1)
-    expect(page.locator("[data-held-seconds]")).to_have_attribute("data-held-seconds", str(seconds))
+    # Stopped a minute and a half later (the clock moves; the live server's too).
+    with time_machine.travel(workload.started_at + timedelta(seconds=95), tick=True):
+        page.locator("[data-stop]").click()
+        expect(page.get_by_role("heading", name="Stop this instance?")).to_be_visible()
+        page.get_by_role("button", name="Stop instance").click()
+        expect(page.locator("[data-workload-state] [data-state]")).to_have_text("Stopped")
+        workload.refresh_from_db()
+        held = workload.ended_at - workload.started_at
+        seconds = held // timedelta(seconds=1)
+        gpu_seconds = 2 * held // timedelta(seconds=1)  # two GPUs, whole seconds
+        assert workload.state == WorkloadState.STOPPED and 95 <= seconds < 105
+        expect(page.locator("[data-held-seconds]")).to_have_text(
+            f"{seconds} s on 2 GPUs ({gpu_seconds} GPU-seconds)"
+        )
 
-    page.get_by_role("link", name="Usage").first.click()
-    row = page.locator(f"[data-instance='{workload.pk}']")
-    expect(row.locator("[data-held-seconds]")).to_have_text(str(seconds))
-    expect(row.locator("[data-state]")).to_have_text("Stopped")
-    snap(page, "usage")
+        page.get_by_role("link", name="Usage").first.click()
+        row = page.locator(f"[data-instance='{workload.pk}']")
+        expect(row.locator("[data-held-seconds]")).to_have_text(str(seconds))
+        expect(row.locator("[data-gpu-seconds]")).to_have_text(str(gpu_seconds))
+        expect(row.locator("[data-state]")).to_have_text("Stopped")
+        snap(page, "usage")
