@@ -116,6 +116,39 @@ def node_served_products(*, node: Node) -> list[ServedProduct]:
     return [] if _served_products_loader is None else _served_products_loader(node)
 
 
+@dataclass(frozen=True)
+class NodeWorkload:
+    """A workload on one of a node's GPUs, as its partner sees it: what kind, in what
+    state since when, and why it failed; never the buyer, the image, the environment or
+    the SSH key (DESIGN.md: a partner sees what runs on their GPUs, never who the buyer
+    is)."""
+
+    gpu_index: int
+    gpu_uuid: str
+    kind: str  # "Instance", "Container", "Model deployment"
+    state: str  # the state's label
+    is_failure: bool
+    since: datetime
+    reason: str  # failed or lost: why; otherwise blank
+
+
+# What runs on a node's GPUs: contracts owns workloads and registers its query in
+# ``ContractsConfig.ready`` (capacity must not import contracts).
+_node_workloads_loader: Callable[[Node, datetime], list[NodeWorkload]] | None = None
+
+
+def register_node_workloads(loader: Callable[[Node, datetime], list[NodeWorkload]]) -> None:
+    """Called once by the app that owns workloads (contracts), at start-up."""
+    global _node_workloads_loader
+    _node_workloads_loader = loader
+
+
+def node_workloads(*, node: Node, now: datetime) -> list[NodeWorkload]:
+    """The workloads on ``node``'s GPUs now and its recent failures; none without
+    contracts."""
+    return [] if _node_workloads_loader is None else _node_workloads_loader(node, now)
+
+
 # Checks registered by apps above capacity (contracts registers its allocation query in
 # ``ContractsConfig.ready``), so capacity asks without importing them.
 _future_allocation_checks: list[Callable[[Node], bool]] = []

@@ -16,6 +16,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from accounts.models import OPERATOR_ROLES
@@ -158,6 +159,7 @@ def _render_node(
             "gpus": selectors.node_gpus(node=node),
             "windows": selectors.node_windows(node=node),
             "served_products": selectors.node_served_products(node=node),
+            "workloads": selectors.node_workloads(node=node, now=timezone.now()),
             "enrollment_code": enrollment_code,
             "enroll_command": _enroll_command(enrollment_code) if enrollment_code else None,
             "setup_steps": agent_setup.enrollment_steps(

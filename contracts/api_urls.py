@@ -6,6 +6,7 @@ from contracts import api
 from contracts.api import budget as budget_api
 from contracts.api import inference
 from contracts.api import serving as serving_api
+from contracts.api import workloads as workloads_api
 
 urlpatterns = [
     path("contracts", api.ContractListApi.as_view(), name="api_contracts"),
@@ -51,5 +52,25 @@ urlpatterns = [
         "nodes/<int:pk>/inference-products/<str:slug>",
         serving_api.NodeServingDetailApi.as_view(),
         name="api_node_inference_product",
+    ),
+    path("instances", workloads_api.InstanceListApi.as_view(), name="api_instances"),
+    path("containers", workloads_api.ContainerCreateApi.as_view(), name="api_containers"),
+    path("deployments", workloads_api.DeploymentCreateApi.as_view(), name="api_deployments"),
+    path("workloads", workloads_api.WorkloadListApi.as_view(), name="api_workloads"),
+    path("workloads/<int:pk>", workloads_api.WorkloadDetailApi.as_view(), name="api_workload"),
+    path(
+        "workloads/<int:pk>/stop",
+        workloads_api.WorkloadStopApi.as_view(),
+        name="api_workload_stop",
+    ),
+    path(
+        "workloads/<int:pk>/redeploy",
+        workloads_api.WorkloadRedeployApi.as_view(),
+        name="api_workload_redeploy",
+    ),
+    path(
+        "image-templates",
+        workloads_api.ImageTemplateListApi.as_view(),
+        name="api_image_templates",
     ),
 ]

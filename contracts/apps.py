@@ -19,7 +19,7 @@ class ContractsConfig(AppConfig):
         from capacity.metering import attribution as metering_attribution
         from capacity.metering import selectors as metering_selectors
         from config import reference_data
-        from contracts import assignments, selectors
+        from contracts import assignments, selectors, workload_selectors
         from contracts.attribution import attribute_usage_records
         from contracts.models import InferenceProduct, SlaCreditTier, SlaPolicy
         from contracts.reference_data import ensure_defaults
@@ -41,6 +41,9 @@ class ContractsConfig(AppConfig):
         )
         capacity_selectors.register_served_products(
             lambda node: selectors.node_served_products(node_id=node.pk)
+        )
+        capacity_selectors.register_node_workloads(
+            lambda node, now: workload_selectors.node_workloads(node_id=node.pk, now=now)
         )
         capacity_selectors.register_offer_commitment(
             lambda offer, now: selectors.offer_committed_gpus(offer_id=offer.pk, now=now)

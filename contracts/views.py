@@ -37,6 +37,7 @@ from contracts import (
     selectors,
     usage,
     window_notices,
+    workload_selectors,
 )
 from contracts.forms import (
     InferenceCapForm,
@@ -89,9 +90,14 @@ def contract_detail(request: HttpRequest, pk: int) -> HttpResponse:
     slas = _line_slas(lines)
     for line in lines:
         line.sla = slas.get(line.pk)  # type: ignore[attr-defined]
-    allocations = Paginator(selectors.contract_allocations(contract=contract), 50).get_page(
-        request.GET.get("page")
-    )
+    # The reservations' GPUs (instances hold theirs through allocations too: listed with
+    # the workloads below).
+    allocations = Paginator(
+        selectors.contract_allocations(contract=contract).filter(workload__isnull=True), 50
+    ).get_page(request.GET.get("page"))
+    contract_workloads = Paginator(
+        workload_selectors.contract_workloads(contract=contract), 25
+    ).get_page(request.GET.get("workloads_page"))
     windows = window_notices.contract_windows(contract=contract, now=timezone.now())
     inference_lines = [
         line for line in lines if line.kind == LineKind.INFERENCE and line.ended_at is None
@@ -107,6 +113,10 @@ def contract_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "contract": contract,
             "lines": lines,
             "allocations": allocations,
+            "workloads": contract_workloads,
+            "has_gpu_lines": any(
+                line.kind in (LineKind.RESERVED, LineKind.ON_DEMAND_GPU) for line in lines
+            ),
             "windows": windows,
             "maintenance_allowance_hours": settings.SLA_MAINTENANCE_ALLOWANCE_HOURS,
             "commitment": minor_to_major(contract.monthly_commitment_minor),
@@ -359,10 +369,19 @@ def usage_overview(request: HttpRequest) -> HttpResponse:
         if chosen
         else []
     )
+    instances = Paginator(
+        workload_selectors.instances_in(organization=organization, since=month_start(now), now=now),
+        25,
+    ).get_page(request.GET.get("instances_page"))
+    held = workload_selectors.instances_held(
+        workloads=list(instances), now=now, since=month_start(now)
+    )
     return render(
         request,
         "contracts/usage.html",
         {
+            "instances": instances,
+            "instances_held": [(workload, held[workload.pk]) for workload in instances],
             "summary": dashboard.buyer_dashboard(organization=organization, now=now),
             "contracts": contracts,
             "chosen": chosen,

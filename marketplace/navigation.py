@@ -46,6 +46,7 @@ NAVIGATION: tuple[NavEntry, ...] = (
     NavEntry("Dashboard", "dashboard", Audience.ANY),
     NavEntry("Marketplace", "marketplace:search", Audience.BUYER),
     NavEntry("Contracts", "contracts:list", Audience.BUYER),
+    NavEntry("Instances", "contracts:instances", Audience.BUYER),
     NavEntry("Usage", "contracts:usage", Audience.BUYER),
     NavEntry("Playground", "marketplace:playground", Audience.BUYER),
     NavEntry("Invoices", "billing:invoices", Audience.BUYER),

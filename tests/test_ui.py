@@ -82,6 +82,7 @@ def test_partner_entries_are_shown_only_to_partner_organizations(
         "Dashboard",
         "Marketplace",
         "Contracts",
+        "Instances",
         "Usage",
         "Playground",
         "Invoices",

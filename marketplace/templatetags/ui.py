@@ -33,6 +33,13 @@ def query_replace(context: dict[str, Any], **changes: Any) -> str:
 
 
 @register.simple_tag(takes_context=True)
+def query_page(context: dict[str, Any], number: int, param: str | None = None) -> str:
+    """``query_replace`` for a page number under ``param`` (default ``page``): a page with
+    two paginated lists gives the second its own parameter."""
+    return str(query_replace(context, **{param or "page": number}))
+
+
+@register.simple_tag(takes_context=True)
 def primary_navigation(context: template.Context) -> list[NavLink]:
     """Navigation links: from the ``navigation`` context processor when it is registered,
     else built here, so the layout works either way."""

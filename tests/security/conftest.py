@@ -39,6 +39,8 @@ B_PRIVATE_MARKERS = (
     "zebra-line-key",
     "zebra-node",
     "Zebra firmware",
+    "zebra/private-image",
+    "zebra-ssh-key",
 )
 # Published on purpose: the storefront lists every partner's offers with their site.
 B_PUBLISHED_MARKERS = ("Zebra Flare Site",)
@@ -78,9 +80,10 @@ class TenantA:
 def build_tenant_b() -> TenantB:
     """Organization B (buyer and partner) with a member, an invitation, an API key, a site
     with an online node, a maintenance window, an offer, an active contract with an
-    on-demand line and its key, a finalized invoice and a settlement statement."""
+    on-demand line and its key, an instance on it, a finalized invoice and a settlement statement."""
     from contracts.models import InferenceProduct
     from contracts.on_demand import line_api_key_create, on_demand_enable
+    from contracts.workloads import instance_start
     from tests.billing.conftest import finalized_invoice_for
     from tests.capacity.metering.receipt_builders import meter_requests
 
@@ -122,6 +125,16 @@ def build_tenant_b() -> TenantB:
         input_tokens=11,
         output_tokens=7,
     )
+    # B's instance on its on-demand GPU line (its image and SSH key are private).
+    workload = instance_start(
+        line=line,
+        gpu_count=1,
+        image="zebra/private-image:1",
+        ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHplYnJh zebra-ssh-key",
+        ports=[22],
+        env={},
+        actor=owner,
+    )
     statement = SettlementStatement.objects.create(
         partner=org, month=date(2026, 10, 1), currency="USD"
     )
@@ -146,6 +159,7 @@ def build_tenant_b() -> TenantB:
             "invoice": invoice,
             "statement": statement,
             "inference_request": inference_request,
+            "workload": workload,
         },
     )
 

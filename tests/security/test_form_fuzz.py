@@ -33,7 +33,10 @@ from accounts.models import Role
 from accounts.tenancy import SESSION_KEY
 from contracts.models import InferenceProduct
 from contracts.on_demand import line_api_key_create, on_demand_enable
+from contracts.workloads import container_create
 from tests.billing.settlement_builders import ensure_finance_group
+from tests.contracts.usage_builders import reserved_line
+from tests.contracts.workload_builders import PYTORCH
 from tests.factories import (
     ApiKeyFactory,
     MembershipFactory,
@@ -168,7 +171,26 @@ def owner_world(settings):
     node = devices[0].node
     NodeWindowFactory(node=node)
     offer = OfferFactory(site=site, gpu_model=gpu_model, gpu_count=4)
-    contract = on_demand_enable(buyer=org, actor=owner, offer=offer).contract
+    gpu_line = on_demand_enable(buyer=org, actor=owner, offer=offer)
+    contract = gpu_line.contract
+    # Reserved GPUs on the second node, with a container running on one of them.
+    reserved = reserved_line(
+        contract=contract,
+        offer=offer,
+        holds=[
+            (gpu, timezone.now() - timedelta(days=1), timezone.now() + timedelta(days=29))
+            for gpu in devices[4:8]
+        ],
+    )
+    container = container_create(
+        line=reserved,
+        image=PYTORCH,
+        ssh_public_key="",
+        ports=[22],
+        env={},
+        actor=owner,
+        gpu_count=1,
+    )
     inference = on_demand_enable(
         buyer=org, actor=owner, inference_product=InferenceProduct.objects.order_by("pk").first()
     )
@@ -199,6 +221,11 @@ def owner_world(settings):
         f"/contracts/{contract.pk}/inference-cap/",
         f"/contracts/{contract.pk}/api-keys/{line_key.contract_line_link.pk}/",
         f"/partner/nodes/{node.pk}/models/",  # a Serve form per product
+        f"/contracts/{contract.pk}/lines/{gpu_line.pk}/instances/new/",
+        f"/contracts/{contract.pk}/lines/{reserved.pk}/containers/new/",
+        f"/contracts/{contract.pk}/lines/{reserved.pk}/deployments/new/",
+        f"/contracts/workloads/{container.pk}/redeploy/",
+        f"/contracts/workloads/{container.pk}/stop/",
         "/billing/payment-method/",
     ]
     # Choices a form's first option would get wrong: the model the site's GPUs are.
@@ -273,7 +300,7 @@ def test_every_form_refuses_hostile_values_without_a_5xx_or_a_write(owner_world)
     assert failures == [], "\n".join(failures)
     # Every form accepts its own defaults, so a refusal above is about the hostile value.
     assert defaults_refused == []
-    assert len(found) == 21, found
+    assert len(found) == 26, found
 
 
 def test_the_finance_admin_form_refuses_hostile_values_without_a_5xx_or_a_write():
@@ -387,6 +414,29 @@ API_WRITES = (
     ),
     (
         "post",
+        "/api/v1/instances",
+        {
+            "line": "{gpu_line}",
+            "gpu_count": 1,
+            "image": PYTORCH,
+            "ssh_public_key": "",
+            "ports": [22],
+            "env": {"A": "1"},
+        },
+    ),
+    (
+        "post",
+        "/api/v1/containers",
+        {"line": "{reserved_line}", "gpu_count": 1, "image": PYTORCH, "ports": [22], "env": {}},
+    ),
+    (
+        "post",
+        "/api/v1/deployments",
+        {"line": "{reserved_line}", "model": "{model}", "gpu_count": 1},
+    ),
+    ("post", "/api/v1/workloads/{workload}/redeploy", {"image": PYTORCH}),
+    (
+        "post",
         "/api/v1/agents/enroll",
         {
             "code": "not-a-code",
@@ -418,6 +468,7 @@ def test_the_table_lists_every_api_write_operation():
             .replace("{node}", "{id}")
             .replace("{offer}", "{id}")
             .replace("{contract}", "{id}")
+            .replace("{workload}", "{id}")
             .replace("{line_key}", "{api_key_id}"),
         )
         for method, path, _ in API_WRITES
@@ -438,7 +489,26 @@ def test_every_api_write_refuses_hostile_values_without_a_5xx_or_a_write(setting
         buyer=org, actor=owner, inference_product=InferenceProduct.objects.order_by("pk").first()
     )
     line_key, _secret = line_api_key_create(line=inference, name="fuzz", actor=owner)
+    gpu_line = on_demand_enable(buyer=org, actor=owner, offer=offer)
+    reserved = reserved_line(
+        contract=inference.contract,
+        offer=offer,
+        holds=[(gpu, next_month - timedelta(days=31), next_month) for gpu in devices[2:4]],
+    )
+    container = container_create(
+        line=reserved,
+        image=PYTORCH,
+        ssh_public_key="",
+        ports=[],
+        env={},
+        actor=owner,
+        gpu_count=1,
+    )
     own = {
+        "{gpu_line}": gpu_line.pk,
+        "{reserved_line}": reserved.pk,
+        "{workload}": container.pk,
+        "{model}": InferenceProduct.objects.filter(is_active=True).order_by("pk").first().slug,
         "{contract}": inference.contract_id,
         "{line_key}": line_key.pk,
         "{site}": site.pk,
