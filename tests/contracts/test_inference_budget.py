@@ -366,7 +366,10 @@ def test_the_new_key_page_puts_the_key_in_the_snippets(buyer_client, line):
 def test_the_keys_page_says_what_each_key_serves(buyer_client, line, link):
     page = buyer_client.get(reverse("api_keys")).content.decode()
     reference = line.contract.reference
-    assert f"<td data-serves>On-demand inference: Llama 3.1 8B Instruct on {reference}</td>" in page
+    assert (
+        f'<td data-label="Serves" data-serves>On-demand inference: Llama 3.1 8B Instruct'
+        f" on {reference}</td>"
+    ) in page
 
 
 def test_inference_docs_page_and_schema_link(client):

@@ -1,16 +1,15 @@
-"""Metering attributes what it stores: over real HTTP from the fleet simulator, a sweep
-stores the records and beat's attribution run gives the records of a reserved GPU to the
-allocation holding it; inference windows (protocol v1, no receipt) are stored for their
-GPU time and attributed to nobody, even with the buyer holding an inference key (billed
-inference comes from receipt records, ``tests/capacity/metering/test_receipts.py``); what
-nobody bought stays unattributed. Expected values
-come from the simulator's pure functions, apart from the platform."""
+"""Metering attributes what it stores: over real HTTP from the fleet simulator (agent
+protocol v1.1), a buyer runs a container on a reserved GPU; the sweep tells the node,
+the node's records of that GPU name the assignment, and beat's attribution run gives them
+to the workload, the reservation's allocation and its line. The other GPU, which no
+assignment covers, is idle and attributed to nobody, as is the reserved GPU's time before
+the container ran. Nothing here bills: the reservation pays for its hours whatever runs."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,21 @@ from django.utils import timezone
 
 from capacity.metering import batch, sweep
 from capacity.metering.attribution import attribute_new_records
-from capacity.metering.models import AttributionCursor, NodePollState, UsageRecord
-from capacity.models import GpuDevice, Node
+from capacity.metering.models import AttributionCursor, UsageRecord
+from capacity.models import Node
+from config.gateway_keys import receipt_public_key_b64
 from contracts.checkout import reservation_checkout
-from contracts.models import InferenceProduct
-from contracts.on_demand import line_api_key_create, on_demand_enable
-from devtools.simulated_fleet import FleetProcess, fleet_records, register_fleet_nodes
+from contracts.models import NodeAssignments, WorkloadState
+from contracts.workloads import container_create
+from devtools.simulated_fleet import FleetProcess, register_fleet_nodes
 from tests.billing.stripe_fakes import free_port
 from tests.factories import OfferFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.calendar]
 GPUS = 2
-BACKFILL = 30
-# A seed whose node runs reserved work on GPU 0 for the whole half hour and inference on
-# GPU 1 (``simulator.window_activity`` is a pure function of it).
+# Short windows, so the container's records arrive within seconds.
+WINDOW_SECONDS = 1
+BACKFILL = 5
 SEED = 52
 
 
@@ -41,35 +41,17 @@ def payment_method(settings):
 
 
 @pytest.fixture
-def product() -> InferenceProduct:
-    return InferenceProduct.objects.create(
-        slug="fleet-llama",
-        name="Fleet Llama",
-        input_price_per_million_tokens=Decimal("0.2000"),
-        output_price_per_million_tokens=Decimal("0.6000"),
-    )
-
-
-@pytest.fixture
-def api_key(buyer_org, buyer_owner, product):
-    """The buyer's inference key, created before the fleet's half hour of backfill."""
-    line = on_demand_enable(buyer=buyer_org, actor=buyer_owner, inference_product=product)
-    key, _secret = line_api_key_create(line=line, name="prod", actor=buyer_owner)
-    type(key).objects.filter(pk=key.pk).update(created_at=timezone.now() - timedelta(hours=2))
-    key.refresh_from_db()
-    return key
-
-
-@pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[FleetProcess]:
     process = FleetProcess(
         nodes=1,
         port=free_port(),
         seed=SEED,
         gpus_per_node=GPUS,
-        window_seconds=60,
+        window_seconds=WINDOW_SECONDS,
         backfill_windows=BACKFILL,
         state_dir=tmp_path / "fleet",
+        platform_key=receipt_public_key_b64(),
+        engine_args=("--pending-seconds=0", "--pull-seconds=0", "--start-seconds=0"),
     )
     with process:
         yield process
@@ -82,8 +64,20 @@ def _sweep(now: datetime) -> None:
     sweep.sweep(now=now, interval_seconds=60, enqueue=enqueue, batch_size=10)
 
 
-def test_a_sweep_attributes_reserved_windows_and_no_inference_window(
-    fleet, partner_org, buyer_org, api_key, django_capture_on_commit_callbacks
+def _poll_until(node_id: int, condition, *, timeout_s: float = 20.0) -> None:
+    """Poll the node as a sweep's batch does (the sweep itself polls a node once per
+    interval) until ``condition`` holds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch.poll_and_store([node_id], now=timezone.now(), interval_seconds=60)
+        if condition():
+            return
+        assert time.monotonic() < deadline, "the fleet did not get there in time"
+        time.sleep(0.5)
+
+
+def test_a_sweep_attributes_a_containers_records_to_its_reservation(
+    fleet, partner_org, buyer_org, django_capture_on_commit_callbacks
 ):
     (node_id,) = register_fleet_nodes(organization=partner_org, fleet=fleet)
     node = Node.objects.get(pk=node_id)
@@ -93,7 +87,12 @@ def test_a_sweep_attributes_reserved_windows_and_no_inference_window(
         gpu_count=GPUS,
         available_from=timezone.now() - timedelta(days=1),
     )
-    # The buyer reserves one GPU from ten minutes ago (checkout's grace for "now").
+    with django_capture_on_commit_callbacks(execute=True):
+        _sweep(timezone.now())  # the node's backfill: idle, nobody's
+    before_the_container = set(
+        UsageRecord.objects.filter(node_id=node_id).values_list("seq", flat=True)
+    )
+    assert len(before_the_container) >= BACKFILL * GPUS
     held_from = (timezone.now() - timedelta(minutes=10)).replace(second=0, microsecond=0)
     reserved = reservation_checkout(
         buyer=buyer_org,
@@ -104,50 +103,42 @@ def test_a_sweep_attributes_reserved_windows_and_no_inference_window(
         actor=None,
     )
     (allocation,) = reserved.allocations
+    workload = container_create(
+        line=allocation.line,
+        image="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+        ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuyer buyer@laptop",
+        ports=[22],
+        env={},
+        actor=None,
+        gpu_count=1,
+    )
+    assert list(workload.gpus.values_list("pk", flat=True)) == [allocation.gpu_device_id]
 
-    with django_capture_on_commit_callbacks(execute=True):
-        _sweep(timezone.now())
     stored = UsageRecord.objects.filter(node_id=node_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        _poll_until(node_id, lambda: stored.filter(workload_kind="assignment").count() >= 3)
+    # The node took generation 1 and reported the container running.
+    assert NodeAssignments.objects.get(node_id=node_id).agent_generation == 1
+    workload.refresh_from_db()
+    assert workload.state == WorkloadState.RUNNING
     # Stored; attributed by the next run of beat's attribution task, not by the batch.
-    assert not stored.filter(allocation_id__isnull=False).exists()
+    assert not stored.filter(line_id__isnull=False).exists()
+    assigned = set(stored.filter(workload_kind="assignment").values_list("seq", flat=True))
     attributed = attribute_new_records()
 
-    # The truth, from the simulator's pure function: records 1..last_seq of the node.
-    last_seq = NodePollState.objects.get(node_id=node_id).last_seq
-    assert last_seq >= BACKFILL * GPUS
-    device_of = dict(GpuDevice.objects.filter(node_id=node_id).values_list("index", "pk"))
-    held_ms = int(held_from.timestamp() * 1000)
-    expected_allocated, inference_windows, before_the_reservation = [], [], []
-    for record in fleet_records(fleet, {0: last_seq}):
-        on_the_reserved_gpu = device_of[record.gpu_index] == allocation.gpu_device_id
-        if record.activity.kind == "allocation" and on_the_reserved_gpu:
-            if record.window_start_ms >= held_ms:
-                expected_allocated.append(record.seq)
-            else:
-                before_the_reservation.append(record.seq)
-        if record.activity.kind == "inference":
-            inference_windows.append(record.seq)
-
-    assert stored.count() == last_seq
-    # Inference windows (v1) are stored for their GPU time; inference is billed from
-    # receipt records only (ingest), so attribution ties none of them to a key.
-    assert attributed == len(expected_allocated)
+    assert attributed == len(assigned)
     # Idempotent, and the cursor is at the last record.
     assert attribute_new_records() == 0
     assert AttributionCursor.objects.get().last_id == stored.order_by("-pk").first().pk
-    assert (
-        sorted(stored.filter(allocation_id=allocation.pk).values_list("seq", flat=True))
-        == expected_allocated
-    )
-    assert not stored.filter(api_key_id__isnull=False).exists()
-    assert not stored.filter(seq__in=inference_windows, line_id__isnull=False).exists()
-    assert len(expected_allocated) >= 10 and len(before_the_reservation) >= 19
-    assert len(inference_windows) >= 10
-    # The GPU's work before the reservation began bills nobody.
-    assert stored.filter(seq__in=before_the_reservation, allocation_id__isnull=True).count() == (
-        len(before_the_reservation)
-    )
-    # Nothing else is billed to anyone: the rest is idle or a partner's own use.
-    assert (
-        stored.exclude(seq__in=expected_allocated).filter(allocation_id__isnull=False).count() == 0
-    )
+    mine = stored.filter(seq__in=assigned)
+    assert set(mine.values_list("gpu_id", flat=True)) == {allocation.gpu_device_id}
+    assert set(mine.values_list("workload_ref", flat=True)) == {workload.public_id}
+    assert set(mine.values_list("workload_id", "allocation_id", "line_id")) == {
+        (workload.pk, allocation.pk, allocation.line_id)
+    }
+    # Nothing else is anyone's: the backfill before the container, the other GPU (idle).
+    others = stored.exclude(seq__in=assigned)
+    assert set(others.values_list("workload_kind", flat=True)) == {"idle"}
+    assert not others.filter(busy_ms__gt=0).exists()
+    assert not others.filter(line_id__isnull=False).exists()
+    assert before_the_container <= set(others.values_list("seq", flat=True))
