@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from capacity.agent.assignments import workloads_digest
 from capacity.metering.validation import AssignmentCover
 
 
@@ -35,14 +36,20 @@ class AssignmentPush:
     signature: str
 
 
+# The digest of an empty workloads list: what an agent that runs nothing reports.
+EMPTY_WORKLOADS_DIGEST = workloads_digest([])
+
+
 @dataclass(frozen=True)
 class NodeAssignmentPlan:
     """What one node's poll does about assignments."""
 
     covers: Mapping[str, AssignmentCover] = field(default_factory=dict)
     push: AssignmentPush | None = None
-    # Digest of the workloads list last read ('' = never read).
-    digest: str = ""
+    # Digest of the workloads list last read ('' = read it on the next poll). A node the
+    # platform never assigned anything is expected to list nothing, so an agent that
+    # reports the empty list's digest is not asked for it (10,000 idle nodes, no reads).
+    digest: str = EMPTY_WORKLOADS_DIGEST
 
 
 @dataclass
@@ -53,7 +60,8 @@ class AssignmentReport:
     polled_at: datetime
     # The poll failed (no usage answer): nothing below was learnt.
     poll_failed: bool = False
-    # From the usage answer: the generation and digest the agent holds (None: not said).
+    # From the usage answer: the generation and digest the agent holds (None: not said);
+    # once ``workloads`` is read, the digest of that list instead.
     agent_generation: int | None = None
     agent_digest: str | None = None
     # The push: the generation sent, and '' when accepted or why it failed.
