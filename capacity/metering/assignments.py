@@ -14,7 +14,9 @@ answer, pushes only when the agent holds an older generation, and reads ``GET
 /v1/workloads`` only when the digest changed. After the batch stored its pages, what was
 found goes back to contracts (``apply_reports``): the generation the agent holds, the
 push's result (backoff while it fails), the workloads' states; and for a node whose poll
-failed, that it failed, so contracts can mark its instances lost.
+failed, that it failed, so contracts can mark its instances lost. A poll that learnt
+nothing (``AssignmentReport.is_news``: no push, no read, no newer generation, no
+failure), most polls, is not passed on.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class NodeAssignmentPlan:
     # platform never assigned anything is expected to list nothing, so an agent that
     # reports the empty list's digest is not asked for it (10,000 idle nodes, no reads).
     digest: str = EMPTY_WORKLOADS_DIGEST
+    # The generation the platform last knew the agent to hold (0: none).
+    agent_generation: int = 0
 
 
 @dataclass
@@ -69,6 +73,17 @@ class AssignmentReport:
     push_error: str = ""
     # ``GET /v1/workloads`` when read: its verified ``workloads`` list.
     workloads: list[object] | None = None
+
+    def is_news(self, plan: NodeAssignmentPlan) -> bool:
+        """Whether contracts must hear of this poll: it failed, pushed, read the
+        workloads, or found the agent at a generation newer than the platform knew. Most
+        polls find none of it, and cost the database nothing here."""
+        return (
+            self.poll_failed
+            or self.pushed_generation is not None
+            or self.workloads is not None
+            or (self.agent_generation is not None and self.agent_generation > plan.agent_generation)
+        )
 
 
 PlanLoader = Callable[..., dict[int, NodeAssignmentPlan]]
