@@ -54,6 +54,8 @@ def test_bench_assignments_small_run() -> None:
         "converged_intervals",
         "sweep_without",
         "sweep_with",
+        "windows_caught_up",
+        "sweep_without_same_windows",
         "cpu_ratio",
         "fleet_requests",
         "targets_met",
@@ -61,14 +63,16 @@ def test_bench_assignments_small_run() -> None:
     assert (result["nodes"], result["changed_nodes"], result["interval_s"]) == (200, 20, 2)
     # Pushed on the first poll after the creation, read running on the second.
     assert (result["converged"], result["running"], result["converged_polls"]) == (True, 20, 2)
-    for name in ("sweep_without", "sweep_with"):
+    assert result["windows_caught_up"] == 1
+    for name in ("sweep_without", "sweep_with", "sweep_without_same_windows"):
         sweep = result[name]
         assert set(sweep) == SWEEP_KEYS
         # Every node polled, one new window of its two GPUs stored, nothing refused.
         assert (sweep["polled"], sweep["failed"], sweep["quarantined"]) == (200, 0, 0)
         assert sweep["records_inserted"] == 200 * 2
-    # Four sweeps in all (warm-up, without, with, the one that read them running): one
+    # Five sweeps in all (warm-up, without, with, the one that read them running, without
+    # again): one
     # push per changed node, its workloads read twice (after the push, once running).
     requests = result["fleet_requests"]
     assert (requests["PUT assignments"], requests["GET workloads"]) == (20, 40)
-    assert requests["GET usage"] >= 4 * 200
+    assert requests["GET usage"] >= 5 * 200

@@ -19,7 +19,9 @@ measured sweep polls every node and stores one window per GPU, as in production.
 CPU is the OS's process CPU time (all threads: the sweep, the HTTP polling thread) of
 this process, and of its PostgreSQL backend from ``/proc`` when the server is local.
 Targets (issue 15): converged within two poll intervals, sweep B's CPU at most 1.10x
-sweep A's. Prints one JSON object; the fleet counts what it was asked (``requests``).
+that of a sweep without anything pending that stores as many windows: when creating the
+instances spans several windows, B catches all of them up, so a last sweep D waits as
+many windows after the convergence and is the comparison (A is reported too). Prints one JSON object; the fleet counts what it was asked (``requests``).
 """
 
 from __future__ import annotations
@@ -151,9 +153,15 @@ class Command(BaseCommand):
                     break
                 run.at_next_tick(run.sweep)
                 polls += 1
+            # The same sweep without anything pending, after as many windows as sweep B
+            # caught up (creation may span several): the same records to store.
+            caught_up = pushing.tick - without.tick
+            same_load = run.at_tick(
+                run.last.tick + caught_up, lambda: run.sweep(profile=profile, name="same_load")
+            )
             requests = fleet.requests()["totals"]
         seconds = None if converged_at is None else converged_at - created
-        ratio = Decimal(str(pushing.cpu / without.cpu)).quantize(Decimal("0.001"))
+        ratio = Decimal(str(pushing.cpu / same_load.cpu)).quantize(Decimal("0.001"))
         intervals = None if seconds is None else round(seconds / interval, 2)
         self.stdout.write(
             json.dumps(
@@ -174,6 +182,8 @@ class Command(BaseCommand):
                     "converged_intervals": intervals,
                     "sweep_without": without.to_json(),
                     "sweep_with": pushing.to_json(),
+                    "windows_caught_up": caught_up,
+                    "sweep_without_same_windows": same_load.to_json(),
                     "cpu_ratio": str(ratio),
                     "fleet_requests": requests,
                     "targets_met": {
@@ -191,6 +201,8 @@ class _Sweep:
 
     def __init__(self) -> None:
         self.cpu = self.backend_cpu = self.wall = self.ended = 0.0
+        # The window (``--interval``) whose end the sweep followed.
+        self.tick = 0
         self.backend_measured = False
         self.result = batch.BatchResult()
 
@@ -218,10 +230,14 @@ class _Run:
 
     def at_next_tick(self, action: Any) -> _Sweep:
         """Wait for the next window's end (plus ``TICK_OFFSET_S``), then ``action()``."""
-        now = time.time()
-        tick = (math.floor(now / self.interval) + 1) * self.interval + TICK_OFFSET_S
-        time.sleep(max(0.0, tick - now))
-        return action()
+        return self.at_tick(math.floor(time.time() / self.interval) + 1, action)
+
+    def at_tick(self, tick: int, action: Any) -> _Sweep:
+        """Wait for window ``tick``'s start (Unix time / interval), then ``action()``."""
+        time.sleep(max(0.0, tick * self.interval + TICK_OFFSET_S - time.time()))
+        measured: _Sweep = action()
+        measured.tick = tick
+        return measured
 
     def sweep(self, *, profile: str = "", name: str = "") -> _Sweep:
         """Every bench node made due, then one sweep whose batches poll here (profiled
