@@ -152,7 +152,9 @@ def load_plans(*, node_ids: Sequence[int], now: datetime) -> dict[int, NodeAssig
                 assignments=desired[node_id],
                 now=now,
             )
-        plans[node_id] = NodeAssignmentPlan(covers=covers[node_id], push=push, digest=digest)
+        plans[node_id] = NodeAssignmentPlan(
+            covers=covers[node_id], push=push, digest=digest, agent_generation=agent_generation
+        )
     for node_id, node_covers in covers.items():
         plans.setdefault(node_id, NodeAssignmentPlan(covers=node_covers))
     return plans

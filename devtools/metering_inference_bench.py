@@ -225,7 +225,7 @@ def _transport(agents: list[BenchAgent]) -> httpx.MockTransport:
     return httpx.MockTransport(handle)
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of process ``pid`` (Linux ``/proc``), None elsewhere."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -251,7 +251,7 @@ def run(
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         (backend_pid,) = cursor.fetchone()
-    backend_before = _cpu_seconds(backend_pid)
+    backend_before = cpu_seconds(backend_pid)
     cpu_before, started = time.process_time(), time.perf_counter()
     for first in range(0, len(node_ids), batch_size):
         batch.poll_and_store(
@@ -262,7 +262,7 @@ def run(
         )
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu_before
-    backend_after = _cpu_seconds(backend_pid)
+    backend_after = cpu_seconds(backend_pid)
     backend = (
         backend_after - backend_before
         if backend_after is not None and backend_before is not None

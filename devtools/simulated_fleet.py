@@ -149,9 +149,15 @@ class FleetProcess:
     def describe(self) -> dict[str, object]:
         return self._admin("/_admin/fleet")
 
-    def inject(self, fault: str, nodes: Sequence[int], **options: int) -> dict[str, object]:
+    def inject(self, fault: str, nodes: Sequence[int], **options: int | str) -> dict[str, object]:
         """Inject a fault (``capacity.agent.faults``) into the given node indexes."""
         return self._admin("/_admin/faults", {"fault": fault, "nodes": list(nodes), **options})
+
+    def requests(self, nodes: Sequence[int] = ()) -> dict[str, object]:
+        """Requests the nodes received by ``"METHOD endpoint"``: ``{"totals": {...}}``, and
+        ``"nodes": {"i": {...}}`` for the given node indexes."""
+        query = "&".join(f"node={index}" for index in nodes)
+        return self._admin(f"/_admin/requests?{query}" if query else "/_admin/requests")
 
 
 def catalog_model(simulator_model: str) -> GpuModel:

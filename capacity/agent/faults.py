@@ -20,6 +20,10 @@ A fault request is JSON posted to a loopback-only admin endpoint::
   30000) before answering, longer than a poller's read timeout.
 - ``http_5xx``: the next ``count`` authorized requests answer ``status`` (default 503).
 
+``timeout`` and ``http_5xx`` take an optional ``endpoint`` (``info``, ``health``,
+``usage``, ``workloads``, ``assignments``): then only that endpoint's requests meet
+them, e.g. an agent that answers its polls but not ``PUT /v1/assignments``.
+
 Faults of the simulated inference engine (``capacity.agent.engine``) act on its next
 ``count`` requests, whoever sends them (the agent's relay or a direct call):
 
@@ -37,7 +41,7 @@ Faults of the simulated inference engine (``capacity.agent.engine``) act on its 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 
 ENGINE_FAULT_KINDS = ("engine_refuse", "engine_stall", "engine_cut", "engine_misreport")
@@ -50,6 +54,8 @@ FAULT_KINDS = (
     "http_5xx",
     *ENGINE_FAULT_KINDS,
 )
+# Endpoints a ``timeout`` or ``http_5xx`` fault may be aimed at.
+FAULT_ENDPOINTS = ("info", "health", "usage", "workloads", "assignments")
 # Largest usage multiplier engine_misreport takes.
 MAX_MISREPORT_FACTOR = Decimal(1000)
 
@@ -68,6 +74,8 @@ class FaultRequest:
     after_tokens: int = 1
     # engine_misreport: multiplier applied to every usage figure the engine reports.
     factor: Decimal = field(default_factory=lambda: Decimal(2))
+    # timeout, http_5xx: only this endpoint's requests ('' = any request).
+    endpoint: str = ""
 
 
 def _factor_field(payload: Mapping[str, object]) -> Decimal:
@@ -98,6 +106,11 @@ def parse_fault_request(payload: object) -> FaultRequest:
     kind = payload.get("fault")
     if kind not in FAULT_KINDS:
         raise FaultRequestError(f"fault must be one of {', '.join(FAULT_KINDS)}")
+    endpoint = payload.get("endpoint", "")
+    if endpoint and (kind not in ("timeout", "http_5xx") or endpoint not in FAULT_ENDPOINTS):
+        raise FaultRequestError(
+            f"endpoint applies to timeout and http_5xx: one of {', '.join(FAULT_ENDPOINTS)}"
+        )
     return FaultRequest(
         kind=str(kind),
         count=_int_field(payload, "count", 1, 1, 1_000_000),
@@ -105,6 +118,7 @@ def parse_fault_request(payload: object) -> FaultRequest:
         status=_int_field(payload, "status", 503, 500, 599),
         after_tokens=_int_field(payload, "after_tokens", 1, 0, 10_000_000),
         factor=_factor_field(payload),
+        endpoint=str(endpoint),
     )
 
 
@@ -117,9 +131,15 @@ class PendingFaults:
     timeout_delay_ms: int = 30_000
     errors: int = 0
     error_status: int = 503
+    # Faults aimed at one endpoint's requests only (``FaultRequest.endpoint``).
+    by_endpoint: dict[str, PendingFaults] = field(default_factory=dict)
 
     def add(self, request: FaultRequest) -> None:
         """Queue a per-request fault (the node's own faults act on its windows instead)."""
+        if request.endpoint:
+            aimed = self.by_endpoint.setdefault(request.endpoint, PendingFaults())
+            aimed.add(replace(request, endpoint=""))
+            return
         if request.kind == "duplicate_page":
             self.duplicate_pages += request.count
         elif request.kind == "timeout":
@@ -128,6 +148,14 @@ class PendingFaults:
         elif request.kind == "http_5xx":
             self.errors += request.count
             self.error_status = request.status
+
+    def for_endpoint(self, endpoint: str) -> PendingFaults:
+        """The faults a request to ``endpoint`` meets first: those aimed at it while any
+        are pending, else the node's."""
+        aimed = self.by_endpoint.get(endpoint)
+        if aimed is not None and (aimed.timeouts or aimed.errors):
+            return aimed
+        return self
 
     def take_timeout_ms(self) -> int | None:
         if self.timeouts <= 0:

@@ -51,7 +51,11 @@ journal and refuses replays.
 
 Faults: ``POST /_admin/faults`` with ``{"nodes": [i, ...], "fault": ..., ...}`` (or
 ``"node": i``) injects the faults described in ``capacity.agent.faults``; ``GET
-/_admin/fleet`` describes the fleet. Admin endpoints answer loopback clients only.
+/_admin/fleet`` describes the fleet. ``GET /_admin/requests`` counts the requests the
+nodes received (every one, answered or refused), by method and endpoint: ``{"totals":
+{"GET usage": n, "PUT assignments": n, ...}}``, and with ``?node=i`` (repeatable) also
+``"nodes": {"i": {...}}``, so a test or bench sees what the platform asked of whom.
+Admin endpoints answer loopback clients only.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ import os
 import re
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -318,6 +323,8 @@ class FleetNode:
         self.workload_cache: CachedWorkloads | None = None
         # Window ordinals in which unassigned GPUs are busy (the unassigned_busy fault).
         self.unassigned_busy_ordinals: set[int] = set()
+        # Requests received, by "METHOD endpoint" (``GET /_admin/requests``).
+        self.requests: Counter[str] = Counter()
 
     def offer_assignments(self, body: bytes, signature: str | None) -> AssignmentSet:
         """``PUT /v1/assignments``: the agent's rules, then converge the runtime at once."""
@@ -566,6 +573,8 @@ class Fleet:
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
         self._nodes: dict[int, FleetNode] = {}
+        # Requests every node received, by "METHOD endpoint" (the nodes' counts summed).
+        self.requests: Counter[str] = Counter()
         if config.receipt_log is not None:
             self._restore(config.receipt_log)
         if config.assignment_log is not None:
@@ -617,16 +626,22 @@ def _not_found() -> web.Response:
     return web.json_response({"error": "not_found"}, status=404)
 
 
-def _node_from(request: web.Request) -> FleetNode | None:
+def _node_from(request: web.Request, counted_as: str = "") -> FleetNode | None:
+    """The node a request is for (None: no such node); the request is counted on it."""
     fleet = request.app[FLEET]
     raw = request.match_info["index"]
     if not raw.isascii() or not raw.isdigit() or int(raw) >= fleet.config.nodes:
         return None
-    return fleet.node(int(raw))
+    node = fleet.node(int(raw))
+    if counted_as:
+        key = f"{request.method} {counted_as}"
+        node.requests[key] += 1
+        fleet.requests[key] += 1
+    return node
 
 
 async def node_view(request: web.Request) -> web.Response:
-    node = _node_from(request)
+    node = _node_from(request, request.match_info["endpoint"])
     if node is None:
         return _not_found()
     early = await gate(
@@ -684,7 +699,7 @@ async def node_view(request: web.Request) -> web.Response:
 
 
 async def assignments_view(request: web.Request) -> web.Response:
-    node = _node_from(request)
+    node = _node_from(request, "assignments")
     if node is None:
         return _not_found()
     early = await gate(
@@ -699,7 +714,7 @@ async def assignments_view(request: web.Request) -> web.Response:
 
 
 async def inference_view(request: web.Request) -> web.StreamResponse:
-    node = _node_from(request)
+    node = _node_from(request, f"inference/{request.match_info['endpoint']}")
     if node is None:
         return _not_found()
     return await serve_inference(request, node.inference, request.match_info["endpoint"])
@@ -789,6 +804,23 @@ async def fleet_view(request: web.Request) -> web.Response:
     )
 
 
+async def requests_view(request: web.Request) -> web.Response:
+    if not is_loopback(request.remote):
+        return web.json_response({"error": "forbidden"}, status=403)
+    fleet = request.app[FLEET]
+    payload: dict[str, object] = {"totals": dict(sorted(fleet.requests.items()))}
+    asked = request.query.getall("node", [])
+    if asked:
+        if not all(raw.isascii() and raw.isdigit() for raw in asked):
+            return web.json_response({"error": "invalid_node"}, status=400)
+        payload["nodes"] = {
+            raw: dict(sorted(fleet.node(int(raw)).requests.items()))
+            for raw in asked
+            if int(raw) < fleet.config.nodes
+        }
+    return web.json_response(payload)
+
+
 def create_fleet_app(fleet: Fleet) -> web.Application:
     app = web.Application()
     app[FLEET] = fleet
@@ -803,6 +835,7 @@ def create_fleet_app(fleet: Fleet) -> web.Application:
     app.router.add_post("/n/{index}/_admin/token", token_view)
     app.router.add_post("/_admin/faults", faults_view)
     app.router.add_get("/_admin/fleet", fleet_view)
+    app.router.add_get("/_admin/requests", requests_view)
     return app
 
 

@@ -162,9 +162,11 @@ async def gate(
     faults: PendingFaults,
     private_key: Ed25519PrivateKey,
 ) -> web.Response | None:
-    """Authenticate, then apply pending timeout/5xx faults; a response ends the request."""
+    """Authenticate, then apply pending timeout/5xx faults (those aimed at this endpoint
+    first); a response ends the request."""
     if not bearer_matches(request, token_sha256):
         return signed_response(private_key, {"error": "unauthorized"}, status=401)
+    faults = faults.for_endpoint(request.path.rpartition("/v1/")[2])
     delay_ms = faults.take_timeout_ms()
     if delay_ms is not None:
         await asyncio.sleep(delay_ms / 1000)

@@ -14,7 +14,9 @@ answer, pushes only when the agent holds an older generation, and reads ``GET
 /v1/workloads`` only when the digest changed. After the batch stored its pages, what was
 found goes back to contracts (``apply_reports``): the generation the agent holds, the
 push's result (backoff while it fails), the workloads' states; and for a node whose poll
-failed, that it failed, so contracts can mark its instances lost.
+failed, that it failed, so contracts can mark its instances lost. A poll that learnt
+nothing (``AssignmentReport.is_news``: no push, no read, no newer generation, no
+failure), most polls, is not passed on.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from capacity.agent.assignments import workloads_digest
 from capacity.metering.validation import AssignmentCover
 
 
@@ -35,14 +38,22 @@ class AssignmentPush:
     signature: str
 
 
+# The digest of an empty workloads list: what an agent that runs nothing reports.
+EMPTY_WORKLOADS_DIGEST = workloads_digest([])
+
+
 @dataclass(frozen=True)
 class NodeAssignmentPlan:
     """What one node's poll does about assignments."""
 
     covers: Mapping[str, AssignmentCover] = field(default_factory=dict)
     push: AssignmentPush | None = None
-    # Digest of the workloads list last read ('' = never read).
-    digest: str = ""
+    # Digest of the workloads list last read ('' = read it on the next poll). A node the
+    # platform never assigned anything is expected to list nothing, so an agent that
+    # reports the empty list's digest is not asked for it (10,000 idle nodes, no reads).
+    digest: str = EMPTY_WORKLOADS_DIGEST
+    # The generation the platform last knew the agent to hold (0: none).
+    agent_generation: int = 0
 
 
 @dataclass
@@ -53,7 +64,8 @@ class AssignmentReport:
     polled_at: datetime
     # The poll failed (no usage answer): nothing below was learnt.
     poll_failed: bool = False
-    # From the usage answer: the generation and digest the agent holds (None: not said).
+    # From the usage answer: the generation and digest the agent holds (None: not said);
+    # once ``workloads`` is read, the digest of that list instead.
     agent_generation: int | None = None
     agent_digest: str | None = None
     # The push: the generation sent, and '' when accepted or why it failed.
@@ -61,6 +73,17 @@ class AssignmentReport:
     push_error: str = ""
     # ``GET /v1/workloads`` when read: its verified ``workloads`` list.
     workloads: list[object] | None = None
+
+    def is_news(self, plan: NodeAssignmentPlan) -> bool:
+        """Whether contracts must hear of this poll: it failed, pushed, read the
+        workloads, or found the agent at a generation newer than the platform knew. Most
+        polls find none of it, and cost the database nothing here."""
+        return (
+            self.poll_failed
+            or self.pushed_generation is not None
+            or self.workloads is not None
+            or (self.agent_generation is not None and self.agent_generation > plan.agent_generation)
+        )
 
 
 PlanLoader = Callable[..., dict[int, NodeAssignmentPlan]]

@@ -153,6 +153,7 @@ def poll_and_store(
         interval_seconds=interval_seconds,
         always_check_health=always_check_health,
     )
+    plans = {target.node_id: target.assignments for target in targets}
     for node_id, error in unpollable.items():
         health.record_failure(
             node_id=node_id, error=error, polled_at=now, interval_seconds=interval_seconds
@@ -182,7 +183,8 @@ def poll_and_store(
                 report = outcome.assignment_report
                 if report is not None:
                     report.poll_failed = not outcome.succeeded
-                    reports.append(report)
+                    if report.is_news(plans[outcome.node_id]):
+                        reports.append(report)
             assignments.apply_reports(reports=reports, now=now)
             health_history.record_samples(
                 [

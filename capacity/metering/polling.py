@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import queue
 import threading
@@ -25,7 +26,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from capacity.agent.protocol import GENESIS_PREV_HASH, verify_chain, verify_signature
+from capacity.agent.protocol import (
+    GENESIS_PREV_HASH,
+    canonical_json,
+    verify_chain,
+    verify_signature,
+)
 from capacity.agent_client import AgentError, AgentHttp, AgentHttpError, normalize_agent_url
 from capacity.metering.assignments import AssignmentReport, NodeAssignmentPlan
 from capacity.metering.availability import MinuteMask, minute_masks
@@ -386,6 +392,10 @@ async def _sync_assignments(http: AgentHttp, target: PollTarget, outcome: PollOu
         workloads = payload.get("workloads") if isinstance(payload, dict) else None
         if isinstance(workloads, list):
             report.workloads = workloads
+            # The digest of what was read, not the usage answer's: a push just made (or
+            # the runtime's clock) may have moved the list since, and the next poll
+            # should read it again only if it moves after this read.
+            report.agent_digest = hashlib.sha256(canonical_json(workloads).encode()).hexdigest()
 
 
 async def _poll_health(http: AgentHttp, target: PollTarget, outcome: PollOutcome) -> None:
