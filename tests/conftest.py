@@ -37,6 +37,12 @@ def _move_clock() -> None:
     if not raw:
         return
     moment = _parse_test_now(raw)
+    if os.environ.get("HASHGRID_TEST_CLOCK_OFFSET_NS") and os.environ.get("PYTEST_XDIST_WORKER"):
+        # An xdist worker: the controller moved the clock and this process started with
+        # its offset and PYTHONPATH, so Python already ran the module as ``sitecustomize``
+        # (running it again would move the clock twice); the processes its tests start
+        # inherit the same offset.
+        return
     offset_ns = int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
     os.environ["HASHGRID_TEST_CLOCK_OFFSET_NS"] = str(offset_ns - time.time_ns())
     paths = [
