@@ -20,6 +20,11 @@ transaction each, the rows locked, an audit event, and the node's assignments
 unchanged. Ending a workload ``at`` a moment in the past (a failure the agent reported,
 the last minute its node was seen healthy) truncates its allocations there, so billing
 stops at that second.
+
+A reserved workload that failed by its node's fault (``Workload.fault``) leaves its GPUs
+down for the SLA until the buyer stops it, redeploys it or starts another workload on
+those GPUs (``dismissed_at``, set once by ``workload_stop`` and ``_create_on_reserved``),
+or until the reservation's allocation ends (``contracts.billable_usage.sla_minutes``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from datetime import datetime
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from accounts.audit import audit
@@ -48,6 +53,7 @@ from contracts.models import (
     LineKind,
     NodeAssignments,
     Workload,
+    WorkloadFault,
     WorkloadKind,
     WorkloadState,
     validate_env,
@@ -378,6 +384,7 @@ def _create_on_reserved(
     now: datetime,
     **fields: object,
 ) -> Workload:
+    _dismiss_node_failures(line=line, gpu_ids=[gpu.pk for gpu in gpus], now=now)
     workload = Workload.objects.create(
         line=line,
         node_id=node_id,
@@ -400,6 +407,20 @@ def _create_on_reserved(
         gpu_ids=[gpu.pk for gpu in gpus],
     )
     return workload
+
+
+def _node_failures_to_dismiss(line: ContractLine) -> QuerySet[Workload]:
+    """``line``'s workloads that failed by the node's fault and still count as down."""
+    return Workload.objects.filter(
+        line=line, state=WorkloadState.FAILED, fault=WorkloadFault.NODE, dismissed_at=None
+    )
+
+
+def _dismiss_node_failures(*, line: ContractLine, gpu_ids: list[int], now: datetime) -> None:
+    """A new workload on ``gpu_ids`` ends the SLA downtime of failures on them there."""
+    _node_failures_to_dismiss(line).filter(gpus__in=gpu_ids, ended_at__lte=now).update(
+        dismissed_at=now
+    )
 
 
 def gpus_memory_shortfall(*, gpus: Sequence[GpuDevice], product: InferenceProduct) -> str | None:
@@ -492,6 +513,7 @@ def _end(
     at: datetime,
     now: datetime,
     reason: str = "",
+    fault: WorkloadFault | None = None,
     actor: User | None = None,
     action: str,
 ) -> tuple[Workload, bool]:
@@ -512,7 +534,8 @@ def _end(
     locked.state_since = ended_at
     locked.ended_at = ended_at
     locked.reason = reason[:500]
-    locked.save(update_fields=["state", "state_since", "ended_at", "reason"])
+    locked.fault = fault or ""
+    locked.save(update_fields=["state", "state_since", "ended_at", "reason", "fault"])
     bump_generation(node_ids=[locked.node_id], now=now)
     audit(
         action=action,
@@ -522,6 +545,7 @@ def _end(
         workload=locked.public_id,
         ended_at=ended_at.isoformat(),
         reason=locked.reason,
+        fault=locked.fault,
     )
     return locked, True
 
@@ -532,9 +556,10 @@ def workload_stop(
 ) -> Workload:
     """Stop ``workload`` now: an instance's GPUs are released (billing ends at ``now``),
     the agent is told. Idempotent: a workload already stopped, failed or lost is
-    returned unchanged, no error."""
+    returned unchanged, no error; only a reserved one that failed by the node's fault
+    and still counted as down stops counting at ``now`` (once)."""
     now = now or timezone.now()
-    stopped, _ = _end(
+    stopped, changed = _end(
         workload=workload,
         state=WorkloadState.STOPPED,
         at=now,
@@ -542,21 +567,42 @@ def workload_stop(
         actor=actor,
         action="workload.stopped",
     )
+    if not changed and (
+        _node_failures_to_dismiss(stopped.line)
+        .filter(pk=stopped.pk, ended_at__lte=now)
+        .update(dismissed_at=now)
+    ):
+        stopped.dismissed_at = now
+        audit(
+            action="workload.dismissed",
+            actor=actor,
+            organization=stopped.line.contract.buyer,
+            target=stopped,
+            workload=stopped.public_id,
+            dismissed_at=now.isoformat(),
+        )
     return stopped
 
 
 @transaction.atomic
 def workload_fail(
-    *, workload: Workload, at: datetime, reason: str, now: datetime | None = None
+    *,
+    workload: Workload,
+    at: datetime,
+    reason: str,
+    fault: WorkloadFault,
+    now: datetime | None = None,
 ) -> tuple[Workload, bool]:
-    """The agent reported ``workload`` failed at ``at``: it ends there (an instance is
-    not billed past the failure). Idempotent."""
+    """The agent reported ``workload`` failed at ``at`` by ``fault``: it ends there (an
+    instance is not billed past the failure; a reserved one failed by the node's fault
+    counts as down for the SLA from there until dismissed). Idempotent."""
     return _end(
         workload=workload,
         state=WorkloadState.FAILED,
         at=at,
         now=now or timezone.now(),
         reason=reason or "failed",
+        fault=fault,
         action="workload.failed",
     )
 
@@ -573,6 +619,7 @@ def workload_lose(
         at=at,
         now=now or timezone.now(),
         reason=reason,
+        fault=WorkloadFault.NODE,
         action="workload.lost",
     )
 
