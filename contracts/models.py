@@ -472,8 +472,16 @@ class Workload(models.Model):
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Instances: the start form's one-time key or the API request's ``Idempotency-Key``;
+    # a repeated start with it gets this workload instead of another (unique per line,
+    # looked up per buyer, ``contracts.workloads.instance_start``). Blank: none was sent.
+    submission_key = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     objects = WorkloadQuerySet.as_manager()
+
+    # Not stored: set by ``instance_start`` on what it returns, True when a repeated
+    # submission key found this workload instead of starting one (the API answers 200).
+    replayed = False
 
     class Meta:
         ordering = ["-started_at", "-pk"]
@@ -492,6 +500,11 @@ class Workload(models.Model):
                 condition=Q(ended_at__isnull=True)
                 | Q(state__in=[state.value for state in ENDED_WORKLOAD_STATES]),
                 name="workload_ended_means_ended_state",
+            ),
+            models.UniqueConstraint(
+                fields=["line", "submission_key"],
+                condition=~Q(submission_key=""),
+                name="workload_submission_once",
             ),
             models.CheckConstraint(
                 condition=Q(dismissed_at__isnull=True)

@@ -250,6 +250,45 @@ def _refusal(free: int, asked: int) -> NoFreeGpus:
     )
 
 
+def _submitted_before(
+    *,
+    line: ContractLine,
+    key: str,
+    gpu_count: int,
+    image: str,
+    ssh_public_key: str,
+    ports: list[int],
+    env: dict[str, str],
+) -> Workload | None:
+    """The instance an earlier start with ``key`` created for ``line``'s buyer, which must
+    have asked the same; None when the key is new. Called with ``line`` locked, so a
+    start with the same key still in flight has committed (or rolled back) by now."""
+    buyer_id = Contract.objects.filter(pk=line.contract_id).values_list("buyer_id", flat=True)
+    earlier = (
+        Workload.objects.filter(line__contract__buyer_id__in=buyer_id, submission_key=key)
+        .select_related("line")
+        .first()
+    )
+    if earlier is None:
+        return None
+    asked = (line.pk, gpu_count, image, ssh_public_key, ports, env)
+    if (
+        earlier.line_id,
+        earlier.gpus.count(),
+        earlier.image,
+        earlier.ssh_public_key,
+        list(earlier.ports),
+        dict(earlier.env),
+    ) != asked:
+        raise ValidationError(
+            "This start was already used for another instance; send a new key "
+            "(or reload the form) to start another.",
+            code="submission_reused",
+        )
+    earlier.replayed = True
+    return earlier
+
+
 @transaction.atomic
 def instance_start(
     *,
@@ -260,6 +299,7 @@ def instance_start(
     ports: Sequence[int],
     env: dict[str, str],
     actor: User | None,
+    submission_key: str | None = None,
     now: datetime | None = None,
 ) -> Workload:
     """Start an instance of ``line`` (an active on-demand GPU line): a container on
@@ -271,11 +311,32 @@ def instance_start(
     N being the most free on one node). A GPU taken by a concurrent start is detected by
     the exclusion constraint; the next node (or the same one's other GPUs) is tried, a
     bounded number of times.
+
+    ``submission_key`` (the start form's one-time key, the API's ``Idempotency-Key``),
+    as checkout's: a start repeated with it returns the instance the first one created
+    (``replayed`` set, nothing written, whatever happened to it since), and one that asks
+    for something else under the same key of the same buyer is refused
+    (``submission_reused``). Starts on one line wait for each other on the line's row
+    lock, so two concurrent posts with one key start one instance; the unique
+    (line, key) constraint holds it in the database.
     """
     now = now or timezone.now()
+    ports, env = list(ports), dict(env)
+    if submission_key:
+        line = ContractLine.objects.select_for_update().get(pk=line.pk)
+        earlier = _submitted_before(
+            line=line,
+            key=submission_key,
+            gpu_count=gpu_count,
+            image=image,
+            ssh_public_key=ssh_public_key,
+            ports=ports,
+            env=env,
+        )
+        if earlier is not None:
+            return earlier
     line = _check_line(line, kind=LineKind.ON_DEMAND_GPU, now=now)
     _check_gpu_count(gpu_count)
-    ports, env = list(ports), dict(env)
     _check_container(image=image, ssh_public_key=ssh_public_key, ports=ports, env=env)
     for _ in range(MAX_START_ATTEMPTS):
         free = free_gpus_by_node(line=line, now=now)
@@ -297,6 +358,7 @@ def instance_start(
                         state_since=now,
                         started_at=now,
                         created_at=now,
+                        submission_key=submission_key or "",
                     )
                     held = _take_node_gpus(
                         workload=workload, node_id=node_id, gpu_count=gpu_count, now=now
@@ -316,6 +378,7 @@ def instance_start(
                 node_id=node_id,
                 gpu_count=gpu_count,
                 image=image,
+                submission_key=submission_key or "",
             )
             return workload
     raise _refusal(0, gpu_count)

@@ -4,6 +4,7 @@ deploys a model or a container on reserved GPUs, redeploys and stops; other tena
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -66,6 +67,10 @@ def running(line, buyer_owner, clock):
     return workload
 
 
+# The one-time key a rendered start form carries (any 16-64 characters).
+FORM_KEY = "start-form-key-0001"
+
+
 def start_url(line) -> str:
     return f"/contracts/{line.contract_id}/lines/{line.pk}/instances/new/"
 
@@ -80,6 +85,7 @@ def test_a_buyer_starts_an_instance_from_a_template(buyer_client, line, devices)
             "ssh_public_key": SSH_KEY,
             "ports": "",
             "env": "A=1\nB=two words\n",
+            "submission_key": FORM_KEY,
         },
     )
 
@@ -102,6 +108,44 @@ def test_a_buyer_starts_an_instance_from_a_template(buyer_client, line, devices)
     assert NodeAssignments.objects.get(node_id=workload.node_id).generation == 1
 
 
+def test_a_double_click_on_start_starts_one_instance(buyer_client, line, devices):
+    page = buyer_client.get(start_url(line)).content.decode()
+    minted = re.search(r'name="submission_key" value="([^"]+)"', page)
+    assert minted is not None and 16 <= len(minted.group(1)) <= 64
+    # Every rendering mints its own key.
+    assert minted.group(1) not in buyer_client.get(start_url(line)).content.decode()
+    form = {
+        "template": "0",
+        "image": "",
+        "gpu_count": "2",
+        "ssh_public_key": SSH_KEY,
+        "ports": "22",
+        "env": "",
+        "submission_key": minted.group(1),
+    }
+
+    first = buyer_client.post(start_url(line), form)
+    second = buyer_client.post(start_url(line), form)
+
+    workload = Workload.objects.get()
+    assert workload.submission_key == minted.group(1)
+    assert [first.status_code, second.status_code] == [302, 302]
+    assert first["Location"] == second["Location"] == f"/contracts/workloads/{workload.pk}/"
+    assert Allocation.objects.filter(workload=workload).count() == 2
+    # The same form changed after it started an instance is refused, nothing started.
+    changed = buyer_client.post(start_url(line), form | {"gpu_count": "1"})
+    assert changed.status_code == 200
+    assert (
+        "This start was already used for another instance; send a new key (or reload the "
+        "form) to start another." in changed.content.decode()
+    )
+    assert (Workload.objects.count(), Allocation.objects.count()) == (1, 2)
+    # A form without its key (not one the page rendered) starts nothing.
+    keyless = buyer_client.post(start_url(line), form | {"submission_key": ""})
+    assert "This form has expired; start again from a fresh one." in keyless.content.decode()
+    assert Workload.objects.count() == 1
+
+
 def test_an_own_image_needs_a_name(buyer_client, line, devices):
     response = buyer_client.post(
         start_url(line), {"template": "own", "image": "", "gpu_count": "1", "ports": "22"}
@@ -115,7 +159,8 @@ def test_an_own_image_needs_a_name(buyer_client, line, devices):
 def test_too_few_free_gpus_is_refused_with_the_count(buyer_client, line, devices):
     page = buyer_client.get(start_url(line)).content.decode()
     response = buyer_client.post(
-        start_url(line), {"template": "0", "gpu_count": "5", "ports": "22"}
+        start_url(line),
+        {"template": "0", "gpu_count": "5", "ports": "22", "submission_key": FORM_KEY},
     )
 
     assert "4 GPUs free on one node right now." in page
