@@ -45,7 +45,9 @@ allocations' own timestamps, so usage that arrives late (a node that was offline
 counted by the same rule as usage that arrived on time.
 
 Every selector answers per line and, on request, per node and per UTC hour or day: its
-keys are ``UsageKey(line_id, node_id, start)`` with ``None`` where not asked for.
+keys are ``UsageKey(line_id, node_id, start)`` with ``None`` where not asked for
+(``held_gpu_seconds`` also per instance: ``UsageKey.workload_id``, for the instance
+pages, so an instance's page and its invoice read one rule).
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class UsageKey(NamedTuple):
     node_id: int | None = None
     # Start of the UTC hour or day; None when the figure covers the whole period.
     start: datetime | None = None
+    # The instance whose allocations held the GPUs, when asked for (None: a reservation's).
+    workload_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,17 +150,23 @@ def held_gpu_seconds(
     end: datetime,
     contract_ids: Iterable[int] | None = None,
     line_ids: Iterable[int] | None = None,
+    workload_ids: Iterable[int] | None = None,
     by_node: bool = False,
+    by_workload: bool = False,
     bucket: Bucket | None = None,
     now: datetime | None = None,
 ) -> dict[UsageKey, Decimal]:
     """Seconds each line's allocations hold GPUs inside ``[start, end)`` (reserved lines'
     reservations and on-demand GPU lines' instances alike), exact (``extract(epoch …)`` of
-    a range difference is exact numeric), summed per line and, on request, per node and
-    per UTC hour or day. An instance still running (open upper bound) holds until
+    a range difference is exact numeric), summed per line and, on request, per node, per
+    instance (``by_workload``; ``workload_ids`` keeps those instances' allocations only)
+    and per UTC hour or day. An instance still running (open upper bound) holds until
     ``now``. Zero figures are left out."""
     unit = _bucket_unit(bucket)
     scope, params = _scope(contract_ids, line_ids)
+    if workload_ids is not None:
+        scope += " AND a.workload_id = ANY(%(workload_ids)s)"
+        params["workload_ids"] = list(workload_ids)
     nodes = (
         f"\n        JOIN {GpuDevice._meta.db_table} AS g ON g.id = a.gpu_device_id"
         if by_node
@@ -176,18 +186,19 @@ def held_gpu_seconds(
     sql = f"""
         SELECT a.line_id, {"g.node_id" if by_node else "NULL"},
                {"b.start" if unit else "NULL::timestamptz"},
+               {"a.workload_id" if by_workload else "NULL::bigint"},
                sum(greatest(0, extract(epoch FROM least({held_until}, {upper})
                                                   - greatest(lower(a.period), {lower}))))
         FROM {Allocation._meta.db_table} AS a
         JOIN {ContractLine._meta.db_table} AS cl ON cl.id = a.line_id{nodes}{buckets}
         WHERE a.period && tstzrange(%(start)s, %(end)s, '[)'){scope}
-        GROUP BY 1, 2, 3
+        GROUP BY 1, 2, 3, 4
     """  # noqa: S608 (table names from model metadata, units from BUCKETS)
     now = now or timezone.now()
     rows = _run(sql, {"start": start, "end": end, "now": now, **params})
     return {
-        UsageKey(line_id, node_id, bucket_start): Decimal(seconds)
-        for line_id, node_id, bucket_start, seconds in rows
+        UsageKey(line_id, node_id, bucket_start, workload_id): Decimal(seconds)
+        for line_id, node_id, bucket_start, workload_id, seconds in rows
         if seconds
     }
 

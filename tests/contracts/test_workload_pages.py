@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 import time_machine
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 
 from accounts.models import AuditEvent, Role
-from contracts.models import Allocation, NodeAssignments, Workload, WorkloadKind, WorkloadState
-from contracts.workloads import bump_generation, deployment_create, instance_start
+from contracts.charges import held_charge, line_charges
+from contracts.models import (
+    Allocation,
+    ContractLine,
+    NodeAssignments,
+    Workload,
+    WorkloadKind,
+    WorkloadState,
+)
+from contracts.workloads import bump_generation, deployment_create, instance_start, workload_stop
 from tests.contracts.usage_builders import (
     active_contract,
     gpu_line,
@@ -469,3 +478,42 @@ def test_the_partner_sees_what_runs_on_the_node_never_the_buyer(
     other_page = partner_client.get(f"/partner/nodes/{other_node}/").content.decode()
     assert "<td>Model deployment</td>" in other_page
     assert "llama" not in other_page.lower().split("data-node-workloads")[1].split("</section>")[0]
+
+
+def test_the_instance_page_reads_the_invoices_seconds_and_cost(buyer_client, line, devices, clock):
+    """One owner (``held_gpu_seconds``): a stopped instance's page shows exactly the
+    GPU-seconds and cost rating bills for it; another instance on the line is its own."""
+    spec = {"image": PYTORCH, "ssh_public_key": SSH_KEY, "ports": [22], "env": {}}
+    stopped = instance_start(line=line, gpu_count=3, actor=None, now=NOW, **spec)
+    workload_stop(
+        workload=stopped,
+        actor=None,
+        now=NOW + timedelta(hours=2, minutes=17, seconds=31, microseconds=654_321),
+    )
+    running = instance_start(
+        line=line, gpu_count=1, actor=None, now=NOW + timedelta(minutes=5), **spec
+    )
+    clock.move_to(NOW + timedelta(hours=3))
+
+    page = buyer_client.get(f"/contracts/workloads/{stopped.pk}/")
+    other = buyer_client.get(f"/contracts/workloads/{running.pk}/")
+    # 8251.654321 s on 3 GPUs; 2 h 55 min on 1 GPU.
+    (charge,) = line_charges(
+        lines={
+            line.pk: ContractLine.objects.select_related("contract__sla_policy").get(pk=line.pk)
+        },
+        start=datetime(2026, 12, 1, tzinfo=UTC),
+        end=datetime(2027, 1, 1, tzinfo=UTC),
+        now=NOW + timedelta(hours=3),
+    )
+    alone = held_charge(line=line, gpu_seconds=Decimal("24754.962963"))
+
+    held, other_held = page.context["held"], other.context["held"]
+    assert held.gpu_seconds == Decimal("24754.962963")
+    assert (held.seconds, held.cost_minor) == (8251, alone.amount_minor) == (8251, 1650)
+    assert other_held.gpu_seconds == Decimal(10_500)
+    assert held.gpu_seconds + other_held.gpu_seconds == charge.quantity * 3600
+    assert charge.amount_minor == 1650 + 700 == held.cost_minor + other_held.cost_minor
+    html = page.content.decode()
+    assert 'data-held-seconds="8251"' in html
+    assert "(24754 GPU-seconds)" in html
