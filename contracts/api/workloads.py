@@ -176,7 +176,9 @@ class WorkloadSerializer(serializers.Serializer):
 
     def get_held_gpu_seconds(self, workload: Workload) -> str | None:
         held = self._held(workload)
-        return str(held.gpu_seconds) if held else None
+        # Plain digits without trailing zeros ("3600", "24754.962963"), as before the
+        # figure came from the billing selector (which carries six decimals).
+        return f"{held.gpu_seconds.normalize():f}" if held else None
 
     def get_cost_minor(self, workload: Workload) -> int | None:
         held = self._held(workload)
