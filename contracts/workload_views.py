@@ -208,6 +208,8 @@ def _workload_context(request: HttpRequest, workload: Workload) -> dict[str, obj
         if workload.kind == WorkloadKind.DEPLOYMENT
         else None,
         "can_operate": _can_operate(request),
+        # The menu: an instance's page is under Instances (its path is under Contracts).
+        "nav_section": reverse("contracts:instances") if workload.is_instance else None,
     }
 
 

@@ -22,7 +22,13 @@ from contracts.models import (
     WorkloadKind,
     WorkloadState,
 )
-from contracts.workloads import bump_generation, deployment_create, instance_start, workload_stop
+from contracts.workloads import (
+    bump_generation,
+    container_create,
+    deployment_create,
+    instance_start,
+    workload_stop,
+)
 from tests.contracts.usage_builders import (
     active_contract,
     gpu_line,
@@ -517,3 +523,29 @@ def test_the_instance_page_reads_the_invoices_seconds_and_cost(buyer_client, lin
     html = page.content.decode()
     assert 'data-held-seconds="8251"' in html
     assert "(24754 GPU-seconds)" in html
+
+
+def _active_menu_entries(html: str) -> list[str]:
+    return re.findall(r'class="nav-link[^"]*" aria-current="page">([^<]+)</a>', html)
+
+
+def test_the_menu_puts_an_instance_under_instances_and_a_reserved_workload_under_contracts(
+    buyer_client, running, reservation
+):
+    container = container_create(
+        line=reservation,
+        image=PYTORCH,
+        ssh_public_key=SSH_KEY,
+        ports=[22],
+        env={},
+        actor=None,
+        gpu_count=1,
+    )
+
+    instance_page = buyer_client.get(f"/contracts/workloads/{running.pk}/").content.decode()
+    container_page = buyer_client.get(f"/contracts/workloads/{container.pk}/").content.decode()
+    contracts_page = buyer_client.get("/contracts/").content.decode()
+
+    assert _active_menu_entries(instance_page) == ["Instances"]
+    assert _active_menu_entries(container_page) == ["Contracts"]
+    assert _active_menu_entries(contracts_page) == ["Contracts"]
