@@ -8,7 +8,8 @@ Registered in ``ContractsConfig.ready``; metering calls it without importing con
   agent's and no backoff holds it back, and the digest of the workloads last read.
 - ``apply_reports``: the generation the agent holds; a failed push backs off (30 s
   doubling up to 15 min); workloads' states from ``GET /v1/workloads`` (a failure ends
-  the workload at the moment the agent says it failed); a node that went unreachable
+  the workload at the moment the agent says it failed, with whose fault it was,
+  ``reported_fault``); a node that went unreachable
   loses its running instances at the last minute it was seen healthy.
 
 The wire (body shape, signature) is docs/workloads.md, built by the agent package's own
@@ -41,6 +42,7 @@ from contracts.models import (
     LineKind,
     NodeAssignments,
     Workload,
+    WorkloadFault,
     WorkloadKind,
     WorkloadState,
 )
@@ -244,6 +246,7 @@ def _apply_workloads(*, node_id: int, reported: list[object], now: datetime) -> 
                 workload=workload,
                 at=since,
                 reason=reason or "The workload stopped on the node.",
+                fault=reported_fault(workload, item.get("fault")),
                 now=now,
             )
             continue
@@ -260,6 +263,16 @@ def _apply_workloads(*, node_id: int, reported: list[object], now: datetime) -> 
             connection=connection,
             reason="",
         )
+
+
+def reported_fault(workload: Workload, fault: object) -> WorkloadFault:
+    """Whose fault a failure the agent reports is (docs/workloads.md "Whose fault"): the
+    buyer's only when the agent says so of a container (the buyer's image); a
+    deployment runs the catalogue's engine, so its failures are always the node's, and
+    so is a failure the agent does not classify."""
+    if workload.kind == WorkloadKind.CONTAINER and fault == WorkloadFault.BUYER:
+        return WorkloadFault.BUYER
+    return WorkloadFault.NODE
 
 
 def _lose_instances_if_unreachable(*, node_id: int, now: datetime) -> None:

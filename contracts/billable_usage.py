@@ -31,7 +31,9 @@ reservation (``charges.metered_charges`` prices inference lines only).
 
 - SLA: the GPU-minutes each reserved line's allocations were observed available, out of
   those that counted (``sla_minutes``); the rest are its down minutes (``down_minutes``),
-  which settlement charges back per node. Maintenance excluded from what counts is
+  which settlement charges back per node. A reserved GPU whose workload failed by the
+  node's fault is down from the failure until the buyer dismissed it, whatever metering
+  observed (the rule in ``sla_minutes``). Maintenance excluded from what counts is
   metering's rule, read from ``capacity.metering.selectors.maintenance_exclusions`` and
   nowhere else: windows announced at least 7 days ahead, and of those at most
   ``SLA_MAINTENANCE_ALLOWANCE_HOURS`` (default 8) per GPU per UTC calendar month, used up
@@ -43,7 +45,9 @@ allocations' own timestamps, so usage that arrives late (a node that was offline
 counted by the same rule as usage that arrived on time.
 
 Every selector answers per line and, on request, per node and per UTC hour or day: its
-keys are ``UsageKey(line_id, node_id, start)`` with ``None`` where not asked for.
+keys are ``UsageKey(line_id, node_id, start)`` with ``None`` where not asked for
+(``held_gpu_seconds`` also per instance: ``UsageKey.workload_id``, for the instance
+pages, so an instance's page and its invoice read one rule).
 """
 
 from __future__ import annotations
@@ -56,13 +60,21 @@ from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from capacity.metering.availability import NOTHING, AvailabilityFigure, gpu_availability
 from capacity.metering.models import GpuAvailabilityDay, HourlyUsage, InferenceUsageHour
 from capacity.metering.selectors import maintenance_exclusions, measured_until_by_node
 from capacity.models import GpuDevice
-from contracts.models import Allocation, ContractLine
+from contracts.models import (
+    Allocation,
+    ContractLine,
+    LineKind,
+    Workload,
+    WorkloadFault,
+    WorkloadState,
+)
 
 Bucket = Literal["hour", "day"]
 BUCKETS: tuple[Bucket, ...] = ("hour", "day")
@@ -75,6 +87,8 @@ class UsageKey(NamedTuple):
     node_id: int | None = None
     # Start of the UTC hour or day; None when the figure covers the whole period.
     start: datetime | None = None
+    # The instance whose allocations held the GPUs, when asked for (None: a reservation's).
+    workload_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,17 +150,23 @@ def held_gpu_seconds(
     end: datetime,
     contract_ids: Iterable[int] | None = None,
     line_ids: Iterable[int] | None = None,
+    workload_ids: Iterable[int] | None = None,
     by_node: bool = False,
+    by_workload: bool = False,
     bucket: Bucket | None = None,
     now: datetime | None = None,
 ) -> dict[UsageKey, Decimal]:
     """Seconds each line's allocations hold GPUs inside ``[start, end)`` (reserved lines'
     reservations and on-demand GPU lines' instances alike), exact (``extract(epoch …)`` of
-    a range difference is exact numeric), summed per line and, on request, per node and
-    per UTC hour or day. An instance still running (open upper bound) holds until
+    a range difference is exact numeric), summed per line and, on request, per node, per
+    instance (``by_workload``; ``workload_ids`` keeps those instances' allocations only)
+    and per UTC hour or day. An instance still running (open upper bound) holds until
     ``now``. Zero figures are left out."""
     unit = _bucket_unit(bucket)
     scope, params = _scope(contract_ids, line_ids)
+    if workload_ids is not None:
+        scope += " AND a.workload_id = ANY(%(workload_ids)s)"
+        params["workload_ids"] = list(workload_ids)
     nodes = (
         f"\n        JOIN {GpuDevice._meta.db_table} AS g ON g.id = a.gpu_device_id"
         if by_node
@@ -166,18 +186,19 @@ def held_gpu_seconds(
     sql = f"""
         SELECT a.line_id, {"g.node_id" if by_node else "NULL"},
                {"b.start" if unit else "NULL::timestamptz"},
+               {"a.workload_id" if by_workload else "NULL::bigint"},
                sum(greatest(0, extract(epoch FROM least({held_until}, {upper})
                                                   - greatest(lower(a.period), {lower}))))
         FROM {Allocation._meta.db_table} AS a
         JOIN {ContractLine._meta.db_table} AS cl ON cl.id = a.line_id{nodes}{buckets}
         WHERE a.period && tstzrange(%(start)s, %(end)s, '[)'){scope}
-        GROUP BY 1, 2, 3
+        GROUP BY 1, 2, 3, 4
     """  # noqa: S608 (table names from model metadata, units from BUCKETS)
     now = now or timezone.now()
     rows = _run(sql, {"start": start, "end": end, "now": now, **params})
     return {
-        UsageKey(line_id, node_id, bucket_start): Decimal(seconds)
-        for line_id, node_id, bucket_start, seconds in rows
+        UsageKey(line_id, node_id, bucket_start, workload_id): Decimal(seconds)
+        for line_id, node_id, bucket_start, workload_id, seconds in rows
         if seconds
     }
 
@@ -256,7 +277,17 @@ def sla_minutes(
     each allocation counts from its own start to its own end, clipped to the period and to
     what metering could have measured by now, less maintenance announced in time
     (metering's availability rule, ``capacity.metering.availability``). Lines without an
-    allocation in the period are left out (their figure is ``NOTHING``)."""
+    allocation in the period are left out (their figure is ``NOTHING``).
+
+    On top of metering's observations, for the SLA only (offer pages and search keep
+    metering's rule): a GPU of the line whose workload ``failed`` by the node's fault
+    (``Workload.fault``: the node could not run what the buyer asked, docs/workloads.md
+    "Whose fault") is down from the failure (``ended_at``) until the buyer stopped it,
+    redeployed it or started another workload on that GPU (``dismissed_at``), or until
+    the allocation ends: the buyer paid for a GPU that could not run their work, even if
+    the agent kept reporting it. A failure that was the buyer's (their image does not
+    exist, their container exited on its own) changes nothing. Minutes are whole, as
+    metering's: from the minute of the failure up to the minute of the dismissal."""
     allocations = list(
         Allocation.objects.filter(
             line_id__in=list(line_ids), period__overlap=(start, end)
@@ -274,6 +305,9 @@ def sla_minutes(
     node_ids = {allocation.gpu_device.node_id for allocation in allocations}
     excluded = maintenance_exclusions(node_ids=node_ids, since=start, until=end)
     measured = measured_until_by_node(node_ids=node_ids, now=timezone.now())
+    failures = _node_fault_failures(
+        line_ids={allocation.line_id for allocation in allocations}, start=start, end=end
+    )
     figures: dict[UsageKey, AvailabilityFigure] = defaultdict(lambda: NOTHING)
     for allocation in allocations:
         node_id = allocation.gpu_device.node_id
@@ -284,15 +318,41 @@ def sla_minutes(
             until=min(end, allocation.period.upper or end),
             measured_until=measured[node_id],
             excluded=excluded.get(node_id, ()),
+            down=failures.get((allocation.line_id, allocation.gpu_device_id), ()),
         )
     return dict(figures)
+
+
+def _node_fault_failures(
+    *, line_ids: Iterable[int], start: datetime, end: datetime
+) -> dict[tuple[int, int], list[tuple[datetime, datetime]]]:
+    """Per (reserved line, GPU), the spans its workloads failed by the node's fault were
+    down in ``[start, end)``: failure to dismissal (or ``end``). ``gpu_availability``
+    clips them to each allocation's counted minutes."""
+    spans: dict[tuple[int, int], list[tuple[datetime, datetime]]] = defaultdict(list)
+    rows = (
+        Workload.objects.filter(
+            line_id__in=list(line_ids),
+            line__kind=LineKind.RESERVED,
+            state=WorkloadState.FAILED,
+            fault=WorkloadFault.NODE,
+            ended_at__lt=end,
+        )
+        .filter(Q(dismissed_at=None) | Q(dismissed_at__gt=start))
+        .values_list("line_id", "gpus", "ended_at", "dismissed_at")
+    )
+    for line_id, gpu_id, failed_at, dismissed_at in rows:
+        if gpu_id is not None and failed_at is not None:  # a failed workload has ended
+            spans[(line_id, gpu_id)].append((max(failed_at, start), min(dismissed_at or end, end)))
+    return spans
 
 
 def down_minutes(
     *, start: datetime, end: datetime, line_ids: Iterable[int], by_node: bool = False
 ) -> dict[UsageKey, int]:
     """GPU-minutes reserved lines' allocations were down in ``[start, end)``: counted but
-    not observed available, as the SLA counts them (``sla_minutes``)."""
+    not available (not observed, or down by a node-fault failure), as the SLA counts them
+    (``sla_minutes``); settlement charges them back per node from here."""
     return {
         key: figure.counted_minutes - figure.available_minutes
         for key, figure in sla_minutes(

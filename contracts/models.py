@@ -336,6 +336,17 @@ class WorkloadState(models.TextChoices):
     LOST = "lost", "Lost with its node"
 
 
+class WorkloadFault(models.TextChoices):
+    """Whose fault a workload's failure was (docs/workloads.md "Whose fault"). ``node``:
+    the node could not run what the buyer asked (a pull that failed for want of network
+    or disk, a GPU the runtime could not give, a container that vanished, a deployment's
+    engine); ``buyer``: what the buyer asked for could not run anywhere (their image does
+    not exist or is private, their container exited on its own)."""
+
+    NODE = "node", "The node"
+    BUYER = "buyer", "The workload"
+
+
 # States after which a workload never runs again (its GPUs are released).
 ENDED_WORKLOAD_STATES = (WorkloadState.STOPPED, WorkloadState.FAILED, WorkloadState.LOST)
 # Bounds of what a buyer may ask a workload to carry (the agent is told all of it).
@@ -447,6 +458,13 @@ class Workload(models.Model):
     state_since = models.DateTimeField(default=timezone.now)
     # Why it failed or was lost (the agent's words, or the platform's), shown to the buyer.
     reason = models.CharField(max_length=500, blank=True)
+    # Whose fault a failure (or loss) was; blank while it has not failed.
+    fault = models.CharField(max_length=8, choices=WorkloadFault.choices, blank=True)
+    # A reserved workload failed by the node's fault: when the buyer stopped it,
+    # redeployed it or started another workload on its GPUs. Its GPUs count as down for
+    # the SLA from ``ended_at`` until then (or until the reservation's allocation ends;
+    # ``contracts.billable_usage.sla_minutes``).
+    dismissed_at = models.DateTimeField(null=True, blank=True)
     # {"host": …, "ports": {"22": 40022}, "endpoint": …} as the agent reports it.
     connection = models.JSONField(default=dict, blank=True)
     # Asked for (the buyer's start; an instance is billed from here) and ended (stopped,
@@ -454,8 +472,16 @@ class Workload(models.Model):
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Instances: the start form's one-time key or the API request's ``Idempotency-Key``;
+    # a repeated start with it gets this workload instead of another (unique per line,
+    # looked up per buyer, ``contracts.workloads.instance_start``). Blank: none was sent.
+    submission_key = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     objects = WorkloadQuerySet.as_manager()
+
+    # Not stored: set by ``instance_start`` on what it returns, True when a repeated
+    # submission key found this workload instead of starting one (the API answers 200).
+    replayed = False
 
     class Meta:
         ordering = ["-started_at", "-pk"]
@@ -474,6 +500,16 @@ class Workload(models.Model):
                 condition=Q(ended_at__isnull=True)
                 | Q(state__in=[state.value for state in ENDED_WORKLOAD_STATES]),
                 name="workload_ended_means_ended_state",
+            ),
+            models.UniqueConstraint(
+                fields=["line", "submission_key"],
+                condition=~Q(submission_key=""),
+                name="workload_submission_once",
+            ),
+            models.CheckConstraint(
+                condition=Q(dismissed_at__isnull=True)
+                | Q(state="failed", fault="node", dismissed_at__gte=F("ended_at")),
+                name="workload_dismissed_only_after_a_node_fault",
             ),
         ]
 

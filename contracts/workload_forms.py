@@ -5,6 +5,7 @@ buyer's own image, ports as a comma list, environment as NAME=value lines); the 
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any
 
 from django import forms
@@ -105,6 +106,24 @@ class ContainerForm(forms.Form):
             if not cleaned.get("ports") and "ports" not in self.errors:
                 cleaned["ports"] = list(chosen.ports)
         return cleaned
+
+
+class InstanceForm(ContainerForm):
+    """The container form of an instance start, with a one-time key minted when the form
+    is rendered: a double click (or a reload of the post) starts one instance
+    (``contracts.workloads.instance_start``'s ``submission_key``)."""
+
+    submission_key = forms.CharField(
+        min_length=16,
+        max_length=64,
+        widget=forms.HiddenInput,
+        error_messages={"required": "This form has expired; start again from a fresh one."},
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial["submission_key"] = secrets.token_urlsafe(24)
 
 
 class DeploymentForm(forms.Form):

@@ -16,10 +16,10 @@ from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 
 from accounts.models import Organization
 from capacity.selectors import NodeWorkload
+from contracts.billable_usage import held_gpu_seconds
 from contracts.charges import held_charge
 from contracts.models import (
     ENDED_WORKLOAD_STATES,
-    Allocation,
     Contract,
     ContractLine,
     ContractState,
@@ -34,7 +34,6 @@ NODE_FAILURES_SHOWN_FOR = timedelta(days=7)
 # At most this many rows of workloads on the partner's node page.
 NODE_WORKLOADS_SHOWN = 100
 _SECOND = timedelta(seconds=1)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def _annotated(workloads: QuerySet[Workload]) -> QuerySet[Workload]:
@@ -113,25 +112,32 @@ def instances_held(
 ) -> dict[int, HeldSoFar]:
     """{workload pk: what it held} for the instances among ``workloads`` (loaded with
     their line and contract), from their start (or ``since``) to their stop or ``now``:
-    the seconds of their own allocations, the quantity
-    ``contracts.billable_usage.held_gpu_seconds`` bills for their line, priced by
-    ``contracts.charges.held_charge`` and rounded once. Workloads on reserved GPUs are
-    absent (the reservation pays for them). One query."""
+    the GPU-seconds ``contracts.billable_usage.held_gpu_seconds`` bills for their line,
+    read from it per instance, priced by ``contracts.charges.held_charge`` and rounded
+    once, as an invoice line is. Workloads on reserved GPUs are absent (the reservation
+    pays for them). One query."""
     instances = {w.pk: w for w in workloads if w.line.kind == LineKind.ON_DEMAND_GPU}
-    gpu_microseconds: dict[int, int] = dict.fromkeys(instances, 0)
-    periods = Allocation.objects.filter(workload_id__in=list(instances)).values_list(
-        "workload_id", "period"
+    if not instances:
+        return {}
+    first = min(workload.started_at for workload in instances.values())
+    counted_from = max(first, since) if since else first
+    by_instance = (
+        held_gpu_seconds(
+            start=counted_from,
+            end=now,
+            workload_ids=list(instances),
+            by_workload=True,
+            now=now,
+        )
+        if counted_from < now
+        else {}
     )
-    for workload_id, period in periods:
-        start = max(period.lower, since) if since else period.lower
-        end = min(period.upper or now, now)
-        if end > start:
-            gpu_microseconds[workload_id] += (end - start) // _MICROSECOND
+    gpu_seconds_of = {key.workload_id: seconds for key, seconds in by_instance.items()}
     held = {}
     for pk, workload in instances.items():
         start = max(workload.started_at, since) if since else workload.started_at
         end = min(workload.ended_at or now, now)
-        gpu_seconds = Decimal(gpu_microseconds[pk]) / 1_000_000
+        gpu_seconds = gpu_seconds_of.get(pk, Decimal(0))
         held[pk] = HeldSoFar(
             seconds=max(0, (end - start) // _SECOND),
             gpu_seconds=gpu_seconds,

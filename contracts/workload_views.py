@@ -28,7 +28,7 @@ from capacity.forms import add_service_errors
 from contracts import workload_selectors, workloads
 from contracts.inference_snippets import snippets
 from contracts.models import ContractLine, LineKind, Workload, WorkloadKind
-from contracts.workload_forms import ContainerForm, DeploymentForm, RedeployForm
+from contracts.workload_forms import ContainerForm, DeploymentForm, InstanceForm, RedeployForm
 
 buyer_member = org_required(buyer=True)
 buyer_operator = org_required(OPERATOR_ROLES, buyer=True)
@@ -82,13 +82,16 @@ def _container_page(
     done: str,
     title: str,
     action_label: str,
+    form_class: type[ContainerForm] = ContainerForm,
     **context: object,
 ) -> HttpResponse:
     """The container form of ``line``: on a valid post, ``start`` (a service taking the
-    line, the actor and the container's spec) runs and the new workload's page follows."""
-    form = ContainerForm(request.POST or None)
+    line, the actor and the container's spec, and the form's one-time ``submission_key``
+    when it has one) runs and the workload's page follows."""
+    form = form_class(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
+        once = {"submission_key": data["submission_key"]} if "submission_key" in data else {}
         try:
             workload = start(
                 line=line,
@@ -98,6 +101,7 @@ def _container_page(
                 ports=data["ports"],
                 env=data["env"],
                 actor=request_actor(request),
+                **once,
             )
         except ValidationError as error:
             add_service_errors(form, error)
@@ -130,6 +134,7 @@ def instance_start(request: HttpRequest, pk: int, line_pk: int) -> HttpResponse:
         done="Instance requested. Its node starts it in a moment.",
         title="Start an instance",
         action_label="Start instance",
+        form_class=InstanceForm,
         most_free_on_one_node=max(free.values(), default=0),
     )
 
@@ -203,6 +208,8 @@ def _workload_context(request: HttpRequest, workload: Workload) -> dict[str, obj
         if workload.kind == WorkloadKind.DEPLOYMENT
         else None,
         "can_operate": _can_operate(request),
+        # The menu: an instance's page is under Instances (its path is under Contracts).
+        "nav_section": reverse("contracts:instances") if workload.is_instance else None,
     }
 
 

@@ -20,6 +20,11 @@ transaction each, the rows locked, an audit event, and the node's assignments
 unchanged. Ending a workload ``at`` a moment in the past (a failure the agent reported,
 the last minute its node was seen healthy) truncates its allocations there, so billing
 stops at that second.
+
+A reserved workload that failed by its node's fault (``Workload.fault``) leaves its GPUs
+down for the SLA until the buyer stops it, redeploys it or starts another workload on
+those GPUs (``dismissed_at``, set once by ``workload_stop`` and ``_create_on_reserved``),
+or until the reservation's allocation ends (``contracts.billable_usage.sla_minutes``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from datetime import datetime
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from accounts.audit import audit
@@ -48,6 +53,7 @@ from contracts.models import (
     LineKind,
     NodeAssignments,
     Workload,
+    WorkloadFault,
     WorkloadKind,
     WorkloadState,
     validate_env,
@@ -244,6 +250,45 @@ def _refusal(free: int, asked: int) -> NoFreeGpus:
     )
 
 
+def _submitted_before(
+    *,
+    line: ContractLine,
+    key: str,
+    gpu_count: int,
+    image: str,
+    ssh_public_key: str,
+    ports: list[int],
+    env: dict[str, str],
+) -> Workload | None:
+    """The instance an earlier start with ``key`` created for ``line``'s buyer, which must
+    have asked the same; None when the key is new. Called with ``line`` locked, so a
+    start with the same key still in flight has committed (or rolled back) by now."""
+    buyer_id = Contract.objects.filter(pk=line.contract_id).values_list("buyer_id", flat=True)
+    earlier = (
+        Workload.objects.filter(line__contract__buyer_id__in=buyer_id, submission_key=key)
+        .select_related("line")
+        .first()
+    )
+    if earlier is None:
+        return None
+    asked = (line.pk, gpu_count, image, ssh_public_key, ports, env)
+    if (
+        earlier.line_id,
+        earlier.gpus.count(),
+        earlier.image,
+        earlier.ssh_public_key,
+        list(earlier.ports),
+        dict(earlier.env),
+    ) != asked:
+        raise ValidationError(
+            "This start was already used for another instance; send a new key "
+            "(or reload the form) to start another.",
+            code="submission_reused",
+        )
+    earlier.replayed = True
+    return earlier
+
+
 @transaction.atomic
 def instance_start(
     *,
@@ -254,6 +299,7 @@ def instance_start(
     ports: Sequence[int],
     env: dict[str, str],
     actor: User | None,
+    submission_key: str | None = None,
     now: datetime | None = None,
 ) -> Workload:
     """Start an instance of ``line`` (an active on-demand GPU line): a container on
@@ -265,11 +311,32 @@ def instance_start(
     N being the most free on one node). A GPU taken by a concurrent start is detected by
     the exclusion constraint; the next node (or the same one's other GPUs) is tried, a
     bounded number of times.
+
+    ``submission_key`` (the start form's one-time key, the API's ``Idempotency-Key``),
+    as checkout's: a start repeated with it returns the instance the first one created
+    (``replayed`` set, nothing written, whatever happened to it since), and one that asks
+    for something else under the same key of the same buyer is refused
+    (``submission_reused``). Starts on one line wait for each other on the line's row
+    lock, so two concurrent posts with one key start one instance; the unique
+    (line, key) constraint holds it in the database.
     """
     now = now or timezone.now()
+    ports, env = list(ports), dict(env)
+    if submission_key:
+        line = ContractLine.objects.select_for_update().get(pk=line.pk)
+        earlier = _submitted_before(
+            line=line,
+            key=submission_key,
+            gpu_count=gpu_count,
+            image=image,
+            ssh_public_key=ssh_public_key,
+            ports=ports,
+            env=env,
+        )
+        if earlier is not None:
+            return earlier
     line = _check_line(line, kind=LineKind.ON_DEMAND_GPU, now=now)
     _check_gpu_count(gpu_count)
-    ports, env = list(ports), dict(env)
     _check_container(image=image, ssh_public_key=ssh_public_key, ports=ports, env=env)
     for _ in range(MAX_START_ATTEMPTS):
         free = free_gpus_by_node(line=line, now=now)
@@ -291,6 +358,7 @@ def instance_start(
                         state_since=now,
                         started_at=now,
                         created_at=now,
+                        submission_key=submission_key or "",
                     )
                     held = _take_node_gpus(
                         workload=workload, node_id=node_id, gpu_count=gpu_count, now=now
@@ -310,6 +378,7 @@ def instance_start(
                 node_id=node_id,
                 gpu_count=gpu_count,
                 image=image,
+                submission_key=submission_key or "",
             )
             return workload
     raise _refusal(0, gpu_count)
@@ -378,6 +447,7 @@ def _create_on_reserved(
     now: datetime,
     **fields: object,
 ) -> Workload:
+    _dismiss_node_failures(line=line, gpu_ids=[gpu.pk for gpu in gpus], now=now)
     workload = Workload.objects.create(
         line=line,
         node_id=node_id,
@@ -400,6 +470,20 @@ def _create_on_reserved(
         gpu_ids=[gpu.pk for gpu in gpus],
     )
     return workload
+
+
+def _node_failures_to_dismiss(line: ContractLine) -> QuerySet[Workload]:
+    """``line``'s workloads that failed by the node's fault and still count as down."""
+    return Workload.objects.filter(
+        line=line, state=WorkloadState.FAILED, fault=WorkloadFault.NODE, dismissed_at=None
+    )
+
+
+def _dismiss_node_failures(*, line: ContractLine, gpu_ids: list[int], now: datetime) -> None:
+    """A new workload on ``gpu_ids`` ends the SLA downtime of failures on them there."""
+    _node_failures_to_dismiss(line).filter(gpus__in=gpu_ids, ended_at__lte=now).update(
+        dismissed_at=now
+    )
 
 
 def gpus_memory_shortfall(*, gpus: Sequence[GpuDevice], product: InferenceProduct) -> str | None:
@@ -492,6 +576,7 @@ def _end(
     at: datetime,
     now: datetime,
     reason: str = "",
+    fault: WorkloadFault | None = None,
     actor: User | None = None,
     action: str,
 ) -> tuple[Workload, bool]:
@@ -512,7 +597,8 @@ def _end(
     locked.state_since = ended_at
     locked.ended_at = ended_at
     locked.reason = reason[:500]
-    locked.save(update_fields=["state", "state_since", "ended_at", "reason"])
+    locked.fault = fault or ""
+    locked.save(update_fields=["state", "state_since", "ended_at", "reason", "fault"])
     bump_generation(node_ids=[locked.node_id], now=now)
     audit(
         action=action,
@@ -522,6 +608,7 @@ def _end(
         workload=locked.public_id,
         ended_at=ended_at.isoformat(),
         reason=locked.reason,
+        fault=locked.fault,
     )
     return locked, True
 
@@ -532,9 +619,10 @@ def workload_stop(
 ) -> Workload:
     """Stop ``workload`` now: an instance's GPUs are released (billing ends at ``now``),
     the agent is told. Idempotent: a workload already stopped, failed or lost is
-    returned unchanged, no error."""
+    returned unchanged, no error; only a reserved one that failed by the node's fault
+    and still counted as down stops counting at ``now`` (once)."""
     now = now or timezone.now()
-    stopped, _ = _end(
+    stopped, changed = _end(
         workload=workload,
         state=WorkloadState.STOPPED,
         at=now,
@@ -542,21 +630,42 @@ def workload_stop(
         actor=actor,
         action="workload.stopped",
     )
+    if not changed and (
+        _node_failures_to_dismiss(stopped.line)
+        .filter(pk=stopped.pk, ended_at__lte=now)
+        .update(dismissed_at=now)
+    ):
+        stopped.dismissed_at = now
+        audit(
+            action="workload.dismissed",
+            actor=actor,
+            organization=stopped.line.contract.buyer,
+            target=stopped,
+            workload=stopped.public_id,
+            dismissed_at=now.isoformat(),
+        )
     return stopped
 
 
 @transaction.atomic
 def workload_fail(
-    *, workload: Workload, at: datetime, reason: str, now: datetime | None = None
+    *,
+    workload: Workload,
+    at: datetime,
+    reason: str,
+    fault: WorkloadFault,
+    now: datetime | None = None,
 ) -> tuple[Workload, bool]:
-    """The agent reported ``workload`` failed at ``at``: it ends there (an instance is
-    not billed past the failure). Idempotent."""
+    """The agent reported ``workload`` failed at ``at`` by ``fault``: it ends there (an
+    instance is not billed past the failure; a reserved one failed by the node's fault
+    counts as down for the SLA from there until dismissed). Idempotent."""
     return _end(
         workload=workload,
         state=WorkloadState.FAILED,
         at=at,
         now=now or timezone.now(),
         reason=reason or "failed",
+        fault=fault,
         action="workload.failed",
     )
 
@@ -573,6 +682,7 @@ def workload_lose(
         at=at,
         now=now or timezone.now(),
         reason=reason,
+        fault=WorkloadFault.NODE,
         action="workload.lost",
     )
 

@@ -4,6 +4,11 @@ Entries name URLs that later issues add; an entry whose URL name does not resolv
 skipped, so the menu grows as the apps land without anyone editing the template. Which
 entries show depends on the current organization's kind (buyer, partner or both) and on
 staff status. The ``navigation`` context processor hands the template a ready list.
+
+The active entry is the one whose URL is the longest prefix of the page's path, or of the
+``nav_section`` a view puts in its context when the path alone cannot tell (an instance's
+page, ``/contracts/workloads/<pk>/``, belongs under Instances; a reserved workload's under
+Contracts).
 """
 
 from __future__ import annotations
@@ -90,7 +95,9 @@ def _url(url_name: str) -> str | None:
     return _URLS[key]
 
 
-def build_navigation(request: HttpRequest) -> list[NavLink]:
+def build_navigation(request: HttpRequest, *, section: str | None = None) -> list[NavLink]:
+    """The entries the request's user may see; the active one chosen by ``section`` (a
+    path the page belongs under) when given, else by the request's path."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return []
@@ -106,7 +113,7 @@ def build_navigation(request: HttpRequest) -> list[NavLink]:
             continue  # that part of the product has not shipped yet
         resolved.append((entry, url))
 
-    path = request.path
+    path = section or request.path
     matching = [url for _, url in resolved if _is_active(url, path)]
     active_url = max(matching, key=len) if matching else None
     return [

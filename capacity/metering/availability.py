@@ -185,10 +185,16 @@ def gpu_availability(
     until: datetime,
     measured_until: datetime,
     excluded: Sequence[tuple[datetime, datetime]] = (),
+    down: Sequence[tuple[datetime, datetime]] = (),
 ) -> AvailabilityFigure:
     """One GPU's figure over ``[counted_from, min(until, measured_until))`` from its day
     bitmaps (the rule in the module docstring). The minute ``measured_until`` falls in is
-    still being measured and does not count; the minute ``counted_from`` falls in does."""
+    still being measured and does not count; the minute ``counted_from`` falls in does.
+
+    ``down``: spans the caller knows the GPU was down whatever the bitmaps say (the SLA's
+    node-fault failures, ``contracts.billable_usage.sla_minutes``); their minutes count
+    (unless excluded) and are never available. Minutes are taken as ``excluded`` are:
+    from the minute a span starts in up to, not including, the minute it ends in."""
     first = _minute_index(counted_from)
     end = min(_minute_index(until), _minute_index(measured_until))
     if end <= first:
@@ -199,10 +205,13 @@ def gpu_availability(
     ).items():
         if day in counted:
             counted[day] &= ~mask & _FULL_DAY
+    known_down = _intervals_to_day_masks(
+        (_minute_index(start), _minute_index(stop)) for start, stop in down
+    )
     available = counted_total = 0
     for day, mask in counted.items():
         counted_total += mask.bit_count()
         bits = bitmaps.get(_EPOCH_DAY + timedelta(days=day))
         if bits:
-            available += (int(bits, 2) & mask).bit_count()
+            available += (int(bits, 2) & mask & ~known_down.get(day, 0)).bit_count()
     return AvailabilityFigure(available, counted_total)

@@ -6,7 +6,10 @@ Tenant-scoped as the rest of the buyers' API (``BUYER_PERMISSIONS``: another ten
 workload or line is a 404, writes need an operator role). A refusal of the service is a
 400 naming why; too few free GPUs is a 409 (``code`` ``no_free_gpus``: the request was
 fine, the capacity is not there now). Stop is idempotent: a workload already stopped,
-failed or lost answers 200 with itself, unchanged.
+failed or lost answers 200 with itself, unchanged. Starting an instance honours an
+``Idempotency-Key`` as the reservations API does: the same key again answers 200 with
+the first start's instance and starts nothing; the same key with another body is a 400
+(``submission_reused``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from accounts.api_support import refusal
+from accounts.api_support import IDEMPOTENCY_HEADER, idempotency_key, refusal
 from accounts.requests import request_actor, request_organization
 from accounts.tenancy import api_scoped
 from contracts import workload_selectors, workloads
@@ -173,7 +176,9 @@ class WorkloadSerializer(serializers.Serializer):
 
     def get_held_gpu_seconds(self, workload: Workload) -> str | None:
         held = self._held(workload)
-        return str(held.gpu_seconds) if held else None
+        # Plain digits without trailing zeros ("3600", "24754.962963"), as before the
+        # figure came from the billing selector (which carries six decimals).
+        return f"{held.gpu_seconds.normalize():f}" if held else None
 
     def get_cost_minor(self, workload: Workload) -> int | None:
         held = self._held(workload)
@@ -310,9 +315,11 @@ def _start_container(
     serializer: type[_ContainerInput],
     line_kind: str,
     start: Callable[..., Workload],
+    **once: str | None,
 ) -> Response:
     """Parse a container's spec, find the caller's line of ``line_kind`` and ``start``
-    it there (``instance_start`` or ``container_create``): 201 with the workload."""
+    it there (``instance_start`` or ``container_create``, with ``once``: the instance's
+    ``submission_key``): 201 with the workload, 200 with the one a repeated key found."""
     payload = serializer(data=request.data)
     payload.is_valid(raise_exception=True)
     data = payload.validated_data
@@ -326,10 +333,12 @@ def _start_container(
             ports=data["ports"],
             env=data["env"],
             actor=request_actor(request),
+            **once,
         )
     except DjangoValidationError as error:
         return _refused(error)
-    return Response(_reloaded(request, workload), status=status.HTTP_201_CREATED)
+    answer = status.HTTP_200_OK if workload.replayed else status.HTTP_201_CREATED
+    return Response(_reloaded(request, workload), status=answer)
 
 
 class InstanceListApi(APIView):
@@ -351,11 +360,31 @@ class InstanceListApi(APIView):
         operation_id="instances_start",
         summary="Start an instance on free GPUs of an on-demand GPU line's offer",
         request=InstanceCreateSerializer,
-        responses={201: WorkloadSerializer, 400: _REFUSED, 404: _NOT_FOUND, 409: _NO_GPUS},
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                description="16-64 characters, new for each instance: a start repeated "
+                "with the same key returns the first one's instance (200) and starts "
+                "nothing; the same key with another body is refused (400).",
+            )
+        ],
+        responses={
+            200: WorkloadSerializer,
+            201: WorkloadSerializer,
+            400: _REFUSED,
+            404: _NOT_FOUND,
+            409: _NO_GPUS,
+        },
     )
     def post(self, request: Request) -> Response:
         return _start_container(
-            request, InstanceCreateSerializer, LineKind.ON_DEMAND_GPU, workloads.instance_start
+            request,
+            InstanceCreateSerializer,
+            LineKind.ON_DEMAND_GPU,
+            workloads.instance_start,
+            submission_key=idempotency_key(request, what="instance"),
         )
 
 

@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from accounts.api_support import paginated_response, refusal
+from accounts.api_support import IDEMPOTENCY_HEADER, idempotency_key, paginated_response, refusal
 from accounts.requests import request_actor, request_organization
 from accounts.tenancy import HasOrganization
 from capacity.models import Offer
@@ -43,9 +43,6 @@ MARKET_TAG = "marketplace"
 BUYER_READ_PERMISSIONS = [permissions.IsAuthenticated, HasOrganization, BuyerOnly]
 _REFUSED = OpenApiResponse(description="Refused: the body names each field at fault and why.")
 _NO_OFFER = OpenApiResponse(description="No listed offer has that id.")
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-# A key from a client that sends 16 to 64 characters of its own choosing.
-_IDEMPOTENCY_KEY_LENGTHS = range(16, 65)
 
 
 class OfferSearchApi(APIView):
@@ -161,11 +158,7 @@ class ReservationCreateApi(APIView):
         payload = ReservationCreateInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        submission_key = request.headers.get(IDEMPOTENCY_HEADER)
-        if submission_key is not None and len(submission_key) not in _IDEMPOTENCY_KEY_LENGTHS:
-            raise exceptions.ValidationError(
-                {IDEMPOTENCY_HEADER: ["Send 16 to 64 characters, new for each reservation."]}
-            )
+        submission_key = idempotency_key(request, what="reservation")
         offer = _requested_offer(data)
         try:
             result = checkout.reservation_checkout(

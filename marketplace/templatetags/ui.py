@@ -42,12 +42,14 @@ def query_page(context: dict[str, Any], number: int, param: str | None = None) -
 @register.simple_tag(takes_context=True)
 def primary_navigation(context: template.Context) -> list[NavLink]:
     """Navigation links: from the ``navigation`` context processor when it is registered,
-    else built here, so the layout works either way."""
+    else built here, so the layout works either way; built here too when the page names
+    the ``nav_section`` it belongs under (``marketplace.navigation``)."""
     links = context.get("nav_links")
-    if links is not None:
+    section = context.get("nav_section")
+    if links is not None and not section:
         return links  # type: ignore[no-any-return]
     request = context.get("request")
-    return build_navigation(request) if request is not None else []
+    return build_navigation(request, section=section) if request is not None else []
 
 
 @register.filter

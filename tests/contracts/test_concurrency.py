@@ -20,8 +20,11 @@ from capacity import services as capacity_services
 from contracts import allocations as allocations_module
 from contracts import checkout
 from contracts.checkout import QuoteChanged, QuotedPrice, reservation_checkout, reservation_quote
-from contracts.models import Allocation, Contract, ContractLine
+from contracts.models import Allocation, Contract, ContractLine, Workload
+from contracts.workloads import instance_start
 from devtools.race import overlapping_allocation_pairs, race_checkouts
+from tests.contracts.usage_builders import active_contract, gpu_line
+from tests.contracts.workload_builders import PYTORCH, SSH_KEY
 from tests.factories import (
     MembershipFactory,
     OfferFactory,
@@ -242,3 +245,50 @@ def test_a_checkout_waits_for_a_price_change_in_flight_and_refuses_it(settings):
     assert quote.price_per_gpu_hour == Decimal("2.1000")
     assert outcomes == ["9.5000"]
     assert not ContractLine.objects.filter(offer=offer).exists()
+
+
+@concurrent
+def test_two_concurrent_starts_with_one_key_start_one_instance(buyer_org):
+    """Two posts of one start form at the same moment (a double click), each on its own
+    connection: one instance, one set of allocations, both answers the same workload."""
+    offer = _pool(4)
+    now = timezone.now()
+    line = gpu_line(
+        contract=active_contract(buyer=buyer_org, since=now - timedelta(days=1)),
+        offer=offer,
+        since=now - timedelta(days=1),
+    )
+    barrier = threading.Barrier(2)
+    answers: list[int] = []
+    errors: list[BaseException] = []
+
+    def post() -> None:
+        try:
+            barrier.wait()
+            workload = instance_start(
+                line=line,
+                gpu_count=2,
+                image=PYTORCH,
+                ssh_public_key=SSH_KEY,
+                ports=[22],
+                env={},
+                actor=None,
+                submission_key="double-click-0001",
+            )
+            answers.append(workload.pk)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    workload = Workload.objects.get()
+    assert answers == [workload.pk, workload.pk]
+    assert Allocation.objects.filter(workload=workload).count() == 2
+    assert Allocation.objects.count() == 2

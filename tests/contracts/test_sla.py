@@ -10,9 +10,13 @@ import time_machine
 from django.apps import apps
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 
+from contracts.assignments import reported_fault
+from contracts.billable_usage import UsageKey, down_minutes
 from contracts.checkout import reservation_checkout
-from contracts.models import SlaPolicy
+from contracts.models import SlaPolicy, Workload, WorkloadFault, WorkloadState
 from contracts.sla import DEFAULT_TIERS, credit_percent, line_sla, policy_tiers
+from contracts.workloads import container_create, workload_stop
+from tests.contracts.workload_builders import PYTORCH, SSH_KEY, agent_reports
 from tests.factories import NodeWindowFactory, OfferFactory
 
 D = Decimal
@@ -234,3 +238,120 @@ def test_earlier_maintenance_in_the_month_uses_the_allowance_first(reserved_line
     assert (sla.available_minutes, sla.counted_minutes) == (17 * 1440 - 300, 17 * 1440 - 180)
     whole = line_sla(line=reserved_line, since=MARCH[0], until=MARCH[1])
     assert (whole.available_minutes, whole.counted_minutes) == (44_640 - 600, 44_640 - 480)
+
+
+# -- workloads that fail on reserved GPUs (issue 15 point 5) --------------------------------
+
+FAILED_AT = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+MARCH_10 = (datetime(2025, 3, 10, tzinfo=UTC), datetime(2025, 3, 11, tzinfo=UTC))
+
+
+def _failed_container(line, *, fault: str, reason: str):
+    """A container on the line's GPU from 10:00, reported failed at 12:00:00 by ``fault``,
+    the GPU observed available every minute of March 10 all the same."""
+    _observe(line, day=date(2025, 3, 10), minutes=set(range(1440)))
+    workload = container_create(
+        line=line,
+        image=PYTORCH,
+        ssh_public_key=SSH_KEY,
+        ports=[22],
+        env={},
+        actor=None,
+        gpu_count=1,
+        now=FAILED_AT - timedelta(hours=2),
+    )
+    agent_reports(
+        workload,
+        state="failed",
+        since=FAILED_AT,
+        now=FAILED_AT + timedelta(minutes=1),
+        reason=reason,
+        fault=fault,
+    )
+    workload.refresh_from_db()
+    return workload
+
+
+def test_a_node_fault_failure_is_down_until_the_buyer_stops_it(reserved_line):
+    workload = _failed_container(
+        reserved_line, fault="node", reason="start failed: could not select device driver"
+    )
+    assert (workload.state, workload.fault) == (WorkloadState.FAILED, WorkloadFault.NODE)
+    # Stopped by the buyer 90 minutes after the failure; a second stop changes nothing.
+    stopped = workload_stop(workload=workload, actor=None, now=FAILED_AT + timedelta(minutes=90))
+    workload_stop(workload=workload, actor=None, now=FAILED_AT + timedelta(hours=5))
+    assert stopped.dismissed_at == FAILED_AT + timedelta(minutes=90)
+    workload.refresh_from_db()
+    assert (workload.state, workload.dismissed_at) == (
+        WorkloadState.FAILED,
+        FAILED_AT + timedelta(minutes=90),
+    )
+
+    # 12:00-13:30 down although metering saw the GPU: 1350 of 1440 = 93.750 % → 50 %.
+    sla = line_sla(line=reserved_line, since=MARCH_10[0], until=MARCH_10[1])
+    assert (sla.available_minutes, sla.counted_minutes) == (1350, 1440)
+    assert (sla.availability_percent, sla.credit_percent) == (D("93.750"), D(50))
+    # Settlement charges back the same 90 GPU-minutes to the node.
+    node_id = reserved_line.allocations.get().gpu_device.node_id
+    assert down_minutes(
+        start=MARCH_10[0], end=MARCH_10[1], line_ids=[reserved_line.pk], by_node=True
+    ) == {UsageKey(reserved_line.pk, node_id): 90}
+
+
+def test_a_node_fault_failure_never_dismissed_is_down_to_the_end_of_the_period(reserved_line):
+    _failed_container(reserved_line, fault="node", reason="the container disappeared")
+    sla = line_sla(line=reserved_line, since=MARCH_10[0], until=MARCH_10[1])
+    # 12:00 to midnight: 720 minutes down.
+    assert (sla.available_minutes, sla.counted_minutes, sla.credit_percent) == (720, 1440, D(50))
+
+
+def test_a_new_workload_on_the_gpu_ends_the_downtime(reserved_line):
+    failed = _failed_container(reserved_line, fault="node", reason="the container disappeared")
+    replaced_at = FAILED_AT + timedelta(minutes=30)
+    container_create(
+        line=reserved_line,
+        image=PYTORCH,
+        ssh_public_key=SSH_KEY,
+        ports=[22],
+        env={},
+        actor=None,
+        gpu_count=1,
+        now=replaced_at,
+    )
+    failed.refresh_from_db()
+    assert failed.dismissed_at == replaced_at
+    sla = line_sla(line=reserved_line, since=MARCH_10[0], until=MARCH_10[1])
+    assert (sla.available_minutes, sla.counted_minutes, sla.credit_percent) == (1410, 1440, D(25))
+
+
+def test_a_buyer_fault_failure_has_no_sla_effect(reserved_line):
+    workload = _failed_container(
+        reserved_line,
+        fault="buyer",
+        reason="pull failed: pull access denied for nobody/missing, repository does not exist",
+    )
+    assert (workload.state, workload.fault) == (WorkloadState.FAILED, WorkloadFault.BUYER)
+    stopped = workload_stop(workload=workload, actor=None, now=FAILED_AT + timedelta(minutes=90))
+    assert stopped.dismissed_at is None
+
+    sla = line_sla(line=reserved_line, since=MARCH_10[0], until=MARCH_10[1])
+    assert (sla.available_minutes, sla.counted_minutes, sla.credit_percent) == (1440, 1440, D(0))
+    assert down_minutes(start=MARCH_10[0], end=MARCH_10[1], line_ids=[reserved_line.pk]) == {
+        UsageKey(reserved_line.pk): 0
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "reported", "fault"),
+    [
+        ("container", "buyer", WorkloadFault.BUYER),
+        ("container", "node", WorkloadFault.NODE),
+        # An agent that does not say is presumed at fault; so is any other word.
+        ("container", "", WorkloadFault.NODE),
+        ("container", "nobody", WorkloadFault.NODE),
+        # A deployment runs the catalogue's engine: never the buyer's fault.
+        ("deployment", "buyer", WorkloadFault.NODE),
+    ],
+)
+def test_whose_fault_a_reported_failure_is(kind, reported, fault):
+    assert reported_fault(Workload(kind=kind), reported) == fault

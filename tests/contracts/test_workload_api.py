@@ -95,6 +95,35 @@ def test_starting_an_instance_answers_201_with_it(api, line, devices):
     assert Allocation.objects.filter(workload=workload, line=line).count() == 2
 
 
+def test_an_idempotency_key_starts_one_instance(api, line, devices, clock):
+    key = {"HTTP_IDEMPOTENCY_KEY": "start-7f3c9a2e-0001"}
+    first = api.post("/api/v1/instances", start_body(line), format="json", **key)
+    clock.shift(timedelta(seconds=2))
+    again = api.post("/api/v1/instances", start_body(line), format="json", **key)
+
+    workload = Workload.objects.get()
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"] == workload.pk
+    assert again.json()["started_at"] == "2026-12-04T10:00:00Z"
+    assert workload.submission_key == "start-7f3c9a2e-0001"
+    assert list(Allocation.objects.values_list("workload_id", flat=True)) == [workload.pk] * 2
+
+    other = api.post("/api/v1/instances", start_body(line, gpu_count=1), format="json", **key)
+    assert other.status_code == 400
+    assert other.json() == {
+        "detail": [
+            "This start was already used for another instance; send a new key (or reload "
+            "the form) to start another."
+        ]
+    }
+    short = api.post(
+        "/api/v1/instances", start_body(line), format="json", HTTP_IDEMPOTENCY_KEY="short"
+    )
+    assert short.status_code == 400
+    assert short.json() == {"Idempotency-Key": ["Send 16 to 64 characters, new for each instance."]}
+    assert (Workload.objects.count(), Allocation.objects.count()) == (1, 2)
+
+
 def test_a_running_instance_reads_with_its_ssh_command_and_cost(api, line, devices, clock):
     started = api.post("/api/v1/instances", start_body(line), format="json").json()
     workload = Workload.objects.get()
@@ -327,7 +356,8 @@ def test_the_schema_describes_the_workload_endpoints():
         ("/api/v1/image-templates", "get"): "image_templates_list",
     }
     start = schema["paths"]["/api/v1/instances"]["post"]
-    assert set(start["responses"]) == {"201", "400", "404", "409"}
+    assert set(start["responses"]) == {"200", "201", "400", "404", "409"}
+    assert [(p["name"], p["in"]) for p in start["parameters"]] == [("Idempotency-Key", "header")]
     assert schema["components"]["schemas"]["WorkloadState"]["enum"] == [
         "requested",
         "pending",

@@ -4,15 +4,31 @@ deploys a model or a container on reserved GPUs, redeploys and stops; other tena
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 import time_machine
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
 
 from accounts.models import AuditEvent, Role
-from contracts.models import Allocation, NodeAssignments, Workload, WorkloadKind, WorkloadState
-from contracts.workloads import bump_generation, deployment_create, instance_start
+from contracts.charges import held_charge, line_charges
+from contracts.models import (
+    Allocation,
+    ContractLine,
+    NodeAssignments,
+    Workload,
+    WorkloadKind,
+    WorkloadState,
+)
+from contracts.workloads import (
+    bump_generation,
+    container_create,
+    deployment_create,
+    instance_start,
+    workload_stop,
+)
 from tests.contracts.usage_builders import (
     active_contract,
     gpu_line,
@@ -66,6 +82,10 @@ def running(line, buyer_owner, clock):
     return workload
 
 
+# The one-time key a rendered start form carries (any 16-64 characters).
+FORM_KEY = "start-form-key-0001"
+
+
 def start_url(line) -> str:
     return f"/contracts/{line.contract_id}/lines/{line.pk}/instances/new/"
 
@@ -80,6 +100,7 @@ def test_a_buyer_starts_an_instance_from_a_template(buyer_client, line, devices)
             "ssh_public_key": SSH_KEY,
             "ports": "",
             "env": "A=1\nB=two words\n",
+            "submission_key": FORM_KEY,
         },
     )
 
@@ -102,6 +123,44 @@ def test_a_buyer_starts_an_instance_from_a_template(buyer_client, line, devices)
     assert NodeAssignments.objects.get(node_id=workload.node_id).generation == 1
 
 
+def test_a_double_click_on_start_starts_one_instance(buyer_client, line, devices):
+    page = buyer_client.get(start_url(line)).content.decode()
+    minted = re.search(r'name="submission_key" value="([^"]+)"', page)
+    assert minted is not None and 16 <= len(minted.group(1)) <= 64
+    # Every rendering mints its own key.
+    assert minted.group(1) not in buyer_client.get(start_url(line)).content.decode()
+    form = {
+        "template": "0",
+        "image": "",
+        "gpu_count": "2",
+        "ssh_public_key": SSH_KEY,
+        "ports": "22",
+        "env": "",
+        "submission_key": minted.group(1),
+    }
+
+    first = buyer_client.post(start_url(line), form)
+    second = buyer_client.post(start_url(line), form)
+
+    workload = Workload.objects.get()
+    assert workload.submission_key == minted.group(1)
+    assert [first.status_code, second.status_code] == [302, 302]
+    assert first["Location"] == second["Location"] == f"/contracts/workloads/{workload.pk}/"
+    assert Allocation.objects.filter(workload=workload).count() == 2
+    # The same form changed after it started an instance is refused, nothing started.
+    changed = buyer_client.post(start_url(line), form | {"gpu_count": "1"})
+    assert changed.status_code == 200
+    assert (
+        "This start was already used for another instance; send a new key (or reload the "
+        "form) to start another." in changed.content.decode()
+    )
+    assert (Workload.objects.count(), Allocation.objects.count()) == (1, 2)
+    # A form without its key (not one the page rendered) starts nothing.
+    keyless = buyer_client.post(start_url(line), form | {"submission_key": ""})
+    assert "This form has expired; start again from a fresh one." in keyless.content.decode()
+    assert Workload.objects.count() == 1
+
+
 def test_an_own_image_needs_a_name(buyer_client, line, devices):
     response = buyer_client.post(
         start_url(line), {"template": "own", "image": "", "gpu_count": "1", "ports": "22"}
@@ -115,7 +174,8 @@ def test_an_own_image_needs_a_name(buyer_client, line, devices):
 def test_too_few_free_gpus_is_refused_with_the_count(buyer_client, line, devices):
     page = buyer_client.get(start_url(line)).content.decode()
     response = buyer_client.post(
-        start_url(line), {"template": "0", "gpu_count": "5", "ports": "22"}
+        start_url(line),
+        {"template": "0", "gpu_count": "5", "ports": "22", "submission_key": FORM_KEY},
     )
 
     assert "4 GPUs free on one node right now." in page
@@ -424,3 +484,68 @@ def test_the_partner_sees_what_runs_on_the_node_never_the_buyer(
     other_page = partner_client.get(f"/partner/nodes/{other_node}/").content.decode()
     assert "<td>Model deployment</td>" in other_page
     assert "llama" not in other_page.lower().split("data-node-workloads")[1].split("</section>")[0]
+
+
+def test_the_instance_page_reads_the_invoices_seconds_and_cost(buyer_client, line, devices, clock):
+    """One owner (``held_gpu_seconds``): a stopped instance's page shows exactly the
+    GPU-seconds and cost rating bills for it; another instance on the line is its own."""
+    spec = {"image": PYTORCH, "ssh_public_key": SSH_KEY, "ports": [22], "env": {}}
+    stopped = instance_start(line=line, gpu_count=3, actor=None, now=NOW, **spec)
+    workload_stop(
+        workload=stopped,
+        actor=None,
+        now=NOW + timedelta(hours=2, minutes=17, seconds=31, microseconds=654_321),
+    )
+    running = instance_start(
+        line=line, gpu_count=1, actor=None, now=NOW + timedelta(minutes=5), **spec
+    )
+    clock.move_to(NOW + timedelta(hours=3))
+
+    page = buyer_client.get(f"/contracts/workloads/{stopped.pk}/")
+    other = buyer_client.get(f"/contracts/workloads/{running.pk}/")
+    # 8251.654321 s on 3 GPUs; 2 h 55 min on 1 GPU.
+    (charge,) = line_charges(
+        lines={
+            line.pk: ContractLine.objects.select_related("contract__sla_policy").get(pk=line.pk)
+        },
+        start=datetime(2026, 12, 1, tzinfo=UTC),
+        end=datetime(2027, 1, 1, tzinfo=UTC),
+        now=NOW + timedelta(hours=3),
+    )
+    alone = held_charge(line=line, gpu_seconds=Decimal("24754.962963"))
+
+    held, other_held = page.context["held"], other.context["held"]
+    assert held.gpu_seconds == Decimal("24754.962963")
+    assert (held.seconds, held.cost_minor) == (8251, alone.amount_minor) == (8251, 1650)
+    assert other_held.gpu_seconds == Decimal(10_500)
+    assert held.gpu_seconds + other_held.gpu_seconds == charge.quantity * 3600
+    assert charge.amount_minor == 1650 + 700 == held.cost_minor + other_held.cost_minor
+    html = page.content.decode()
+    assert 'data-held-seconds="8251"' in html
+    assert "(24754 GPU-seconds)" in html
+
+
+def _active_menu_entries(html: str) -> list[str]:
+    return re.findall(r'class="nav-link[^"]*" aria-current="page">([^<]+)</a>', html)
+
+
+def test_the_menu_puts_an_instance_under_instances_and_a_reserved_workload_under_contracts(
+    buyer_client, running, reservation
+):
+    container = container_create(
+        line=reservation,
+        image=PYTORCH,
+        ssh_public_key=SSH_KEY,
+        ports=[22],
+        env={},
+        actor=None,
+        gpu_count=1,
+    )
+
+    instance_page = buyer_client.get(f"/contracts/workloads/{running.pk}/").content.decode()
+    container_page = buyer_client.get(f"/contracts/workloads/{container.pk}/").content.decode()
+    contracts_page = buyer_client.get("/contracts/").content.decode()
+
+    assert _active_menu_entries(instance_page) == ["Instances"]
+    assert _active_menu_entries(container_page) == ["Contracts"]
+    assert _active_menu_entries(contracts_page) == ["Contracts"]

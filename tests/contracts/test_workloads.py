@@ -77,6 +77,45 @@ def test_instance_holds_gpus_of_one_node_open_ended_and_raises_the_generation(li
     assert AuditEvent.objects.filter(action="workload.instance_started").count() == 1
 
 
+def test_a_repeated_submission_key_starts_one_instance(line, devices):
+    first = start(line, gpus=2, submission_key="start-7f3c9a2e-0001")
+    again = start(line, gpus=2, at=NOW + timedelta(seconds=3), submission_key="start-7f3c9a2e-0001")
+
+    assert again.pk == first.pk
+    assert (first.replayed, again.replayed) == (False, True)
+    assert Workload.objects.count() == 1
+    assert list(Allocation.objects.values_list("workload_id", flat=True)) == [first.pk] * 2
+    assert AuditEvent.objects.filter(action="workload.instance_started").count() == 1
+    assert generations() == {devices[0].node_id: 1}
+
+
+def test_a_submission_key_reused_for_another_instance_is_refused(line, devices):
+    first = start(line, gpus=2, submission_key="start-7f3c9a2e-0001")
+    for changes in ({"gpus": 1}, {"image": "nvidia/cuda:12.4.1-base-ubuntu22.04"}, {"env": {}}):
+        with pytest.raises(ValidationError) as refused:
+            start(line, submission_key="start-7f3c9a2e-0001", **changes)
+        assert refused.value.code == "submission_reused"
+    assert list(Workload.objects.values_list("pk", flat=True)) == [first.pk]
+    assert Allocation.objects.count() == 2
+    # Another key, or none, starts another instance.
+    start(line, gpus=1, submission_key="start-7f3c9a2e-0002")
+    start(line, gpus=1)
+    assert Workload.objects.count() == 3
+
+
+def test_one_submission_key_per_line_in_the_database(line, devices):
+    first = start(line, gpus=1, submission_key="start-7f3c9a2e-0001")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Workload.objects.create(
+            line=line,
+            node_id=first.node_id,
+            kind=WorkloadKind.CONTAINER,
+            image=IMAGE,
+            started_at=NOW,
+            submission_key="start-7f3c9a2e-0001",
+        )
+
+
 def test_instance_goes_to_the_node_with_enough_free_gpus(line, devices):
     start(line, gpus=3)  # node 1 keeps one free GPU
     second = start(line, gpus=2)

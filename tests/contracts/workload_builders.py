@@ -24,6 +24,7 @@ def agent_reports(
     since: datetime,
     now: datetime,
     reason: str = "",
+    fault: str = "",
     ports: dict[str, int] | None = None,
 ) -> None:
     """The node's agent took the latest generation and reports ``workload`` in ``state``
@@ -35,6 +36,7 @@ def agent_reports(
         "state": state,
         "since": _rfc3339(since),
         "reason": reason,
+        "fault": fault,
         "gpus": sorted(workload.gpus.values_list("uuid", flat=True)),
         "connection": {"host": HOST, "ports": ports or {}, "endpoint": ""}
         if state == "running"

@@ -17,6 +17,9 @@ from capacity.agent.assignments import Assignment
 from capacity.agent.protocol import format_time, time_from_unix
 
 WORKLOAD_STATES = ("pending", "pulling", "starting", "running", "stopping", "stopped", "failed")
+# Whose fault a workload that ended on its own was (docs/workloads.md "Whose fault"): the
+# node's (it could not run what was asked) or the buyer's (their image, their process).
+NODE_FAULT, BUYER_FAULT = "node", "buyer"
 # How long a workload the platform removed stays listed as stopped (then its id is gone):
 # long enough for a platform polling every minute to read when it stopped.
 STOPPED_RETENTION_MS = 300_000
@@ -33,8 +36,9 @@ class WorkloadStatus:
     # Unix ms at which the workload entered ``state``.
     since_ms: int
     gpus: tuple[str, ...]
-    # Why it failed (or stopped on its own); empty otherwise.
+    # Why it failed (or stopped on its own), and whose fault that was; empty otherwise.
     reason: str = ""
+    fault: str = ""
     # Connection details, filled only while running: address, container port -> host
     # port, and the inference endpoint of a deployment.
     host: str = ""
@@ -47,6 +51,7 @@ class WorkloadStatus:
             "state": self.state,
             "since": format_time(time_from_unix(self.since_ms // 1000)),
             "reason": self.reason,
+            "fault": self.fault,
             "gpus": list(self.gpus),
             "connection": {
                 "host": self.host,

@@ -15,7 +15,13 @@ the daemon's Unix socket or TCP, with explicit timeouts, and maps failures to
 
 ``DockerRuntime`` runs one task per workload while it comes up (a node holds a handful),
 and ``refresh`` inspects running containers so one that exits shows as failed with its
-exit code (or stopped, for code 0). A container is named after its assignment, so an
+exit code (or stopped, for code 0).
+
+Whose fault a failure is (``fault``, docs/workloads.md "Whose fault"): the buyer's when
+the Engine refuses to pull their image as unknown or private (404, 401, 403) or their
+container exits on its own; the node's for everything else (a pull that fails for want of
+network or disk, a container that cannot be created or started, one that disappears),
+and always for a deployment, whose image and engine are the catalogue's. A container is named after its assignment, so an
 agent restarted while it ran adopts it instead of starting a second one.
 """
 
@@ -34,7 +40,9 @@ import httpx
 from capacity.agent.assignments import Assignment
 from capacity.agent.recorder import unix_ms_now
 from capacity.agent.runtime.base import (
+    BUYER_FAULT,
     FIRST_HOST_PORT,
+    NODE_FAULT,
     STOPPED_RETENTION_MS,
     RunningSpan,
     WorkloadStatus,
@@ -51,6 +59,8 @@ SSH_KEY_ENV = "HASHGRID_SSH_PUBLIC_KEY"
 # What serves a deployment's model: an OpenAI-compatible engine on this port.
 DEPLOYMENT_IMAGE = "vllm/vllm-openai:v0.6.4"
 DEPLOYMENT_PORT = 8000
+# The Engine's answers to a pull of an image that does not exist or is private.
+_IMAGE_REFUSED = frozenset({401, 403, 404})
 
 
 class DockerError(RuntimeError):
@@ -220,6 +230,7 @@ class DockerWorkload:
     state: str
     since_ms: int
     reason: str = ""
+    fault: str = ""
     container: str = ""
     ports: dict[int, int] = field(default_factory=dict)
     running_from_ms: int | None = None
@@ -238,9 +249,18 @@ class DockerRuntime:
         self.past_spans: list[RunningSpan] = []
         self._ports_in_use: set[int] = set()
 
-    def _move(self, workload: DockerWorkload, state: str, *, reason: str = "") -> None:
+    def _move(
+        self, workload: DockerWorkload, state: str, *, reason: str = "", fault: str = ""
+    ) -> None:
         workload.state, workload.reason, workload.since_ms = state, reason, unix_ms_now()
+        workload.fault = fault
         self.version += 1
+
+    @staticmethod
+    def _own_fault(workload: DockerWorkload) -> str:
+        """Whose fault what the container itself did is: the buyer's image, or the
+        catalogue's engine for a deployment (the node's)."""
+        return NODE_FAULT if workload.assignment.kind == "deployment" else BUYER_FAULT
 
     def _host_ports(self, wanted: list[int]) -> dict[int, int]:
         host_ports, candidate = {}, FIRST_HOST_PORT
@@ -277,7 +297,11 @@ class DockerRuntime:
                 try:
                     await self.engine.pull(image)
                 except DockerError as error:
-                    self._move(workload, "failed", reason=f"pull failed: {error.message}")
+                    refused = error.status in _IMAGE_REFUSED
+                    fault = self._own_fault(workload) if refused else NODE_FAULT
+                    self._move(
+                        workload, "failed", reason=f"pull failed: {error.message}", fault=fault
+                    )
                     return
                 self._move(workload, "starting")
                 workload.container = await self.engine.create(
@@ -289,7 +313,9 @@ class DockerRuntime:
             await self.engine.start(workload.container)
             inspected = await self.engine.inspect(workload.container)
         except DockerError as error:
-            self._move(workload, "failed", reason=f"start failed: {error.message}")
+            self._move(
+                workload, "failed", reason=f"start failed: {error.message}", fault=NODE_FAULT
+            )
             return
         self._observe(workload, inspected)
 
@@ -297,7 +323,7 @@ class DockerRuntime:
         """Take the state an inspection shows (None: the container is gone)."""
         if inspected is None:
             self._end_span(workload, unix_ms_now())
-            self._move(workload, "failed", reason="the container disappeared")
+            self._move(workload, "failed", reason="the container disappeared", fault=NODE_FAULT)
             return
         state = inspected.get("State") or {}
         if state.get("Running"):
@@ -312,11 +338,12 @@ class DockerRuntime:
         self._end_span(workload, finished)
         exit_code = int(state.get("ExitCode", 0))
         detail = str(state.get("Error") or "")
+        fault = self._own_fault(workload)
         if exit_code == 0 and not detail:
-            self._move(workload, "stopped", reason="exited with code 0")
+            self._move(workload, "stopped", reason="exited with code 0", fault=fault)
         else:
             reason = f"exited with code {exit_code}" + (f": {detail}" if detail else "")
-            self._move(workload, "failed", reason=reason)
+            self._move(workload, "failed", reason=reason, fault=fault)
         workload.since_ms = finished
 
     def _end_span(self, workload: DockerWorkload, at_ms: int) -> None:
@@ -340,7 +367,9 @@ class DockerRuntime:
             await self.engine.remove(name)
         except DockerError as error:
             if error.status != 404:
-                self._move(workload, "failed", reason=f"stop failed: {error.message}")
+                self._move(
+                    workload, "failed", reason=f"stop failed: {error.message}", fault=NODE_FAULT
+                )
                 return
         self._end_span(workload, unix_ms_now())
         self._ports_in_use.difference_update(workload.host_ports.values())
@@ -383,6 +412,7 @@ class DockerRuntime:
                     workload.since_ms,
                     assignment.gpus,
                     reason=workload.reason,
+                    fault=workload.fault,
                     host=self.host if running else "",
                     ports=ports,
                     endpoint=endpoint,

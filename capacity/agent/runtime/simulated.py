@@ -2,7 +2,9 @@
 
 A workload's whole life is a function of when it was started and stopped and of the
 settings: ``pending`` for ``pending_ms``, ``pulling`` for ``pull_ms``, then ``failed``
-("pull failed ...") when its image (a deployment: its model) is in ``fail_images``,
+("pull failed ...") when its image (a deployment: its model) is in ``fail_images`` (the
+buyer's fault for a container's image that does not exist, the node's for a catalogue
+model),
 else ``starting`` for ``start_ms`` and ``running``; once stopped, ``stopping`` for
 ``stop_ms``, ``stopped``, and gone after ``retention_ms``. Nothing runs in the
 background and nothing is polled: ``status`` computes the states from the clock, so ten
@@ -21,7 +23,9 @@ from dataclasses import dataclass, field
 from capacity.agent.assignments import Assignment
 from capacity.agent.recorder import unix_ms_now
 from capacity.agent.runtime.base import (
+    BUYER_FAULT,
     FIRST_HOST_PORT,
+    NODE_FAULT,
     STOPPED_RETENTION_MS,
     RunningSpan,
     WorkloadStatus,
@@ -127,7 +131,10 @@ class SimulatedRuntime:
         if workload.fails:
             subject = assignment.model if assignment.kind == "deployment" else assignment.image
             reason = f"pull failed: {subject}: manifest unknown"
-            return WorkloadStatus(assignment.id, "failed", pulled, assignment.gpus, reason=reason)
+            fault = NODE_FAULT if assignment.kind == "deployment" else BUYER_FAULT
+            return WorkloadStatus(
+                assignment.id, "failed", pulled, assignment.gpus, reason=reason, fault=fault
+            )
         if now_ms < running:
             return WorkloadStatus(assignment.id, "starting", pulled, assignment.gpus)
         host = self.settings.host

@@ -195,7 +195,7 @@ def test_a_workload_goes_pending_pulling_starting_running_with_its_connection(
         "ports": {"22": 40000, "8888": 40001},
         "endpoint": "",
     }
-    assert (running["gpus"], running["reason"]) == (agent.gpus[:1], "")
+    assert (running["gpus"], running["reason"], running["fault"]) == (agent.gpus[:1], "", "")
     assert running["since"].endswith("Z")
 
 
@@ -207,6 +207,8 @@ def test_a_failing_image_fails_with_its_reason_and_stays_listed(agent: Agent) ->
     assert seen == ["pending", "pulling", "failed"]
     assert failed is not None
     assert failed["reason"] == f"pull failed: {BROKEN_IMAGE}: manifest unknown"
+    # The buyer's image does not exist: the buyer's fault, not the node's.
+    assert failed["fault"] == "buyer"
     assert failed["connection"] == {"host": "", "ports": {}, "endpoint": ""}
     time.sleep(1.0)
     assert [w["state"] for w in agent.workloads()["workloads"]] == ["failed"]

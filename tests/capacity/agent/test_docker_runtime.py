@@ -164,7 +164,7 @@ def test_an_image_that_cannot_be_pulled_fails_with_the_engines_reason(engine: Pr
 
     failed = asyncio.run(scenario())
 
-    assert failed.state == "failed"
+    assert (failed.state, failed.fault) == ("failed", "buyer")
     assert failed.reason == (
         "pull failed: pull access denied for registry.example.com/nobody/missing, repository "
         "does not exist or may require 'docker login': denied: requested access to the "
@@ -189,7 +189,37 @@ def test_a_container_that_exits_shows_as_failed_with_its_exit_code(engine: Proce
     failed, spans = asyncio.run(scenario())
 
     assert (failed.state, failed.reason) == ("failed", "exited with code 137")
+    # The buyer's process exited: the buyer's fault, as the wire says it.
+    assert failed.fault == "buyer"
+    assert failed.to_wire()["fault"] == "buyer"
     assert spans[0].end_ms is not None
+
+
+def test_a_deployment_whose_engine_exits_is_the_nodes_fault(engine: Process) -> None:
+    deployment = Assignment(
+        id=JOB,
+        kind="deployment",
+        gpus=(GPU_A,),
+        model="llama-3.1-8b-instruct",
+        served_model_name=f"d-{JOB}",
+    )
+
+    async def scenario() -> Any:
+        runtime = DockerRuntime(docker_url=engine.url, host="203.0.113.7")
+        await runtime.start(deployment)
+        await _until(runtime, JOB, {"running"})
+        httpx.post(
+            f"{engine.url}/_fake/exit",
+            json={"id": f"hashgrid-{JOB}", "exit_code": 1, "error": ""},
+        )
+        failed = await _until(runtime, JOB, {"failed"})
+        await runtime.close()
+        return failed
+
+    failed = asyncio.run(scenario())
+
+    assert (failed.state, failed.reason, failed.fault) == ("failed", "exited with code 1", "node")
+    assert failed.to_wire()["fault"] == "node"
 
 
 def test_the_fake_answers_as_the_engine_documents(engine: Process) -> None:

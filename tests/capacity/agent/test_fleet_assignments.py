@@ -182,7 +182,10 @@ def test_a_failing_image_fails_and_a_removed_assignment_stops_then_goes(fleet: P
     stopping, _ = node.watch(JOB, {None})
 
     assert failing == ["pending", "pulling", "failed"]
-    assert failed["reason"] == f"pull failed: {BROKEN_IMAGE}: manifest unknown"
+    assert (failed["reason"], failed["fault"]) == (
+        f"pull failed: {BROKEN_IMAGE}: manifest unknown",
+        "buyer",
+    )
     assert stopping == ["stopping", "stopped", None]
     assert [(w["id"], w["state"]) for w in node.workloads()["workloads"]] == [(OTHER, "failed")]
 

@@ -4,8 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from capacity.agent.assignments import Assignment
 from capacity.agent.counters import CounterReadings
 from capacity.agent.fleet import build_parser
+from capacity.agent.runtime.simulated import SimulatedRuntime, SimulatedSettings
 from capacity.agent.simulator import (
     GPU_MODELS,
     SimClock,
@@ -139,3 +141,26 @@ def test_fleet_takes_the_simulated_runtime_settings() -> None:
 def test_fleet_refuses_a_bad_duration(value: str) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--nodes", "1", "--port", "1", f"--pull-seconds={value}"])
+
+
+def test_simulated_failures_say_whose_fault_they_are() -> None:
+    """A container's image that does not exist is the buyer's fault; a catalogue model
+    that cannot be pulled is the node's (docs/workloads.md "Whose fault")."""
+    runtime = SimulatedRuntime(
+        SimulatedSettings(pull_ms=1000, start_ms=1000, fail_images=frozenset({"gone", "m"}))
+    )
+    runtime.begin(Assignment(id="a" * 32, kind="container", gpus=("GPU-1",), image="gone"), 0)
+    runtime.begin(
+        Assignment(id="b" * 32, kind="deployment", gpus=("GPU-2",), model="m"),
+        0,
+    )
+    runtime.begin(Assignment(id="c" * 32, kind="container", gpus=("GPU-3",), image="ok"), 0)
+
+    statuses = {status.id[0]: status for status in runtime.status(5000)}
+
+    assert [(s.state, s.fault) for _, s in sorted(statuses.items())] == [
+        ("failed", "buyer"),
+        ("failed", "node"),
+        ("running", ""),
+    ]
+    assert statuses["b"].to_wire()["fault"] == "node"
