@@ -20,6 +20,7 @@ from contracts.billable_usage import UsageKey, held_gpu_seconds
 from contracts.models import Allocation, NodeAssignments, WorkloadState
 from contracts.workloads import instance_start, workload_stop
 from tests.contracts.usage_builders import active_contract, gpu_line
+from tests.factories import gpu_pool
 
 NOW = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
 
@@ -260,3 +261,157 @@ def test_a_node_lost_mid_instance_stops_billing_at_its_last_healthy_minute(workl
     assert held_gpu_seconds(
         start=NOW, end=NOW + timedelta(days=1), line_ids=[line.pk], now=NOW + timedelta(hours=9)
     ) == {UsageKey(line.pk): Decimal(2 * 72 * 60)}
+
+
+def test_one_batch_applies_several_nodes_news_as_one_at_a_time_would(line, devices, site):
+    """A batch of reports from four nodes, applied together (a few statements for all of
+    them): each node ends exactly as its report alone would leave it."""
+
+    def start():
+        return instance_start(
+            line=line,
+            gpu_count=2,
+            image="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+            ssh_public_key="",
+            ports=[22],
+            env={},
+            actor=None,
+            now=NOW,
+        )
+
+    # Two nodes of 4 GPUs: the first and third instance on node A, the second on B.
+    running, pushed_to_b, failing = start(), start(), start()
+    node_a, node_b = running.node_id, pushed_to_b.node_id
+    assert failing.node_id == node_a != node_b
+    node_c = gpu_pool(site=site, gpus=1)[0].node_id
+    node_d = gpu_pool(site=site, gpus=4, per_node=4)[0].node_id
+    malformed = start()  # the node with the most free GPUs: D
+    assert malformed.node_id == node_d
+    now = NOW + timedelta(minutes=1)
+    running_since = NOW + timedelta(seconds=31)
+    failed_at = NOW + timedelta(seconds=45)
+    connection = {"host": "203.0.113.7", "ports": {"22": 40022}, "endpoint": ""}
+    reports = [
+        # A: accepted generation 2, then read: one running, one failed.
+        AssignmentReport(
+            node_id=node_a,
+            polled_at=now,
+            agent_generation=1,
+            pushed_generation=2,
+            agent_digest="a" * 64,
+            workloads=[
+                {
+                    "id": running.public_id,
+                    "state": "running",
+                    "since": format_time(running_since),
+                    "connection": connection,
+                },
+                {
+                    "id": failing.public_id,
+                    "state": "failed",
+                    "since": format_time(failed_at),
+                    "reason": "image not found",
+                },
+            ],
+        ),
+        # B: the push failed (first attempt: 30 s backoff).
+        AssignmentReport(
+            node_id=node_b,
+            polled_at=now,
+            agent_generation=0,
+            pushed_generation=1,
+            push_error="no connection (ConnectError)",
+        ),
+        # C: never assigned, its (empty) list read: a row to remember the digest.
+        AssignmentReport(
+            node_id=node_c, polled_at=now, agent_generation=0, agent_digest="c" * 64, workloads=[]
+        ),
+        # D: a malformed moment in its list: its report alone is dropped.
+        AssignmentReport(
+            node_id=node_d,
+            polled_at=now,
+            agent_generation=0,
+            agent_digest="d" * 64,
+            workloads=[
+                {"id": malformed.public_id, "state": "running", "since": "2026-13-45T00:00:00Z"}
+            ],
+        ),
+    ]
+    apply_reports(reports=reports, now=now)
+
+    running.refresh_from_db()
+    failing.refresh_from_db()
+    pushed_to_b.refresh_from_db()
+    assert (running.state, running.state_since, running.connection, running.ended_at) == (
+        WorkloadState.RUNNING,
+        running_since,
+        connection,
+        None,
+    )
+    assert (failing.state, failing.ended_at, failing.reason) == (
+        WorkloadState.FAILED,
+        failed_at,
+        "image not found",
+    )
+    assert set(Allocation.objects.filter(workload=failing).values_list("period", flat=True)) == {
+        DateTimeTZRange(NOW, failed_at, "[)")
+    }
+    malformed.refresh_from_db()
+    assert (pushed_to_b.state, pushed_to_b.state_since) == (WorkloadState.REQUESTED, NOW)
+    assert (malformed.state, malformed.state_since) == (WorkloadState.REQUESTED, NOW)
+    rows = {
+        row["node_id"]: row
+        for row in NodeAssignments.objects.values(
+            "node_id",
+            "generation",
+            "agent_generation",
+            "digest",
+            "attempts",
+            "next_attempt_at",
+            "last_error",
+            "updated_at",
+        )
+    }
+    assert rows == {
+        # Generation 3: the failure just applied told it to drop the failed one.
+        node_a: {
+            "node_id": node_a,
+            "generation": 3,
+            "agent_generation": 2,
+            "digest": "a" * 64,
+            "attempts": 0,
+            "next_attempt_at": None,
+            "last_error": "",
+            "updated_at": now,
+        },
+        node_b: {
+            "node_id": node_b,
+            "generation": 1,
+            "agent_generation": 0,
+            "digest": "",
+            "attempts": 1,
+            "next_attempt_at": now + timedelta(seconds=30),
+            "last_error": "no connection (ConnectError)",
+            "updated_at": now,
+        },
+        node_c: {
+            "node_id": node_c,
+            "generation": 0,
+            "agent_generation": 0,
+            "digest": "c" * 64,
+            "attempts": 0,
+            "next_attempt_at": None,
+            "last_error": "",
+            "updated_at": now,
+        },
+        node_d: {
+            "node_id": node_d,
+            "generation": 1,
+            "agent_generation": 0,
+            "digest": "",
+            "attempts": 0,
+            "next_attempt_at": None,
+            "last_error": "",
+            "updated_at": NOW,
+        },
+    }
