@@ -181,11 +181,25 @@ def sweep_in_a_thread() -> None:
         raise failure[0]
 
 
+def listed(sdk: openai.OpenAI) -> list[str]:
+    """The models the gateway lists for ``sdk``'s key; none while its catalog has not seen
+    the deployment yet (a key tied to no inference line of an organization without
+    deployments gets 403)."""
+    try:
+        return [card.id for card in sdk.models.list().data]
+    except openai.PermissionDeniedError:
+        return []
+
+
 def chat_once_routed(sdk: openai.OpenAI, model: str):  # type: ignore[no-untyped-def]
-    """The first answer once the gateway routes ``model``: its catalog learns that the
-    deployment runs within about a second (docs/gateway.md "Deployments"); until then
-    the owner gets 503 ``no_healthy_node``."""
+    """The first answer once the gateway routes ``model``. Its catalog checks the
+    database every second and learns of the deployment, then that it runs (docs/gateway.md
+    "Deployments"; slower on a busy machine): until it lists the model the buyer's key
+    may not call it, and until it knows it runs the owner gets 503 ``no_healthy_node``."""
     deadline = time.monotonic() + 5
+    while model not in listed(sdk):
+        assert time.monotonic() < deadline, "the gateway never listed the deployment"
+        time.sleep(0.2)
     while True:
         try:
             return sdk.chat.completions.create(
