@@ -310,6 +310,17 @@ class ContractLine(models.Model):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} on contract {self.contract_id}"
 
+    @property
+    def is_in_force(self) -> bool:
+        """Whether the line buys something now: begun, not ended and, a reservation, not
+        past its period (whose end leaves ``ended_at`` empty). Workloads start only on one."""
+        now = timezone.now()
+        return (
+            self.ended_at is None
+            and self.starts_at <= now
+            and (self.ends_at is None or now < self.ends_at)
+        )
+
 
 class AllocationQuerySet(TenantQuerySet):
     tenant_path = "line__contract__buyer"

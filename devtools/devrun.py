@@ -33,6 +33,10 @@ URL = os.environ.get("HASHGRID_SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 WEB_PORT = urlsplit(URL).port or 80
 GATEWAY_URL = os.environ.get("HASHGRID_GATEWAY_URL", "http://127.0.0.1:8001").rstrip("/")
 GATEWAY_PORT = urlsplit(GATEWAY_URL).port or 80
+# Beat's metering sweep pushes assignments and reads workloads' states on its polls: every
+# 5 s in the demo (the least the settings allow), so an instance or a deployment started in
+# the browser is running within seconds rather than a minute or two.
+DEMO_POLL_INTERVAL_SECONDS = 5
 DEMO_LOGINS = [
     ("buyer", "buyer@hashgrid.test"),
     ("partner", "partner@hashgrid.test"),
@@ -76,8 +80,10 @@ def _receipt_public_key() -> str:
 
 def fleet_command(*, port: int, nodes: int, state_dir: Path, platform_key: str) -> list[str]:
     """The demo fleet: ``nodes`` simulated agents on ``port``, resumable from ``state_dir``,
-    checking receipts with the platform's key (without it every receipted request, so
-    every request through the gateway, is refused)."""
+    checking receipts and assignments with the platform's key (without it every request
+    through the gateway and every assignment is refused). Its simulated runtime starts
+    what it is assigned at once: the poll that pushes a workload usually reads it running,
+    so the buyer sees it running within a sweep or two (seconds, ``DEMO_POLL_INTERVAL_SECONDS``)."""
     return [
         PYTHON,
         "-m",
@@ -87,6 +93,9 @@ def fleet_command(*, port: int, nodes: int, state_dir: Path, platform_key: str) 
         "--seed=7",
         f"--state-dir={state_dir}",
         f"--platform-key={platform_key}",
+        "--pending-seconds=0",
+        "--pull-seconds=0",
+        "--start-seconds=0",
     ]
 
 
@@ -150,6 +159,9 @@ def main() -> int:
     # stop everything this command started.
     signal.signal(signal.SIGINT, _stop_on_signal)
     signal.signal(signal.SIGTERM, _stop_on_signal)
+    # Before migrating: a fresh database's beat entry is made with it, and every process
+    # started below (seeding, the worker, the gateway) reads it.
+    os.environ.setdefault("METERING_POLL_INTERVAL_SECONDS", str(DEMO_POLL_INTERVAL_SECONDS))
     started_db = False
     if not os.environ.get("DATABASE_URL"):
         started_db = not devdb.is_accepting()
@@ -205,6 +217,7 @@ def main() -> int:
         print(f"  inference gateway (OpenAI-compatible): {GATEWAY_URL}/v1")
         for role, email in DEMO_LOGINS:
             print(f"  {role:<32} {email}  /  {DEMO_PASSWORD}")
+        print("  buyer: Instances → Start an instance; Contracts → the contract → Deploy a model")
         print("\n".join(_inference_demo_lines()))
         print("  Ctrl-C stops everything.")
         print("=" * 64 + "\n", flush=True)

@@ -402,6 +402,26 @@ def test_a_buyer_deploys_a_model_on_reserved_gpus_and_sees_how_to_call_it(
     assert f"d-{deployment.public_id}" in listed
 
 
+def test_only_a_reservation_in_force_offers_to_deploy(buyer_client, contract, offer, devices):
+    """A reservation past its period (``ended_at`` stays empty) or not begun has no GPUs
+    to deploy on: its row offers nothing; the one in force does."""
+    periods = {
+        "over": (NOW - timedelta(days=40), NOW - timedelta(days=10)),
+        "in force": (NOW - timedelta(days=1), NOW + timedelta(days=29)),
+        "ahead": (NOW + timedelta(days=2), NOW + timedelta(days=32)),
+    }
+    lines = {
+        name: reserved_line(contract=contract, offer=offer, holds=[(devices[i], start, end)])
+        for i, (name, (start, end)) in enumerate(periods.items())
+    }
+
+    page = buyer_client.get(f"/contracts/{contract.pk}/").content.decode()
+
+    deploy_links = re.findall(r'href="/contracts/\d+/lines/(\d+)/deployments/new/"', page)
+    container_links = re.findall(r'href="/contracts/\d+/lines/(\d+)/containers/new/"', page)
+    assert deploy_links == container_links == [str(lines["in force"].pk)]
+
+
 def test_a_container_on_reserved_gpus_redeploys_on_the_same_gpus(buyer_client, reservation, clock):
     buyer_client.post(
         f"/contracts/{reservation.contract_id}/lines/{reservation.pk}/containers/new/",

@@ -22,7 +22,7 @@ from billing.models import (
 from billing.overview import finance_overview
 from billing.reconcile import reconcile_month
 from contracts.models import Contract
-from devtools.demo import books, fleet, inference, people
+from devtools.demo import books, compute, fleet, inference, people
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
     connect_fake,
     connect_settings,
@@ -167,6 +167,16 @@ def test_seed_demo_books_closes_a_month_on_the_demo_fleets_offers(
     )
     contract = Contract.objects.get(buyer=organizations["buyer"])
     assert sorted(contract.lines.values_list("kind", flat=True)) == ["inference", "reserved"]
+    # And the compute demo's: GPUs reserved from now (the month's have ended) and an
+    # on-demand GPU line, on the same contract, paid with the card the books saved.
+    settings.CONTRACTS_ASSUME_PAYMENT_METHOD = False
+    compute.seed_compute(buyer=organizations["buyer"], partner=partners[0], out=StringIO())
+    assert sorted(contract.lines.values_list("kind", "gpu_count")) == [
+        ("inference", 0),
+        ("on_demand_gpu", 0),
+        ("reserved", compute.RESERVED_GPUS),  # 2
+        ("reserved", books.DEMO_BUYER_GPUS),  # 4
+    ]
     # Seeding again (a second `make run`) changes nothing.
     assert (
         books.seed_demo_books(organizations=organizations, partners=partners, out=StringIO())

@@ -116,7 +116,8 @@ def test_devrun_prints_the_key_and_a_one_line_streaming_curl(settings, tmp_path,
 
 def test_devrun_starts_the_fleet_with_the_platforms_receipt_key(tmp_path):
     """Without ``--platform-key`` every fleet node refuses every receipt (401), so every
-    request through the gateway would fail over and end 503."""
+    request through the gateway would fail over and end 503, and every assignment (403).
+    Its runtime runs what it is assigned at once (tests/devtools/test_demo_compute.py)."""
     key = receipt_public_key_b64()
     assert devrun._receipt_public_key() == key  # what devrun derives from the settings
     assert devrun.fleet_command(
@@ -130,6 +131,9 @@ def test_devrun_starts_the_fleet_with_the_platforms_receipt_key(tmp_path):
         "--seed=7",
         f"--state-dir={tmp_path / 'fleet'}",
         f"--platform-key={key}",
+        "--pending-seconds=0",
+        "--pull-seconds=0",
+        "--start-seconds=0",
     ]
 
 

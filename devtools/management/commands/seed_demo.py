@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from devtools.demo import books, fleet, inference, people
+from devtools.demo import books, compute, fleet, inference, people
 
 
 class Command(BaseCommand):
@@ -23,5 +23,15 @@ class Command(BaseCommand):
             f"inference: {demo_inference['serving_nodes']} node(s) serve the demo product, "
             f"{demo_inference['online_nodes']} online; "
             f"the demo key is in {demo_inference['key_file']}"
+        )
+        # Reserved GPUs to deploy a model on and an on-demand GPU line to start instances
+        # on, which reach running within seconds: devtools/demo/compute.py.
+        demo_compute = compute.seed_compute(
+            buyer=organizations["buyer"], partner=organizations["partner"], out=self.stdout
+        )
+        sweep_seconds = compute.sweep_in_step()
+        self.stdout.write(
+            f"compute: reserved line {demo_compute['reserved_line']}, on-demand GPU line "
+            f"{demo_compute['on_demand_line']}; the metering sweep runs every {sweep_seconds} s"
         )
         self.stdout.write(self.style.SUCCESS("demo data ready"))
