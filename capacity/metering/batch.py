@@ -159,7 +159,11 @@ def poll_and_store(
             node_id=node_id, error=error, polled_at=now, interval_seconds=interval_seconds
         )
         result.failed += 1
-    next_poll_at = now + timedelta(seconds=interval_seconds)
+    # Due again half an interval from now: beat's sweeps come every interval, and this
+    # batch runs a moment after the sweep that claimed the node; due a whole interval
+    # from now, the node would miss the next sweep by that moment and be polled only
+    # every second interval.
+    next_poll_at = now + timedelta(seconds=interval_seconds) / 2
     with ingest.asynchronous_commit():
         for outcomes in poll_concurrently(
             targets,

@@ -12,7 +12,7 @@ from django.core import mail
 from django.db import DataError
 
 from capacity.agent.protocol import GENESIS_PREV_HASH
-from capacity.metering import batch, ingest
+from capacity.metering import batch, ingest, sweep
 from capacity.metering.models import (
     GpuAvailabilityDay,
     HourlyUsage,
@@ -97,7 +97,11 @@ def test_poll_stores_each_record_once_with_rollups_and_cursor(poll, node, fake_a
     state = NodePollState.objects.get(node=node)
     assert (state.journal_epoch, state.last_seq) == ("epoch-one", 4)
     assert state.last_hash == fake_agent.records[-1]["hash"]
-    assert state.last_success_at == NOW and state.next_poll_at == NOW + timedelta(seconds=60)
+    # Due again half an interval later, so the next sweep (one interval after the sweep
+    # that claimed it, a moment before this batch ran) polls it again.
+    assert state.last_success_at == NOW and state.next_poll_at == NOW + timedelta(seconds=30)
+    next_sweep = NOW - timedelta(seconds=2) + timedelta(seconds=60)
+    assert sweep.claim_due_nodes(now=next_sweep, limit=10, lease=timedelta(seconds=60)) == [node.pk]
     node.refresh_from_db()
     assert node.last_successful_poll_at == NOW and node.gpu_utilization_pct == 50
     assert node.status == NodeStatus.ONLINE
