@@ -246,6 +246,8 @@ def _ordinal(record: dict[str, Any]) -> int:
 def test_usage_records_name_the_running_assignment_and_idle_gpus_stay_idle(
     agent: Agent,
 ) -> None:
+    # A window journaled before the assignment, so there is time before it to check.
+    records_until(agent.records, lambda rs: len(rs) >= len(agent.gpus))
     agent.put(agent.body(1, [container(JOB, agent.gpus[:1])]))
     _, running = watch_states(agent.client, agent.url, agent.public_key, JOB, until={"running"})
     assert running is not None
