@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -137,16 +138,22 @@ def assignment_covers(
 def load_plans(*, node_ids: Sequence[int], now: datetime) -> dict[int, NodeAssignmentPlan]:
     """Each node's ``NodeAssignmentPlan`` (see the module docstring). Three queries, plus
     one signature per node with a push due."""
+    # The generations before the workloads: a change committed between the two reads is
+    # then in the body signed under an older generation (harmless: the next poll pushes
+    # the newer one), never missing from a body signed under its own generation (the
+    # agent would hold that generation and the change would never reach it).
+    rows = list(
+        NodeAssignments.objects.filter(node_id__in=list(node_ids)).values_list(
+            "node_id",
+            "generation",
+            "agent_generation",
+            "digest",
+            "next_attempt_at",
+            "node__agent_public_key",
+        )
+    )
     covers, desired = assignment_covers(node_ids=node_ids, now=now)
     plans: dict[int, NodeAssignmentPlan] = {}
-    rows = NodeAssignments.objects.filter(node_id__in=list(node_ids)).values_list(
-        "node_id",
-        "generation",
-        "agent_generation",
-        "digest",
-        "next_attempt_at",
-        "node__agent_public_key",
-    )
     for node_id, generation, agent_generation, digest, next_attempt_at, agent_key in rows:
         push = None
         if generation > agent_generation and (next_attempt_at is None or next_attempt_at <= now):
@@ -273,6 +280,9 @@ def _node_news(
         state = str(item.get("state", ""))
         since = parse_datetime(str(item.get("since", ""))) or now
         since = min(since if since.tzinfo else since.replace(tzinfo=UTC), now)
+        # Not before the workload entered the state the platform last stored (the agent
+        # cannot take back time it reported running, nor bill past now).
+        since = max(since, workload.state_since)
         reason = str(item.get("reason", ""))[:500]
         if state in (WorkloadState.FAILED, WorkloadState.STOPPED):
             # A workload the platform still wants that stopped by itself has failed.
@@ -289,9 +299,7 @@ def _node_news(
             continue
         if state not in _RUNNING_STATES:
             continue
-        details = item.get("connection")
-        if not isinstance(details, dict) or len(str(details)) > _MAX_CONNECTION_CHARS:
-            details = {}
+        details = connection_details(item.get("connection"), ports=workload.ports)
         if workload.state == state and workload.connection == details:
             continue
         changes[workload.pk] = _StateChange(
@@ -312,6 +320,38 @@ FROM unnest(%(ids)s::bigint[], %(states)s::text[], %(since)s::timestamptz[],
             %(connections)s::text[]) AS news(id, state, since, connection)
 WHERE workload.id = news.id AND NOT workload.state = ANY(%(ended)s::text[])
 """
+
+
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+_ENDPOINT = re.compile(r"^https?://[A-Za-z0-9][A-Za-z0-9.:-]{0,252}(/[A-Za-z0-9._~/-]{0,200})?$")
+
+
+def connection_details(details: object, *, ports: Sequence[int]) -> dict[str, object]:
+    """What of an agent's ``connection`` may be shown to the buyer, who pastes the SSH
+    command built from it into a shell: a host name or address (no leading ``-``, no
+    spaces or shell characters), the mapping of the workload's own ports to port numbers,
+    an ``http(s)`` endpoint. Anything else the agent sent is dropped."""
+    if not isinstance(details, dict) or len(str(details)) > _MAX_CONNECTION_CHARS:
+        return {}
+    clean: dict[str, object] = {}
+    host = details.get("host")
+    if isinstance(host, str) and (host == "" or _HOST.match(host)):
+        clean["host"] = host
+    mapped = details.get("ports")
+    if isinstance(mapped, dict):
+        asked = {str(port) for port in ports}
+        clean["ports"] = {
+            str(port): number
+            for port, number in mapped.items()
+            if str(port) in asked
+            and isinstance(number, int)
+            and not isinstance(number, bool)
+            and 1 <= number <= 65535
+        }
+    endpoint = details.get("endpoint")
+    if isinstance(endpoint, str) and (endpoint == "" or _ENDPOINT.match(endpoint)):
+        clean["endpoint"] = endpoint
+    return clean
 
 
 def reported_fault(workload: Workload, fault: object) -> WorkloadFault:

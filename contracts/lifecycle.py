@@ -117,17 +117,25 @@ def contract_suspend(*, contract: Contract, actor: User | None, reason: str) -> 
     """Active → suspended (unpaid invoices at the end of dunning; staff action).
 
     API keys of its on-demand lines stop being honoured and attributed; reservations stay
-    held and are flagged on the buyer's pages until the contract is resumed.
+    held and are flagged on the buyer's pages until the contract is resumed. Its on-demand
+    instances stop now (billed per second held, they would go on costing what the buyer
+    is not paying, and hold the partner's GPUs); the buyer starts new ones once resumed.
     """
+    now = timezone.now()
     contract = _transition(
         contract=contract,
         from_states=(ContractState.ACTIVE,),
         to_state=ContractState.SUSPENDED,
         verb="suspend",
-        suspended_at=timezone.now(),
+        suspended_at=now,
         suspension_reason=reason[:200],
     )
     _audit("suspended", contract=contract, actor=actor, reason=reason)
+    line_workloads_end(
+        line_ids=contract.lines.filter(kind=LineKind.ON_DEMAND_GPU).values_list("pk", flat=True),
+        at=now,
+        reason="The contract was suspended.",
+    )
     return contract
 
 

@@ -774,9 +774,12 @@ def _end_with_lines(*, workloads: list[Workload], now: datetime) -> int:
     return stopped
 
 
-def line_workloads_end(*, line_ids: Iterable[int], at: datetime) -> int:
-    """Stop the running workloads of ``line_ids`` at ``at`` (their lines end there), in
-    the caller's transaction. Returns how many it stopped."""
+def line_workloads_end(
+    *, line_ids: Iterable[int], at: datetime, reason: str = "The contract line ended."
+) -> int:
+    """Stop the running workloads of ``line_ids`` at ``at`` (their lines end there, or
+    their contract was suspended: ``reason``), in the caller's transaction. Returns how
+    many it stopped."""
     workloads = list(
         Workload.objects.active().filter(line_id__in=list(line_ids)).select_related("line")
     )
@@ -787,7 +790,7 @@ def line_workloads_end(*, line_ids: Iterable[int], at: datetime) -> int:
             state=WorkloadState.STOPPED,
             at=at,
             now=max(at, timezone.now()),
-            reason="The contract line ended.",
+            reason=reason,
             action="workload.stopped_with_line",
         )
         stopped += changed

