@@ -541,7 +541,7 @@ class AgentHttp:
         await self._client.aclose()
 
     async def get(
-        self, url: str, *, token: str, params: dict[str, int] | None = None
+        self, url: str, *, token: str, params: dict[str, int | str] | None = None
     ) -> SignedBody:
         """GET ``url`` with the node's bearer token; the body bytes and signature of a 200."""
         return await self.request("GET", url, token=token, params=params)
@@ -565,7 +565,7 @@ class AgentHttp:
         url: str,
         *,
         token: str | None = None,
-        params: dict[str, int] | None = None,
+        params: dict[str, int | str] | None = None,
         json_body: object = None,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,

@@ -7,7 +7,7 @@ Registered in ``ContractsConfig.ready``; metering calls it without importing con
   still believed), the signed body to push when the node's generation is ahead of its
   agent's and no backoff holds it back, and the digest of the workloads last read.
 - ``apply_reports``: the generation the agent holds; a failed push backs off (30 s
-  doubling up to 15 min); workloads' states from ``GET /v1/workloads`` (a failure ends
+  doubling up to 15 min); workloads' states from the list the poll read (a failure ends
   the workload at the moment the agent says it failed, with whose fault it was,
   ``reported_fault``); a node that went unreachable
   loses its running instances at the last minute it was seen healthy. A batch's reports

@@ -29,7 +29,8 @@ Workloads (protocol v1.1, docs/workloads.md): every node serves ``PUT
 /n/<i>/v1/assignments`` (checked with ``--platform-key``) and ``GET /n/<i>/v1/workloads``
 from its own simulated runtime (``capacity.agent.runtime.simulated``, timings and
 failures set by ``--pull-seconds``, ``--start-seconds``, ``--fail-image``...), and its
-``/v1/usage`` answers carry the ``assignments`` generation and digest. A GPU is busy
+``/v1/usage`` answers carry the ``assignments`` generation and digest (and the list when
+the platform's ``workloads`` digest is another). A GPU is busy
 only while an assignment runs on it: records of such windows name the assignment, all
 others are idle. The runtime computes states from the clock, so converging costs no
 timer and no task per node: a node that never got an assignment holds nothing for it.
@@ -97,7 +98,6 @@ from capacity.agent.assignments import (
     BadPlatformSignature,
     is_repeat,
     parse_assignments,
-    workloads_digest,
 )
 from capacity.agent.counters import CounterReadings, readings_delta
 from capacity.agent.engine import ENDPOINT_PATTERN, EngineSettings, SimulatedEngine
@@ -119,6 +119,7 @@ from capacity.agent.inference import (
 )
 from capacity.agent.protocol import (
     GENESIS_PREV_HASH,
+    USAGE_WORKLOADS_PARAM,
     chain_record,
     hash_token,
     public_key_b64,
@@ -152,7 +153,7 @@ from capacity.agent.simulator import (
     truth_payload,
     window_activity,
 )
-from capacity.agent.workloads import CachedWorkloads
+from capacity.agent.workloads import EMPTY_VIEW, CachedWorkloads, WorkloadView, usage_member
 
 CHECKPOINT_EVERY = 512
 RECENT_HASHES = 16
@@ -247,10 +248,6 @@ class AssignmentLog:
                 except (UnicodeDecodeError, json.JSONDecodeError):
                     continue  # a line torn by a kill
         return entries
-
-
-# The ``assignments`` member of a node that never accepted any.
-NO_ASSIGNMENTS = {"generation": 0, "digest": workloads_digest([])}
 
 
 @dataclass
@@ -357,18 +354,11 @@ class FleetNode:
             self.runtime.begin(assignment, at_ms)
         self.held = accepted
 
-    def workloads(self, now_ms: int) -> tuple[dict[str, object], str]:
+    def workloads(self, now_ms: int) -> WorkloadView:
         """``/v1/workloads``'s body and its digest."""
         if self.runtime is None or self.workload_cache is None:
-            return {"generation": 0, "workloads": []}, str(NO_ASSIGNMENTS["digest"])
-        view = self.workload_cache.get(self.runtime, self.held.generation, now_ms)
-        return view.payload, view.digest
-
-    def assignments_member(self, now_ms: int) -> dict[str, object]:
-        if self.runtime is None:
-            return NO_ASSIGNMENTS
-        _, digest = self.workloads(now_ms)
-        return {"generation": self.held.generation, "digest": digest}
+            return EMPTY_VIEW
+        return self.workload_cache.get(self.runtime, self.held.generation, now_ms)
 
     @cached_property
     def private_key(self) -> Ed25519PrivateKey:
@@ -679,11 +669,12 @@ async def node_view(request: web.Request) -> web.Response:
             after, limit = node.last_usage_params
         node.last_usage_params = (after, limit)
         page = node.usage(after=after, limit=limit, real_now_ms=now_ms)
-        page["assignments"] = node.assignments_member(now_ms)
+        page["assignments"] = usage_member(
+            node.workloads(now_ms), platform_digest=request.query.get(USAGE_WORKLOADS_PARAM)
+        )
         return node.respond(page)
     if endpoint == "workloads":
-        payload, _ = node.workloads(now_ms)
-        return node.respond(payload)
+        return node.respond(node.workloads(now_ms).payload)
     if endpoint == "_sim/truth":
         return node.respond(
             truth_payload(

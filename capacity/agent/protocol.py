@@ -25,6 +25,9 @@ PROTOCOL_VERSION = 1
 # prev_hash of the first record of every journal epoch.
 GENESIS_PREV_HASH = "0" * 64
 SIGNATURE_HEADER = "X-Agent-Signature"
+# The ``/v1/usage`` query parameter by which the platform says the workloads digest it
+# holds; an answer whose digest differs embeds the list (docs/workloads.md "Cheap polling").
+USAGE_WORKLOADS_PARAM = "workloads"
 # ``assignment`` (v1.1): work for an assignment the platform signed; ``allocation`` is what
 # agents before v1.1 reported for busy GPUs.
 WORKLOAD_KINDS = ("assignment", "allocation", "inference", "idle")

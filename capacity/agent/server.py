@@ -58,6 +58,7 @@ from capacity.agent.inference import (
 from capacity.agent.protocol import (
     PROTOCOL_VERSION,
     SIGNATURE_HEADER,
+    USAGE_WORKLOADS_PARAM,
     GpuInfo,
     encode_body,
     format_time,
@@ -282,7 +283,9 @@ async def usage_view(request: web.Request) -> web.Response:
     service.last_usage_params = (after, limit)
     page = service.recorder.journal.page(after=after, limit=limit).to_wire()
     if service.workloads is not None:
-        page["assignments"] = service.workloads.usage_member()
+        page["assignments"] = service.workloads.usage_member(
+            platform_digest=request.query.get(USAGE_WORKLOADS_PARAM)
+        )
     return service.respond(page)
 
 

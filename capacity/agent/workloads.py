@@ -8,9 +8,11 @@ started and is no longer assigned, and lets the runtime look at its workloads, a
 after each accepted set and every ``REFRESH_SECONDS`` otherwise. On start the supervisor
 reloads the accepted set from disk, so the loop's first pass converges to it.
 
-``workloads`` is the body of ``GET /v1/workloads``; its digest (for ``/v1/usage``) is
-cached until the runtime changes or its clock-driven next change comes, so a poll costs
-a comparison. ``coverage`` tells the usage recorder which assignment held a GPU.
+``workloads`` is the body of ``GET /v1/workloads``; it and its digest (for ``/v1/usage``)
+are cached until the runtime changes or its clock-driven next change comes, so a poll
+costs a comparison. A usage answer embeds the list itself when the platform's digest
+(the query's ``workloads``) is another (``usage_member``). ``coverage`` tells the usage
+recorder which assignment held a GPU.
 """
 
 from __future__ import annotations
@@ -60,6 +62,22 @@ def workloads_view(
         generation=generation,
         valid_until_ms=next_change_ms,
     )
+
+
+# The view of an agent that never accepted any assignment.
+EMPTY_VIEW = workloads_view(generation=0, statuses=[], version=0, next_change_ms=None)
+
+
+def usage_member(view: WorkloadView, *, platform_digest: str | None) -> dict[str, object]:
+    """The ``assignments`` member of a ``/v1/usage`` answer: the generation and the
+    digest, plus the ``workloads`` list itself when the platform said it holds another
+    digest (``platform_digest``, the query's ``workloads``: empty when it holds none;
+    None, not asked, from platforms before the parameter), so the platform never has to
+    ``GET /v1/workloads`` to learn what moved."""
+    member: dict[str, object] = {"generation": view.generation, "digest": view.digest}
+    if platform_digest is not None and platform_digest != view.digest:
+        member["workloads"] = view.payload["workloads"]
+    return member
 
 
 class CachedWorkloads:
@@ -162,10 +180,9 @@ class WorkloadSupervisor:
     def view(self, now_ms: int | None = None) -> WorkloadView:
         return self.cache.get(self.runtime, self.held.generation, now_ms or unix_ms_now())
 
-    def usage_member(self) -> dict[str, object]:
-        """The ``assignments`` member of ``/v1/usage`` answers."""
-        view = self.view()
-        return {"generation": view.generation, "digest": view.digest}
+    def usage_member(self, *, platform_digest: str | None) -> dict[str, object]:
+        """The ``assignments`` member of ``/v1/usage`` answers (``usage_member``)."""
+        return usage_member(self.view(), platform_digest=platform_digest)
 
     def coverage(self, gpu_uuid: str, start_ms: int, end_ms: int) -> tuple[str, int] | None:
         return covering_assignment(self.runtime.spans(), gpu_uuid, start_ms, end_ms)

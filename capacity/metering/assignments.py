@@ -9,9 +9,10 @@ hook ``ContractsConfig.ready`` registers; metering never imports contracts):
   higher than the one its agent last reported and no backoff holds it back;
 - the digest of the workload list last read.
 
-The poll (``polling.poll_node``) reads the agent's ``{generation, digest}`` from its usage
-answer, pushes only when the agent holds an older generation, and reads ``GET
-/v1/workloads`` only when the digest changed. After the batch stored its pages, what was
+The poll (``polling.poll_node``) sends the digest last read with its first usage request
+and reads the agent's ``{generation, digest}`` from the answer, which embeds the
+workloads list itself when the digest changed; it pushes only when the agent holds an
+older generation (``GET /v1/workloads`` only for agents that do not embed the list). After the batch stored its pages, what was
 found goes back to contracts (``apply_reports``): the generation the agent holds, the
 push's result (backoff while it fails), the workloads' states; and for a node whose poll
 failed, that it failed, so contracts can mark its instances lost. A poll that learnt
@@ -71,7 +72,8 @@ class AssignmentReport:
     # The push: the generation sent, and '' when accepted or why it failed.
     pushed_generation: int | None = None
     push_error: str = ""
-    # ``GET /v1/workloads`` when read: its verified ``workloads`` list.
+    # The verified ``workloads`` list when read: embedded in the usage answer, or from
+    # ``GET /v1/workloads`` (agents that do not embed it).
     workloads: list[object] | None = None
 
     def is_news(self, plan: NodeAssignmentPlan) -> bool:

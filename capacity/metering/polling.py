@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from capacity.agent.protocol import (
     GENESIS_PREV_HASH,
+    USAGE_WORKLOADS_PARAM,
     canonical_json,
     verify_chain,
     verify_signature,
@@ -259,12 +260,13 @@ async def _poll_usage(http: AgentHttp, target: PollTarget, outcome: PollOutcome)
         platform_key=receipt_public_key(),
         seen_rids=set(),
     )
-    for _ in range(MAX_PAGES_PER_POLL):
-        answer = await http.get(
-            target.url("usage"),
-            token=target.token,
-            params={"after": chain_seq, "limit": PAGE_LIMIT},
-        )
+    for page_number in range(MAX_PAGES_PER_POLL):
+        params: dict[str, int | str] = {"after": chain_seq, "limit": PAGE_LIMIT}
+        if page_number == 0:
+            # The digest of the workloads last read: the first page embeds the agent's list
+            # when its own differs (docs/workloads.md "Cheap polling").
+            params[USAGE_WORKLOADS_PARAM] = target.assignments.digest
+        answer = await http.get(target.url("usage"), token=target.token, params=params)
         try:
             payload = _signed_json(answer.body, answer.signature, target.public_key, "usage page")
         except _Unverified as error:
@@ -346,15 +348,25 @@ _HEX64 = frozenset("0123456789abcdef")
 
 
 def _read_assignments_member(payload: object, outcome: PollOutcome) -> None:
-    """Keep the usage answer's ``assignments`` ``{generation, digest}`` (v1.1 agents)."""
+    """Keep the usage answer's ``assignments`` ``{generation, digest}`` (v1.1 agents),
+    and its ``workloads`` list when embedded (the first page, when the agent's digest is
+    not the one the platform sent)."""
     member = payload.get("assignments") if isinstance(payload, dict) else None
-    if not isinstance(member, dict) or outcome.assignment_report is None:
+    report = outcome.assignment_report
+    if not isinstance(member, dict) or report is None:
         return
     generation, digest = member.get("generation"), member.get("digest")
     if isinstance(generation, int) and not isinstance(generation, bool) and generation >= 0:
-        outcome.assignment_report.agent_generation = generation
-    if isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX64:
-        outcome.assignment_report.agent_digest = digest
+        report.agent_generation = generation
+    if report.workloads is not None:
+        return  # the digest stays the one of the list read
+    workloads = member.get("workloads")
+    if isinstance(workloads, list):
+        report.workloads = workloads
+        # The digest of the list as read, computed here: the agent's word is not needed.
+        report.agent_digest = hashlib.sha256(canonical_json(workloads).encode()).hexdigest()
+    elif isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX64:
+        report.agent_digest = digest
 
 
 PLATFORM_SIGNATURE_HEADER = "X-Platform-Signature"
@@ -362,7 +374,8 @@ PLATFORM_SIGNATURE_HEADER = "X-Platform-Signature"
 
 async def _sync_assignments(http: AgentHttp, target: PollTarget, outcome: PollOutcome) -> None:
     """Push the desired assignments if the agent holds an older generation; read its
-    workloads if their digest changed. A v1 agent (no ``assignments`` in its usage
+    workloads if their digest changed and the usage answer did not embed them (an agent
+    before the ``workloads`` parameter). A v1 agent (no ``assignments`` in its usage
     answer) is neither pushed to nor read."""
     report, plan = outcome.assignment_report, target.assignments
     if report is None or report.agent_generation is None:
@@ -383,7 +396,11 @@ async def _sync_assignments(http: AgentHttp, target: PollTarget, outcome: PollOu
             report.push_error = f"the agent refused the assignments: {error}"
         except (AgentError, _Unverified, ValueError) as error:
             report.push_error = str(error)
-    if report.agent_digest is not None and report.agent_digest != plan.digest:
+    if (
+        report.workloads is None
+        and report.agent_digest is not None
+        and report.agent_digest != plan.digest
+    ):
         try:
             answer = await http.get(target.url("workloads"), token=target.token)
             payload = _signed_json(answer.body, answer.signature, target.public_key, "workloads")

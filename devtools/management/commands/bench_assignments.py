@@ -14,7 +14,7 @@ measured sweep polls every node and stores one window per GPU, as in production.
    ``_start_instances``): new assignments;
 4. sweep B, the next tick, pushes them (``PUT /v1/assignments``): its CPU;
 5. sweeps at each next tick until every new workload is ``running`` in the database
-   (the sweep read it from ``GET /v1/workloads``): how many polls, how many seconds
+   (the sweep read it from the list its usage answer embedded): how many polls, how many seconds
    from the assignments' creation, and in poll intervals.
 
 CPU is the OS's process CPU time (all threads: the sweep, the HTTP polling thread) of

@@ -239,6 +239,28 @@ def test_usage_answers_carry_the_generation_and_the_workloads_digest(agent: Agen
     assert page["assignments"] == {"generation": 3, "digest": digest(listed["workloads"])}
 
 
+def test_usage_answers_embed_the_workloads_when_the_platform_holds_another_digest(
+    agent: Agent,
+) -> None:
+    agent.put(agent.body(3, [container(JOB, agent.gpus[:1])]))
+    watch_states(agent.client, agent.url, agent.public_key, JOB, until={"running"})
+    listed = agent.workloads()
+    held = digest(listed["workloads"])
+
+    def member(platform_digest: str) -> dict[str, Any]:
+        response = agent.client.get(
+            f"{agent.url}/v1/usage", params={"limit": 1, "workloads": platform_digest}
+        )
+        # The signature covers the whole body, the embedded list included.
+        return dict(agent.answer(response)["assignments"])
+
+    same, other, none = member(held), member(digest([])), member("")
+
+    assert same == {"generation": 3, "digest": held}
+    assert other == {"generation": 3, "digest": held, "workloads": listed["workloads"]}
+    assert none == other
+
+
 def _ordinal(record: dict[str, Any]) -> int:
     return (int(record["seq"]) - 1) // 2
 

@@ -28,7 +28,7 @@ from tests.capacity.agent.receipting import raw_public_b64
 from tests.capacity.agent.verification import check_chain, fetch_all_records, signed_json
 
 SEED = 9
-NODES = 6
+NODES = 8
 GPUS = 2
 PLATFORM = Ed25519PrivateKey.from_private_bytes(bytes(range(7, 39)))
 BROKEN_IMAGE = "registry.example.com/broken:1"
@@ -139,6 +139,33 @@ def test_a_node_runs_what_it_was_assigned_and_its_records_name_it(fleet: Process
         bystander.public_key,
     )
     assert idle_page["assignments"] == {"generation": 0, "digest": digest([])}
+
+
+def test_fleet_usage_answers_embed_the_workloads_when_the_platform_holds_another_digest(
+    fleet: Process,
+) -> None:
+    node, bystander = Node(fleet, 6), Node(fleet, 7)
+    node.assign(1, [container(JOB, node.gpus[:1])])
+    node.watch(JOB, {"running"})
+    listed = node.workloads()
+    held = digest(listed["workloads"])
+
+    def member(of: Node, platform_digest: str) -> dict[str, Any]:
+        response = of.client.get(
+            f"{of.url}/v1/usage", params={"limit": 1, "workloads": platform_digest}
+        )
+        # The signature covers the whole body, the embedded list included.
+        return dict(signed_json(response, of.public_key)["assignments"])
+
+    assert member(node, held) == {"generation": 1, "digest": held}
+    assert member(node, digest([])) == {
+        "generation": 1,
+        "digest": held,
+        "workloads": listed["workloads"],
+    }
+    # A node never assigned anything: the empty list, embedded only for another digest.
+    assert member(bystander, digest([])) == {"generation": 0, "digest": digest([])}
+    assert member(bystander, "") == {"generation": 0, "digest": digest([]), "workloads": []}
 
 
 def test_fleet_nodes_refuse_forged_and_stale_assignments(fleet: Process) -> None:

@@ -8,6 +8,7 @@ the ``broker`` and ``worker`` fixtures come from celery_worker.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,8 @@ from accounts.models import Role
 from capacity.agent.protocol import (
     GENESIS_PREV_HASH,
     SIGNATURE_HEADER,
+    USAGE_WORKLOADS_PARAM,
+    canonical_json,
     chain_record,
     encode_body,
     public_key_b64,
@@ -124,6 +127,11 @@ class FakeAgent:
     sign_with: Ed25519PrivateKey | None = None
     status: int = 200
     xid_errors: int = 0
+    # Protocol v1.1: the workloads it lists (None: a v1 agent, no ``assignments`` member),
+    # and whether its usage answers embed them when the platform's digest differs (False:
+    # an agent from before the ``workloads`` parameter, read with ``GET /v1/workloads``).
+    workloads: list[dict[str, object]] | None = None
+    embeds_workloads: bool = True
     requests_seen: list[str] = field(default_factory=list)
 
     def append(self, *entries: dict[str, object]) -> None:
@@ -156,18 +164,26 @@ class FakeAgent:
                 for uuid in GPU_UUIDS
             ]
             return self._respond({"node_id": "n", "gpus": gpus, "time": "2026-01-05T10:00:00Z"})
+        if request.url.path == "/v1/workloads" and self.workloads is not None:
+            return self._respond({"generation": 1, "workloads": self.workloads})
         after = int(request.url.params.get("after", 0))
         limit = int(request.url.params.get("limit", 500))
         page = [r for r in self.records if int(r["seq"]) > after][:limit]
         head = self.records[-1] if self.records else None
-        return self._respond(
-            {
-                "journal_epoch": self.epoch,
-                "records": page,
-                "head_seq": int(head["seq"]) if head else 0,
-                "head_hash": str(head["hash"]) if head else GENESIS_PREV_HASH,
-            }
-        )
+        answer: dict[str, object] = {
+            "journal_epoch": self.epoch,
+            "records": page,
+            "head_seq": int(head["seq"]) if head else 0,
+            "head_hash": str(head["hash"]) if head else GENESIS_PREV_HASH,
+        }
+        if self.workloads is not None:
+            held = hashlib.sha256(canonical_json(self.workloads).encode()).hexdigest()
+            member: dict[str, object] = {"generation": 1, "digest": held}
+            platform_digest = request.url.params.get(USAGE_WORKLOADS_PARAM)
+            if self.embeds_workloads and platform_digest not in (None, held):
+                member["workloads"] = self.workloads
+            answer["assignments"] = member
+        return self._respond(answer)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)

@@ -4,8 +4,8 @@ agent through metering's sweep, run here as a worker would run it.
 
 The fleet counts every request its nodes receive (``GET /_admin/requests``), so the
 tests assert what the sweep asked of whom: one signed ``PUT /v1/assignments`` per new
-generation, ``GET /v1/workloads`` only on polls whose digest changed, nothing more while
-nothing changes. The simulated runtime is quick (0.3 s pending, 0.2 s pulling, 0.2 s
+generation, the workloads list only embedded in the usage answers of polls whose digest
+changed (never a ``GET /v1/workloads``), nothing more while nothing changes. The simulated runtime is quick (0.3 s pending, 0.2 s pulling, 0.2 s
 starting, 0.2 s stopping) and windows last one second, so records name the assignment
 within seconds."""
 
@@ -33,6 +33,7 @@ from contracts.models import Allocation, NodeAssignments, WorkloadState
 from contracts.workloads import instance_start, workload_stop
 from devtools.simulated_fleet import FleetProcess, register_fleet_nodes
 from tests.billing.stripe_fakes import free_port
+from tests.capacity.agent.assigning import digest
 from tests.capacity.agent.verification import signed_json
 from tests.contracts.usage_builders import active_contract, gpu_line
 from tests.factories import OfferFactory
@@ -44,7 +45,6 @@ BROKEN_IMAGE = "registry.example.com/broken:1"
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuyer buyer@laptop"
 # The runtime's whole start (pending, pulling, starting), with a margin.
 START_S = 0.7 + 0.5
-NOTHING = {"host": "", "ports": {}, "endpoint": ""}
 
 
 @pytest.fixture
@@ -154,12 +154,13 @@ def test_an_instance_is_pushed_once_runs_is_metered_to_its_line_and_stops(
     )
     assert (workload.node_id, workload.state) == (node.pk, WorkloadState.REQUESTED)
 
-    # Poll 1: the agent holds generation 0, so the sweep pushes generation 1 and reads the
-    # workloads it lists (the digest moved): pending, no connection yet.
+    # Poll 1: the agent holds generation 0, so the sweep pushes generation 1. The usage
+    # answer (before the push) embedded the agent's list, as the platform held no digest
+    # for the node yet: empty, so the workload waits for the next poll's report.
     poll(capture)
     workload.refresh_from_db()
-    assert asked(fleet, 0) == {"GET usage": 1, "PUT assignments": 1, "GET workloads": 1}
-    assert (workload.state, workload.connection) == (WorkloadState.PENDING, NOTHING)
+    assert asked(fleet, 0) == {"GET usage": 1, "PUT assignments": 1}
+    assert (workload.state, workload.connection) == (WorkloadState.REQUESTED, {})
     row = NodeAssignments.objects.get(node=node)
     assert (row.generation, row.agent_generation, row.attempts, row.next_attempt_at) == (
         1,
@@ -167,12 +168,14 @@ def test_an_instance_is_pushed_once_runs_is_metered_to_its_line_and_stops(
         0,
         None,
     )
+    assert row.digest == digest([])
 
-    # Poll 2, once it runs: no push (generation unchanged), one read (the digest moved).
+    # Poll 2, once it runs: no push (generation unchanged); the digest moved, so the usage
+    # answer embeds the list (running), and nothing else is asked.
     time.sleep(START_S)
     poll(capture)
     workload.refresh_from_db()
-    assert asked(fleet, 0) == {"GET usage": 2, "PUT assignments": 1, "GET workloads": 2}
+    assert asked(fleet, 0) == {"GET usage": 2, "PUT assignments": 1}
     assert (workload.state, workload.connection) == (
         WorkloadState.RUNNING,
         {"host": "127.0.0.1", "ports": {"22": 40000}, "endpoint": ""},
@@ -182,7 +185,7 @@ def test_an_instance_is_pushed_once_runs_is_metered_to_its_line_and_stops(
     poll(capture)
     time.sleep(2.5)
     poll(capture)
-    assert asked(fleet, 0) == {"GET usage": 4, "PUT assignments": 1, "GET workloads": 2}
+    assert asked(fleet, 0) == {"GET usage": 4, "PUT assignments": 1}
     # A node that was never assigned anything is only polled (its digest is the empty one).
     assert asked(fleet, 1) == {"GET usage": 4}
     assert not NodeAssignments.objects.filter(node=idle).exists()
@@ -193,14 +196,14 @@ def test_an_instance_is_pushed_once_runs_is_metered_to_its_line_and_stops(
     assert workload.state_since == parse_time(listed["since"])
 
     # Stop: the next poll pushes generation 2 (it drops the assignment); the poll after
-    # reads the agent's workloads once more (stopping, then stopped).
+    # finds the agent's workloads embedded once more (stopping, then stopped).
     stopped_at = timezone.now()
     workload_stop(workload=workload, actor=buyer_owner, now=stopped_at)
     poll(capture)
     time.sleep(0.6)
     poll(capture)
-    # Three reads by the sweep, one by this test above.
-    assert asked(fleet, 0) == {"GET usage": 6, "PUT assignments": 2, "GET workloads": 3 + 1}
+    # The one read of the list is this test's, above: the sweep never asked for it.
+    assert asked(fleet, 0) == {"GET usage": 6, "PUT assignments": 2, "GET workloads": 1}
     (listed,) = workloads_of(fleet, node, 0)["workloads"]
     assert (listed["id"], listed["state"]) == (workload.public_id, "stopped")
     workload.refresh_from_db()
