@@ -390,12 +390,13 @@ ON CONFLICT (node_id) DO NOTHING
 """
 
 # ``generation`` is never written: a change made meanwhile (a failure just applied)
-# raised it. The backoff after a failed push is ``backoff_seconds`` of the attempts so
+# raised it. ``agent_generation`` is what the agent holds now, also when lower than
+# stored (an agent whose disk was wiped holds 0: it is pushed the whole state again). The backoff after a failed push is ``backoff_seconds`` of the attempts so
 # far plus one, looked up in ``%(backoff_s)s``.
 _STORE_ROWS_SQL = """
 UPDATE {rows} AS assigned
-SET agent_generation = GREATEST(assigned.agent_generation, news.agent_generation,
-                                news.accepted_generation),
+SET agent_generation = COALESCE(GREATEST(news.agent_generation, news.accepted_generation),
+                                assigned.agent_generation),
     attempts = CASE WHEN news.push_failed THEN assigned.attempts + 1
                     WHEN news.accepted_generation IS NOT NULL THEN 0
                     ELSE assigned.attempts END,

@@ -16,7 +16,7 @@ older generation (``GET /v1/workloads`` only for agents that do not embed the li
 found goes back to contracts (``apply_reports``): the generation the agent holds, the
 push's result (backoff while it fails), the workloads' states; and for a node whose poll
 failed, that it failed, so contracts can mark its instances lost. A poll that learnt
-nothing (``AssignmentReport.is_news``: no push, no read, no newer generation, no
+nothing (``AssignmentReport.is_news``: no push, no read, no other generation, no
 failure), most polls, is not passed on.
 """
 
@@ -78,13 +78,16 @@ class AssignmentReport:
 
     def is_news(self, plan: NodeAssignmentPlan) -> bool:
         """Whether contracts must hear of this poll: it failed, pushed, read the
-        workloads, or found the agent at a generation newer than the platform knew. Most
-        polls find none of it, and cost the database nothing here."""
+        workloads, or found the agent at another generation than the platform knew (newer,
+        or older: an agent that lost its state holds 0 and must be told again). Most polls
+        find none of it, and cost the database nothing here."""
         return (
             self.poll_failed
             or self.pushed_generation is not None
             or self.workloads is not None
-            or (self.agent_generation is not None and self.agent_generation > plan.agent_generation)
+            or (
+                self.agent_generation is not None and self.agent_generation != plan.agent_generation
+            )
         )
 
 

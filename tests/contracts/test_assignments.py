@@ -131,6 +131,16 @@ def test_plan_pushes_only_while_the_agent_is_behind(workload):
     row.refresh_from_db()
     assert (row.agent_generation, row.is_pending) == (1, False)
     assert load_plans(node_ids=[node_id], now=NOW)[node_id].push is None
+    # The agent lost its state (disk wiped, reinstalled): it holds generation 0 again and
+    # is pushed the whole desired state again.
+    plan = load_plans(node_ids=[node_id], now=NOW)[node_id]
+    lost = AssignmentReport(node_id=node_id, polled_at=NOW, agent_generation=0)
+    assert lost.is_news(plan)
+    apply_reports(reports=[lost], now=NOW)
+    row.refresh_from_db()
+    assert row.agent_generation == 0
+    push = load_plans(node_ids=[node_id], now=NOW)[node_id].push
+    assert push is not None and push.generation == 1
 
 
 def test_a_failing_push_backs_off_30_s_doubling_to_15_min(workload):
