@@ -33,6 +33,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -164,6 +165,9 @@ WHERE node.site_id = %(site)s AND node.gpu_model_id = %(model)s AND node.status 
     SELECT 1 FROM {allocations} AS a
     WHERE a.gpu_device_id = device.id AND a.period && tstzrange(%(now)s, NULL, '[)'))
   AND NOT EXISTS (
+    SELECT 1 FROM {workload_gpus} AS wg JOIN {workloads} AS w ON w.id = wg.workload_id
+    WHERE wg.gpudevice_id = device.id AND NOT w.state = ANY(%(ended)s::text[]))
+  AND NOT EXISTS (
     SELECT 1 FROM {windows} AS w
     WHERE w.node_id = node.id AND w.cancelled_at IS NULL AND w.period @> %(now)s::timestamptz)
 GROUP BY device.node_id
@@ -176,6 +180,9 @@ WHERE device.node_id = %(node)s
   AND NOT EXISTS (
     SELECT 1 FROM {allocations} AS a
     WHERE a.gpu_device_id = device.id AND a.period && tstzrange(%(now)s, NULL, '[)'))
+  AND NOT EXISTS (
+    SELECT 1 FROM {workload_gpus} AS wg JOIN {workloads} AS w ON w.id = wg.workload_id
+    WHERE wg.gpudevice_id = device.id AND NOT w.state = ANY(%(ended)s::text[]))
 ORDER BY device.index
 LIMIT %(limit)s
 FOR NO KEY UPDATE OF device SKIP LOCKED
@@ -195,7 +202,15 @@ def _tables() -> dict[str, str]:
         "nodes": Node._meta.db_table,
         "allocations": Allocation._meta.db_table,
         "windows": NodeWindow._meta.db_table,
+        "workloads": Workload._meta.db_table,
+        "workload_gpus": Workload.gpus.through._meta.db_table,
     }
+
+
+# A GPU no allocation holds may still run a workload that has not stopped yet (a
+# reservation's GPUs released by an amendment, before beat stops what ran on them): not
+# free until it has.
+_ENDED = [str(state) for state in ENDED_WORKLOAD_STATES]
 
 
 def free_gpus_by_node(*, line: ContractLine, now: datetime) -> dict[int, int]:
@@ -203,11 +218,12 @@ def free_gpus_by_node(*, line: ContractLine, now: datetime) -> dict[int, int]:
     (online, in no maintenance or curtailment window now), most free first."""
     assert line.offer is not None
     sql = _FREE_NOW_BY_NODE_SQL.format(**_tables())
-    params: dict[str, int | str | datetime] = {
+    params: dict[str, Any] = {
         "site": line.offer.site_id,
         "model": line.offer.gpu_model_id,
         "online": NodeStatus.ONLINE.value,
         "now": now,
+        "ended": _ENDED,
     }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -227,7 +243,7 @@ def _take_node_gpus(
     with connection.cursor() as cursor:
         cursor.execute(
             _LOCK_NODE_DEVICES_SQL.format(**tables),
-            {"node": node_id, "now": now, "limit": gpu_count},
+            {"node": node_id, "now": now, "limit": gpu_count, "ended": _ENDED},
         )
         devices = [row[0] for row in cursor.fetchall()]
         if len(devices) < gpu_count:

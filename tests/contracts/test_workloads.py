@@ -25,6 +25,7 @@ from contracts.workloads import (
     NoFreeGpus,
     container_create,
     deployment_create,
+    free_gpus_by_node,
     instance_start,
     line_workloads_end,
     workload_redeploy,
@@ -281,6 +282,35 @@ def test_one_workload_per_reserved_gpu_and_only_gpus_held(reservation, devices):
                 now=NOW,
             )
         assert refused.value.code == code
+
+
+def test_a_gpu_still_running_a_workload_is_not_free_for_an_instance(reservation, line, devices):
+    """An amendment releases reserved GPUs at once; what ran on them stops when beat next
+    ends workloads of lines that no longer hold their GPUs. Until then the GPU is busy."""
+    running = container_create(
+        line=reservation,
+        image=IMAGE,
+        ssh_public_key=KEY,
+        ports=[22],
+        env={},
+        gpu_ids=[devices[0].pk],
+        actor=None,
+        now=NOW,
+    )
+    # The reservation gives its GPUs back from now (as contract_amend does).
+    Allocation.objects.filter(line=reservation).update(
+        period=DateTimeTZRange(NOW - timedelta(days=1), NOW, "[)")
+    )
+    later = NOW + timedelta(minutes=5)
+    assert free_gpus_by_node(line=line, now=later) == {
+        devices[0].node_id: 3,  # devices[0] runs the container, 1-3 are free
+        devices[4].node_id: 4,
+    }
+    workload_stop(workload=running, actor=None, now=later)
+    assert free_gpus_by_node(line=line, now=later) == {
+        devices[0].node_id: 4,
+        devices[4].node_id: 4,
+    }
 
 
 def test_redeploy_replaces_the_workload_on_the_same_gpus(reservation, devices):
