@@ -7,15 +7,17 @@ from django.utils import timezone
 
 from contracts.cap_alerts import inference_cap_alerts_send
 from contracts.lifecycle import contracts_roll_over
-from contracts.workloads import workloads_end_with_lines
+from contracts.workloads import instances_never_taken_fail, workloads_end_with_lines
 
 
 @shared_task(name="contracts.tasks.roll_over", ignore_result=True)
 def roll_over() -> dict[str, int]:
     """Renew, expire or cancel every contract whose term has ended, then stop the
-    workloads of lines that ended (a reservation's end, an amendment); idempotent."""
+    workloads of lines that ended (a reservation's end, an amendment) and fail the
+    instances no node took (``instances_never_taken_fail``); idempotent."""
     counts = contracts_roll_over()
     counts["workloads_stopped"] = workloads_end_with_lines(now=timezone.now())
+    counts["instances_never_taken"] = instances_never_taken_fail(now=timezone.now())
     return counts
 
 

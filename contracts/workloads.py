@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -788,6 +788,34 @@ def _end_with_lines(*, workloads: list[Workload], now: datetime) -> int:
         )
         stopped += changed
     return stopped
+
+
+# How long an instance may wait for its node to take it before it fails, unbilled.
+UNACCEPTED_AFTER = timedelta(minutes=10)
+
+
+def instances_never_taken_fail(*, now: datetime | None = None) -> int:
+    """Fail the instances still waiting for their node ``UNACCEPTED_AFTER`` after the
+    buyer started them (a node that does not answer, an agent that refuses or predates
+    assignments), ended at their start: billed per second held from the click, they
+    would otherwise cost the buyer for GPUs that never ran anything. Returns how many."""
+    now = now or timezone.now()
+    waiting = Workload.objects.filter(
+        state=WorkloadState.REQUESTED,
+        line__kind=LineKind.ON_DEMAND_GPU,
+        started_at__lte=now - UNACCEPTED_AFTER,
+    )
+    failed = 0
+    for workload in waiting.select_related("line"):
+        _, changed = workload_fail(
+            workload=workload,
+            at=workload.started_at,
+            reason="The node did not take the instance within 10 minutes; it cost nothing.",
+            fault=WorkloadFault.NODE,
+            now=now,
+        )
+        failed += changed
+    return failed
 
 
 def line_workloads_end(

@@ -18,6 +18,7 @@ from contracts.models import (
     ContractState,
     NodeAssignments,
     Workload,
+    WorkloadFault,
     WorkloadKind,
     WorkloadState,
 )
@@ -27,6 +28,7 @@ from contracts.workloads import (
     deployment_create,
     free_gpus_by_node,
     instance_start,
+    instances_never_taken_fail,
     line_workloads_end,
     workload_redeploy,
     workload_stop,
@@ -185,6 +187,25 @@ def test_stop_truncates_the_allocations_and_is_idempotent(line, devices):
     assert (again.state, again.ended_at) == (WorkloadState.STOPPED, stopped_at)
     assert generations() == {workload.node_id: 2}
     assert AuditEvent.objects.filter(action="workload.stopped").count() == 1
+
+
+def test_an_instance_no_node_took_fails_unbilled_after_10_minutes(line, devices):
+    waiting = start(line)
+    taken = start(line)
+    Workload.objects.filter(pk=taken.pk).update(state=WorkloadState.RUNNING)
+    assert instances_never_taken_fail(now=NOW + timedelta(minutes=9, seconds=59)) == 0
+    assert instances_never_taken_fail(now=NOW + timedelta(minutes=10)) == 1
+    assert instances_never_taken_fail(now=NOW + timedelta(minutes=11)) == 0  # idempotent
+    waiting.refresh_from_db()
+    assert (waiting.state, waiting.ended_at, waiting.fault) == (
+        WorkloadState.FAILED,
+        NOW,
+        WorkloadFault.NODE,
+    )
+    assert not Allocation.objects.filter(workload=waiting).exists()  # not a second held
+    taken.refresh_from_db()
+    assert taken.state == WorkloadState.RUNNING
+    assert Allocation.objects.filter(workload=taken).count() == 2
 
 
 def test_a_reservation_and_an_instance_cannot_hold_the_same_gpu(contract, line, offer, devices):
