@@ -141,7 +141,9 @@ _BASIS_UNIT: dict[str, str] = {
 
 
 def _line_meter(line: InvoiceLine) -> str:
-    if line.kind == LineKind.LATE_USAGE:
+    # An on-demand GPU line carries a meter only when it was billed on busy time, before
+    # instances were billed per second held: it is weighed as it was billed.
+    if line.kind in (LineKind.LATE_USAGE, LineKind.ON_DEMAND_GPU):
         return line.meter
     return _LINE_METER.get(line.kind, "")
 
@@ -183,7 +185,7 @@ class _MonthWeights:
             held_gpu_seconds(
                 start=start,
                 end=end,
-                line_ids=line_ids(lambda line: line.kind in held_kinds),
+                line_ids=line_ids(lambda line: line.kind in held_kinds and not _line_meter(line)),
                 by_node=True,
             )
         )
@@ -220,7 +222,7 @@ class _MonthWeights:
             return RevenueKind.PLATFORM, {}, ""
         if line.kind == LineKind.RESERVED:
             return RevenueKind.RESERVED, dict(self.held[contract_line_id]), "GPU-seconds"
-        if line.kind == LineKind.ON_DEMAND_GPU:
+        if line.kind == LineKind.ON_DEMAND_GPU and not line.meter:
             return RevenueKind.ON_DEMAND_GPU, dict(self.held[contract_line_id]), "GPU-seconds"
         if line.kind == LineKind.SLA_CREDIT:
             down = {

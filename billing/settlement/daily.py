@@ -75,7 +75,9 @@ def earnings_by_day(*, partner: Organization, currency: str, month: date) -> lis
         {
             a.invoice_line.contract_line_id
             for a in attributions
-            if a.invoice_line.kind in _RESERVED_KINDS and a.invoice_line.contract_line_id
+            if a.invoice_line.kind in _RESERVED_KINDS
+            and not _line_meter(a.invoice_line)
+            and a.invoice_line.contract_line_id
         }
     )
     metered_ids = sorted(
@@ -114,7 +116,7 @@ def earnings_by_day(*, partner: Organization, currency: str, month: date) -> lis
         nodes[node_id] = attribution.node
         sites[node_id] = attribution.site.name if attribution.site else ""
         weights: dict[date, Decimal] = {}
-        if line.contract_line_id and line.kind in _RESERVED_KINDS:
+        if line.contract_line_id and line.kind in _RESERVED_KINDS and not _line_meter(line):
             weights = reserved_days[line.contract_line_id, node_id]
         elif line.contract_line_id and (meter := _line_meter(line)):
             weights = {
