@@ -168,6 +168,12 @@ WHERE node.site_id = %(site)s AND node.gpu_model_id = %(model)s AND node.status 
     SELECT 1 FROM {workload_gpus} AS wg JOIN {workloads} AS w ON w.id = wg.workload_id
     WHERE wg.gpudevice_id = device.id AND NOT w.state = ANY(%(ended)s::text[]))
   AND NOT EXISTS (
+    SELECT 1 FROM {allocations} AS a
+    JOIN {lines} AS cl ON cl.id = a.line_id JOIN {contracts} AS c ON c.id = cl.contract_id
+    WHERE a.gpu_device_id = device.id AND a.workload_id IS NULL AND cl.ended_at IS NULL
+      AND upper(a.period) = c.term_ends_at AND c.term_ends_at <= %(now)s
+      AND c.auto_renew AND NOT c.cancel_at_term_end AND c.state = ANY(%(renewing)s::text[]))
+  AND NOT EXISTS (
     SELECT 1 FROM {windows} AS w
     WHERE w.node_id = node.id AND w.cancelled_at IS NULL AND w.period @> %(now)s::timestamptz)
 GROUP BY device.node_id
@@ -183,6 +189,12 @@ WHERE device.node_id = %(node)s
   AND NOT EXISTS (
     SELECT 1 FROM {workload_gpus} AS wg JOIN {workloads} AS w ON w.id = wg.workload_id
     WHERE wg.gpudevice_id = device.id AND NOT w.state = ANY(%(ended)s::text[]))
+  AND NOT EXISTS (
+    SELECT 1 FROM {allocations} AS a
+    JOIN {lines} AS cl ON cl.id = a.line_id JOIN {contracts} AS c ON c.id = cl.contract_id
+    WHERE a.gpu_device_id = device.id AND a.workload_id IS NULL AND cl.ended_at IS NULL
+      AND upper(a.period) = c.term_ends_at AND c.term_ends_at <= %(now)s
+      AND c.auto_renew AND NOT c.cancel_at_term_end AND c.state = ANY(%(renewing)s::text[]))
 ORDER BY device.index
 LIMIT %(limit)s
 FOR NO KEY UPDATE OF device SKIP LOCKED
@@ -204,6 +216,8 @@ def _tables() -> dict[str, str]:
         "windows": NodeWindow._meta.db_table,
         "workloads": Workload._meta.db_table,
         "workload_gpus": Workload.gpus.through._meta.db_table,
+        "lines": ContractLine._meta.db_table,
+        "contracts": Contract._meta.db_table,
     }
 
 
@@ -211,6 +225,10 @@ def _tables() -> dict[str, str]:
 # reservation's GPUs released by an amendment, before beat stops what ran on them): not
 # free until it has.
 _ENDED = [str(state) for state in ENDED_WORKLOAD_STATES]
+# Nor is a GPU of a reservation whose term ended and that roll-over (hourly) has not
+# renewed yet: an instance there would make the renewal conflict and the reservation
+# expire. The states roll-over renews.
+_RENEWING = [str(ContractState.ACTIVE), str(ContractState.SUSPENDED)]
 
 
 def free_gpus_by_node(*, line: ContractLine, now: datetime) -> dict[int, int]:
@@ -224,6 +242,7 @@ def free_gpus_by_node(*, line: ContractLine, now: datetime) -> dict[int, int]:
         "online": NodeStatus.ONLINE.value,
         "now": now,
         "ended": _ENDED,
+        "renewing": _RENEWING,
     }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -243,7 +262,13 @@ def _take_node_gpus(
     with connection.cursor() as cursor:
         cursor.execute(
             _LOCK_NODE_DEVICES_SQL.format(**tables),
-            {"node": node_id, "now": now, "limit": gpu_count, "ended": _ENDED},
+            {
+                "node": node_id,
+                "now": now,
+                "limit": gpu_count,
+                "ended": _ENDED,
+                "renewing": _RENEWING,
+            },
         )
         devices = [row[0] for row in cursor.fetchall()]
         if len(devices) < gpu_count:

@@ -15,6 +15,7 @@ from accounts.models import AuditEvent
 from capacity.models import NodeStatus, WindowKind
 from contracts.models import (
     Allocation,
+    Contract,
     ContractState,
     NodeAssignments,
     Workload,
@@ -329,6 +330,28 @@ def test_a_gpu_still_running_a_workload_is_not_free_for_an_instance(reservation,
     }
     workload_stop(workload=running, actor=None, now=later)
     assert free_gpus_by_node(line=line, now=later) == {
+        devices[0].node_id: 4,
+        devices[4].node_id: 4,
+    }
+
+
+def test_gpus_of_a_reservation_awaiting_renewal_are_not_free(contract, line, offer, devices):
+    """The term ended ten minutes ago and roll-over (hourly) has not renewed it yet: an
+    instance on those GPUs would make the renewal conflict and the reservation expire."""
+    term_end = NOW - timedelta(minutes=10)
+    Contract.objects.filter(pk=contract.pk).update(term_ends_at=term_end, auto_renew=True)
+    reserved_line(
+        contract=contract,
+        offer=offer,
+        holds=[(gpu, term_end - timedelta(days=30), term_end) for gpu in devices[:2]],
+    )
+    assert free_gpus_by_node(line=line, now=NOW) == {
+        devices[4].node_id: 4,
+        devices[0].node_id: 2,
+    }
+    # Not renewing: the GPUs are free at the term's end.
+    Contract.objects.filter(pk=contract.pk).update(auto_renew=False)
+    assert free_gpus_by_node(line=line, now=NOW) == {
         devices[0].node_id: 4,
         devices[4].node_id: 4,
     }
