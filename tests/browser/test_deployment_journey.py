@@ -242,8 +242,10 @@ def test_deploy_a_model_on_reserved_gpus_and_call_it_with_the_openai_sdk(
     expect(page.get_by_text(f"Llama 3.1 8B Instruct deployed as {model}.")).to_be_visible()
     expect(page.locator("[data-workload-state] [data-state]")).to_have_text("Waiting for the node")
 
-    # Beat's next sweep: the signed assignment goes to the node, which runs it at once,
-    # and the same poll reads its state back.
+    # Beat's next sweep: the signed assignment goes to the node, which runs it at once;
+    # the one after reads its state back (embedded in the usage answer, whose list is
+    # from before the push on the pushing poll).
+    sweep_in_a_thread()
     sweep_in_a_thread()
     workload.refresh_from_db()
     assert workload.state == WorkloadState.RUNNING

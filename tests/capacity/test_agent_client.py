@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import socket
 import time
 import tracemalloc
@@ -149,8 +150,13 @@ def test_a_stored_url_with_a_query_and_fragment_polls_the_agent_paths():
 
     outcome, served, _ = _run(_answer(b"{}"), call)
 
+    # The first page carries the workloads digest the platform holds (here that of no
+    # workloads: sha256 of "[]"), docs/workloads.md "Cheap polling".
+    no_workloads = hashlib.sha256(b"[]").hexdigest()
     assert served.requests[0].startswith(
-        b"GET /internal/admin/config/v1/usage?after=0&limit=1000 HTTP/1.1\r\n"
+        b"GET /internal/admin/config/v1/usage?after=0&limit=1000&workloads="
+        + no_workloads.encode()
+        + b" HTTP/1.1\r\n"
     )
     assert (
         outcome.integrity_problem == "usage page: signature does not verify with the enrolled key"
