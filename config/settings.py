@@ -358,6 +358,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "billing: dunning": {"task": "billing.tasks.run_dunning", "schedule": 3600},
     "contracts: roll over ended terms": {"task": "contracts.tasks.roll_over", "schedule": 3600},
+    "contracts: fail instances no node took": {
+        "task": "contracts.tasks.instances_never_taken",
+        "schedule": 300,
+    },
     "contracts: inference cap alerts (80 %, 100 %)": {
         "task": "contracts.tasks.inference_cap_alerts",
         "schedule": 300,

@@ -13,12 +13,17 @@ from contracts.workloads import instances_never_taken_fail, workloads_end_with_l
 @shared_task(name="contracts.tasks.roll_over", ignore_result=True)
 def roll_over() -> dict[str, int]:
     """Renew, expire or cancel every contract whose term has ended, then stop the
-    workloads of lines that ended (a reservation's end, an amendment) and fail the
-    instances no node took (``instances_never_taken_fail``); idempotent."""
+    workloads of lines that ended (a reservation's end, an amendment); idempotent."""
     counts = contracts_roll_over()
     counts["workloads_stopped"] = workloads_end_with_lines(now=timezone.now())
-    counts["instances_never_taken"] = instances_never_taken_fail(now=timezone.now())
     return counts
+
+
+@shared_task(name="contracts.tasks.instances_never_taken", ignore_result=True)
+def instances_never_taken() -> int:
+    """Beat, every 5 minutes: fail, unbilled, the instances no node took within
+    ``UNACCEPTED_AFTER`` (``contracts.workloads.instances_never_taken_fail``)."""
+    return instances_never_taken_fail(now=timezone.now())
 
 
 @shared_task(name="contracts.tasks.inference_cap_alerts", ignore_result=True)

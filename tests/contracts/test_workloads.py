@@ -10,6 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange
+from django.utils import timezone
 
 from accounts.models import AuditEvent
 from capacity.models import NodeStatus, WindowKind
@@ -207,6 +208,17 @@ def test_an_instance_no_node_took_fails_unbilled_after_10_minutes(line, devices)
     taken.refresh_from_db()
     assert taken.state == WorkloadState.RUNNING
     assert Allocation.objects.filter(workload=taken).count() == 2
+
+
+def test_beat_fails_instances_no_node_took_every_5_minutes(settings, line, devices):
+    from contracts import tasks
+
+    entry = settings.CELERY_BEAT_SCHEDULE["contracts: fail instances no node took"]
+    assert (entry["task"], entry["schedule"]) == (tasks.instances_never_taken.name, 300)
+    waiting = start(line, at=timezone.now() - timedelta(minutes=11))
+    assert tasks.instances_never_taken() == 1
+    waiting.refresh_from_db()
+    assert waiting.state == WorkloadState.FAILED
 
 
 def test_a_reservation_and_an_instance_cannot_hold_the_same_gpu(contract, line, offer, devices):
