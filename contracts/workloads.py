@@ -157,11 +157,12 @@ def _check_gpu_count(gpu_count: int) -> None:
 
 # -- instances ----------------------------------------------------------------------------
 
-_FREE_NOW_BY_NODE_SQL = """
-SELECT device.node_id, count(*) AS free
-FROM {devices} AS device JOIN {nodes} AS node ON node.id = device.node_id
-WHERE node.site_id = %(site)s AND node.gpu_model_id = %(model)s AND node.status = %(online)s
-  AND NOT EXISTS (
+# A GPU (``device``) free from ``%(now)s`` on: no allocation holds it then (a reservation
+# or an instance), no workload that has not ended runs on it, and no reservation whose
+# term ended waits for roll-over to renew it (see ``_ENDED`` and ``_RENEWING``). The one
+# rule, read by the count per node and by the lock that takes them.
+_GPU_FREE = """
+  NOT EXISTS (
     SELECT 1 FROM {allocations} AS a
     WHERE a.gpu_device_id = device.id AND a.period && tstzrange(%(now)s, NULL, '[)'))
   AND NOT EXISTS (
@@ -173,32 +174,34 @@ WHERE node.site_id = %(site)s AND node.gpu_model_id = %(model)s AND node.status 
     WHERE a.gpu_device_id = device.id AND a.workload_id IS NULL AND cl.ended_at IS NULL
       AND upper(a.period) = c.term_ends_at AND c.term_ends_at <= %(now)s
       AND c.auto_renew AND NOT c.cancel_at_term_end AND c.state = ANY(%(renewing)s::text[]))
-  AND NOT EXISTS (
+"""
+
+_FREE_NOW_BY_NODE_SQL = (
+    """
+SELECT device.node_id, count(*) AS free
+FROM {devices} AS device JOIN {nodes} AS node ON node.id = device.node_id
+WHERE node.site_id = %(site)s AND node.gpu_model_id = %(model)s AND node.status = %(online)s
+  AND"""  # noqa: S608 (table names from model metadata, fragments of this module)
+    + _GPU_FREE
+    + """  AND NOT EXISTS (
     SELECT 1 FROM {windows} AS w
     WHERE w.node_id = node.id AND w.cancelled_at IS NULL AND w.period @> %(now)s::timestamptz)
 GROUP BY device.node_id
 ORDER BY count(*) DESC, device.node_id
 """
+)
 
-_LOCK_NODE_DEVICES_SQL = """
+_LOCK_NODE_DEVICES_SQL = (
+    """
 SELECT device.id FROM {devices} AS device
 WHERE device.node_id = %(node)s
-  AND NOT EXISTS (
-    SELECT 1 FROM {allocations} AS a
-    WHERE a.gpu_device_id = device.id AND a.period && tstzrange(%(now)s, NULL, '[)'))
-  AND NOT EXISTS (
-    SELECT 1 FROM {workload_gpus} AS wg JOIN {workloads} AS w ON w.id = wg.workload_id
-    WHERE wg.gpudevice_id = device.id AND NOT w.state = ANY(%(ended)s::text[]))
-  AND NOT EXISTS (
-    SELECT 1 FROM {allocations} AS a
-    JOIN {lines} AS cl ON cl.id = a.line_id JOIN {contracts} AS c ON c.id = cl.contract_id
-    WHERE a.gpu_device_id = device.id AND a.workload_id IS NULL AND cl.ended_at IS NULL
-      AND upper(a.period) = c.term_ends_at AND c.term_ends_at <= %(now)s
-      AND c.auto_renew AND NOT c.cancel_at_term_end AND c.state = ANY(%(renewing)s::text[]))
-ORDER BY device.index
+  AND"""
+    + _GPU_FREE
+    + """ORDER BY device.index
 LIMIT %(limit)s
 FOR NO KEY UPDATE OF device SKIP LOCKED
 """
+)
 
 _INSERT_OPEN_ALLOCATIONS_SQL = """
 INSERT INTO {allocations} (line_id, gpu_device_id, period, workload_id, created_at)
