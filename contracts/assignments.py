@@ -280,12 +280,12 @@ def _node_news(
         state = str(item.get("state", ""))
         since = parse_datetime(str(item.get("since", ""))) or now
         since = min(since if since.tzinfo else since.replace(tzinfo=UTC), now)
-        # Not before the workload entered the state the platform last stored (the agent
-        # cannot take back time it reported running, nor bill past now).
-        since = max(since, workload.state_since)
         reason = str(item.get("reason", ""))[:500]
         if state in (WorkloadState.FAILED, WorkloadState.STOPPED):
-            # A workload the platform still wants that stopped by itself has failed.
+            # A workload the platform still wants that stopped by itself has failed: not
+            # before it entered the state the platform last stored (the agent cannot take
+            # back time it reported running, and billing stops at the failure).
+            since = max(since, workload.state_since)
             if workload.pk not in failed:
                 failed.add(workload.pk)
                 news.failures.append(
