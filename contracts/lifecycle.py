@@ -30,7 +30,7 @@ from contracts.models import (
 from contracts.money import reserved_charge, round_money
 from contracts.selectors import buyer_has_payment_method
 from contracts.terms import add_months
-from contracts.workloads import line_workloads_end
+from contracts.workloads import line_workloads_end, workloads_end_with_lines
 
 # An amendment "effective now" submitted a few minutes later is still accepted.
 AMENDMENT_GRACE = timedelta(minutes=15)
@@ -456,6 +456,9 @@ def contract_amend(
             )
             release_from(allocations=holding + later, moment=start)
             line.gpu_count -= remove_gpus
+            if start <= now:
+                # What ran on the GPUs given back stops now, not at beat's next roll-over.
+                workloads_end_with_lines(now=now)
         line.save(update_fields=["gpu_count"])
         changes.update(
             line_id=line.pk, add_gpus=add_gpus, remove_gpus=remove_gpus, gpu_count=line.gpu_count

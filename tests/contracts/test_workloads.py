@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from accounts.models import AuditEvent
 from capacity.models import NodeStatus, WindowKind
+from contracts.lifecycle import contract_amend
 from contracts.models import (
     Allocation,
     Contract,
@@ -400,6 +401,37 @@ def test_workloads_stop_when_the_reservation_ends(reservation, devices):
         NOW + timedelta(days=29),
     )
     assert workloads_end_with_lines(now=NOW + timedelta(days=31)) == 0
+
+
+def test_an_amendment_that_gives_gpus_back_now_stops_what_ran_on_them(
+    contract, reservation, devices
+):
+    kept, given_back = (
+        container_create(
+            line=reservation,
+            image=IMAGE,
+            ssh_public_key="",
+            ports=[],
+            env={},
+            gpu_ids=[gpu.pk],
+            actor=None,
+            now=NOW,
+        )
+        for gpu in (devices[0], devices[3])  # the amendment gives back the last GPU
+    )
+    later = NOW + timedelta(hours=2)
+    contract_amend(
+        contract=contract,
+        actor=None,
+        effective_at=later,
+        line=reservation,
+        remove_gpus=1,
+        now=later,
+    )
+    given_back.refresh_from_db()
+    kept.refresh_from_db()
+    assert (given_back.state, given_back.ended_at) == (WorkloadState.STOPPED, later)
+    assert kept.state == WorkloadState.REQUESTED
 
 
 def test_ending_a_line_stops_its_instances_there(line, devices):
