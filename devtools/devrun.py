@@ -166,6 +166,9 @@ def main() -> int:
     if not os.environ.get("DATABASE_URL"):
         started_db = not devdb.is_accepting()
         print(f"database: embedded PostgreSQL at {devdb.start()}")
+    else:
+        # A server of your own: its database is made when missing, as `make test` does.
+        devdb.ensure_database(os.environ["DATABASE_URL"])
     (ROOT / ".run" / "broker" / "queue").mkdir(parents=True, exist_ok=True)
     (ROOT / ".run" / "broker" / "processed").mkdir(parents=True, exist_ok=True)
 
