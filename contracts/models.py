@@ -540,6 +540,29 @@ class Workload(models.Model):
     def is_active(self) -> bool:
         return self.state not in ENDED_WORKLOAD_STATES
 
+    # What the node reported of how to reach it (validated on the way in,
+    # ``contracts.assignments.connection_details``), read one way by pages and API.
+    @property
+    def host(self) -> str:
+        connection = self.connection if isinstance(self.connection, dict) else {}
+        return str(connection.get("host") or "")
+
+    @property
+    def mapped_ports(self) -> dict[str, int]:
+        """The workload's ports (as strings) → the node's public port numbers."""
+        connection = self.connection if isinstance(self.connection, dict) else {}
+        ports = connection.get("ports")
+        return ports if isinstance(ports, dict) else {}
+
+    @property
+    def ssh_command(self) -> str:
+        """``ssh -p <public port of 22> root@<host>`` once the node reported both, for a
+        running workload that has the buyer's SSH key; '' otherwise."""
+        ssh_port = self.mapped_ports.get("22")
+        if not (self.is_active and self.host and ssh_port and self.ssh_public_key):
+            return ""
+        return f"ssh -p {ssh_port} root@{self.host}"
+
 
 class NodeAssignments(models.Model):
     """The platform's side of one node's assignments (docs/workloads.md "Cheap polling").

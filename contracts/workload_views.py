@@ -188,22 +188,16 @@ def deployment_create(request: HttpRequest, pk: int, line_pk: int) -> HttpRespon
 
 
 def _workload_context(request: HttpRequest, workload: Workload) -> dict[str, object]:
-    connection = workload.connection if isinstance(workload.connection, dict) else {}
-    host = str(connection.get("host") or "")
-    mapped = connection.get("ports") if isinstance(connection.get("ports"), dict) else {}
-    ssh_port = mapped.get("22") if mapped else None
     return {
         "workload": workload,
         "contract": workload.line.contract,
         "held": workload_selectors.instance_held(workload=workload, now=timezone.now()),
-        "host": host,
+        "host": workload.host,
         "mapped_ports": sorted(
-            ((str(inner), str(outer)) for inner, outer in (mapped or {}).items()),
+            ((str(inner), str(outer)) for inner, outer in workload.mapped_ports.items()),
             key=lambda pair: (len(pair[0]), pair[0]),
         ),
-        "ssh_command": f"ssh -p {ssh_port} root@{host}"
-        if host and ssh_port and workload.ssh_public_key and workload.is_active
-        else "",
+        "ssh_command": workload.ssh_command,
         "snippets": snippets(model=workload.served_model_name)
         if workload.kind == WorkloadKind.DEPLOYMENT
         else None,

@@ -157,16 +157,12 @@ class WorkloadSerializer(serializers.Serializer):
     @extend_schema_field(ConnectionSerializer)
     def get_connection(self, workload: Workload) -> dict[str, Any]:
         connection = workload.connection if isinstance(workload.connection, dict) else {}
-        ports = connection.get("ports") if isinstance(connection.get("ports"), dict) else {}
-        host = str(connection.get("host") or "")
-        ssh_port = (ports or {}).get("22")
-        ssh = workload.is_active and host and ssh_port and workload.ssh_public_key
         return ConnectionSerializer(
             {
-                "host": host,
-                "ports": ports or {},
+                "host": workload.host,
+                "ports": workload.mapped_ports,
                 "endpoint": str(connection.get("endpoint") or ""),
-                "ssh_command": f"ssh -p {ssh_port} root@{host}" if ssh else "",
+                "ssh_command": workload.ssh_command,
             }
         ).data
 
